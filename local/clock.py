@@ -1,0 +1,78 @@
+"""The clock shared by every local stand-in.
+
+The Durable runner, the ARM stand-in and the simulated fleet read time from one
+clock object. With :class:`VirtualClock` nothing moves until the runner advances
+it (to the next durable timer when all other work is idle), so a six-hour
+maintenance window passes in milliseconds. :class:`RealClock` is wall time, for
+``python -m local serve`` when a person wants to watch things happen.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """What every stand-in needs from time."""
+
+    virtual: bool
+
+    def now(self) -> datetime:
+        """Current time, timezone-aware UTC."""
+        ...
+
+    def sleep_until(self, moment: datetime, timeout: float) -> None:
+        """Block the caller until ``moment`` or ``timeout`` real seconds, whichever first."""
+        ...
+
+
+class VirtualClock:
+    """Time that moves only when :meth:`advance_to` or :meth:`advance` is called."""
+
+    virtual = True
+
+    def __init__(self, start: datetime | None = None) -> None:
+        start = start or datetime(2026, 1, 13, 2, 0, tzinfo=UTC)
+        if start.tzinfo is None:
+            raise ValueError("VirtualClock start must be timezone-aware")
+        self._now = start.astimezone(UTC)
+        self._changed = threading.Condition()
+
+    def now(self) -> datetime:
+        with self._changed:
+            return self._now
+
+    def advance_to(self, moment: datetime) -> None:
+        """Move time forward to ``moment``; a moment in the past is ignored (time never runs back)."""
+        with self._changed:
+            if moment > self._now:
+                self._now = moment.astimezone(UTC)
+                self._changed.notify_all()
+
+    def advance(self, delta: timedelta) -> None:
+        if delta < timedelta(0):
+            raise ValueError("a clock cannot be moved backwards")
+        with self._changed:
+            self._now = self._now + delta
+            self._changed.notify_all()
+
+    def sleep_until(self, moment: datetime, timeout: float) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._now >= moment, timeout=timeout)
+
+
+class RealClock:
+    """Wall-clock time."""
+
+    virtual = False
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def sleep_until(self, moment: datetime, timeout: float) -> None:
+        remaining = (moment - self.now()).total_seconds()
+        if remaining > 0:
+            time.sleep(min(remaining, timeout))

@@ -1,0 +1,82 @@
+"""The Log Analytics tables this product writes, declared once.
+
+Each :class:`LogTable` names a custom table, the data collection rule stream that
+feeds it, and its columns with their Log Analytics types. The app's record types
+are checked against these declarations, the local Log Analytics stand-in enforces
+them, and the Bicep table and stream declarations are compared with them by tests.
+
+Column names follow the legacy Update Management tables (``Heartbeat``, ``Update``,
+``UpdateSummary``, ``UpdateRunProgress``) so that the well-known log searches work
+with only the table name suffixed with ``_CL``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class ColumnType(StrEnum):
+    """Column types of a Log Analytics custom table (DCR stream declaration types)."""
+
+    STRING = "string"
+    INT = "int"
+    LONG = "long"
+    REAL = "real"
+    BOOLEAN = "boolean"
+    DATETIME = "datetime"
+    DYNAMIC = "dynamic"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: ColumnType
+
+
+@dataclass(frozen=True)
+class LogTable:
+    name: str
+    columns: tuple[Column, ...]
+
+    @property
+    def stream(self) -> str:
+        # DCR stream names for custom tables are "Custom-" + the table name.
+        return f"Custom-{self.name}"
+
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+
+def _cols(*pairs: tuple[str, ColumnType]) -> tuple[Column, ...]:
+    return tuple(Column(n, t) for n, t in pairs)
+
+
+S, B, D, L = ColumnType.STRING, ColumnType.BOOLEAN, ColumnType.DATETIME, ColumnType.LONG
+
+# One row per machine per discovery: the onboarding check of the legacy Heartbeat table.
+HEARTBEAT = LogTable(
+    "Heartbeat_CL",
+    _cols(
+        ("TimeGenerated", D),
+        ("RecordId", S),  # deterministic: a retried upload is recognisable
+        ("Computer", S),
+        ("SourceComputerId", S),
+        ("ResourceId", S),
+        ("SubscriptionId", S),
+        ("ResourceGroup", S),
+        ("ResourceLocation", S),
+        ("ResourceProvider", S),
+        ("ComputerEnvironment", S),  # Azure | Non-Azure
+        ("OSType", S),  # Windows | Linux
+        ("OSName", S),
+        ("OSVersion", S),
+        ("PowerState", S),
+        ("PatchMode", S),
+        ("Category", S),  # Azure VM | Arc-enabled server
+        ("Solutions", S),
+    ),
+)
+
+TABLES: tuple[LogTable, ...] = (HEARTBEAT,)
+TABLES_BY_STREAM: dict[str, LogTable] = {t.stream: t for t in TABLES}

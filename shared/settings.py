@@ -1,0 +1,206 @@
+"""Every app setting the code reads, in one place.
+
+Each setting is declared once in :data:`SETTINGS` (name, meaning, default, rule).
+:func:`load_settings` reads them all from the environment and fails with one
+message that names every missing or malformed setting. ``local.settings.example.json``
+and the Bicep app settings are checked against this table by tests, so the three
+places cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlparse
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+# Azure Storage task hub names: 3-45 characters, letters and digits, starting with a letter
+# (Durable Functions docs, "Task hubs in Durable Functions").
+_TASK_HUB = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,44}$")
+# Data collection rule immutable ids look like dcr-<32 hex> (Azure Monitor DCR structure docs).
+_DCR_IMMUTABLE_ID = re.compile(r"^dcr-[0-9a-f]{32}$")
+# Functions timer triggers take six-field NCRONTAB expressions (second minute hour day month weekday).
+_NCRONTAB_FIELDS = 6
+
+
+class SettingsError(ValueError):
+    """Raised at start-up when app settings are missing or malformed; names each one."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(
+            "App settings are missing or malformed:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+class AuthMode(StrEnum):
+    MANAGED_IDENTITY = "managed-identity"  # Azure: the app's user-assigned identity
+    DEFAULT_CREDENTIAL = "default-credential"  # a developer's az login, env vars, ...
+    EMULATOR = "emulator"  # local stand-ins only: a static token, loopback endpoints only
+
+
+def _guid(value: str) -> str:
+    if not _GUID.match(value):
+        raise ValueError("must be a GUID like 00000000-0000-0000-0000-000000000000")
+    return value.lower()
+
+
+def _guid_list(value: str) -> tuple[str, ...]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise ValueError("must list at least one subscription id, comma-separated")
+    return tuple(_guid(v) for v in items)
+
+
+def _url(value: str) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme not in ("https", "http") or not parsed.netloc:
+        raise ValueError("must be an absolute http(s) URL")
+    if parsed.scheme == "http" and not _is_loopback(value):
+        raise ValueError("must use https (plain http is accepted only for loopback addresses)")
+    return value.rstrip("/")
+
+
+def _pattern(regex: re.Pattern[str], rule: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if not regex.match(value):
+            raise ValueError(rule)
+        return value
+
+    return parse
+
+
+def _ncrontab(value: str) -> str:
+    if len(value.split()) != _NCRONTAB_FIELDS:
+        raise ValueError("must be a six-field NCRONTAB expression, e.g. '0 0 */3 * * *'")
+    return value
+
+
+def _auth_mode(value: str) -> AuthMode:
+    try:
+        return AuthMode(value)
+    except ValueError:
+        raise ValueError("must be one of " + ", ".join(m.value for m in AuthMode)) from None
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    name: str
+    meaning: str
+    parse: Callable[[str], Any]
+    default: str | None = None
+    required: bool = True
+
+
+SETTINGS: tuple[SettingSpec, ...] = (
+    SettingSpec("DURABLE_TASK_HUB", "Durable Functions task hub name (host.json reads it)",
+                _pattern(_TASK_HUB, "must be 3-45 letters or digits, starting with a letter")),
+    SettingSpec("AZURE_AUTH_MODE", "How the app signs in to Azure: managed-identity, "
+                "default-credential, or emulator (local stand-ins only)", _auth_mode,
+                default=AuthMode.MANAGED_IDENTITY.value),
+    SettingSpec("AZURE_CLIENT_ID", "Client id of the app's user-assigned managed identity",
+                _guid, required=False),
+    SettingSpec("TARGET_SUBSCRIPTION_IDS", "Subscriptions whose machines are managed, comma-separated",
+                _guid_list),
+    SettingSpec("ARM_ENDPOINT", "Azure Resource Manager endpoint", _url,
+                default="https://management.azure.com"),
+    SettingSpec("STORAGE_TABLE_ENDPOINT", "Table service URI of the inventory storage account",
+                _url, required=False),
+    SettingSpec("STORAGE_BLOB_ENDPOINT", "Blob service URI of the run-log storage account",
+                _url, required=False),
+    SettingSpec("STORAGE_CONNECTION_STRING", "Connection string for the storage emulator "
+                "(local only; in Azure the endpoints and the managed identity are used)",
+                str, required=False),
+    SettingSpec("LOGS_INGESTION_ENDPOINT", "Data collection endpoint for the Logs Ingestion API",
+                _url),
+    SettingSpec("LOGS_DCR_IMMUTABLE_ID", "Immutable id of the data collection rule",
+                _pattern(_DCR_IMMUTABLE_ID, "must look like dcr-<32 lowercase hex digits>")),
+    SettingSpec("LOG_ANALYTICS_WORKSPACE_ID", "Workspace (customer) id queried by the API", _guid),
+    SettingSpec("LOGS_QUERY_ENDPOINT", "Log Analytics query endpoint", _url,
+                default="https://api.loganalytics.io/v1"),
+    SettingSpec("FLEET_DISCOVERY_SCHEDULE", "NCRONTAB schedule of the fleet discovery timer",
+                _ncrontab, default="0 */15 * * * *"),
+)
+
+SETTING_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS)
+
+
+@dataclass(frozen=True)
+class Settings:
+    durable_task_hub: str
+    azure_auth_mode: AuthMode
+    azure_client_id: str | None
+    target_subscription_ids: tuple[str, ...]
+    arm_endpoint: str
+    storage_table_endpoint: str | None
+    storage_blob_endpoint: str | None
+    storage_connection_string: str | None
+    logs_ingestion_endpoint: str
+    logs_dcr_immutable_id: str
+    log_analytics_workspace_id: str
+    logs_query_endpoint: str
+    fleet_discovery_schedule: str
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and check every setting; raise :class:`SettingsError` naming all problems at once."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for spec in SETTINGS:
+        raw = env.get(spec.name, "").strip()
+        if not raw:
+            raw = spec.default or ""
+        if not raw:
+            if spec.required:
+                problems.append(f"{spec.name} is missing ({spec.meaning})")
+            values[spec.name.lower()] = None
+            continue
+        try:
+            values[spec.name.lower()] = spec.parse(raw)
+        except ValueError as error:
+            problems.append(f"{spec.name} {error} (got {raw!r})")
+    problems.extend(_cross_checks(values))
+    if problems:
+        raise SettingsError(problems)
+    return Settings(**values)
+
+
+def _cross_checks(values: dict[str, Any]) -> list[str]:
+    problems = []
+    has_connection = bool(values.get("storage_connection_string"))
+    has_endpoints = bool(values.get("storage_table_endpoint")) and bool(values.get("storage_blob_endpoint"))
+    if not has_connection and not has_endpoints:
+        problems.append(
+            "STORAGE_TABLE_ENDPOINT and STORAGE_BLOB_ENDPOINT are required "
+            "(or STORAGE_CONNECTION_STRING for the local storage emulator)"
+        )
+    if values.get("azure_auth_mode") == AuthMode.EMULATOR:
+        for name in ("arm_endpoint", "logs_ingestion_endpoint", "logs_query_endpoint"):
+            url = values.get(name)
+            if url and not _is_loopback(url):
+                problems.append(
+                    f"{name.upper()} must be a loopback address when AZURE_AUTH_MODE is emulator "
+                    f"(got {url!r}); the emulator token is never sent to a real endpoint"
+                )
+    if has_connection and values.get("azure_auth_mode") != AuthMode.EMULATOR:
+        problems.append(
+            "STORAGE_CONNECTION_STRING is accepted only with AZURE_AUTH_MODE=emulator; "
+            "in Azure the app reaches storage with its managed identity"
+        )
+    return problems
