@@ -204,3 +204,13 @@ def _cross_checks(values: dict[str, Any]) -> list[str]:
             "in Azure the app reaches storage with its managed identity"
         )
     return problems
+
+
+# Settings the Functions platform reads (not this code); named here so that
+# local.settings.example.json and the Bicep app settings can be checked complete.
+PLATFORM_SETTINGS: dict[str, str] = {
+    "FUNCTIONS_WORKER_RUNTIME": "python",
+    "AzureWebJobsStorage": "the host's own storage (Durable task hub, timers)",
+    "PYTHON_THREADPOOL_THREAD_COUNT": "worker threads; at least host.json's concurrent "
+    "activity + orchestrator functions, so neither starves the other",
+}

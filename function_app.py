@@ -1,0 +1,13 @@
+"""The Function App: create the Durable app and register the blueprints. Nothing else lives here."""
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from functions.api import bp as api_blueprint
+from functions.discovery import bp as discovery_blueprint
+
+# HTTP functions are anonymous at the Functions level: App Service Authentication (Entra ID)
+# signs callers in and each function checks the caller's app role (shared/principal.py).
+app = df.DFApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+app.register_functions(discovery_blueprint)
+app.register_functions(api_blueprint)

@@ -1,0 +1,1 @@
+"""Blueprints: triggers, orchestrators and activities. Thin: parse, call ``shared/``, respond."""

@@ -1,0 +1,72 @@
+"""Fleet discovery: timer and orchestration that keep the machine inventory current."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from shared.discovery import discover_subscription as discover_subscription_machines
+from shared.messages import DiscoveryCounts, DiscoveryRunInput, SubscriptionDiscoveryInput
+from shared.settings import load_settings
+
+bp = df.Blueprint()
+
+# ARM list calls fail transiently (throttling survives azure-core's own retries under load):
+# three attempts a minute apart before the subscription is recorded as failed.
+_DISCOVERY_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=60_000, max_number_of_attempts=3)
+
+
+def discovery_instance_id(fired_at_minute: str) -> str:
+    return f"discovery-{fired_at_minute}"
+
+
+@bp.timer_trigger(schedule="%FLEET_DISCOVERY_SCHEDULE%", arg_name="timer", run_on_startup=False)
+@bp.durable_client_input(client_name="client")
+async def discover_fleet(timer: func.TimerRequest, client: df.DurableOrchestrationClient) -> None:
+    """Start one discovery run per timer slot; a doubled or late firing of the same slot starts nothing."""
+    settings = load_settings()
+    # Timers fire on the minute; a second firing for the same minute (failover) maps to the same id.
+    slot = datetime.now(UTC).strftime("%Y%m%dT%H%M")
+    instance_id = discovery_instance_id(slot)
+    existing = await client.get_status(instance_id)
+    if existing and existing.runtime_status is not None:
+        return
+    run = DiscoveryRunInput(subscription_ids=settings.target_subscription_ids, trigger="timer")
+    await client.start_new("fleet_discovery_run", instance_id, run.model_dump(mode="json"))
+
+
+@bp.orchestration_trigger(context_name="context")
+def fleet_discovery_run(context: df.DurableOrchestrationContext) -> Any:
+    run = DiscoveryRunInput.model_validate(context.get_input())
+    context.set_custom_status({"stage": "discovering", "subscriptions": len(run.subscription_ids)})
+    tasks = [
+        context.call_activity_with_retry(
+            "discover_subscription",
+            _DISCOVERY_RETRY,
+            SubscriptionDiscoveryInput(
+                run_id=context.instance_id,
+                subscription_id=subscription_id,
+                observed_at=context.current_utc_datetime,
+            ).model_dump(mode="json"),
+        )
+        for subscription_id in run.subscription_ids
+    ]
+    # A subscription that cannot be read comes back as a counted failure, not an exception,
+    # so one bad subscription never hides the others.
+    results = yield context.task_all(tasks)
+    total = DiscoveryCounts()
+    for result in results:
+        total = total.plus(DiscoveryCounts.model_validate(result))
+    summary = total.model_dump(mode="json")
+    context.set_custom_status({"stage": "done", **summary})
+    return summary
+
+
+@bp.activity_trigger(input_name="request")
+def discover_subscription(request: dict[str, Any]) -> dict[str, Any]:
+    counts = discover_subscription_machines(load_settings(), SubscriptionDiscoveryInput.model_validate(request))
+    return counts.model_dump(mode="json")
+

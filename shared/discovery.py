@@ -1,0 +1,53 @@
+"""Discovery: list a subscription's machines, keep them in the inventory, report them to Log Analytics."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from azure.core.exceptions import HttpResponseError, ServiceRequestError
+
+from shared.arm import MachineDirectory
+from shared.credentials import credential_for
+from shared.inventory import MachineInventory
+from shared.logschema import HEARTBEAT
+from shared.logsink import LogSink, heartbeat_row
+from shared.machines import Support
+from shared.messages import DiscoveryCounts, SubscriptionDiscoveryInput
+from shared.settings import Settings
+from shared.storage import table_service
+
+logger = logging.getLogger(__name__)
+
+
+def discover_subscription(settings: Settings, request: SubscriptionDiscoveryInput) -> DiscoveryCounts:
+    """Idempotent: the inventory is upserted by machine key, and heartbeat rows carry a
+    record id derived from the run and the machine, so a retried activity changes nothing."""
+    credential = credential_for(settings)
+    directory = MachineDirectory(credential, settings.arm_endpoint, request.subscription_id)
+    try:
+        machines = list(directory.machines())
+    except (HttpResponseError, ServiceRequestError) as error:
+        # azure-core has already retried throttling and transient errors; what is left is
+        # recorded against the subscription (no access, not registered, gone).
+        logger.warning("discovery of subscription %s failed: %s", request.subscription_id, error)
+        return DiscoveryCounts(subscriptions_failed=(request.subscription_id,))
+    finally:
+        directory.close()
+    inventory = MachineInventory(table_service(settings, credential))
+    inventory.ensure()
+    inventory.record(machines, request.observed_at)
+    sink = LogSink(credential, settings.logs_ingestion_endpoint, settings.logs_dcr_immutable_id)
+    try:
+        sink.send(HEARTBEAT, [heartbeat_row(m, request.observed_at, request.run_id) for m in machines])
+    finally:
+        sink.close()
+    return DiscoveryCounts(
+        machines=len(machines),
+        by_os=dict(Counter(m.os_type.value for m in machines)),
+        by_environment=dict(Counter(m.environment.value for m in machines)),
+        by_power_state=dict(Counter(m.power_state.value for m in machines)),
+        not_reachable=sum(1 for m in machines if m.reachable_reason),
+        assessment_only=sum(1 for m in machines if m.support.support is Support.ASSESSMENT_ONLY),
+        unsupported=sum(1 for m in machines if m.support.support is Support.UNSUPPORTED),
+    )

@@ -1,0 +1,58 @@
+"""Table and Blob clients for the inventory and run-log storage, from settings.
+
+In Azure the app reaches storage with its managed identity (shared-key access is off
+on the account); the connection string is only for the local storage emulator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from itertools import islice
+from typing import Any
+
+from azure.core.credentials import TokenCredential
+from azure.data.tables import TableClient, TableServiceClient, TableTransactionError
+from azure.storage.blob import BlobServiceClient
+
+from shared.settings import Settings
+
+# A table transaction holds at most 100 entities, all with one PartitionKey
+# (Azure Table Storage limits; Azurite does not enforce them, so we do).
+MAX_TRANSACTION_ENTITIES = 100
+
+
+def table_service(settings: Settings, credential: TokenCredential) -> TableServiceClient:
+    if settings.storage_connection_string:
+        return TableServiceClient.from_connection_string(settings.storage_connection_string)
+    assert settings.storage_table_endpoint  # guaranteed by load_settings
+    return TableServiceClient(endpoint=settings.storage_table_endpoint, credential=credential)
+
+
+def blob_service(settings: Settings, credential: TokenCredential) -> BlobServiceClient:
+    if settings.storage_connection_string:
+        return BlobServiceClient.from_connection_string(settings.storage_connection_string)
+    assert settings.storage_blob_endpoint
+    return BlobServiceClient(account_url=settings.storage_blob_endpoint, credential=credential)
+
+
+def upsert_in_batches(table: TableClient, entities: Iterable[Mapping[str, Any]]) -> int:
+    """Upsert entities in transactions of at most 100 per partition; returns how many were written.
+
+    Each transaction is atomic; a failure raises naming the partition, and the
+    entities already committed stay (upserts are idempotent, so a retry is safe).
+    """
+    by_partition: dict[str, list[Mapping[str, Any]]] = {}
+    for entity in entities:
+        by_partition.setdefault(str(entity["PartitionKey"]), []).append(entity)
+    written = 0
+    for partition, items in by_partition.items():
+        iterator = iter(items)
+        while chunk := list(islice(iterator, MAX_TRANSACTION_ENTITIES)):
+            try:
+                table.submit_transaction([("upsert", dict(e)) for e in chunk])
+            except TableTransactionError as error:
+                raise RuntimeError(
+                    f"table {table.table_name}: transaction for partition {partition!r} failed: {error}"
+                ) from error
+            written += len(chunk)
+    return written
