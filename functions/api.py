@@ -22,7 +22,9 @@ bp = df.Blueprint()
 
 # Durable run ids the API hands out start with these; anything else is not ours to show.
 _RUN_PREFIXES = ("discovery-",)
-_MACHINE_FILTERS = {"os": "OsType", "environment": "Environment", "support": "Support", "powerState": "PowerState"}
+_MACHINE_FILTERS = {
+    "os": "OsType", "environment": "Environment", "support": "Support", "powerState": "PowerState",
+}
 
 
 class StartDiscoveryBody(BaseModel):

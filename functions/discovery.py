@@ -67,6 +67,7 @@ def fleet_discovery_run(context: df.DurableOrchestrationContext) -> Any:
 
 @bp.activity_trigger(input_name="request")
 def discover_subscription(request: dict[str, Any]) -> dict[str, Any]:
-    counts = discover_subscription_machines(load_settings(), SubscriptionDiscoveryInput.model_validate(request))
+    request_model = SubscriptionDiscoveryInput.model_validate(request)
+    counts = discover_subscription_machines(load_settings(), request_model)
     return counts.model_dump(mode="json")
 

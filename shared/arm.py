@@ -43,7 +43,9 @@ class MachineDirectory:
     def virtual_machines(self) -> Iterator[Machine]:
         views = {
             vm.id.lower(): vm.instance_view
-            for vm in self._compute.virtual_machines.list_all(status_only="true", api_version=COMPUTE_API_VERSION)
+            for vm in self._compute.virtual_machines.list_all(
+                status_only="true", api_version=COMPUTE_API_VERSION
+            )
             if vm.id
         }
         for vm in self._compute.virtual_machines.list_all(api_version=COMPUTE_API_VERSION):

@@ -7,6 +7,7 @@ resource id (resource ids contain '/', which keys may not).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Iterator
 from datetime import datetime
@@ -51,10 +52,8 @@ class MachineInventory:
         self._table = service.get_table_client(MACHINES_TABLE)
 
     def ensure(self) -> None:
-        try:
+        with contextlib.suppress(ResourceExistsError):
             self._table.create_table()
-        except ResourceExistsError:
-            pass
 
     def record(self, machines: Iterable[Machine], discovered_at: datetime) -> int:
         return upsert_in_batches(self._table, (machine_entity(m, discovered_at) for m in machines))

@@ -68,7 +68,9 @@ def support_for(os_type: OsType, os_name: str, os_version: str) -> SupportVerdic
     described = f"{os_name} {os_version}".strip()
     if os_type is OsType.WINDOWS:
         if _WINDOWS_CLIENT.search(described):
-            return SupportVerdict(Support.UNSUPPORTED, f"Windows client operating systems are not supported ({described})")
+            return SupportVerdict(
+                Support.UNSUPPORTED, f"Windows client operating systems are not supported ({described})"
+            )
         if _NANO.search(described):
             return SupportVerdict(Support.UNSUPPORTED, f"Nano Server is not supported ({described})")
         if _SERVER_2008.search(described):

@@ -52,7 +52,7 @@ def parse_principal(header_value: str | None) -> Principal:
     values = {(c.get("typ"), c.get("val")) for c in claims if isinstance(c, dict)}
     granted: set[Role] = set()
     for typ, val in values:
-        if typ in _ROLE_CLAIM_TYPES and val in Role._value2member_map_:
+        if typ in _ROLE_CLAIM_TYPES and isinstance(val, str) and val in Role._value2member_map_:
             role = Role(val)
             granted |= {role, *_IMPLIES.get(role, set())}
     name = next((val for typ in _NAME_CLAIM_TYPES for t, val in values if t == typ), "unknown")
