@@ -1,0 +1,23 @@
+import base64
+
+import pytest
+
+from shared.principal import NotSignedIn, Role, encode_principal, parse_principal
+
+
+def test_roles_come_from_the_app_service_principal_and_operator_implies_reader():
+    principal = parse_principal(encode_principal("ana@contoso.com", [Role.OPERATOR]))
+    assert principal.name == "ana@contoso.com"
+    assert principal.has(Role.OPERATOR) and principal.has(Role.READER)
+    assert not principal.has(Role.APPROVER)
+
+
+def test_unknown_roles_grant_nothing():
+    principal = parse_principal(encode_principal("bob", []))
+    assert principal.roles == frozenset()
+
+
+@pytest.mark.parametrize("header", [None, "", "not base64!", base64.b64encode(b"not json").decode()])
+def test_missing_or_garbled_principal_is_not_signed_in(header):
+    with pytest.raises(NotSignedIn):
+        parse_principal(header)

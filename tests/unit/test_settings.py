@@ -1,0 +1,75 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from shared.settings import PLATFORM_SETTINGS, SETTING_NAMES, AuthMode, SettingsError, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+VALID = {
+    "DURABLE_TASK_HUB": "PatchHub",
+    "TARGET_SUBSCRIPTION_IDS": "00000000-0000-0000-0000-000000000001, 00000000-0000-0000-0000-0000000000AB",
+    "STORAGE_TABLE_ENDPOINT": "https://acct.table.core.windows.net",
+    "STORAGE_BLOB_ENDPOINT": "https://acct.blob.core.windows.net",
+    "LOGS_INGESTION_ENDPOINT": "https://dce.westeurope-1.ingest.monitor.azure.com",
+    "LOGS_DCR_IMMUTABLE_ID": "dcr-0123456789abcdef0123456789abcdef",
+    "LOG_ANALYTICS_WORKSPACE_ID": "11111111-2222-3333-4444-555555555555",
+}
+
+
+def test_valid_settings_parse_with_defaults():
+    settings = load_settings(VALID)
+    assert settings.target_subscription_ids == (
+        "00000000-0000-0000-0000-000000000001",
+        "00000000-0000-0000-0000-0000000000ab",
+    )
+    assert settings.azure_auth_mode is AuthMode.MANAGED_IDENTITY
+    assert settings.arm_endpoint == "https://management.azure.com"
+    assert settings.fleet_discovery_schedule == "0 */15 * * * *"
+
+
+def test_every_problem_is_named_at_once():
+    env = dict(VALID, DURABLE_TASK_HUB="9bad", LOGS_DCR_IMMUTABLE_ID="dcr-XYZ", ARM_ENDPOINT="ftp://x")
+    del env["LOG_ANALYTICS_WORKSPACE_ID"]
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env)
+    text = str(caught.value)
+    for name in ("DURABLE_TASK_HUB", "LOGS_DCR_IMMUTABLE_ID", "ARM_ENDPOINT", "LOG_ANALYTICS_WORKSPACE_ID"):
+        assert name in text
+    assert len(caught.value.problems) == 4
+
+
+def test_storage_needs_endpoints_or_emulator_connection_string():
+    env = {k: v for k, v in VALID.items() if not k.startswith("STORAGE_")}
+    with pytest.raises(SettingsError, match="STORAGE_TABLE_ENDPOINT and STORAGE_BLOB_ENDPOINT"):
+        load_settings(env)
+    with pytest.raises(SettingsError, match="only with AZURE_AUTH_MODE=emulator"):
+        load_settings(dict(env, STORAGE_CONNECTION_STRING="UseDevelopmentStorage=true"))
+
+
+def test_emulator_mode_refuses_real_endpoints():
+    env = dict(VALID, AZURE_AUTH_MODE="emulator")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env)
+    assert "ARM_ENDPOINT must be a loopback address" in str(caught.value)
+
+
+def test_plain_http_only_for_loopback():
+    with pytest.raises(SettingsError, match="must use https"):
+        load_settings(dict(VALID, ARM_ENDPOINT="http://management.azure.com"))
+    assert load_settings(dict(VALID, ARM_ENDPOINT="http://127.0.0.1:9999")).arm_endpoint == "http://127.0.0.1:9999"
+
+
+def test_example_file_names_every_setting_and_nothing_else():
+    example = json.loads((ROOT / "local.settings.example.json").read_text())["Values"]
+    assert set(example) == SETTING_NAMES | set(PLATFORM_SETTINGS)
+
+
+def test_worker_threads_cover_host_json_concurrency():
+    host = json.loads((ROOT / "host.json").read_text())
+    durable = host["extensions"]["durableTask"]
+    assert durable["hubName"] == "%DURABLE_TASK_HUB%"
+    example = json.loads((ROOT / "local.settings.example.json").read_text())["Values"]
+    threads = int(example["PYTHON_THREADPOOL_THREAD_COUNT"])
+    assert threads >= durable["maxConcurrentActivityFunctions"] + durable["maxConcurrentOrchestratorFunctions"]
