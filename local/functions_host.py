@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, urlsplit
 import azure.functions as func
 from azure.functions.timer import TimerRequest
 
+from local.app_index import app_functions
 from shared.principal import PRINCIPAL_HEADER
 
 ROUTE_PREFIX = "/api"  # host.json extensions.http.routePrefix
@@ -62,7 +63,7 @@ def _route_regex(template: str) -> re.Pattern[str]:
 
 def index_functions(app: Any) -> dict[str, HostedFunction]:
     hosted: dict[str, HostedFunction] = {}
-    for function in app.get_functions():
+    for function in app_functions(app):
         bindings = function.get_bindings()
         trigger = next((b for b in bindings if str(b.type).endswith("Trigger")), None)
         if trigger is None:

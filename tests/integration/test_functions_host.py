@@ -1,0 +1,102 @@
+"""The Functions runner calls the real app's HTTP functions, in process and over HTTP."""
+
+import json
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+
+import pytest
+from azure.data.tables import TableServiceClient
+
+import function_app
+from local.functions_host import FunctionsHost
+from shared.inventory import MachineInventory
+from shared.machines import Machine, MachineKind, OsType, PowerState
+from shared.principal import Role, encode_principal
+
+SUBSCRIPTION = "00000000-0000-0000-0000-0000000000aa"
+
+
+@pytest.fixture
+def app_settings(monkeypatch, azurite):
+    values = {
+        "DURABLE_TASK_HUB": "TestHub",
+        "AZURE_AUTH_MODE": "emulator",
+        "TARGET_SUBSCRIPTION_IDS": SUBSCRIPTION,
+        "ARM_ENDPOINT": "https://127.0.0.1:9",
+        "STORAGE_CONNECTION_STRING": azurite.connection_string,
+        "LOGS_INGESTION_ENDPOINT": "https://127.0.0.1:9",
+        "LOGS_QUERY_ENDPOINT": "https://127.0.0.1:9/v1",
+        "LOGS_DCR_IMMUTABLE_ID": "dcr-00000000000000000000000000000001",
+        "LOG_ANALYTICS_WORKSPACE_ID": "00000000-0000-0000-0000-000000000001",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return values
+
+
+@pytest.fixture
+def reader():
+    return {"X-MS-CLIENT-PRINCIPAL": encode_principal("rita", [Role.READER])}
+
+
+def test_functions_are_indexed_from_the_app_metadata():
+    host = FunctionsHost(function_app.app)
+    assert host.timers() == ["discover_fleet"]
+    assert host.functions["read_run"].route == "runs/{runId}"
+    assert host.functions["start_discovery"].client_binding == "client"
+
+
+def test_health_names_bad_settings(monkeypatch, app_settings):
+    host = FunctionsHost(function_app.app)
+    assert host.request("GET", "/api/health").status_code == 200
+    monkeypatch.setenv("LOGS_DCR_IMMUTABLE_ID", "nope")
+    response = host.request("GET", "/api/health")
+    assert response.status_code == 503
+    assert "LOGS_DCR_IMMUTABLE_ID" in json.loads(response.get_body())["problems"][0]
+
+
+# A client binding that points nowhere: enough for functions that refuse before using the client.
+UNREACHABLE_DURABLE = json.dumps({
+    "taskHubName": "TestHub", "creationUrls": {}, "managementUrls": {}, "rpcBaseUrl": "http://127.0.0.1:9/",
+})
+
+
+def test_routing_errors_and_roles(app_settings, reader):
+    host = FunctionsHost(function_app.app, lambda: UNREACHABLE_DURABLE)
+    assert host.request("GET", "/api/machines").status_code == 401
+    operator_only = host.request("POST", "/api/discoveries", headers=reader)
+    assert operator_only.status_code == 403
+    assert host.request("DELETE", "/api/machines", headers=reader).status_code == 405
+    assert host.request("GET", "/api/nothing-here").status_code == 404
+    bad_filter = host.request("GET", "/api/machines?colour=blue", headers=reader)
+    assert bad_filter.status_code == 400
+    assert json.loads(bad_filter.get_body())["error"]["field"] == "colour"
+
+
+def test_machines_are_served_over_http_from_the_inventory(app_settings, reader, azurite):
+    inventory = MachineInventory(TableServiceClient.from_connection_string(azurite.connection_string))
+    inventory.ensure()
+    machines = [
+        Machine(f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/{n}",
+                n, f"{n}.contoso.com", MachineKind.AZURE_VM, SUBSCRIPTION, "rg", "westeurope", os_type, os_name,
+                version, PowerState.RUNNING, "Manual", {"env": "prod"})
+        for n, os_type, os_name, version in [
+            ("web01", OsType.LINUX, "Ubuntu", "22.04"),
+            ("app01", OsType.WINDOWS, "Windows Server 2022 Datacenter", "10.0.20348"),
+        ]
+    ]
+    inventory.record(machines, datetime(2026, 1, 1, tzinfo=UTC))
+    host = FunctionsHost(function_app.app, signed_in_principal=encode_principal("local", [Role.READER]))
+    base = host.serve()
+    try:
+        with urllib.request.urlopen(f"{base}/api/machines?os=linux") as response:
+            body = json.loads(response.read())
+        assert [m["computerName"] for m in body["machines"]] == ["web01.contoso.com"]
+        assert body["machines"][0]["tags"] == {"env": "prod"}
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(f"{base}/api/machines?os=linux&colour=blue")
+        assert caught.value.code == 400
+        assert "colour" in json.loads(caught.value.read())["error"]["message"]
+    finally:
+        host.stop()
