@@ -1,0 +1,100 @@
+"""``python -m local``: the one-machine host's command line.
+
+  run                                  what `make run` does
+  serve [--fleet FILE] [--port N]      keep the whole host up (real clock) until Ctrl-C
+  query "<KQL>"                        query the local Log Analytics of the last run
+  fleet generate --machines N --seed S [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from local.stack import DEFAULT_STATE_DIR, DEMO_FLEET
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m local", description="The one-machine host.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_cmd = commands.add_parser("run", help="run the product's main job on the demo fleet and summarise")
+    run_cmd.add_argument("--fleet", type=Path, default=DEMO_FLEET)
+    run_cmd.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    serve_cmd = commands.add_parser("serve", help="keep the host up with the API on a local port")
+    serve_cmd.add_argument("--fleet", type=Path, default=DEMO_FLEET)
+    query_cmd = commands.add_parser("query", help="run KQL against the local Log Analytics")
+    query_cmd.add_argument("kql")
+    fleet_cmd = commands.add_parser("fleet", help="simulated fleets")
+    fleet_sub = fleet_cmd.add_subparsers(dest="fleet_command", required=True)
+    generate = fleet_sub.add_parser("generate", help="generate a fleet file from a seed")
+    generate.add_argument("--machines", type=int, required=True)
+    generate.add_argument("--seed", type=int, default=1)
+    generate.add_argument("--out", type=Path, help="write here (.yaml or .json); default: stdout as YAML")
+    args = parser.parse_args(argv)
+
+    if args.command == "run":
+        from local.run import run
+
+        return run(args.fleet, args.state_dir)
+    if args.command == "serve":
+        return _serve(args.fleet)
+    if args.command == "query":
+        return _query(args.kql)
+    if args.command == "fleet":
+        return _generate(args.machines, args.seed, args.out)
+    return 2
+
+
+def _serve(fleet_file: Path) -> int:
+    from local.arm.fleet import load_fleet
+    from local.clock import RealClock
+    from local.stack import LocalStack
+
+    stack = LocalStack(load_fleet(fleet_file), clock=RealClock(), state_dir=DEFAULT_STATE_DIR)
+    with stack.start(serve_http=True):
+        print(f"API          {stack.api_base_url}/api  (signed in as the local operator)")
+        print(f"             try: curl {stack.api_base_url}/api/machines")
+        print(f"ARM          {stack.arm.base_url if stack.arm else ''}")
+        print(f"Log Analytics {stack.logs.base_url if stack.logs else ''}")
+        print("Ctrl-C stops everything.", flush=True)
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            print("stopping")
+    return 0
+
+
+def _query(kql: str) -> int:
+    from local.loganalytics.store import LogStore
+    from local.report import table
+
+    db = DEFAULT_STATE_DIR / "loganalytics.duckdb"
+    if not db.exists():
+        print(f"no local Log Analytics data at {db}: run `make run` first", file=sys.stderr)
+        return 1
+    store = LogStore.open_read_only(db)
+    rows = store.query(kql)
+    if not rows:
+        print("(no rows)")
+        return 0
+    print(table(rows, list(rows[0].keys())))
+    return 0
+
+
+def _generate(machines: int, seed: int, out: Path | None) -> int:
+    from local.arm.generator import generate_fleet
+
+    fleet = generate_fleet(machines=machines, seed=seed)
+    if out is None:
+        sys.stdout.write(fleet.to_yaml())
+    else:
+        fleet.save(out)
+        print(f"wrote {machines} machines to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The whole product on one machine: every stand-in started, wired, and the app pointed at them.
+
+:class:`LocalStack` starts Azurite, the ARM stand-in (with a fleet), the Log Analytics
+stand-in, the Durable runner with its client API, and the Functions runner; then it
+sets the app settings the code reads (the same names as in Azure) in this process's
+environment, so the functions run unchanged. Tests use it in memory; ``make run`` and
+``python -m local serve`` keep state under ``.local-state/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from local.arm.fleet import Fleet
+from local.arm.server import ArmStandIn
+from local.azurite import Azurite, start_azurite
+from local.clock import Clock, VirtualClock
+from local.durable import DurableRunner
+from local.functions_host import FunctionsHost
+from local.loganalytics import LogAnalyticsStandIn
+from local.tls import LocalTls, ensure_local_tls
+from shared.principal import Role, encode_principal
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_STATE_DIR = REPO_ROOT / ".local-state"
+DEMO_FLEET = REPO_ROOT / "local" / "fleets" / "demo.yaml"
+TASK_HUB = "LocalPatchHub"
+WORKSPACE_ID = "00000000-0000-4000-8000-00000000000a"
+DCR_IMMUTABLE_ID = "dcr-0000000000000000000000000000000a"
+LOCAL_OPERATOR = "local-operator@localhost"
+
+
+def host_json_activity_concurrency() -> int:
+    host = json.loads((REPO_ROOT / "host.json").read_text())
+    return int(host["extensions"]["durableTask"]["maxConcurrentActivityFunctions"])
+
+
+@dataclass
+class LocalStack:
+    fleet: Fleet
+    clock: Clock = field(default_factory=VirtualClock)
+    state_dir: Path | None = None  # None: everything in memory or in a temporary folder
+    app: Any = None
+    tls: LocalTls | None = None
+    azurite: Azurite | None = None
+    arm: ArmStandIn | None = None
+    logs: LogAnalyticsStandIn | None = None
+    durable: DurableRunner | None = None
+    functions: FunctionsHost | None = None
+    api_base_url: str | None = None
+    _saved_env: dict[str, str | None] = field(default_factory=dict)
+    _tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def start(self, *, serve_http: bool = False) -> LocalStack:
+        try:
+            self._start(serve_http)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, serve_http: bool) -> None:
+        if self.state_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="patch-local-")
+            work = Path(self._tmp.name)
+        else:
+            work = self.state_dir
+            work.mkdir(parents=True, exist_ok=True)
+        self.tls = ensure_local_tls(work / "tls")
+        self.azurite = start_azurite(None if self.state_dir is None else work / "azurite")
+        self.arm = ArmStandIn(self.fleet, self.clock, self.tls)
+        self.arm.start()
+        self.logs = LogAnalyticsStandIn(
+            None if self.state_dir is None else work / "loganalytics.duckdb",
+            self.tls,
+            workspace_id=WORKSPACE_ID,
+            dcr_immutable_id=DCR_IMMUTABLE_ID,
+        )
+        self.logs.start()
+        self._set_app_settings()
+        if self.app is None:
+            import function_app  # imported after the settings exist, as the host would
+
+            self.app = function_app.app
+        self.durable = DurableRunner(
+            self.app, self.clock, activity_concurrency=host_json_activity_concurrency(), task_hub=TASK_HUB
+        )
+        self.durable.start()
+        self.functions = FunctionsHost(
+            self.app,
+            self.durable.client_binding_json,
+            signed_in_principal=encode_principal(LOCAL_OPERATOR, list(Role)),
+        )
+        if serve_http:
+            self.api_base_url = self.functions.serve()
+
+    def app_settings(self) -> dict[str, str]:
+        assert self.arm and self.logs and self.azurite and self.tls
+        return {
+            "DURABLE_TASK_HUB": TASK_HUB,
+            "AZURE_AUTH_MODE": "emulator",
+            "TARGET_SUBSCRIPTION_IDS": ",".join(self.fleet.subscription_ids()),
+            "ARM_ENDPOINT": self.arm.base_url,
+            "STORAGE_CONNECTION_STRING": self.azurite.connection_string,
+            "LOGS_INGESTION_ENDPOINT": self.logs.base_url,
+            "LOGS_DCR_IMMUTABLE_ID": DCR_IMMUTABLE_ID,
+            "LOG_ANALYTICS_WORKSPACE_ID": WORKSPACE_ID,
+            "LOGS_QUERY_ENDPOINT": self.logs.base_url + "/v1",
+            "FLEET_DISCOVERY_SCHEDULE": "0 */15 * * * *",
+            # Trust the local CA for the stand-ins' HTTPS (requests honours this variable).
+            "REQUESTS_CA_BUNDLE": str(self.tls.ca_file),
+        }
+
+    def _set_app_settings(self) -> None:
+        for key, value in self.app_settings().items():
+            self._saved_env.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+
+    def stop(self) -> None:
+        for component in (self.functions, self.durable, self.logs, self.arm, self.azurite):
+            if component is not None:
+                component.stop()
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
