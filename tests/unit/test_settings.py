@@ -58,7 +58,8 @@ def test_emulator_mode_refuses_real_endpoints():
 def test_plain_http_only_for_loopback():
     with pytest.raises(SettingsError, match="must use https"):
         load_settings(dict(VALID, ARM_ENDPOINT="http://management.azure.com"))
-    assert load_settings(dict(VALID, ARM_ENDPOINT="http://127.0.0.1:9999")).arm_endpoint == "http://127.0.0.1:9999"
+    loopback = load_settings(dict(VALID, ARM_ENDPOINT="http://127.0.0.1:9999"))
+    assert loopback.arm_endpoint == "http://127.0.0.1:9999"
 
 
 def test_example_file_names_every_setting_and_nothing_else():
@@ -72,4 +73,5 @@ def test_worker_threads_cover_host_json_concurrency():
     assert durable["hubName"] == "%DURABLE_TASK_HUB%"
     example = json.loads((ROOT / "local.settings.example.json").read_text())["Values"]
     threads = int(example["PYTHON_THREADPOOL_THREAD_COUNT"])
-    assert threads >= durable["maxConcurrentActivityFunctions"] + durable["maxConcurrentOrchestratorFunctions"]
+    concurrent = durable["maxConcurrentActivityFunctions"] + durable["maxConcurrentOrchestratorFunctions"]
+    assert threads >= concurrent
