@@ -86,15 +86,38 @@ def index_functions(app: Any) -> dict[str, HostedFunction]:
     return hosted
 
 
-def _call(function: Callable[..., Any], **kwargs: Any) -> Any:
-    result = function(**kwargs)
-    if inspect.isawaitable(result):
-        return asyncio.run(_await(result))
-    return result
+class _WorkerLoop:
+    """One long-lived event loop in its own thread, as the Python worker has.
+
+    The Durable client keeps one aiohttp session per process, bound to the loop that
+    created it; a fresh ``asyncio.run`` per call would leave it on a closed loop.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def run(self, awaitable: Any) -> Any:
+        with self._lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                worker = threading.Thread(target=self._loop.run_forever, name="worker-loop", daemon=True)
+                worker.start()
+        return asyncio.run_coroutine_threadsafe(_await(awaitable), self._loop).result()
 
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
+
+
+_WORKER_LOOP = _WorkerLoop()
+
+
+def _call(function: Callable[..., Any], **kwargs: Any) -> Any:
+    result = function(**kwargs)
+    if inspect.isawaitable(result):
+        return _WORKER_LOOP.run(result)
+    return result
 
 
 class FunctionsHost:

@@ -49,7 +49,7 @@ def run(fleet_file: Path = DEMO_FLEET, state_dir: Path = DEFAULT_STATE_DIR) -> i
         _say(f"Done in {time.monotonic() - started:.1f}s; discovery result: {json.dumps(result)}")
     _say("")
     _say(f"State kept in {state_dir}. Next:")
-    _say("  .venv/bin/python -m local query 'Heartbeat_CL | summarize count() by OSType, ComputerEnvironment'")
+    _say("  .venv/bin/python -m local query 'Heartbeat_CL | summarize count() by OSType'")
     _say("  .venv/bin/python -m local serve    # the whole host, with the API on a local port")
     return 0
 

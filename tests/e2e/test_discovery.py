@@ -64,7 +64,8 @@ def test_on_demand_discovery_over_http_reports_progress_and_result(stack):
 
 
 def test_bad_discovery_requests_name_the_field(stack):
-    response = stack.functions.request("POST", "/api/discoveries", body={"subscriptionIds": ["x"], "extra": 1})
+    body = {"subscriptionIds": ["x"], "extra": 1}
+    response = stack.functions.request("POST", "/api/discoveries", body=body)
     assert response.status_code == 400
     assert json.loads(response.get_body())["error"]["field"] == "extra"
     outside = stack.functions.request(

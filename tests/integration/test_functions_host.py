@@ -78,9 +78,11 @@ def test_machines_are_served_over_http_from_the_inventory(app_settings, reader, 
     inventory = MachineInventory(TableServiceClient.from_connection_string(azurite.connection_string))
     inventory.ensure()
     machines = [
-        Machine(f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/{n}",
-                n, f"{n}.contoso.com", MachineKind.AZURE_VM, SUBSCRIPTION, "rg", "westeurope", os_type, os_name,
-                version, PowerState.RUNNING, "Manual", {"env": "prod"})
+        Machine(
+            f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/{n}",
+            n, f"{n}.contoso.com", MachineKind.AZURE_VM, SUBSCRIPTION, "rg", "westeurope", os_type, os_name,
+            version, PowerState.RUNNING, "Manual", {"env": "prod"},
+        )
         for n, os_type, os_name, version in [
             ("web01", OsType.LINUX, "Ubuntu", "22.04"),
             ("app01", OsType.WINDOWS, "Windows Server 2022 Datacenter", "10.0.20348"),

@@ -1,0 +1,23 @@
+"""The local Durable Functions runner: the SDK's own replay, driven on one machine."""
+
+from local.durable.client_api import ClientApiServer
+from local.durable.runner import (
+    DurableRunner,
+    DurableRunnerError,
+    InstanceAlreadyRunning,
+    InstanceGone,
+    InstanceNotFound,
+    NonDeterminismError,
+    UnknownFunction,
+)
+
+__all__ = [
+    "ClientApiServer",
+    "DurableRunner",
+    "DurableRunnerError",
+    "InstanceAlreadyRunning",
+    "InstanceGone",
+    "InstanceNotFound",
+    "NonDeterminismError",
+    "UnknownFunction",
+]
