@@ -80,6 +80,7 @@ class LocalStack:
             self.tls,
             workspace_id=WORKSPACE_ID,
             dcr_immutable_id=DCR_IMMUTABLE_ID,
+            clock=self.clock,
         )
         self.logs.start()
         self._set_app_settings()

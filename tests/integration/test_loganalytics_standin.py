@@ -21,6 +21,7 @@ from azure.monitor.query import LogsQueryClient, LogsQueryPartialResult, LogsQue
 
 from local.clock import VirtualClock
 from local.loganalytics import LogAnalyticsStandIn, LogStore
+from local.loganalytics.store import StoreBusy
 from local.tls import LocalTls, ensure_local_tls
 from shared.logschema import HEARTBEAT, Column, ColumnType, LogTable
 from shared.logsink import LogSink
@@ -82,12 +83,16 @@ def ingest(server: LogAnalyticsStandIn, tls: LocalTls) -> Iterator[LogsIngestion
 
 @pytest.fixture
 def logs(server: LogAnalyticsStandIn, tls: LocalTls) -> Iterator[LogsQueryClient]:
-    client = LogsQueryClient(FakeCredential(), endpoint=server.base_url + "/v1", connection_verify=str(tls.ca_file))
+    client = LogsQueryClient(
+        FakeCredential(), endpoint=server.base_url + "/v1", connection_verify=str(tls.ca_file)
+    )
     yield client
     client.close()
 
 
-def update(computer: str, kb: str, *, state: str = "Needed", hours_ago: float = 1, **extra: Any) -> dict[str, Any]:
+def update(
+    computer: str, kb: str, *, state: str = "Needed", hours_ago: float = 1, **extra: Any
+) -> dict[str, Any]:
     row = {
         "TimeGenerated": (NOW - timedelta(hours=hours_ago)).isoformat(),
         "Computer": computer,
@@ -166,11 +171,19 @@ def test_an_undeclared_column_rejects_the_whole_request(server, ingest, logs):
 
 @pytest.mark.parametrize(
     ("column", "value", "expected"),
-    [("Optional", "yes", "boolean"), ("TimeGenerated", "last tuesday", "datetime"), ("SizeBytes", 1.5, "long")],
+    [
+        ("Optional", "yes", "boolean"),
+        ("TimeGenerated", "last tuesday", "datetime"),
+        ("SizeBytes", 1.5, "long"),
+    ],
 )
-def test_a_value_of_the_wrong_type_is_rejected_naming_row_column_and_type(ingest, logs, column, value, expected):
+def test_a_value_of_the_wrong_type_is_rejected_naming_row_column_and_type(
+    ingest, logs, column, value, expected
+):
     with pytest.raises(HttpResponseError) as failure:
-        ingest.upload(DCR, UPDATE.stream, [update("web1", "KB501"), update("web1", "KB502", **{column: value})])
+        ingest.upload(
+            DCR, UPDATE.stream, [update("web1", "KB501"), update("web1", "KB502", **{column: value})]
+        )
 
     message = str(failure.value.message)
     assert "row 1" in message and column in message and expected in message
@@ -224,14 +237,14 @@ def test_a_single_call_over_one_megabyte_is_413(ingest, logs):
 
 
 def test_429_retry_after_is_honoured_by_the_sdk(server, ingest, logs):
-    server.throttle_next(2, retry_after_seconds=0.3)
+    server.throttle_next(1, retry_after_seconds=1)
     started = time.monotonic()
 
     ingest.upload(DCR, UPDATE.stream, SAMPLE)
 
-    assert time.monotonic() - started >= 0.6
-    assert server.counters.throttled_requests == 2
-    assert server.counters.ingestion_requests == 3
+    assert time.monotonic() - started >= 1
+    assert server.counters.throttled_requests == 1
+    assert server.counters.ingestion_requests == 2
     assert run(logs, "Update_CL | count") == [{"Count": len(SAMPLE)}]
 
 
@@ -258,20 +271,36 @@ def sample(ingest: LogsIngestionClient) -> None:
         (
             "Update_CL | summarize arg_max(TimeGenerated, *) by Computer, KBID "
             "| where UpdateState == 'Needed' | project Computer, KBID | order by Computer asc, KBID asc",
-            [{"Computer": "db1", "KBID": "KB501"}, {"Computer": "db1", "KBID": "KB503"},
-             {"Computer": "web1", "KBID": "KB502"}],
+            [
+                {"Computer": "db1", "KBID": "KB501"},
+                {"Computer": "db1", "KBID": "KB503"},
+                {"Computer": "web1", "KBID": "KB502"},
+            ],
         ),
-        ("Update_CL | distinct Classification | order by Classification asc",
-         [{"Classification": "Critical Updates"}, {"Classification": "Security Updates"}]),
+        (
+            "Update_CL | distinct Classification | order by Classification asc",
+            [{"Classification": "Critical Updates"}, {"Classification": "Security Updates"}],
+        ),
         (
             "Update_CL | where Computer in ((Update_CL | where KBID == 'KB503' | distinct Computer)) "
             "| summarize n = count()",
             [{"n": 2}],
         ),
-        ("Update_CL | top 1 by TimeGenerated asc | project Computer, KBID", [{"Computer": "web1", "KBID": "KB501"}]),
+        (
+            "Update_CL | top 1 by TimeGenerated asc | project Computer, KBID",
+            [{"Computer": "web1", "KBID": "KB501"}],
+        ),
         ("Update_CL | where TimeGenerated > ago(90m) | summarize n = count()", [{"n": 2}]),
     ],
-    ids=["where-project", "summarize-count-by", "arg_max", "distinct", "in-subquery", "top", "ago-virtual-clock"],
+    ids=[
+        "where-project",
+        "summarize-count-by",
+        "arg_max",
+        "distinct",
+        "in-subquery",
+        "top",
+        "ago-virtual-clock",
+    ],
 )
 def test_kql_through_the_query_client(logs, kql, expected):
     assert run(logs, kql) == expected
@@ -289,18 +318,23 @@ def test_a_bad_query_raises_with_the_engine_message(logs):
 
 
 def test_an_unknown_workspace_is_404(logs):
-    with pytest.raises(ResourceNotFoundError):
+    with pytest.raises(HttpResponseError) as failure:
         logs.query_workspace("11111111-1111-4111-8111-111111111111", "Update_CL", timespan=None)
+    assert failure.value.status_code == 404
 
 
 @pytest.mark.usefixtures("sample")
 def test_the_timespan_limits_every_table_read(logs):
-    last_90_minutes = run(logs, "Update_CL | project KBID | order by KBID asc", timespan=timedelta(minutes=90))
+    last_90_minutes = run(
+        logs, "Update_CL | project KBID | order by KBID asc", timespan=timedelta(minutes=90)
+    )
     assert last_90_minutes == [{"KBID": "KB501"}, {"KBID": "KB502"}]
 
     window = (NOW - timedelta(hours=2, minutes=30), NOW - timedelta(hours=1, minutes=30))
     # The subquery is limited too: web1's rows fall outside the window.
-    kql = "Update_CL | where Computer in ((Update_CL | distinct Computer)) | summarize n = count() by Computer"
+    kql = (
+        "Update_CL | where Computer in ((Update_CL | distinct Computer)) | summarize n = count() by Computer"
+    )
     assert run(logs, kql, timespan=window) == [{"Computer": "db1", "n": 2}]
 
 
@@ -311,7 +345,9 @@ def test_past_the_row_limit_the_result_is_partial(tls, clock, ingest):
     ) as small:
         client = LogsIngestionClient(small.base_url, FakeCredential(), connection_verify=str(tls.ca_file))
         client.upload(DCR, UPDATE.stream, SAMPLE)
-        query = LogsQueryClient(FakeCredential(), endpoint=small.base_url + "/v1", connection_verify=str(tls.ca_file))
+        query = LogsQueryClient(
+            FakeCredential(), endpoint=small.base_url + "/v1", connection_verify=str(tls.ca_file)
+        )
 
         result = query.query_workspace(WORKSPACE, "Update_CL", timespan=None)
 
@@ -332,7 +368,11 @@ def test_query_batch_answers_each_query_in_order(logs):
         ]
     )
 
-    assert [r.status for r in results] == [LogsQueryStatus.SUCCESS, LogsQueryStatus.FAILURE, LogsQueryStatus.SUCCESS]
+    assert [r.status for r in results] == [
+        LogsQueryStatus.SUCCESS,
+        LogsQueryStatus.FAILURE,
+        LogsQueryStatus.SUCCESS,
+    ]
     assert rows_of(results[0]) == [{"n": 5}]
     assert "could not parse KQL" in results[1].message
     assert rows_of(results[2]) == [{"n": 2}]
@@ -379,11 +419,15 @@ def test_heartbeats_sent_by_the_app_adapter_answer_the_onboarding_query(server, 
 
 def test_a_db_file_survives_a_restart_and_another_process_can_read_it(tls, clock, tmp_path):
     db = tmp_path / "loganalytics.duckdb"
-    with LogAnalyticsStandIn(db, tls, workspace_id=WORKSPACE, dcr_immutable_id=DCR, tables=(UPDATE,)) as first:
+    with LogAnalyticsStandIn(
+        db, tls, workspace_id=WORKSPACE, dcr_immutable_id=DCR, tables=(UPDATE,)
+    ) as first:
         client = LogsIngestionClient(first.base_url, FakeCredential(), connection_verify=str(tls.ca_file))
         client.upload(DCR, UPDATE.stream, SAMPLE)
 
-    with LogAnalyticsStandIn(db, tls, workspace_id=WORKSPACE, dcr_immutable_id=DCR, tables=(UPDATE,)) as second:
+    with LogAnalyticsStandIn(
+        db, tls, workspace_id=WORKSPACE, dcr_immutable_id=DCR, tables=(UPDATE,)
+    ) as second:
         assert second.query("Update_CL | count") == [{"Count": len(SAMPLE)}]
         # While the second server runs (idle), another process opens the file read-only.
         script = (
@@ -396,4 +440,38 @@ def test_a_db_file_survives_a_restart_and_another_process_can_read_it(tls, clock
         assert reader.returncode == 0, reader.stderr
         assert reader.stdout.strip() == str(len(SAMPLE))
 
-    assert LogStore.open_read_only(db, (UPDATE,)).query("Update_CL | distinct Computer | count") == [{"Count": 2}]
+    assert LogStore.open_read_only(db, (UPDATE,)).query("Update_CL | distinct Computer | count") == [
+        {"Count": 2}
+    ]
+
+
+def test_while_another_process_writes_the_file_ingestion_is_503_and_retried_later(tls, tmp_path):
+    db = tmp_path / "loganalytics.duckdb"
+    with LogAnalyticsStandIn(
+        db, tls, workspace_id=WORKSPACE, dcr_immutable_id=DCR, tables=(UPDATE,)
+    ) as standin:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_WRITE_LOCK, str(db)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+            body = json.dumps(SAMPLE).encode()
+            path = f"/dataCollectionRules/{DCR}/streams/{UPDATE.stream}"
+            reply = standin.handle("POST", path, {"Authorization": "Bearer t"}, body)
+            assert reply.status == 503
+            assert reply.headers == {"Retry-After": "1"}
+            with pytest.raises(StoreBusy):
+                LogStore.open_read_only(db, (UPDATE,)).query("Update_CL | count")
+        finally:
+            assert holder.stdin is not None
+            holder.stdin.close()
+            holder.wait(timeout=30)
+        assert standin.handle("POST", path, {"Authorization": "Bearer t"}, body).status == 204
+
+
+HOLD_WRITE_LOCK = (
+    "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); sys.stdin.read()"
+)
