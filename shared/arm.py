@@ -32,8 +32,10 @@ class MachineDirectory:
         self._compute = ComputeManagementClient(
             credential, subscription_id, base_url=arm_endpoint, credential_scopes=scopes
         )
+        # The hybrid-compute client takes its api-version once, in the constructor.
         self._hybrid = HybridComputeManagementClient(
-            credential, subscription_id, base_url=arm_endpoint, credential_scopes=scopes
+            credential, subscription_id, base_url=arm_endpoint, credential_scopes=scopes,
+            api_version=HYBRID_COMPUTE_API_VERSION,
         )
 
     def machines(self) -> Iterator[Machine]:
@@ -52,7 +54,7 @@ class MachineDirectory:
             yield vm_to_machine(vm, views.get((vm.id or "").lower()))
 
     def arc_servers(self) -> Iterator[Machine]:
-        for server in self._hybrid.machines.list_by_subscription(api_version=HYBRID_COMPUTE_API_VERSION):
+        for server in self._hybrid.machines.list_by_subscription():
             yield arc_to_machine(server)
 
     def close(self) -> None:
@@ -81,10 +83,25 @@ def _patch_mode(os_profile: Any, os_type: OsType) -> str:
     return str(getattr(settings, "patch_mode", "") or "")
 
 
+def _os_type(value: Any) -> OsType:
+    # SDK enums are str subclasses whose str() is the member name on 3.11: read .value.
+    text = str(getattr(value, "value", value) or "")
+    return OsType.WINDOWS if text.lower() == "windows" else OsType.LINUX
+
+
+def _image_os_name(vm: Any) -> str:
+    """The OS as the marketplace image names it; used when the guest agent has not reported
+    (a deallocated VM's instance view carries no OS name)."""
+    image = vm.storage_profile.image_reference if vm.storage_profile else None
+    if image is None or not image.offer:
+        return ""
+    return f"{image.offer} {image.sku or ''}".strip()
+
+
 def vm_to_machine(vm: Any, instance_view: Any) -> Machine:
     ref = parse_resource_id(vm.id)
     os_disk = vm.storage_profile.os_disk if vm.storage_profile else None
-    os_type = OsType(str(os_disk.os_type)) if os_disk and os_disk.os_type else OsType.LINUX
+    os_type = _os_type(os_disk.os_type if os_disk else None)
     return Machine(
         resource_id=vm.id,
         name=vm.name,
@@ -98,7 +115,7 @@ def vm_to_machine(vm: Any, instance_view: Any) -> Machine:
         resource_group=ref.resource_group,
         location=vm.location,
         os_type=os_type,
-        os_name=getattr(instance_view, "os_name", None) or "",
+        os_name=getattr(instance_view, "os_name", None) or _image_os_name(vm),
         os_version=getattr(instance_view, "os_version", None) or "",
         power_state=_power_state(instance_view),
         patch_mode=_patch_mode(vm.os_profile, os_type),
@@ -112,7 +129,7 @@ _ARC_STATUS = {"connected": PowerState.RUNNING, "disconnected": PowerState.DISCO
 def arc_to_machine(server: Any) -> Machine:
     ref = parse_resource_id(server.id)
     props = server.properties
-    os_type = OsType.WINDOWS if (props.os_type or "").lower() == "windows" else OsType.LINUX
+    os_type = _os_type(props.os_type)
     return Machine(
         resource_id=server.id,
         name=server.name,

@@ -1,0 +1,905 @@
+"""What assessing and installing do to a simulated machine, on the shared clock.
+
+An operation is planned when it is requested (how long it takes, what it will install)
+and takes effect when the clock reaches its end: then the machine's state changes
+(installed patches move from available to installed, the instance view's patch
+summaries are rewritten), so the next assessment sees the new state. Nothing runs in
+the background: :meth:`Simulation.settle` applies finished operations whenever the
+server touches the state, which keeps the simulation deterministic under a virtual clock.
+
+Operation status versus result status: an assess/install that ran to the end reports
+the ARM operation ``Succeeded`` and carries its own ``status`` (``Succeeded``,
+``Failed`` with a failed patch, ``CompletedWithWarnings`` when the window ran out) in
+``properties.output``; only an operation that could not run at all (an unreachable
+agent) ends the ARM operation ``Failed`` with an ``error``. azure-core's poller treats
+a ``Failed`` ARM operation as an exception, so this is what lets ``poller.result()``
+return the typed result of an install with a failed patch.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from local.arm.catalogue import (
+    CRITICAL_OR_SECURITY,
+    LINUX_CLASSIFICATIONS,
+    WINDOWS_CLASSIFICATIONS,
+    Update,
+    WindowsUpdate,
+)
+from local.arm.fleet import Fleet, Machine
+from local.clock import Clock
+
+# Azure VMs accept at most PT3H55M (AZURE-FACTS, "Install parameters").
+MAX_MAXIMUM_DURATION = timedelta(hours=3, minutes=55)
+# The Linux agent keeps 15 minutes for a reboot when it plans one (AZURE-FACTS, agent time budget).
+REBOOT_BUFFER = timedelta(minutes=15)
+# How long a simulated reboot takes once patches are in.
+REBOOT_DURATION = timedelta(minutes=5)
+# An unreachable agent is given up on after this long, as the extension handler times out.
+UNREACHABLE_TIMEOUT = timedelta(minutes=5)
+RUN_COMMAND_DURATION = timedelta(seconds=30)
+SNAPSHOT_DURATION = timedelta(seconds=60)
+DELETE_DURATION = timedelta(seconds=10)
+# Assessments are current for a day (AZURE-FACTS: periodic assessment every 24 h); the fleet
+# starts as if the last periodic one ran this long ago.
+PREVIOUS_ASSESSMENT_AGE = timedelta(hours=20)
+
+RebootSetting = Literal["IfRequired", "Never", "Always"]
+Selection = Literal["Selected", "Excluded", "NotSelected"]
+_DURATION = re.compile(r"^P(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$")
+
+
+class ArmError(Exception):
+    """An error answered the way ARM answers it: HTTP status and ``{"error": {code, message, target}}``."""
+
+    def __init__(self, status: int, code: str, message: str, target: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.target = target
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.target:
+            error["target"] = self.target
+        return {"error": error}
+
+
+def _invalid(field_name: str, message: str) -> ArmError:
+    return ArmError(400, "InvalidParameter", f"{field_name}: {message}", target=field_name)
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def parse_duration(text: str, field_name: str = "maximumDuration") -> timedelta:
+    """ISO 8601 duration (days, hours, minutes, seconds) as the patch API accepts it."""
+    match = _DURATION.match(text or "")
+    if not match or text in ("P", "PT") or text.endswith("T"):
+        raise _invalid(field_name, f"{text!r} is not an ISO 8601 duration such as PT2H30M")
+    parts = {k: float(v or 0) for k, v in match.groupdict().items()}
+    return timedelta(days=parts["d"], hours=parts["h"], minutes=parts["m"], seconds=parts["s"])
+
+
+def mask_matches(mask: str, name: str, version: str = "", *, ignore_case: bool = False) -> bool:
+    """``*`` and ``?`` wildcards against ``name`` or, for a versioned mask, ``name_version``."""
+    pattern = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in mask)
+    flags = re.IGNORECASE if ignore_case else 0
+    candidates = (name, f"{name}_{version}") if version else (name,)
+    return any(re.fullmatch(pattern, candidate, flags) for candidate in candidates)
+
+
+@dataclass(frozen=True)
+class InstallRequest:
+    """``installPatches`` parameters, validated for one OS."""
+
+    maximum_duration: timedelta
+    reboot_setting: RebootSetting
+    classifications: frozenset[str] = frozenset()
+    kb_include: frozenset[str] = frozenset()
+    kb_exclude: frozenset[str] = frozenset()
+    exclude_kbs_requiring_reboot: bool = False
+    max_patch_publish_date: datetime | None = None
+    masks_include: tuple[str, ...] = ()
+    masks_exclude: tuple[str, ...] = ()
+
+
+def _string_list(params: dict[str, Any], key: str, prefix: str) -> list[str]:
+    value = params.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _invalid(f"{prefix}.{key}", "must be a list of strings")
+    return list(value)
+
+
+def parse_install_request(body: Any, os_type: str) -> InstallRequest:
+    """Validate an ``installPatches`` body; a 400 names the offending field."""
+    if not isinstance(body, dict):
+        raise _invalid("parameters", "the request body must be a JSON object")
+    if "maximumDuration" not in body:
+        raise _invalid("maximumDuration", "is required")
+    duration = parse_duration(str(body["maximumDuration"]))
+    if duration <= timedelta(0) or duration > MAX_MAXIMUM_DURATION:
+        raise _invalid(
+            "maximumDuration", f"{body['maximumDuration']} must be more than zero and at most PT3H55M"
+        )
+    reboot = body.get("rebootSetting")
+    if reboot not in ("IfRequired", "Never", "Always"):
+        raise _invalid("rebootSetting", f"{reboot!r} must be one of IfRequired, Never, Always (required)")
+    if os_type == "Windows":
+        return _windows_request(body, duration, reboot)
+    return _linux_request(body, duration, reboot)
+
+
+def _windows_request(body: dict[str, Any], duration: timedelta, reboot: RebootSetting) -> InstallRequest:
+    params = body.get("windowsParameters")
+    if not isinstance(params, dict):
+        raise _invalid("windowsParameters", "is required to install patches on a Windows machine")
+    prefix = "windowsParameters"
+    classes = _string_list(params, "classificationsToInclude", prefix)
+    for index, value in enumerate(classes):
+        if value not in WINDOWS_CLASSIFICATIONS:
+            raise _invalid(
+                f"{prefix}.classificationsToInclude[{index}]",
+                f"{value!r} is not a Windows classification ({', '.join(sorted(WINDOWS_CLASSIFICATIONS))})",
+            )
+    kbs: dict[str, list[str]] = {}
+    for key in ("kbNumbersToInclude", "kbNumbersToExclude"):
+        kbs[key] = _string_list(params, key, prefix)
+        for index, value in enumerate(kbs[key]):
+            if not value.isdigit():
+                raise _invalid(f"{prefix}.{key}[{index}]", f"{value!r} must be the KB number's digits only")
+    if not classes and not kbs["kbNumbersToInclude"] and not params.get("patchNameMasksToInclude"):
+        raise _invalid(
+            f"{prefix}.classificationsToInclude",
+            "name at least one classification, KB number or name mask to include",
+        )
+    publish = params.get("maxPatchPublishDate")
+    try:
+        max_date = datetime.fromisoformat(publish.replace("Z", "+00:00")) if publish else None
+    except (AttributeError, ValueError):
+        raise _invalid(f"{prefix}.maxPatchPublishDate", f"{publish!r} is not an ISO 8601 date-time") from None
+    return InstallRequest(
+        duration,
+        reboot,
+        frozenset(classes),
+        frozenset(kbs["kbNumbersToInclude"]),
+        frozenset(kbs["kbNumbersToExclude"]),
+        bool(params.get("excludeKbsRequiringReboot", False)),
+        max_date,
+        tuple(_string_list(params, "patchNameMasksToInclude", prefix)),
+        tuple(_string_list(params, "patchNameMasksToExclude", prefix)),
+    )
+
+
+def _linux_request(body: dict[str, Any], duration: timedelta, reboot: RebootSetting) -> InstallRequest:
+    params = body.get("linuxParameters")
+    if not isinstance(params, dict):
+        raise _invalid("linuxParameters", "is required to install patches on a Linux machine")
+    prefix = "linuxParameters"
+    classes = _string_list(params, "classificationsToInclude", prefix)
+    for index, value in enumerate(classes):
+        if value not in LINUX_CLASSIFICATIONS:
+            raise _invalid(
+                f"{prefix}.classificationsToInclude[{index}]",
+                f"{value!r} is not a Linux classification ({', '.join(sorted(LINUX_CLASSIFICATIONS))})",
+            )
+    include = _string_list(params, "packageNameMasksToInclude", prefix)
+    if not classes and not include:
+        raise _invalid(
+            f"{prefix}.classificationsToInclude",
+            "name at least one classification or package name mask to include",
+        )
+    return InstallRequest(
+        duration,
+        reboot,
+        frozenset(classes),
+        masks_include=tuple(include),
+        masks_exclude=tuple(_string_list(params, "packageNameMasksToExclude", prefix)),
+    )
+
+
+def select(update: Update, request: InstallRequest) -> Selection:
+    """Whether an install with ``request`` takes ``update``; exclusions win over inclusions."""
+    if isinstance(update, WindowsUpdate):
+        return _select_windows(update, request)
+    if any(mask_matches(m, update.name, update.version) for m in request.masks_exclude):
+        return "Excluded"
+    if set(update.classifications) & request.classifications or any(
+        mask_matches(m, update.name, update.version) for m in request.masks_include
+    ):
+        return "Selected"
+    return "NotSelected"
+
+
+def _select_windows(update: WindowsUpdate, request: InstallRequest) -> Selection:
+    if (
+        update.kb_id in request.kb_exclude
+        or any(mask_matches(m, update.title, ignore_case=True) for m in request.masks_exclude)
+        or (request.exclude_kbs_requiring_reboot and update.requires_reboot)
+    ):
+        return "Excluded"
+    if update.kb_id in request.kb_include:
+        return "Selected"
+    # Optional updates (previews) are only ever installed when named by KB.
+    if update.optional:
+        return "NotSelected"
+    if request.max_patch_publish_date and update.published_date > request.max_patch_publish_date:
+        return "NotSelected"
+    if set(update.classifications) & request.classifications or any(
+        mask_matches(m, update.title, ignore_case=True) for m in request.masks_include
+    ):
+        return "Selected"
+    return "NotSelected"
+
+
+def is_failing(update: Update, failing: tuple[str, ...]) -> bool:
+    if isinstance(update, WindowsUpdate):
+        return any(f.upper().removeprefix("KB") == update.kb_id for f in failing)
+    return any(f in (update.name, update.ref) for f in failing)
+
+
+@dataclass
+class InstallOutcome:
+    states: list[tuple[Update, str]]  # (update, installationState)
+    duration: timedelta
+    window_exceeded: bool
+    reboot_status: str
+    reboot_pending_after: bool
+
+    def count(self, state: str) -> int:
+        return sum(1 for _, s in self.states if s == state)
+
+    @property
+    def status(self) -> str:
+        if self.count("Failed"):
+            return "Failed"
+        return "CompletedWithWarnings" if self.window_exceeded else "Succeeded"
+
+
+def plan_install(
+    available: list[Update],
+    request: InstallRequest,
+    *,
+    seconds_per_patch: int,
+    failing: tuple[str, ...],
+    reboot_pending: bool,
+) -> InstallOutcome:
+    """Install patch by patch until the window cannot hold the next one (the rest stay Pending)."""
+    choices = [(u, select(u, request)) for u in available]
+    selected = [u for u, choice in choices if choice == "Selected"]
+    per_patch = timedelta(seconds=seconds_per_patch)
+    reboot_planned = request.reboot_setting == "Always" or (
+        request.reboot_setting == "IfRequired"
+        and (reboot_pending or any(u.requires_reboot for u in selected))
+    )
+    buffer = REBOOT_BUFFER if reboot_planned else timedelta(0)
+    states: dict[int, str] = {id(u): choice for u, choice in choices}
+    elapsed, exceeded = timedelta(0), False
+    for update in selected:
+        if exceeded or elapsed + per_patch + buffer > request.maximum_duration:
+            exceeded = True
+            states[id(update)] = "Pending"
+            continue
+        elapsed += per_patch
+        states[id(update)] = "Failed" if is_failing(update, failing) else "Installed"
+    installed = [u for u in selected if states[id(u)] == "Installed"]
+    needs_reboot = reboot_pending or any(u.requires_reboot for u in installed)
+    if request.reboot_setting == "Always" or (request.reboot_setting == "IfRequired" and needs_reboot):
+        elapsed += REBOOT_DURATION
+        reboot_status, pending_after = "Completed", False
+    else:
+        reboot_status = "Required" if needs_reboot else "NotNeeded"
+        pending_after = needs_reboot
+    return InstallOutcome(
+        [(u, states[id(u)]) for u in available], elapsed, exceeded, reboot_status, pending_after
+    )
+
+
+def patch_id(update: Update) -> str:
+    if isinstance(update, WindowsUpdate):
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"kb:{update.kb_id}:{update.title}"))
+    return f"{update.name}_{update.version}"
+
+
+def _patch_wire(update: Update) -> dict[str, Any]:
+    if isinstance(update, WindowsUpdate):
+        return {
+            "patchId": patch_id(update),
+            "name": update.title,
+            "kbId": update.kb_id,
+            "classifications": list(update.classifications),
+        }
+    return {
+        "patchId": patch_id(update),
+        "name": update.name,
+        "version": update.version,
+        "classifications": list(update.classifications),
+    }
+
+
+def _arc_counts(updates: list[Update]) -> dict[str, int]:
+    """Counts by classification as Arc reports them (no patch list); a patch counts under its first class."""
+    keys = {
+        "Security": "security",
+        "Critical": "critical",
+        "Definition": "definition",
+        "UpdateRollUp": "updateRollup",
+        "FeaturePack": "featurePack",
+        "ServicePack": "servicePack",
+        "Tools": "tools",
+        "Updates": "updates",
+        "Other": "other",
+    }
+    counts = dict.fromkeys(keys.values(), 0)
+    for update in updates:
+        counts[keys[update.classifications[0]]] += 1
+    return counts
+
+
+@dataclass
+class MachineState:
+    """A machine's mutable state; ``spec`` is what the fleet file said."""
+
+    spec: Machine
+    available: list[Update]
+    installed: list[Update]
+    reboot_pending: bool
+    throttle_left: int
+    transient_left: int
+    available_summary: dict[str, Any] | None = None
+    installation_summary: dict[str, Any] | None = None
+    busy_with: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.spec.power_state == "running"
+
+
+@dataclass
+class Operation:
+    """A long-running operation: planned at start, applied by ``finish`` when the clock reaches ``end``."""
+
+    id: str
+    provider: str  # Microsoft.Compute or Microsoft.HybridCompute
+    subscription: str
+    location: str
+    target: str
+    start: datetime
+    end: datetime
+    finish: Callable[[Operation], None] | None = None
+    output: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    done: bool = False
+
+    def status_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": self.id, "startTime": iso(self.start)}
+        if not self.done:
+            return body | {"status": "InProgress"}
+        body |= {"status": "Failed" if self.error else "Succeeded", "endTime": iso(self.end)}
+        if self.output is not None:
+            body["properties"] = {"output": self.output}
+        if self.error:
+            body["error"] = self.error
+        return body
+
+
+def _unreachable_error(machine: Machine) -> dict[str, Any]:
+    if machine.kind == "azure-vm":
+        return {
+            "code": "VMAgentStatusCommunicationError",
+            "message": f"VM '{machine.name}' has not reported status for VM agent or extensions. Verify that "
+            "the OS is up and healthy, the VM has a running VM agent, and that it can establish "
+            "outbound connections to Azure storage.",
+        }
+    return {
+        "code": "HybridAgentNotResponding",
+        "message": f"The Connected Machine agent on '{machine.name}' did not respond to the patch extension "
+        "request in time. Check that the himds service is running and can reach Azure Arc.",
+    }
+
+
+class Simulation:
+    """The fleet's mutable state and its operations; callers hold :attr:`lock` around each request."""
+
+    def __init__(self, fleet: Fleet, clock: Clock) -> None:
+        self.fleet = fleet
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.machines: dict[str, MachineState] = {}
+        self.operations: dict[str, Operation] = {}
+        self.resources: dict[str, dict[str, Any]] = {}  # disks and snapshots by lower-case id
+        for machine in fleet.machines:
+            self.machines[machine.resource_id.lower()] = self._initial_state(machine)
+            if machine.kind == "azure-vm":
+                self.resources[os_disk_id(machine).lower()] = _os_disk(
+                    machine, self.clock.now() - timedelta(days=90)
+                )
+
+    def _initial_state(self, machine: Machine) -> MachineState:
+        b = machine.behaviours
+        state = MachineState(
+            machine,
+            machine.resolved(machine.available_updates),
+            machine.resolved(machine.installed_updates),
+            b.reboot_pending,
+            b.throttle.requests if b.throttle else 0,
+            b.transient_errors,
+        )
+        if state.running and not b.unreachable:
+            started = self.clock.now() - PREVIOUS_ASSESSMENT_AGE
+            state.available_summary = self._assessment_summary(
+                state, str(uuid.uuid4()), started, started + timedelta(seconds=b.assess_seconds)
+            )
+        return state
+
+    # ----- lookup
+
+    def machine(self, resource_id: str) -> MachineState:
+        state = self.machines.get(resource_id.lower())
+        if state is None:
+            raise not_found(resource_id)
+        return state
+
+    def operation(self, op_id: str) -> Operation:
+        self.settle()
+        op = self.operations.get(op_id)
+        if op is None:
+            raise ArmError(404, "NotFound", f"The operation '{op_id}' was not found.")
+        return op
+
+    def settle(self) -> None:
+        """Apply every operation whose end the clock has reached, in the order they end."""
+        now = self.clock.now()
+        due = sorted(
+            (op for op in self.operations.values() if not op.done and op.end <= now), key=lambda o: o.end
+        )
+        for op in due:
+            op.done = True
+            if op.finish:
+                op.finish(op)
+
+    def _new_operation(
+        self,
+        provider: str,
+        state_or_target: MachineState | str,
+        subscription: str,
+        location: str,
+        seconds: timedelta,
+        finish: Callable[[Operation], None],
+    ) -> Operation:
+        target = state_or_target if isinstance(state_or_target, str) else state_or_target.spec.resource_id
+        now = self.clock.now()
+        op = Operation(
+            str(uuid.uuid4()), provider, subscription, location, target, now, now + seconds, finish
+        )
+        self.operations[op.id] = op
+        if isinstance(state_or_target, MachineState):
+            state_or_target.busy_with = op.id
+        return op
+
+    # ----- patch operations
+
+    def _check_can_operate(self, state: MachineState, action: str) -> None:
+        machine = state.spec
+        if not state.running:
+            if machine.kind == "arc-server":
+                raise ArmError(
+                    409,
+                    "OperationNotAllowed",
+                    f"Operation '{action}' is not allowed on machine '{machine.name}' because its "
+                    "status is Disconnected.",
+                )
+            raise ArmError(
+                409,
+                "OperationNotAllowed",
+                f"Operation '{action}' is not allowed on VM '{machine.name}' since the VM is "
+                f"{machine.power_state}. Start the VM and retry.",
+            )
+        if state.busy_with and not self.operations[state.busy_with].done:
+            raise ArmError(
+                409,
+                "Conflict",
+                f"Operation '{action}' is not allowed on '{machine.name}' because another patch "
+                f"operation ({state.busy_with}) is in progress.",
+            )
+
+    def _provider(self, machine: Machine) -> str:
+        return "Microsoft.Compute" if machine.kind == "azure-vm" else "Microsoft.HybridCompute"
+
+    def start_assessment(self, resource_id: str) -> Operation:
+        self.settle()
+        state = self.machine(resource_id)
+        self._check_can_operate(state, "assessPatches")
+        machine = state.spec
+        if machine.behaviours.unreachable:
+            return self._start_unreachable(state)
+        activity = str(uuid.uuid4())
+        started = self.clock.now()
+        state.available_summary = {
+            "status": "InProgress",
+            "assessmentActivityId": activity,
+            "startTime": iso(started),
+            "lastModifiedTime": iso(started),
+        }
+
+        def finish(op: Operation) -> None:
+            state.available_summary = self._assessment_summary(state, activity, op.start, op.end)
+            op.output = self._assessment_output(state, activity, op.start, op.end)
+
+        return self._new_operation(
+            self._provider(machine),
+            state,
+            machine.subscription,
+            machine.location,
+            timedelta(seconds=machine.behaviours.assess_seconds),
+            finish,
+        )
+
+    def _start_unreachable(self, state: MachineState) -> Operation:
+        error = _unreachable_error(state.spec)
+
+        def finish(op: Operation) -> None:
+            op.error = error
+
+        return self._new_operation(
+            self._provider(state.spec),
+            state,
+            state.spec.subscription,
+            state.spec.location,
+            UNREACHABLE_TIMEOUT,
+            finish,
+        )
+
+    def _assessment_summary(
+        self, state: MachineState, activity: str, start: datetime, end: datetime
+    ) -> dict[str, Any]:
+        critical = sum(1 for u in state.available if set(u.classifications) & CRITICAL_OR_SECURITY)
+        return {
+            "status": "Succeeded",
+            "assessmentActivityId": activity,
+            "rebootPending": state.reboot_pending,
+            "criticalAndSecurityPatchCount": critical,
+            "otherPatchCount": len(state.available) - critical,
+            "startTime": iso(start),
+            "lastModifiedTime": iso(end),
+        }
+
+    def _assessment_output(
+        self, state: MachineState, activity: str, start: datetime, end: datetime
+    ) -> dict[str, Any]:
+        summary = self._assessment_summary(state, activity, start, end)
+        machine = state.spec
+        if machine.kind == "arc-server":
+            return {
+                "status": "Succeeded",
+                "assessmentActivityId": activity,
+                "rebootPending": state.reboot_pending,
+                "availablePatchCountByClassification": _arc_counts(state.available),
+                "startDateTime": iso(start),
+                "lastModifiedDateTime": iso(end),
+                "startedBy": "User",
+                "patchServiceUsed": machine.os_profile.patch_service,
+                "osType": machine.os_type,
+            }
+        patches = []
+        for update in state.available:
+            entry = _patch_wire(update) | {
+                "rebootBehavior": update.reboot_behavior,
+                "assessmentState": "Available",
+                "activityId": activity,
+                "lastModifiedDateTime": iso(end),
+            }
+            if update.published_date:
+                entry["publishedDate"] = iso(update.published_date)
+            patches.append(entry)
+        return {
+            "status": "Succeeded",
+            "assessmentActivityId": activity,
+            "rebootPending": state.reboot_pending,
+            "criticalAndSecurityPatchCount": summary["criticalAndSecurityPatchCount"],
+            "otherPatchCount": summary["otherPatchCount"],
+            "startDateTime": iso(start),
+            "availablePatches": patches,
+        }
+
+    def start_install(self, resource_id: str, body: Any) -> Operation:
+        self.settle()
+        state = self.machine(resource_id)
+        self._check_can_operate(state, "installPatches")
+        machine = state.spec
+        request = parse_install_request(body, machine.os_type)
+        if machine.behaviours.unreachable:
+            return self._start_unreachable(state)
+        outcome = plan_install(
+            state.available,
+            request,
+            seconds_per_patch=machine.behaviours.install_seconds_per_patch,
+            failing=machine.behaviours.failing_patches,
+            reboot_pending=state.reboot_pending,
+        )
+        activity = str(uuid.uuid4())
+        started = self.clock.now()
+        state.installation_summary = {
+            "status": "InProgress",
+            "installationActivityId": activity,
+            "startTime": iso(started),
+            "lastModifiedTime": iso(started),
+        }
+
+        def finish(op: Operation) -> None:
+            self._apply_install(state, outcome)
+            state.installation_summary = self._installation_summary(outcome, activity, op.start, op.end)
+            op.output = self._install_output(state, outcome, activity, op.start, op.end)
+
+        return self._new_operation(
+            self._provider(machine),
+            state,
+            machine.subscription,
+            machine.location,
+            max(outcome.duration, timedelta(seconds=1)),
+            finish,
+        )
+
+    def _apply_install(self, state: MachineState, outcome: InstallOutcome) -> None:
+        done = [u for u, s in outcome.states if s == "Installed"]
+        state.available = [u for u in state.available if u not in done]
+        state.installed.extend(done)
+        state.reboot_pending = outcome.reboot_pending_after
+
+    def _installation_summary(
+        self, outcome: InstallOutcome, activity: str, start: datetime, end: datetime
+    ) -> dict[str, Any]:
+        summary: dict[str, Any] = {
+            "status": outcome.status,
+            "installationActivityId": activity,
+            "maintenanceWindowExceeded": outcome.window_exceeded,
+            "notSelectedPatchCount": outcome.count("NotSelected"),
+            "excludedPatchCount": outcome.count("Excluded"),
+            "pendingPatchCount": outcome.count("Pending"),
+            "installedPatchCount": outcome.count("Installed"),
+            "failedPatchCount": outcome.count("Failed"),
+            "startTime": iso(start),
+            "lastModifiedTime": iso(end),
+        }
+        if outcome.count("Failed"):
+            summary["error"] = {
+                "code": "PatchInstallationFailed",
+                "message": f"{outcome.count('Failed')} patch(es) failed to install.",
+            }
+        return summary
+
+    def _install_output(
+        self, state: MachineState, outcome: InstallOutcome, activity: str, start: datetime, end: datetime
+    ) -> dict[str, Any]:
+        summary = self._installation_summary(outcome, activity, start, end)
+        output: dict[str, Any] = {
+            "status": outcome.status,
+            "installationActivityId": activity,
+            "rebootStatus": outcome.reboot_status,
+            "maintenanceWindowExceeded": outcome.window_exceeded,
+            "excludedPatchCount": summary["excludedPatchCount"],
+            "notSelectedPatchCount": summary["notSelectedPatchCount"],
+            "pendingPatchCount": summary["pendingPatchCount"],
+            "installedPatchCount": summary["installedPatchCount"],
+            "failedPatchCount": summary["failedPatchCount"],
+            "startDateTime": iso(start),
+        }
+        if "error" in summary:
+            output["error"] = summary["error"]
+        machine = state.spec
+        if machine.kind == "arc-server":
+            output.pop("error", None)
+            return output | {
+                "lastModifiedDateTime": iso(end),
+                "startedBy": "User",
+                "osType": machine.os_type,
+                "patchServiceUsed": machine.os_profile.patch_service,
+                **({"errorDetails": summary["error"]} if "error" in summary else {}),
+            }
+        output["patches"] = [_patch_wire(u) | {"installationState": s} for u, s in outcome.states]
+        return output
+
+    # ----- run command
+
+    def start_run_command(self, resource_id: str, body: Any) -> Operation:
+        self.settle()
+        state = self.machine(resource_id)
+        machine = state.spec
+        if not state.running:
+            raise ArmError(
+                409,
+                "OperationNotAllowed",
+                f"Operation 'runCommand' is not allowed on VM '{machine.name}' since the VM is "
+                f"{machine.power_state}.",
+            )
+        if not isinstance(body, dict) or not isinstance(body.get("commandId"), str):
+            raise _invalid("commandId", "is required (for example RunShellScript or RunPowerShellScript)")
+        script = body.get("script") or []
+        if not isinstance(script, list):
+            raise _invalid("script", "must be a list of lines")
+        if machine.behaviours.unreachable:
+            return self._start_unreachable(state)
+        stdout = f"simulated: {len(script)} line(s) of {body['commandId']} ran on {machine.host_name}"
+
+        def finish(op: Operation) -> None:
+            if machine.os_type == "Windows":
+                op.output = {
+                    "value": [
+                        {
+                            "code": "ComponentStatus/StdOut/succeeded",
+                            "level": "Info",
+                            "displayStatus": "Provisioning succeeded",
+                            "message": stdout,
+                        },
+                        {
+                            "code": "ComponentStatus/StdErr/succeeded",
+                            "level": "Info",
+                            "displayStatus": "Provisioning succeeded",
+                            "message": "",
+                        },
+                    ]
+                }
+            else:
+                op.output = {
+                    "value": [
+                        {
+                            "code": "ProvisioningState/succeeded",
+                            "level": "Info",
+                            "displayStatus": "Provisioning succeeded",
+                            "message": f"Enable succeeded: \n[stdout]\n{stdout}\n\n[stderr]\n",
+                        }
+                    ]
+                }
+
+        return self._new_operation(
+            "Microsoft.Compute",
+            machine.resource_id,
+            machine.subscription,
+            machine.location,
+            RUN_COMMAND_DURATION,
+            finish,
+        )
+
+    # ----- disks and snapshots
+
+    def start_put_disk_or_snapshot(self, resource_id: str, kind: str, body: Any) -> Operation:
+        """Create a disk or snapshot; ``Copy`` needs an existing source disk or snapshot."""
+        self.settle()
+        if not isinstance(body, dict) or not isinstance(body.get("location"), str):
+            raise _invalid("location", "is required")
+        props = body.get("properties")
+        creation = props.get("creationData") if isinstance(props, dict) else None
+        if not isinstance(creation, dict) or creation.get("createOption") not in (
+            "Copy",
+            "Empty",
+            "CopyStart",
+        ):
+            raise _invalid("properties.creationData.createOption", "must be Copy, CopyStart or Empty")
+        assert isinstance(props, dict)
+        source: dict[str, Any] | None = None
+        if creation["createOption"] != "Empty":
+            source_id = str(creation.get("sourceResourceId") or "")
+            source = self.resources.get(source_id.lower())
+            if source is None:
+                raise not_found(source_id or "properties.creationData.sourceResourceId")
+        sub, rg, name = _parts(resource_id)
+        now = self.clock.now()
+        source_props = source["properties"] if source else {}
+        resource = {
+            "id": f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/{kind}/{name}",
+            "name": name,
+            "type": f"Microsoft.Compute/{kind}",
+            "location": body["location"],
+            "tags": body.get("tags") or {},
+            "sku": body.get("sku") or {"name": "Standard_LRS", "tier": "Standard"},
+            "properties": {
+                "creationData": creation,
+                "provisioningState": "Creating",
+                "timeCreated": iso(now),
+                "diskSizeGB": props.get("diskSizeGB") or source_props.get("diskSizeGB", 32),
+                "diskState": "Unattached",
+                "uniqueId": str(uuid.uuid4()),
+                **({"osType": source_props["osType"]} if "osType" in source_props else {}),
+                **({"incremental": bool(props.get("incremental", False))} if kind == "snapshots" else {}),
+            },
+        }
+        self.resources[resource_id.lower()] = resource
+
+        def finish(op: Operation) -> None:
+            resource["properties"]["provisioningState"] = "Succeeded"
+
+        return self._new_operation(
+            "Microsoft.Compute", resource["id"], sub, body["location"], SNAPSHOT_DURATION, finish
+        )
+
+    def get_resource(self, resource_id: str) -> dict[str, Any]:
+        self.settle()
+        resource = self.resources.get(resource_id.lower())
+        if resource is None:
+            raise not_found(resource_id)
+        return resource
+
+    def start_delete(self, resource_id: str) -> Operation | None:
+        """Delete a disk or snapshot; None when there is nothing to delete (ARM answers 204)."""
+        self.settle()
+        resource = self.resources.get(resource_id.lower())
+        if resource is None:
+            return None
+        if resource.get("managedBy"):
+            raise ArmError(
+                409,
+                "OperationNotAllowed",
+                f"Disk {resource['name']} is attached to VM {resource['managedBy']}.",
+            )
+        resource["properties"]["provisioningState"] = "Deleting"
+        sub = _parts(resource_id)[0]
+
+        def finish(op: Operation) -> None:
+            self.resources.pop(resource_id.lower(), None)
+
+        return self._new_operation(
+            "Microsoft.Compute", resource["id"], sub, resource["location"], DELETE_DURATION, finish
+        )
+
+
+def _parts(resource_id: str) -> tuple[str, str, str]:
+    pieces = resource_id.strip("/").split("/")
+    return pieces[1], pieces[3], pieces[-1]
+
+
+def not_found(resource_id: str) -> ArmError:
+    pieces = resource_id.strip("/").split("/")
+    if len(pieces) >= 8:
+        kind = "/".join(pieces[5:7])
+        return ArmError(
+            404,
+            "ResourceNotFound",
+            f"The Resource '{kind}/{pieces[7]}' under resource group '{pieces[3]}' was not found. "
+            "For more details please go to https://aka.ms/ARMResourceNotFoundFix",
+        )
+    return ArmError(404, "ResourceNotFound", f"The Resource '{resource_id}' was not found.")
+
+
+def os_disk_id(machine: Machine) -> str:
+    """The managed OS disk of an Azure VM, named the way the portal names them."""
+    suffix = uuid.uuid5(uuid.NAMESPACE_URL, machine.resource_id.lower()).hex
+    return (
+        f"/subscriptions/{machine.subscription}/resourceGroups/{machine.resource_group}"
+        f"/providers/Microsoft.Compute/disks/{machine.name}_OsDisk_1_{suffix}"
+    )
+
+
+def _os_disk(machine: Machine, created: datetime) -> dict[str, Any]:
+    publisher, offer, sku = machine.os_profile.image
+    disk_id = os_disk_id(machine)
+    image = (
+        f"/Subscriptions/{machine.subscription}/Providers/Microsoft.Compute/Locations/{machine.location}"
+        f"/Publishers/{publisher}/ArtifactTypes/VMImage/Offers/{offer}/Skus/{sku}/Versions/latest"
+    )
+    return {
+        "id": disk_id,
+        "name": disk_id.rsplit("/", 1)[1],
+        "type": "Microsoft.Compute/disks",
+        "location": machine.location,
+        "tags": {},
+        "managedBy": machine.resource_id,
+        "sku": {"name": "Premium_LRS", "tier": "Premium"},
+        "properties": {
+            "osType": machine.os_type,
+            "creationData": {"createOption": "FromImage", "imageReference": {"id": image}},
+            "diskSizeGB": machine.os_profile.disk_size_gb,
+            "provisioningState": "Succeeded",
+            "diskState": "Attached" if machine.power_state == "running" else "Reserved",
+            "timeCreated": iso(created),
+            "uniqueId": str(uuid.uuid5(uuid.NAMESPACE_URL, disk_id)),
+        },
+    }
