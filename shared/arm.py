@@ -73,6 +73,11 @@ def _power_state(instance_view: Any) -> PowerState:
     return PowerState.UNKNOWN
 
 
+def _enum_text(value: Any) -> str:
+    # SDK enums are str subclasses whose str() is the member name on 3.11: read .value.
+    return str(getattr(value, "value", value) or "")
+
+
 def _patch_mode(os_profile: Any, os_type: OsType) -> str:
     if os_profile is None:
         return ""
@@ -80,13 +85,11 @@ def _patch_mode(os_profile: Any, os_type: OsType) -> str:
         os_profile.windows_configuration if os_type is OsType.WINDOWS else os_profile.linux_configuration
     )
     settings = getattr(config, "patch_settings", None)
-    return str(getattr(settings, "patch_mode", "") or "")
+    return _enum_text(getattr(settings, "patch_mode", None))
 
 
 def _os_type(value: Any) -> OsType:
-    # SDK enums are str subclasses whose str() is the member name on 3.11: read .value.
-    text = str(getattr(value, "value", value) or "")
-    return OsType.WINDOWS if text.lower() == "windows" else OsType.LINUX
+    return OsType.WINDOWS if _enum_text(value).lower() == "windows" else OsType.LINUX
 
 
 def _image_os_name(vm: Any) -> str:
@@ -141,7 +144,7 @@ def arc_to_machine(server: Any) -> Machine:
         os_type=os_type,
         os_name=props.os_name or "",
         os_version=props.os_version or "",
-        power_state=_ARC_STATUS.get(str(props.status or "").lower(), PowerState.UNKNOWN),
+        power_state=_ARC_STATUS.get(_enum_text(props.status).lower(), PowerState.UNKNOWN),
         patch_mode=_patch_mode(props.os_profile, os_type),
         tags=dict(server.tags or {}),
     )

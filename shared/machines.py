@@ -60,7 +60,9 @@ class SupportVerdict:
 # supported-OS table).
 _WINDOWS_CLIENT = re.compile(r"\bwindows\s+(7|8|8\.1|10|11)\b", re.IGNORECASE)
 _NANO = re.compile(r"nano", re.IGNORECASE)
-_SERVER_2008 = re.compile(r"windows\s+server\s+2008(?!\s*r2\s*sp1)", re.IGNORECASE)
+_SERVER_2008 = re.compile(r"windows\s+server\s+2008", re.IGNORECASE)
+_SP1_OR_LATER = re.compile(r"\bsp1\b|service\s+pack\s+1", re.IGNORECASE)
+_R2_SP1_BUILD = "6.1.7601"  # Windows Server 2008 R2 SP1's build number
 
 
 def support_for(os_type: OsType, os_name: str, os_version: str) -> SupportVerdict:
@@ -73,7 +75,10 @@ def support_for(os_type: OsType, os_name: str, os_version: str) -> SupportVerdic
             )
         if _NANO.search(described):
             return SupportVerdict(Support.UNSUPPORTED, f"Nano Server is not supported ({described})")
-        if _SERVER_2008.search(described):
+        r2_sp1 = "r2" in os_name.lower() and (
+            _SP1_OR_LATER.search(described) or os_version.startswith(_R2_SP1_BUILD)
+        )
+        if _SERVER_2008.search(described) and not r2_sp1:
             return SupportVerdict(
                 Support.ASSESSMENT_ONLY, f"{described}: updates are assessed but never installed"
             )

@@ -133,7 +133,7 @@ OS_PROFILES: dict[str, OsProfile] = {
             "windows-server-2008-r2",
             "Windows",
             "Windows Server 2008 R2 Datacenter",
-            "6.1.7601.24545",
+            "6.1.7600.16385",  # R2 RTM: assessment only (the seed's supported-OS table)
             ("MicrosoftWindowsServer", "WindowsServer", "2008-R2-SP1"),
             "WU",
             127,

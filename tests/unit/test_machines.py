@@ -23,7 +23,9 @@ ARC_ID = "/subscriptions/abc/resourceGroups/onprem/providers/Microsoft.HybridCom
         (OsType.WINDOWS, "Windows 10 Enterprise", "10.0.19045", Support.UNSUPPORTED),
         (OsType.WINDOWS, "Windows Server 2016 Datacenter Nano Server", "10.0.14393", Support.UNSUPPORTED),
         (OsType.WINDOWS, "Windows Server 2008 R2 Datacenter", "6.1.7600", Support.ASSESSMENT_ONLY),
+        (OsType.WINDOWS, "Windows Server 2008 Datacenter", "6.0.6003", Support.ASSESSMENT_ONLY),
         (OsType.WINDOWS, "Windows Server 2008 R2 SP1 Datacenter", "6.1.7601", Support.FULL),
+        (OsType.WINDOWS, "Windows Server 2008 R2 Datacenter", "6.1.7601.24545", Support.FULL),
         (OsType.LINUX, "Ubuntu", "22.04", Support.FULL),
     ],
 )
