@@ -10,6 +10,7 @@ HTTP routes on a local port under ``/api`` (host.json's route prefix) so people 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import inspect
 import json
 import re
@@ -95,15 +96,33 @@ class _WorkerLoop:
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def run(self, awaitable: Any) -> Any:
         with self._lock:
             if self._loop is None:
                 self._loop = asyncio.new_event_loop()
-                worker = threading.Thread(target=self._loop.run_forever, name="worker-loop", daemon=True)
-                worker.start()
+                self._thread = threading.Thread(target=self._loop.run_forever, name="worker", daemon=True)
+                self._thread.start()
+                atexit.register(self.close)
         return asyncio.run_coroutine_threadsafe(_await(awaitable), self._loop).result()
+
+    def close(self) -> None:
+        """Stop the loop at exit, so no thread still holds objects while the interpreter finalises."""
+        with self._lock:
+            loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
+        if loop is None or thread is None:
+            return
+        try:  # the Durable SDK's process-wide aiohttp session lives on this loop
+            from azure.durable_functions.models.utils import http_utils
+
+            asyncio.run_coroutine_threadsafe(http_utils._close_session(), loop).result(timeout=5)
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        loop.close()
 
 
 async def _await(awaitable: Any) -> Any:
@@ -111,6 +130,11 @@ async def _await(awaitable: Any) -> Any:
 
 
 _WORKER_LOOP = _WorkerLoop()
+
+
+def run_in_worker_loop(awaitable: Any) -> Any:
+    """Run a coroutine on the worker loop (for code outside a function that uses the Durable client)."""
+    return _WORKER_LOOP.run(awaitable)
 
 
 def _call(function: Callable[..., Any], **kwargs: Any) -> Any:

@@ -57,6 +57,8 @@ class LocalStack:
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
     def start(self, *, serve_http: bool = False) -> LocalStack:
+        if self.functions is not None:  # already running (``with LocalStack(...).start()``)
+            return self
         try:
             self._start(serve_http)
         except BaseException:
@@ -126,6 +128,7 @@ class LocalStack:
         for component in (self.functions, self.durable, self.logs, self.arm, self.azurite):
             if component is not None:
                 component.stop()
+        self.functions = self.durable = self.logs = self.arm = self.azurite = None
         for key, value in self._saved_env.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import urllib.error
 import urllib.request
@@ -11,10 +10,10 @@ import azure.durable_functions as df
 import azure.functions as func
 import pytest
 from azure.durable_functions.models.OrchestrationRuntimeStatus import OrchestrationRuntimeStatus
-from azure.durable_functions.models.utils import http_utils
 
 from local.clock import VirtualClock
 from local.durable import DurableRunner
+from local.functions_host import run_in_worker_loop
 from tests.unit import durable_app
 
 
@@ -26,15 +25,9 @@ def runner():
 
 
 def run(scenario):
-    """One event loop per scenario: the SDK keeps one aiohttp session per process, bound to a loop."""
-
-    async def with_cleanup():
-        try:
-            return await scenario
-        finally:
-            await http_utils._close_session()
-
-    return asyncio.run(with_cleanup())
+    """On the Functions runner's one worker loop: the SDK keeps one aiohttp session per
+    process, bound to the loop that made it, exactly as in the Python worker."""
+    return run_in_worker_loop(scenario)
 
 
 def test_starter_calls_start_query_raise_and_list(runner):
