@@ -236,11 +236,12 @@ class FunctionsHost:
                         status_code=500, mimetype="application/json",
                     )
                 data = response.get_body()
+                headers = dict(response.headers.items())
                 self.send_response(response.status_code)
-                for key, value in response.headers.items():
+                for key, value in headers.items():
                     if key.lower() != "content-length":
                         self.send_header(key, value)
-                if response.mimetype and "content-type" not in {k.lower() for k in response.headers}:
+                if response.mimetype and "content-type" not in {k.lower() for k in headers}:
                     self.send_header("Content-Type", response.mimetype)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections import Counter
 
 import pytest
@@ -61,6 +62,22 @@ def test_on_demand_discovery_over_http_reports_progress_and_result(stack):
     assert status["status"] == "Completed"
     assert status["result"]["machines"] == len(stack.fleet.machines)
     assert "statusQueryGetUri" not in json.dumps(status)  # never the Durable system URLs
+
+
+def test_the_api_served_over_http_starts_and_reports_a_run(stack):
+    base = stack.functions.serve()
+    try:
+        request = urllib.request.Request(f"{base}/api/discoveries", data=b"{}", method="POST")
+        with urllib.request.urlopen(request) as response:
+            assert response.status == 202
+            location = response.headers["Location"]
+            run_id = json.loads(response.read())["runId"]
+        assert location == f"/api/runs/{run_id}"
+        stack.durable.wait_for_completion(run_id, timeout=60)
+        with urllib.request.urlopen(base + location) as response:
+            assert json.loads(response.read())["status"] == "Completed"
+    finally:
+        stack.functions.stop()
 
 
 def test_bad_discovery_requests_name_the_field(stack):
