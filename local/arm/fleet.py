@@ -61,6 +61,12 @@ _RESOURCE_ID = re.compile(
     r"(?P<provider>Microsoft\.Compute/virtualMachines|Microsoft\.HybridCompute/machines)/(?P<name>[^/]+)$",
     re.IGNORECASE,
 )
+
+
+# libyaml's C loader and dumper when PyYAML was built with it: a 10,000-machine fleet file
+# loads in seconds instead of half a minute. Same safe subset either way.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 # The Linux agent budgets about five minutes per package (AZURE-FACTS, Linux agent time budget).
 DEFAULT_INSTALL_SECONDS_PER_PATCH = 300
 DEFAULT_ASSESS_SECONDS = 60
@@ -214,7 +220,9 @@ class Fleet(WireModel):
         return self.model_dump(mode="json", by_alias=True, exclude_defaults=True)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_data(), sort_keys=False, width=110, allow_unicode=True)
+        return yaml.dump(
+            self.to_data(), Dumper=_YAML_DUMPER, sort_keys=False, width=110, allow_unicode=True
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_data(), indent=2) + "\n"
@@ -236,7 +244,7 @@ def load_fleet(path: Path | str) -> Fleet:
     path = Path(path)
     text = path.read_text()
     try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.load(text, Loader=_YAML_LOADER)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
         raise FleetError(f"{path}: not valid {path.suffix.lstrip('.').upper()}: {error}") from None
     try:
