@@ -1,0 +1,61 @@
+"""What one patch assessment of one machine produced, independent of where it came from.
+
+The ARM adapter (``shared/patch_operations.py``) turns an ``assessPatches`` result of an
+Azure VM or an Arc-enabled server into an :class:`AssessmentOutcome`; the recorder
+(``shared/assessment_recording.py``) turns an outcome into inventory entities and Log
+Analytics rows. Neither side knows the other's details.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class Readiness(StrEnum):
+    """Whether a machine could be assessed (the portal's "update agent readiness")."""
+
+    READY = "Ready"
+    NOT_ASSESSABLE = "NotAssessable"  # deallocated, stopped, disconnected: not a failure
+    UNSUPPORTED = "Unsupported"  # operating system outside the supported table
+    FAILED = "Failed"  # the assessment itself failed (agent, permissions, timeout)
+
+
+@dataclass(frozen=True)
+class AvailablePatch:
+    """One update the machine is missing, as the patch API lists it (API classification names)."""
+
+    patch_id: str
+    name: str  # Windows: the update title; Linux: the package name
+    classifications: tuple[str, ...]
+    kb_id: str | None = None  # Windows, digits only
+    version: str | None = None  # Linux package version
+    reboot_behavior: str = "Unknown"  # Unknown | NeverReboots | AlwaysRequiresReboot | CanRequestReboot
+    published_date: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AssessmentOutcome:
+    """A finished assessment. ``patches`` is None when the source gives counts only (Arc servers)."""
+
+    status: str  # Succeeded | Failed | CompletedWithWarnings
+    activity_id: str
+    started_at: datetime | None
+    reboot_pending: bool
+    critical_and_security_count: int
+    other_count: int
+    patches: tuple[AvailablePatch, ...] | None = None
+    counts_by_classification: dict[str, int] = field(default_factory=dict)  # API names; Arc
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True)
+class AssessmentFailure:
+    """Why a machine has no assessment this time: recorded, never raised past the child orchestration."""
+
+    readiness: Readiness
+    code: str
+    message: str
+    hint: str = ""  # what an administrator can do about it
