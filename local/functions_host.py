@@ -17,7 +17,7 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -25,6 +25,7 @@ import azure.functions as func
 from azure.functions.timer import TimerRequest
 
 from local.app_index import app_functions
+from local.background_server import BackgroundServer
 from shared.principal import PRINCIPAL_HEADER
 
 ROUTE_PREFIX = "/api"  # host.json extensions.http.routePrefix
@@ -154,8 +155,7 @@ class FunctionsHost:
         # App Service Authentication stands in front of the app in Azure and adds the
         # principal header; the local server adds the local operator's principal the same way.
         self._signed_in_principal = signed_in_principal
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: BackgroundServer | None = None
 
     def _bindings(self, entry: HostedFunction, trigger_value: Any) -> dict[str, Any]:
         kwargs: dict[str, Any] = {entry.trigger_binding: trigger_value}
@@ -252,13 +252,11 @@ class FunctionsHost:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="functions-host", daemon=True)
-        self._thread.start()
-        return f"http://{host}:{self._server.server_address[1]}"
+        self._server = BackgroundServer(Handler, name="functions-host", host=host, port=port)
+        self._server.start()
+        return self._server.url
 
     def stop(self) -> None:
         if self._server:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None

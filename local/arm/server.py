@@ -23,12 +23,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from local.arm.fleet import Fleet
 from local.arm.simulation import ArmError, MachineState, Operation, Simulation, iso, not_found, os_disk_id
+from local.background_server import BackgroundServer
 from local.clock import Clock, VirtualClock
 from local.tls import LocalTls
 
@@ -94,9 +95,9 @@ class ArmStandIn:
         self.clock = clock
         self.auto_advance = auto_advance
         self._tls = tls
-        self._address = (host, port)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server = BackgroundServer(
+            _handler_class(self), name="arm-stand-in", host=host, port=port, tls=tls
+        )
         self._log: list[RequestRecord] = []
         self._log_lock = threading.Lock()
         self._routes = self._build_routes()
@@ -104,28 +105,11 @@ class ArmStandIn:
     # ----- lifecycle
 
     def start(self) -> ArmStandIn:
-        if self._server is not None:
-            return self
-        server = ThreadingHTTPServer(self._address, _handler_class(self))
-        server.daemon_threads = True
-        server.socket = self._tls.server_context().wrap_socket(server.socket, server_side=True)
-        self._server = server
-        # A short poll interval lets stop() return at once instead of after the default half second.
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="arm-stand-in", daemon=True
-        )
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread:
-            self._thread.join(timeout=5)
-        self._server = None
-        self._thread = None
+        self._server.stop()
 
     def __enter__(self) -> ArmStandIn:
         return self.start()
@@ -135,9 +119,7 @@ class ArmStandIn:
 
     @property
     def base_url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the ARM stand-in is not started")
-        return f"https://127.0.0.1:{self._server.server_address[1]}"
+        return self._server.url
 
     # ----- request log
 

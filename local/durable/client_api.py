@@ -10,12 +10,12 @@ both under the RPC prefix and under the webhook prefix that ``create_check_statu
 from __future__ import annotations
 
 import json
-import threading
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from local.background_server import BackgroundServer
 from local.durable.history import parse_time
 from local.durable.runner import (
     COMPLETED,
@@ -51,39 +51,22 @@ class ClientApiServer:
 
     def __init__(self, runner: DurableRunner, host: str = "127.0.0.1", port: int = 0) -> None:
         self.runner = runner
-        self._address = (host, port)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server = BackgroundServer(_handler_for(self), name="durable-client-api", host=host, port=port)
 
     @property
     def origin(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the Durable client API is not started")
-        port = self._server.server_address[1]
-        return f"http://{self._address[0]}:{port}"
+        return self._server.url
 
     @property
     def rpc_base_url(self) -> str:
         return self.origin + RPC_PREFIX
 
     def start(self) -> str:
-        if self._server is None:
-            self._server = ThreadingHTTPServer(self._address, _handler_for(self))
-            self._server.daemon_threads = True
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, name="durable-client-api", daemon=True
-            )
-            self._thread.start()
+        self._server.start()
         return self.rpc_base_url
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._server.stop()
 
     # --- the binding document and the management links ---------------------------------------------
 

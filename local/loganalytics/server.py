@@ -26,12 +26,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
+from local.background_server import BackgroundServer
 from local.clock import Clock, RealClock
 from local.loganalytics.store import (
     MAX_QUERY_ROWS,
@@ -53,7 +54,6 @@ MAX_REQUEST_BYTES = 1024 * 1024
 # A gzip body may not inflate past this; a bigger one is refused before it is parsed.
 _MAX_INFLATED_BYTES = 4 * MAX_REQUEST_BYTES
 _STORE_BUSY_RETRY_SECONDS = 1
-_POLL_SECONDS = 0.05  # how soon serve_forever notices stop()
 
 _INGEST_PATH = re.compile(r"^/dataCollectionRules/(?P<rule>[^/]+)/streams/(?P<stream>[^/]+)/?$")
 _QUERY_PATH = re.compile(r"^/v1/workspaces/(?P<workspace>[^/]+)/query/?$")
@@ -116,9 +116,9 @@ class LogAnalyticsStandIn:
         self._tls = tls
         self.workspace_id = workspace_id
         self.dcr_immutable_id = dcr_immutable_id
-        self._address = (host, port)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server = BackgroundServer(
+            _handler_for(self), name="loganalytics-standin", host=host, port=port, tls=tls
+        )
         self._lock = threading.Lock()
         self._counters = Counters()
         self._throttle_remaining = 0
@@ -127,26 +127,11 @@ class LogAnalyticsStandIn:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> LogAnalyticsStandIn:
-        if self._server is not None:
-            return self
-        server = ThreadingHTTPServer(self._address, _handler_for(self))
-        server.daemon_threads = True
-        server.socket = self._tls.server_context().wrap_socket(server.socket, server_side=True)
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, args=(_POLL_SECONDS,), name="loganalytics-standin", daemon=True
-        )
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            if self._thread is not None:
-                self._thread.join(timeout=5)
-            self._server = None
-            self._thread = None
+        self._server.stop()
         self.store.close()
 
     def __enter__(self) -> LogAnalyticsStandIn:
@@ -157,10 +142,7 @@ class LogAnalyticsStandIn:
 
     @property
     def base_url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the Log Analytics stand-in is not started")
-        host, port = self._server.server_address[:2]
-        return f"https://{host!s}:{port}"
+        return self._server.url
 
     # -- test and CLI hooks ----------------------------------------------------------------
 
