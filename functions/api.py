@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from functions.http import error_response, json_response, require_role
 from shared.credentials import credential_for
 from shared.inventory import MachineInventory
+from shared.machine_query import QueryError, parse_machine_query
 from shared.messages import DiscoveryRunInput
 from shared.principal import Role
 from shared.settings import SettingsError, load_settings
@@ -22,9 +23,6 @@ bp = df.Blueprint()
 
 # Durable run ids the API hands out start with these; anything else is not ours to show.
 _RUN_PREFIXES = ("discovery-",)
-_MACHINE_FILTERS = {
-    "os": "OsType", "environment": "Environment", "support": "Support", "powerState": "PowerState",
-}
 
 
 class StartDiscoveryBody(BaseModel):
@@ -99,25 +97,23 @@ async def read_run(req: func.HttpRequest, client: df.DurableOrchestrationClient)
 
 @bp.route(route="machines", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def list_machines(req: func.HttpRequest) -> func.HttpResponse:
+    """Machines, filtered and paged: ``?os=&environment=&support=&powerState=&readiness=&compliant=
+    &tag=key:value&pageSize=&nextToken=``. Follow ``nextToken`` until it is null."""
     allowed = require_role(req, Role.READER)
     if isinstance(allowed, func.HttpResponse):
         return allowed
-    unknown = sorted(set(req.params) - set(_MACHINE_FILTERS))
-    if unknown:
-        return error_response(
-            400, "InvalidFilter",
-            f"unknown filter {unknown[0]!r}; accepted: {', '.join(sorted(_MACHINE_FILTERS))}", unknown[0],
-        )
+    try:
+        query = parse_machine_query(dict(req.params))
+    except QueryError as error:
+        return error_response(400, "InvalidFilter", str(error), error.field)
     settings = load_settings()
     inventory = MachineInventory(table_service(settings, credential_for(settings)))
-    wanted = {_MACHINE_FILTERS[k]: v.lower() for k, v in req.params.items()}
-    machines: list[dict[str, Any]] = [
-        _public_machine(entity)
-        for entity in inventory.all()
-        if all(str(entity.get(col, "")).lower() == value for col, value in wanted.items())
-    ]
-    machines.sort(key=lambda m: (m["computerName"] or "").lower())
-    return json_response({"count": len(machines), "machines": machines})
+    try:
+        page = inventory.page(query.equals, query.page_size, query.next_token)
+    except ValueError as error:
+        return error_response(400, "InvalidFilter", f"nextToken: {error}", "nextToken")
+    machines = [_public_machine(e) for e in page.machines if query.matches_tags(e)]
+    return json_response({"count": len(machines), "machines": machines, "nextToken": page.next_token})
 
 
 def _public_machine(entity: dict[str, Any]) -> dict[str, Any]:
@@ -135,4 +131,11 @@ def _public_machine(entity: dict[str, Any]) -> dict[str, Any]:
         "notReachableReason": entity.get("NotReachableReason") or None,
         "tags": json.loads(entity.get("Tags") or "{}"),
         "lastDiscovered": entity.get("LastDiscovered"),
+        # Written by assessments (absent until the machine's first one).
+        "lastAssessed": entity.get("LastAssessed"),
+        "compliant": entity.get("Compliant"),
+        "readiness": entity.get("Readiness"),
+        "lastError": entity.get("LastError") or None,
+        "lastErrorHint": entity.get("LastErrorHint") or None,
+        "rebootPending": entity.get("RebootPending"),
     }

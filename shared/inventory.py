@@ -7,19 +7,24 @@ resource id (resource ids contain '/', which keys may not).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableServiceClient
 
-from shared.machines import Machine
+from shared.machines import Machine, machine_key, parse_resource_id
 from shared.storage import upsert_in_batches
 
 MACHINES_TABLE = "Machines"
+# Table Storage returns at most 1,000 entities per query response (Table service limits).
+MAX_PAGE_SIZE = 1000
 
 
 def machine_entity(machine: Machine, discovered_at: datetime) -> dict[str, Any]:
@@ -60,3 +65,48 @@ class MachineInventory:
 
     def all(self) -> Iterator[dict[str, Any]]:
         yield from self._table.list_entities()
+
+    def get(self, resource_id: str) -> dict[str, Any] | None:
+        ref = parse_resource_id(resource_id)
+        try:
+            return dict(self._table.get_entity(ref.subscription_id, machine_key(resource_id)))
+        except ResourceNotFoundError:
+            return None
+
+    def page(self, equals: Mapping[str, str | bool], page_size: int, token: str | None) -> MachinePage:
+        """One page of machines whose properties equal ``equals`` (filtered by the table service).
+
+        The continuation is Table Storage's own, made opaque for the API's ``nextToken``.
+        """
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page size must be 1 to {MAX_PAGE_SIZE}")
+        names = {f"p{i}": value for i, value in enumerate(equals.values())}
+        odata = " and ".join(f"{column} eq @p{i}" for i, column in enumerate(equals))
+        pages = (
+            self._table.query_entities(odata, parameters=names, results_per_page=page_size)
+            if odata
+            else self._table.list_entities(results_per_page=page_size)
+        ).by_page(continuation_token=_decode_token(token))
+        entities = [dict(e) for e in next(pages, [])]
+        return MachinePage(entities, _encode_token(getattr(pages, "continuation_token", None)))
+
+
+@dataclass(frozen=True)
+class MachinePage:
+    machines: list[dict[str, Any]]
+    next_token: str | None
+
+
+def _encode_token(token: Any) -> str | None:
+    if not token:
+        return None
+    return base64.urlsafe_b64encode(json.dumps(token, sort_keys=True).encode()).decode()
+
+
+def _decode_token(token: str | None) -> Any:
+    if not token:
+        return None
+    try:
+        return json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, binascii.Error) as error:
+        raise ValueError("nextToken is not a token this API issued") from error

@@ -1,0 +1,77 @@
+"""The machine list's query string, parsed and checked: filters, tag filters and paging.
+
+Filters on stored properties go to the table service (an OData ``eq`` per filter); tag
+filters are applied after, because tags are kept as one JSON property.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.assessment_types import Readiness
+from shared.inventory import MAX_PAGE_SIZE
+from shared.machines import Environment, OsType, PowerState, Support
+
+DEFAULT_PAGE_SIZE = 100
+
+
+class QueryError(ValueError):
+    def __init__(self, field_name: str, message: str) -> None:
+        self.field = field_name
+        super().__init__(f"{field_name}: {message}")
+
+
+def _choices(values: list[str]) -> dict[str, str]:
+    return {v.lower(): v for v in values}
+
+
+# query parameter -> (stored property, accepted values by lower-case spelling)
+_FILTERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "os": ("OsType", _choices([o.value for o in OsType])),
+    "environment": ("Environment", _choices([e.value for e in Environment])),
+    "support": ("Support", _choices([s.value for s in Support])),
+    "powerState": ("PowerState", _choices([p.value for p in PowerState])),
+    "readiness": ("Readiness", _choices([r.value for r in Readiness])),
+    "compliant": ("Compliant", {"true": True, "false": False}),
+}
+_PAGING = ("pageSize", "nextToken")
+ACCEPTED_PARAMETERS = (*_FILTERS, "tag", *_PAGING)
+
+
+@dataclass(frozen=True)
+class MachineQuery:
+    equals: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    page_size: int = DEFAULT_PAGE_SIZE
+    next_token: str | None = None
+
+    def matches_tags(self, entity: Mapping[str, Any]) -> bool:
+        tags = json.loads(entity.get("Tags") or "{}")
+        return all(tags.get(k) == v for k, v in self.tags.items())
+
+
+def parse_machine_query(params: Mapping[str, str]) -> MachineQuery:
+    """``params`` as the HTTP request gives them; ``tag`` may be ``key:value`` or several joined by ','."""
+    unknown = sorted(set(params) - set(ACCEPTED_PARAMETERS))
+    if unknown:
+        raise QueryError(unknown[0], f"unknown parameter; accepted: {', '.join(ACCEPTED_PARAMETERS)}")
+    equals: dict[str, Any] = {}
+    for name, (column, accepted) in _FILTERS.items():
+        if name in params:
+            value = accepted.get(params[name].strip().lower())
+            if value is None:
+                raise QueryError(name, f"must be one of {', '.join(str(v) for v in accepted.values())}")
+            equals[column] = value
+    tags: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in params.get("tag", "").split(","))):
+        key, sep, value = pair.partition(":")
+        if not sep or not key:
+            raise QueryError("tag", f"{pair!r} must be key:value")
+        tags[key] = value
+    raw_size = params.get("pageSize", str(DEFAULT_PAGE_SIZE))
+    if not raw_size.isdigit() or not 1 <= int(raw_size) <= MAX_PAGE_SIZE:
+        raise QueryError("pageSize", f"must be a whole number from 1 to {MAX_PAGE_SIZE}")
+    return MachineQuery(equals, tags, int(raw_size), params.get("nextToken") or None)
