@@ -78,5 +78,66 @@ HEARTBEAT = LogTable(
     ),
 )
 
-TABLES: tuple[LogTable, ...] = (HEARTBEAT,)
+# One row per machine and missing update per assessment (the legacy ``Update`` table), plus one
+# "Not needed" row for each update an assessment found installed that the previous one had listed.
+UPDATE = LogTable(
+    "Update_CL",
+    _cols(
+        ("TimeGenerated", D),
+        ("RecordId", S),
+        ("Computer", S),
+        ("ComputerEnvironment", S),
+        ("OSType", S),
+        ("OSName", S),
+        ("OSVersion", S),
+        ("Title", S),
+        ("KBID", S),  # digits only, as the legacy table and the deployment form's exclusions
+        ("PackageName", S),
+        ("PackageVersion", S),
+        ("Product", S),
+        ("Classification", S),  # display names: "Security Updates", ...
+        ("UpdateState", S),  # Needed | Not needed
+        ("Optional", B),
+        ("RebootBehavior", S),
+        ("PublishedDate", D),
+        ("UpdateID", S),
+        ("SourceComputerId", S),
+        ("ResourceId", S),
+        ("SubscriptionId", S),
+        ("ResourceGroup", S),
+        ("AssessmentRunId", S),
+    ),
+)
+
+# One row per machine per assessment or failed assessment (the legacy ``UpdateSummary`` table).
+# Counts and Compliant are empty on a failure row: a failure says nothing about what is missing.
+UPDATE_SUMMARY = LogTable(
+    "UpdateSummary_CL",
+    _cols(
+        ("TimeGenerated", D),
+        ("RecordId", S),
+        ("Computer", S),
+        ("ComputerEnvironment", S),
+        ("OSType", S),
+        ("OSName", S),
+        ("OSVersion", S),
+        ("SourceComputerId", S),
+        ("ResourceId", S),
+        ("SubscriptionId", S),
+        ("ResourceGroup", S),
+        ("CriticalUpdatesMissing", L),
+        ("SecurityUpdatesMissing", L),
+        ("OtherUpdatesMissing", L),  # every other non-optional classification
+        ("TotalUpdatesMissing", L),  # non-optional only, as the legacy table
+        ("OptionalUpdatesMissing", L),
+        ("RestartPending", B),
+        ("LastAssessedTime", D),
+        ("Compliant", B),
+        ("Readiness", S),
+        ("LastError", S),
+        ("AssessmentRunId", S),
+    ),
+)
+
+TABLES: tuple[LogTable, ...] = (HEARTBEAT, UPDATE, UPDATE_SUMMARY)
 TABLES_BY_STREAM: dict[str, LogTable] = {t.stream: t for t in TABLES}

@@ -1,0 +1,250 @@
+"""Normalisation of assessment outcomes into legacy-style update records, summaries and rows."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+
+from shared.assessment_recording import (
+    MachineAssessmentSummary,
+    is_optional,
+    kb_digits,
+    summarize,
+    summary_row,
+    update_records,
+    update_rows,
+)
+from shared.assessment_types import AssessmentOutcome, AvailablePatch, Readiness
+from shared.classification import Classification, UnknownClassification
+from shared.logschema import UPDATE, UPDATE_SUMMARY
+from shared.logsink import check_rows
+from shared.machines import Machine, MachineKind, OsType, PowerState
+
+AT = datetime(2026, 1, 13, 2, 0, tzinfo=UTC)
+PUBLISHED = datetime(2024, 1, 9, tzinfo=UTC)
+
+WINDOWS = Machine(
+    resource_id="/subscriptions/00000000-0000-4000-8000-000000000001/resourceGroups/rg/providers/"
+    "Microsoft.Compute/virtualMachines/web1",
+    name="web1",
+    computer_name="web1.contoso.com",
+    kind=MachineKind.AZURE_VM,
+    subscription_id="00000000-0000-4000-8000-000000000001",
+    resource_group="rg",
+    location="westeurope",
+    os_type=OsType.WINDOWS,
+    os_name="Windows Server 2019 Datacenter",
+    os_version="10.0.17763.5329",
+    power_state=PowerState.RUNNING,
+    patch_mode="Manual",
+)
+LINUX = replace(
+    WINDOWS,
+    resource_id=WINDOWS.resource_id.replace("web1", "db1"),
+    name="db1",
+    computer_name="db1",
+    os_type=OsType.LINUX,
+    os_name="ubuntu",
+    os_version="22.04",
+)
+ARC = replace(
+    WINDOWS,
+    resource_id="/subscriptions/00000000-0000-4000-8000-000000000001/resourceGroups/rg/providers/"
+    "Microsoft.HybridCompute/machines/onprem1",
+    kind=MachineKind.ARC_SERVER,
+    computer_name="onprem1",
+)
+
+
+def win(kb: str, title: str, *classes: str) -> AvailablePatch:
+    return AvailablePatch(
+        patch_id=f"id-{kb}",
+        name=title,
+        classifications=classes,
+        kb_id=kb,
+        reboot_behavior="CanRequestReboot",
+        published_date=PUBLISHED,
+    )
+
+
+def pkg(name: str, version: str, *classes: str) -> AvailablePatch:
+    return AvailablePatch(patch_id=f"{name}_{version}", name=name, classifications=classes, version=version)
+
+
+def outcome(*patches: AvailablePatch, reboot: bool = False) -> AssessmentOutcome:
+    return AssessmentOutcome(
+        status="Succeeded",
+        activity_id="a1",
+        started_at=AT,
+        reboot_pending=reboot,
+        critical_and_security_count=0,
+        other_count=0,
+        patches=patches,
+    )
+
+
+WINDOWS_OUTCOME = outcome(
+    win("KB5034127", "2024-01 Cumulative Update for Windows Server 2019 (KB5034127)", "Security"),
+    win("5034129", "2024-01 Servicing Stack Update (KB5034129)", "Critical", "Updates"),
+    win("KB890830", "Windows Malicious Software Removal Tool (KB890830)", "UpdateRollUp"),
+    win("KB5034203", "2024-01 Cumulative Update Preview for Windows Server 2019 (KB5034203)", "Security"),
+    reboot=True,
+)
+LINUX_OUTCOME = outcome(
+    pkg("openssl", "3.0.2-0ubuntu1.14", "Security"),
+    pkg("libc6", "2.35-0ubuntu3.6", "Critical"),
+    pkg("vim", "2:8.2.3995-1ubuntu2.15", "Other"),
+)
+
+
+def by_key(records):
+    return {r.update_key: r for r in records}
+
+
+def test_windows_updates_get_legacy_names_kb_digits_and_the_os_as_product():
+    records = by_key(update_records(WINDOWS, WINDOWS_OUTCOME, AT))
+
+    assert set(records) == {"KB5034127", "KB5034129", "KB890830", "KB5034203"}
+    assert {k: r.classification for k, r in records.items()} == {
+        "KB5034127": Classification.SECURITY,
+        "KB5034129": Classification.CRITICAL,  # the most urgent of its classes
+        "KB890830": Classification.UPDATE_ROLLUPS,
+        "KB5034203": Classification.SECURITY,
+    }
+    assert {r.kb_id for r in records.values()} == {"5034127", "5034129", "890830", "5034203"}
+    assert {r.product for r in records.values()} == {"Windows Server 2019 Datacenter"}
+    cumulative = records["KB5034127"]
+    assert (cumulative.package_name, cumulative.optional, cumulative.published_date) == (
+        None,
+        False,
+        PUBLISHED,
+    )
+    assert cumulative.more_info_url == "https://support.microsoft.com/help/5034127"
+    assert all(r.state == "Needed" and r.assessed_at == AT for r in records.values())
+
+
+def test_a_preview_title_is_optional_and_never_counted_as_required():
+    records = update_records(WINDOWS, WINDOWS_OUTCOME, AT)
+    assert [r.update_key for r in records if r.optional] == ["KB5034203"]
+
+    summary = summarize(WINDOWS, WINDOWS_OUTCOME, records, AT)
+    assert summary.optional_missing == 1
+    assert summary.missing_by_classification["Security Updates"] == 1  # the preview is not in it
+    assert summary.missing_total == 3
+
+    only_preview = outcome(WINDOWS_OUTCOME.patches[3])  # type: ignore[index]
+    preview_summary = summarize(WINDOWS, only_preview, update_records(WINDOWS, only_preview, AT), AT)
+    assert preview_summary.compliant is True
+    assert preview_summary.missing_total == 0
+
+
+def test_preview_rule_is_a_whole_word_and_windows_only():
+    assert is_optional(OsType.WINDOWS, "2024-02 Cumulative Update Preview for .NET Framework")
+    assert not is_optional(OsType.WINDOWS, "Previewer add-in update")
+    assert not is_optional(OsType.LINUX, "Preview")
+
+
+def test_linux_packages_are_keyed_by_name_with_version_apart_and_distro_product():
+    records = by_key(update_records(LINUX, LINUX_OUTCOME, AT))
+
+    assert set(records) == {"openssl", "libc6", "vim"}
+    openssl = records["openssl"]
+    assert (openssl.title, openssl.package_name, openssl.package_version) == (
+        "openssl",
+        "openssl",
+        "3.0.2-0ubuntu1.14",
+    )
+    assert openssl.kb_id is None and not openssl.optional
+    assert openssl.product == "Ubuntu 22.04"
+    assert records["vim"].classification is Classification.OTHER
+    assert records["libc6"].classification is Classification.CRITICAL
+    assert openssl.more_info_url == "https://ubuntu.com/security/cves?package=openssl"
+
+
+def test_the_same_package_listed_twice_is_one_gap():
+    twice = outcome(pkg("openssl", "3.0.2-1", "Security"), pkg("openssl", "3.0.2-2", "Security"))
+    assert [r.package_version for r in update_records(LINUX, twice, AT)] == ["3.0.2-1"]
+
+
+def test_missing_security_or_critical_updates_make_a_machine_non_compliant():
+    linux = summarize(LINUX, LINUX_OUTCOME, update_records(LINUX, LINUX_OUTCOME, AT), AT)
+    assert linux.compliant is False
+    assert linux.missing_by_classification == {
+        "Critical Updates": 1,
+        "Security Updates": 1,
+        "Other Updates": 1,
+    }
+    assert linux.readiness is Readiness.READY and linux.counts_only is False
+
+    other_only = outcome(pkg("vim", "1", "Other"))
+    assert summarize(LINUX, other_only, update_records(LINUX, other_only, AT), AT).compliant is True
+
+
+def test_the_compliance_set_is_configurable():
+    records = update_records(LINUX, LINUX_OUTCOME, AT)
+    strict = frozenset({Classification.OTHER})
+    assert summarize(LINUX, LINUX_OUTCOME, records, AT, required=strict).compliant is False
+    no_security_needed = frozenset({Classification.TOOLS})
+    assert summarize(LINUX, LINUX_OUTCOME, records, AT, required=no_security_needed).compliant is True
+
+
+def test_arc_outcomes_have_counts_only_and_no_records():
+    arc = AssessmentOutcome(
+        status="Succeeded",
+        activity_id="a2",
+        started_at=AT,
+        reboot_pending=False,
+        critical_and_security_count=3,
+        other_count=4,
+        patches=None,
+        counts_by_classification={"Critical": 1, "Security": 2, "Updates": 3, "Other": 1, "Tools": 0},
+    )
+
+    assert update_records(ARC, arc, AT) == []
+    summary = summarize(ARC, arc, [], AT)
+    assert summary.counts_only is True
+    assert summary.compliant is False
+    assert summary.missing_total == 7
+    assert summary.missing_by_classification["Updates"] == 4  # Arc's "other" is Windows' "Updates"
+    assert summary.missing_by_classification["Tools"] == 0
+
+
+def test_unknown_classifications_and_malformed_kbs_are_refused_naming_the_value():
+    with pytest.raises(UnknownClassification, match="'Bogus'"):
+        update_records(WINDOWS, outcome(win("KB1", "t", "Bogus")), AT)
+    with pytest.raises(ValueError, match="kbId 'Q12345'"):
+        kb_digits("Q12345")
+
+
+def test_rows_match_the_declared_tables_and_their_ids_are_deterministic():
+    records = update_records(WINDOWS, WINDOWS_OUTCOME, AT)
+    summary = summarize(WINDOWS, WINDOWS_OUTCOME, records, AT)
+
+    rows = update_rows(WINDOWS, records, "run-1")
+    check_rows(UPDATE, rows)
+    assert [r["RecordId"] for r in rows] == [r["RecordId"] for r in update_rows(WINDOWS, records, "run-1")]
+    assert len({r["RecordId"] for r in rows}) == len(rows)
+    assert {r["KBID"] for r in rows} == {"5034127", "5034129", "890830", "5034203"}
+    assert {r["UpdateState"] for r in rows} == {"Needed"}
+
+    row = summary_row(WINDOWS, summary, "run-1")
+    check_rows(UPDATE_SUMMARY, [row])
+    assert (row["CriticalUpdatesMissing"], row["SecurityUpdatesMissing"], row["OtherUpdatesMissing"]) == (
+        1,
+        1,
+        1,
+    )
+    assert (row["TotalUpdatesMissing"], row["OptionalUpdatesMissing"]) == (3, 1)
+    assert row["RestartPending"] is True and row["Compliant"] is False
+
+
+def test_a_failure_summary_row_leaves_counts_and_compliance_empty():
+    failed = MachineAssessmentSummary(
+        resource_id=WINDOWS.resource_id, readiness=Readiness.FAILED, assessed_at=AT
+    )
+    row = summary_row(WINDOWS, failed, "run-1", "VMAgentNotReady: agent down")
+    check_rows(UPDATE_SUMMARY, [row])
+    assert "Compliant" not in row and "TotalUpdatesMissing" not in row
+    assert (row["Readiness"], row["LastError"]) == ("Failed", "VMAgentNotReady: agent down")
