@@ -11,7 +11,7 @@ from itertools import islice
 from typing import Any
 
 from azure.core.credentials import TokenCredential
-from azure.data.tables import TableClient, TableServiceClient, TableTransactionError
+from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
 from azure.storage.blob import BlobServiceClient
 
 from shared.settings import Settings
@@ -35,9 +35,13 @@ def blob_service(settings: Settings, credential: TokenCredential) -> BlobService
     return BlobServiceClient(account_url=settings.storage_blob_endpoint, credential=credential)
 
 
-def upsert_in_batches(table: TableClient, entities: Iterable[Mapping[str, Any]]) -> int:
+def upsert_in_batches(
+    table: TableClient, entities: Iterable[Mapping[str, Any]], mode: UpdateMode = UpdateMode.MERGE
+) -> int:
     """Upsert entities in transactions of at most 100 per partition; returns how many were written.
 
+    MERGE keeps properties other writers set on the same entity; REPLACE is for entities
+    that must lose a property (the SDK leaves ``None`` values out, so a merge cannot drop one).
     Each transaction is atomic; a failure raises naming the partition, and the
     entities already committed stay (upserts are idempotent, so a retry is safe).
     """
@@ -49,7 +53,7 @@ def upsert_in_batches(table: TableClient, entities: Iterable[Mapping[str, Any]])
         iterator = iter(items)
         while chunk := list(islice(iterator, MAX_TRANSACTION_ENTITIES)):
             try:
-                table.submit_transaction([("upsert", dict(e)) for e in chunk])
+                table.submit_transaction([("upsert", dict(e), {"mode": mode}) for e in chunk])
             except TableTransactionError as error:
                 raise RuntimeError(
                     f"table {table.table_name}: transaction for partition {partition!r} failed: {error}"

@@ -31,17 +31,16 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
-from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
+from azure.data.tables import TableServiceClient, UpdateMode
 
 from shared.assessment_types import AssessmentFailure, Readiness
 from shared.inventory import MACHINES_TABLE
 from shared.machines import Machine
-from shared.storage import MAX_TRANSACTION_ENTITIES
+from shared.storage import upsert_in_batches
 
 if TYPE_CHECKING:
     from shared.assessment_recording import MachineAssessmentSummary, UpdateRecord
@@ -130,7 +129,8 @@ class UpdateInventory:
         if not summary.counts_only:
             existing = {e["RowKey"]: e for e in self.machine_updates(machine.key)}
             entities, closed = _gap_entities(machine, records, existing, at, run_id)
-            _replace_in_batches(self._updates, entities)
+            # REPLACE: a reopened gap must lose its NoLongerNeededSince.
+            upsert_in_batches(self._updates, [_clean(e) for e in entities], UpdateMode.REPLACE)
             self._reindex(machine, [e for e in entities if _changed_at(e, at)])
         self._history.upsert_entity(_history_entity(machine, records, summary, run_id))
         self._machines.upsert_entity(_machine_state(machine, summary, run_id, warning), mode=UpdateMode.MERGE)
@@ -383,27 +383,6 @@ def _changed_at(entity: Mapping[str, Any], at: datetime) -> bool:
 def _same_moment(value: Any, at: datetime) -> bool:
     # Table Storage keeps datetimes to the 100 ns tick, Python to the microsecond: equal round trip.
     return isinstance(value, datetime) and value == at
-
-
-def _replace_in_batches(table: TableClient, entities: Iterable[Mapping[str, Any]]) -> None:
-    """Like :func:`shared.storage.upsert_in_batches`, but replacing whole entities.
-
-    A reopened gap must lose its NoLongerNeededSince; a MERGE cannot drop a property (the
-    SDK leaves None values out), and upsert_in_batches merges.
-    """
-    by_partition: dict[str, list[Mapping[str, Any]]] = {}
-    for entity in entities:
-        by_partition.setdefault(str(entity["PartitionKey"]), []).append(entity)
-    for partition, items in by_partition.items():
-        iterator = iter(items)
-        while chunk := list(islice(iterator, MAX_TRANSACTION_ENTITIES)):
-            operations = [("upsert", _clean(e), {"mode": UpdateMode.REPLACE}) for e in chunk]
-            try:
-                table.submit_transaction(operations)
-            except TableTransactionError as error:
-                raise RuntimeError(
-                    f"table {table.table_name}: transaction for partition {partition!r} failed: {error}"
-                ) from error
 
 
 def _clean(entity: Mapping[str, Any]) -> dict[str, Any]:
