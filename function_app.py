@@ -4,6 +4,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from functions.api import bp as api_blueprint
+from functions.assessment import bp as assessment_blueprint
 from functions.discovery import bp as discovery_blueprint
 
 # HTTP functions are anonymous at the Functions level: App Service Authentication (Entra ID)
@@ -11,3 +12,4 @@ from functions.discovery import bp as discovery_blueprint
 app = df.DFApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 app.register_functions(discovery_blueprint)
 app.register_functions(api_blueprint)
+app.register_functions(assessment_blueprint)

@@ -45,8 +45,21 @@ def run(fleet_file: Path = DEMO_FLEET, state_dir: Path = DEFAULT_STATE_DIR) -> i
         _print_machines(stack)
         _print_log_analytics(stack)
         _say("")
-        _say("Not built yet, so not run: assessment (issue 3) and update deployments (issue 4).")
+        _say("2. Assessment (timers assess_linux_fleet and assess_windows_fleet -> orchestration "
+             "assessment_run -> batches -> one assess_machine per machine)")
+        assessments = {}
+        for os_name in ("linux", "windows"):
+            stack.functions.fire_timer(f"assess_{os_name}_fleet")
+            assessments[os_name] = _follow(stack, _latest_instance(stack, f"assessment-{os_name}-"))
+        _say("")
+        _print_compliance(stack)
+        _say("")
+        _say("Not built yet, so not run: update deployments (issue 4).")
         _say(f"Done in {time.monotonic() - started:.1f}s; discovery result: {json.dumps(result)}")
+        for os_name, summary in assessments.items():
+            counts = {k: summary[k] for k in ("machines", "assessed", "failed", "timed_out", "not_assessable",
+                                              "unsupported", "compliant", "non_compliant")}
+            _say(f"  {os_name} assessment: {json.dumps(counts)}")
     _say("")
     _say(f"State kept in {state_dir}. Next:")
     _say("  .venv/bin/python -m local query 'Heartbeat_CL | summarize count() by OSType'")
@@ -98,6 +111,33 @@ def _print_machines(stack: LocalStack) -> None:
     ]
     _say(f"Machines in the inventory (GET /api/machines): {len(rows)}")
     _say(table(rows, ["machine", "os", "where", "power", "patch mode", "note"]))
+
+
+def _print_compliance(stack: LocalStack) -> None:
+    """Readiness and compliance from the API; missing-update counts from the UpdateSummary_CL rows."""
+    assert stack.functions and stack.logs
+    machines = json.loads(stack.functions.request("GET", "/api/machines").get_body())["machines"]
+    summaries = {
+        str(r["ResourceId"]).lower(): r
+        for r in stack.logs.query("UpdateSummary_CL | summarize arg_max(TimeGenerated, *) by ResourceId")
+    }
+    rows = []
+    for m in sorted(machines, key=lambda m: (m["osType"], m["computerName"])):
+        counts = summaries.get(m["resourceId"].lower(), {})
+        rows.append({
+            "machine": m["computerName"],
+            "os": m["osType"],
+            "compliant": {True: "yes", False: "NO"}.get(m["compliant"], "-"),
+            "critical": counts.get("CriticalUpdatesMissing", "-"),
+            "security": counts.get("SecurityUpdatesMissing", "-"),
+            "other": counts.get("OtherUpdatesMissing", "-"),
+            "reboot": {True: "pending", False: ""}.get(m["rebootPending"], ""),
+            "readiness / last error": m["readiness"] + (f": {m['lastError']}" if m["lastError"] else ""),
+        })
+    _say(f"Compliance (GET /api/machines + UpdateSummary_CL): {len(rows)} machines")
+    columns = ["machine", "os", "compliant", "critical", "security", "other", "reboot",
+               "readiness / last error"]
+    _say(table(rows, columns))
 
 
 def _print_log_analytics(stack: LocalStack) -> None:

@@ -81,6 +81,19 @@ def _ncrontab(value: str) -> str:
     return value
 
 
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"must be a whole number from {low} to {high}") from None
+        if not low <= number <= high:
+            raise ValueError(f"must be a whole number from {low} to {high}")
+        return number
+
+    return parse
+
+
 def _auth_mode(value: str) -> AuthMode:
     try:
         return AuthMode(value)
@@ -135,6 +148,19 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 default="https://api.loganalytics.io/v1"),
     SettingSpec("FLEET_DISCOVERY_SCHEDULE", "NCRONTAB schedule of the fleet discovery timer",
                 _ncrontab, default="0 */15 * * * *"),
+    SettingSpec("ASSESSMENT_SCHEDULE_LINUX", "NCRONTAB schedule of the Linux fleet assessment "
+                "(every 3 hours by default)", _ncrontab, default="0 0 */3 * * *"),
+    SettingSpec("ASSESSMENT_SCHEDULE_WINDOWS", "NCRONTAB schedule of the Windows fleet assessment "
+                "(every 12 hours by default)", _ncrontab, default="0 0 */12 * * *"),
+    SettingSpec("LIGHT_CHECK_SCHEDULE", "NCRONTAB schedule of the light check that reassesses changed "
+                "and new machines (every 15 minutes by default)", _ncrontab, default="0 */15 * * * *"),
+    # An assessment normally takes minutes; the patch extension itself gives up on a silent agent
+    # after about 5. Four hours bounds a pathological one without letting runs pile up.
+    SettingSpec("ASSESSMENT_DEADLINE_MINUTES", "How long one machine's assessment may take before it is "
+                "recorded as timed out", _int_between(1, 240), default="30"),
+    # ARM allows about 25 reads/s per principal after a burst (AZURE-FACTS): polls are spaced out.
+    SettingSpec("ASSESSMENT_POLL_SECONDS", "First wait before checking an assessment; later waits grow",
+                _int_between(5, 600), default="30"),
 )
 
 SETTING_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS)
@@ -155,6 +181,11 @@ class Settings:
     log_analytics_workspace_id: str
     logs_query_endpoint: str
     fleet_discovery_schedule: str
+    assessment_schedule_linux: str
+    assessment_schedule_windows: str
+    light_check_schedule: str
+    assessment_deadline_minutes: int
+    assessment_poll_seconds: int
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

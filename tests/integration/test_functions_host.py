@@ -3,6 +3,7 @@
 import json
 import urllib.error
 import urllib.request
+import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -42,7 +43,7 @@ def reader():
 
 def test_functions_are_indexed_from_the_app_metadata():
     host = FunctionsHost(function_app.app)
-    assert host.timers() == ["discover_fleet"]
+    assert host.timers() == ["assess_linux_fleet", "assess_windows_fleet", "discover_fleet"]
     assert host.functions["read_run"].route == "runs/{runId}"
     assert host.functions["start_discovery"].client_binding == "client"
 
@@ -77,11 +78,12 @@ def test_routing_errors_and_roles(app_settings, reader):
 def test_machines_are_served_over_http_from_the_inventory(app_settings, reader, azurite):
     inventory = MachineInventory(TableServiceClient.from_connection_string(azurite.connection_string))
     inventory.ensure()
+    suite = uuid.uuid4().hex  # other tests share this Azurite: a tag of our own tells our machines apart
     machines = [
         Machine(
             f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/{n}",
             n, f"{n}.contoso.com", MachineKind.AZURE_VM, SUBSCRIPTION, "rg", "westeurope", os_type, os_name,
-            version, PowerState.RUNNING, "Manual", {"env": "prod"},
+            version, PowerState.RUNNING, "Manual", {"env": "prod", "suite": suite},
         )
         for n, os_type, os_name, version in [
             ("web01", OsType.LINUX, "Ubuntu", "22.04"),
@@ -106,10 +108,10 @@ def test_machines_are_served_over_http_from_the_inventory(app_settings, reader, 
     host = FunctionsHost(function_app.app, signed_in_principal=encode_principal("local", [Role.READER]))
     base = host.serve()
     try:
-        with urllib.request.urlopen(f"{base}/api/machines?os=linux") as response:
+        with urllib.request.urlopen(f"{base}/api/machines?os=linux&tag=suite:{suite}") as response:
             body = json.loads(response.read())
         assert [m["computerName"] for m in body["machines"]] == ["web01.contoso.com"]
-        assert body["machines"][0]["tags"] == {"env": "prod"}
+        assert body["machines"][0]["tags"] == {"env": "prod", "suite": suite}
         with pytest.raises(urllib.error.HTTPError) as caught:
             urllib.request.urlopen(f"{base}/api/machines?os=linux&colour=blue")
         assert caught.value.code == 400

@@ -1,0 +1,354 @@
+"""Patch assessment: timers and HTTP start a run; the run fans out batches, each batch one child per machine.
+
+``assessment_run`` (master) lists the targets through an activity that keeps the list in Table
+Storage, then starts one ``assessment_batch`` per batch; each batch starts one ``assess_machine``
+per machine. Only counts travel upwards, so no history grows with the fleet. A machine's child
+starts ``assessPatches``, waits with durable timers between one-GET checks, retries transient
+errors with growing waits, bounds everything by a deadline, and records whatever happens: it
+never fails its batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Generator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from functions.http import error_response, json_response, require_role
+from shared import assessment_run as work
+from shared.machines import OsType, machine_key
+from shared.messages import (
+    AssessmentActivityInput,
+    AssessmentCounts,
+    AssessmentRunInput,
+    AssessmentStep,
+    AssessmentTuning,
+    BatchInput,
+    MachineAssessmentInput,
+    MachineResult,
+    TargetListing,
+    TargetListingInput,
+)
+from shared.patch_operations import PermanentArmError
+from shared.principal import Role
+from shared.scope import AssessmentScope, ScopeError
+from shared.settings import Settings, load_settings
+
+bp = df.Blueprint()
+log = logging.getLogger(__name__)
+
+RUN_PREFIX = "assessment-"
+# Polls wait 1.5 times longer each time, up to AssessmentTuning.max_poll_seconds: a quick
+# assessment is seen soon, a slow one does not spend the ARM read budget (AZURE-FACTS).
+_POLL_GROWTH = 1.5
+_BACKOFF_GROWTH = 2
+
+
+def scheduled_instance_id(os_type: OsType, slot: str) -> str:
+    return f"{RUN_PREFIX}{os_type.value.lower()}-{slot}"
+
+
+def _slot() -> str:
+    # Timers fire on the minute; a doubled firing of the same slot (failover) maps to the same id.
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M")
+
+
+def _tuning(settings: Settings) -> AssessmentTuning:
+    return AssessmentTuning(
+        poll_seconds=settings.assessment_poll_seconds, deadline_minutes=settings.assessment_deadline_minutes
+    )
+
+
+async def _start_once(
+    client: df.DurableOrchestrationClient, instance_id: str, run: AssessmentRunInput
+) -> bool:
+    """Start the run unless this instance id already exists (a late or doubled timer firing)."""
+    existing = await client.get_status(instance_id)
+    if existing and existing.runtime_status is not None:
+        return False
+    await client.start_new("assessment_run", instance_id, run.model_dump(mode="json"))
+    return True
+
+
+async def _start_scheduled(client: df.DurableOrchestrationClient, os_type: OsType) -> None:
+    settings = load_settings()
+    run = AssessmentRunInput(
+        trigger=f"timer-{os_type.value.lower()}",
+        scope=AssessmentScope(os_type=os_type).to_json(),
+        subscription_ids=settings.target_subscription_ids,
+        tuning=_tuning(settings),
+    )
+    await _start_once(client, scheduled_instance_id(os_type, _slot()), run)
+
+
+@bp.timer_trigger(schedule="%ASSESSMENT_SCHEDULE_LINUX%", arg_name="timer", run_on_startup=False)
+@bp.durable_client_input(client_name="client")
+async def assess_linux_fleet(timer: func.TimerRequest, client: df.DurableOrchestrationClient) -> None:
+    await _start_scheduled(client, OsType.LINUX)
+
+
+@bp.timer_trigger(schedule="%ASSESSMENT_SCHEDULE_WINDOWS%", arg_name="timer", run_on_startup=False)
+@bp.durable_client_input(client_name="client")
+async def assess_windows_fleet(timer: func.TimerRequest, client: df.DurableOrchestrationClient) -> None:
+    await _start_scheduled(client, OsType.WINDOWS)
+
+
+@bp.route(route="assessments", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.durable_client_input(client_name="client")
+async def start_assessment_run(
+    req: func.HttpRequest, client: df.DurableOrchestrationClient
+) -> func.HttpResponse:
+    """On-demand assessment of a scope; 202 with the run id and where to follow it."""
+    allowed = require_role(req, Role.OPERATOR)
+    if isinstance(allowed, func.HttpResponse):
+        return allowed
+    settings = load_settings()
+    try:
+        scope = AssessmentScope.parse(json.loads(req.get_body() or b"{}"))
+        subscriptions = scope.subscriptions(settings.target_subscription_ids)
+    except json.JSONDecodeError as error:
+        return error_response(400, "InvalidJson", f"request body is not JSON: {error}")
+    except ScopeError as error:
+        return error_response(400, "InvalidField", str(error), error.field)
+    run = AssessmentRunInput(
+        trigger="http", scope=scope.to_json(), subscription_ids=subscriptions, tuning=_tuning(settings)
+    )
+    instance_id = await client.start_new(
+        "assessment_run", f"{RUN_PREFIX}adhoc-{uuid.uuid4().hex}", run.model_dump(mode="json")
+    )
+    return json_response(
+        {"runId": instance_id, "status": f"/api/runs/{instance_id}"},
+        202,
+        headers={"Location": f"/api/runs/{instance_id}"},
+    )
+
+
+# --- orchestrators --------------------------------------------------------------------------------
+
+
+def assessment_run(context: df.DurableOrchestrationContext) -> Any:
+    run = AssessmentRunInput.model_validate(context.get_input())
+    context.set_custom_status({"stage": "listing"})
+    listing = TargetListing.model_validate(
+        (
+            yield context.call_activity(
+                "list_assessment_targets",
+                TargetListingInput(
+                    run_id=context.instance_id,
+                    scope=run.scope,
+                    subscription_ids=run.subscription_ids,
+                    observed_at=context.current_utc_datetime,
+                    batch_size=run.tuning.batch_size,
+                ).model_dump(mode="json"),
+            )
+        )
+    )
+    total = AssessmentCounts(
+        machines=listing.not_assessable + listing.unsupported,
+        not_assessable=listing.not_assessable,
+        unsupported=listing.unsupported,
+    )
+    pending = [
+        context.call_sub_orchestrator(
+            "assessment_batch",
+            BatchInput(run_id=context.instance_id, batch=n, tuning=run.tuning).model_dump(mode="json"),
+            f"{context.instance_id}-b{n:05d}",
+        )
+        for n in range(listing.batches)
+    ]
+    context.set_custom_status(_progress("assessing", listing, total, 0))
+    # One batch at a time is folded in as it completes, so the custom status shows live progress.
+    while pending:
+        finished = yield context.task_any(pending)
+        pending.remove(finished)
+        total = total.plus(AssessmentCounts.model_validate(finished.result))
+        context.set_custom_status(_progress("assessing", listing, total, listing.batches - len(pending)))
+    summary = _progress("done", listing, total, listing.batches)
+    context.set_custom_status(summary)
+    if not context.is_replaying:
+        log.info("assessment run %s done: %s", context.instance_id, summary)
+    return summary
+
+
+def _progress(
+    stage: str, listing: TargetListing, total: AssessmentCounts, batches_done: int
+) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "inScope": listing.machines,
+        "toAssess": listing.to_assess,
+        "batches": listing.batches,
+        "batchesDone": batches_done,
+        "subscriptionsFailed": list(listing.subscriptions_failed),
+        **total.model_dump(mode="json"),
+    }
+
+
+def assessment_batch(context: df.DurableOrchestrationContext) -> Any:
+    batch = BatchInput.model_validate(context.get_input())
+    resource_ids = yield context.call_activity("read_assessment_batch", batch.model_dump(mode="json"))
+    children = [
+        context.call_sub_orchestrator(
+            "assess_machine",
+            MachineAssessmentInput(
+                run_id=batch.run_id, batch=batch.batch, resource_id=resource_id, tuning=batch.tuning
+            ).model_dump(mode="json"),
+            f"{batch.run_id}-{machine_key(resource_id)}",
+        )
+        for resource_id in resource_ids
+    ]
+    results = yield context.task_all(children)
+    total = AssessmentCounts()
+    for result in results:
+        total = total.plus(AssessmentCounts.of(MachineResult.model_validate(result)))
+    return total.model_dump(mode="json")
+
+
+def assess_machine(context: df.DurableOrchestrationContext) -> Any:
+    request = MachineAssessmentInput.model_validate(context.get_input())
+    tuning = request.tuning
+    deadline = context.current_utc_datetime + timedelta(minutes=tuning.deadline_minutes)
+    base = AssessmentActivityInput(
+        run_id=request.run_id, batch=request.batch, resource_id=request.resource_id
+    )
+
+    started = yield from _with_backoff(context, "start_assessment", base, tuning, deadline)
+    if "recorded" in started:
+        return started["recorded"]
+    token = started["token"]
+    wait = float(tuning.poll_seconds)
+    while True:
+        now = context.current_utc_datetime
+        if now >= deadline:
+            return (
+                yield from _record_failure(
+                    context,
+                    base,
+                    "AssessmentTimedOut",
+                    f"no result within {tuning.deadline_minutes} minutes (ASSESSMENT_DEADLINE_MINUTES)",
+                )
+            )
+        yield context.create_timer(min(now + timedelta(seconds=wait), deadline))
+        wait = min(wait * _POLL_GROWTH, tuning.max_poll_seconds)
+        step = yield from _with_backoff(
+            context, "check_assessment", base.model_copy(update={"token": token}), tuning, deadline
+        )
+        if "recorded" in step:
+            return step["recorded"]
+        parsed = AssessmentStep.model_validate(step)
+        if not parsed.in_progress and parsed.result is not None:
+            return parsed.result.model_dump(mode="json")
+
+
+def _with_backoff(
+    context: df.DurableOrchestrationContext,
+    activity: str,
+    request: AssessmentActivityInput,
+    tuning: AssessmentTuning,
+    deadline: datetime,
+) -> Generator[Any, Any, dict[str, Any]]:
+    """Call an activity; on failure (transient: permanent ones come back as results) wait 30 s, 60 s, ...
+    with durable timers (RetryOptions has only a fixed interval). Gives up, recording, at the last attempt."""
+    wait = tuning.backoff_seconds
+    for attempt in range(1, tuning.max_attempts + 1):
+        payload = request.model_copy(update={"at": context.current_utc_datetime}).model_dump(mode="json")
+        try:
+            return dict((yield context.call_activity(activity, payload)))
+        except Exception as error:  # noqa: BLE001 - activities raise only transient errors
+            last_error = str(error)
+            retry_at = context.current_utc_datetime + timedelta(seconds=wait)
+            if attempt == tuning.max_attempts or retry_at >= deadline:
+                break
+            if not context.is_replaying:
+                log.warning(
+                    "%s for %s failed (attempt %d), retrying at %s: %s",
+                    activity,
+                    request.resource_id,
+                    attempt,
+                    retry_at,
+                    last_error,
+                )
+            yield context.create_timer(retry_at)
+            wait *= _BACKOFF_GROWTH
+    result = yield from _record_failure(
+        context, request, "TransientErrorsExhausted", f"{activity} kept failing: {last_error}"[:1000]
+    )
+    return {"recorded": result}
+
+
+def _record_failure(
+    context: df.DurableOrchestrationContext, request: AssessmentActivityInput, code: str, message: str
+) -> Generator[Any, Any, dict[str, Any]]:
+    payload = request.model_copy(
+        update={
+            "at": context.current_utc_datetime,
+            "failure_code": code,
+            "failure_message": message,
+        }
+    ).model_dump(mode="json")
+    try:
+        return dict((yield context.call_activity("record_assessment_failure", payload)))
+    except Exception:  # noqa: BLE001 - even an unrecordable failure must not fail the batch
+        return MachineResult(state="failed").model_dump(mode="json")
+
+
+# Registered without decorating, so the module keeps the plain generators and tests can register
+# the same code on a test app with stand-in activities.
+ORCHESTRATORS = (assessment_run, assessment_batch, assess_machine)
+for _orchestrator in ORCHESTRATORS:
+    bp.orchestration_trigger(context_name="context")(_orchestrator)
+
+
+# --- activities -----------------------------------------------------------------------------------
+
+
+@bp.activity_trigger(input_name="request")
+def list_assessment_targets(request: dict[str, Any]) -> dict[str, Any]:
+    listing = work.list_targets(load_settings(), TargetListingInput.model_validate(request))
+    return listing.model_dump(mode="json")
+
+
+@bp.activity_trigger(input_name="request")
+def read_assessment_batch(request: dict[str, Any]) -> list[str]:
+    batch = BatchInput.model_validate(request)
+    return work.batch_targets(load_settings(), batch.run_id, batch.batch)
+
+
+@bp.activity_trigger(input_name="request")
+def start_assessment(request: dict[str, Any]) -> dict[str, Any]:
+    """Returns ``{"token"}``; a permanent error is recorded and returned as ``{"recorded"}``;
+    a transient one raises, and the orchestrator retries after a durable timer."""
+    parsed = AssessmentActivityInput.model_validate(request)
+    settings = load_settings()
+    try:
+        return {"token": work.start_assessment(settings, parsed)}
+    except PermanentArmError as error:
+        return {
+            "recorded": work.record_machine_failure(settings, parsed, error.failure).model_dump(mode="json")
+        }
+
+
+@bp.activity_trigger(input_name="request")
+def check_assessment(request: dict[str, Any]) -> dict[str, Any]:
+    parsed = AssessmentActivityInput.model_validate(request)
+    settings = load_settings()
+    try:
+        result = work.check_assessment(settings, parsed)
+    except PermanentArmError as error:
+        result = work.record_machine_failure(settings, parsed, error.failure)
+    return AssessmentStep(in_progress=result is None, result=result).model_dump(mode="json")
+
+
+@bp.activity_trigger(input_name="request")
+def record_assessment_failure(request: dict[str, Any]) -> dict[str, Any]:
+    parsed = AssessmentActivityInput.model_validate(request)
+    settings = load_settings()
+    return work.record_machine_failure(settings, parsed, work.failure_from_request(parsed)).model_dump(
+        mode="json"
+    )

@@ -1,0 +1,187 @@
+"""The work behind the assessment activities: list a run's targets, start and check one machine.
+
+A run's machine list lives in Table Storage (``AssessmentTargets``), never in orchestration
+history: PartitionKey ``{run}|{batch:05d}`` (one batch reads one partition), RowKey the machine
+key, and the machine itself as JSON so the recorder gets the same :class:`Machine` discovery saw.
+Every write is an upsert keyed by run and machine, so an activity that runs twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict
+from typing import Any
+
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ServiceRequestError
+from azure.data.tables import TableClient
+
+from shared.arm import MachineDirectory
+from shared.assessment_recording import MachineAssessmentSummary, record_assessment, record_failure
+from shared.assessment_types import AssessmentFailure, AssessmentOutcome, Readiness
+from shared.credentials import credential_for
+from shared.machines import Machine, MachineKind, OsType, PowerState, Support, machine_key, parse_resource_id
+from shared.messages import AssessmentActivityInput, MachineResult, TargetListing, TargetListingInput
+from shared.patch_operations import PatchOperations, failure_for
+from shared.scope import AssessmentScope
+from shared.settings import Settings
+from shared.storage import table_service, upsert_in_batches
+
+logger = logging.getLogger(__name__)
+
+TARGETS_TABLE = "AssessmentTargets"
+
+
+def batch_partition(run_id: str, batch: int) -> str:
+    return f"{run_id}|{batch:05d}"
+
+
+def _targets(settings: Settings) -> TableClient:
+    table = table_service(settings, credential_for(settings)).get_table_client(TARGETS_TABLE)
+    with contextlib.suppress(ResourceExistsError):
+        table.create_table()
+    return table
+
+
+def machine_to_json(machine: Machine) -> str:
+    return json.dumps(asdict(machine), sort_keys=True)
+
+
+def machine_from_json(text: str) -> Machine:
+    data = json.loads(text)
+    return Machine(**{
+        **data,
+        "kind": MachineKind(data["kind"]),
+        "os_type": OsType(data["os_type"]),
+        "power_state": PowerState(data["power_state"]),
+    })
+
+
+def skip_reason(machine: Machine) -> AssessmentFailure | None:
+    """Why a machine is recorded without calling ARM: it is off or disconnected, or its OS is unsupported."""
+    verdict = machine.support
+    if verdict.support is Support.UNSUPPORTED:
+        return AssessmentFailure(
+            Readiness.UNSUPPORTED, "UnsupportedOperatingSystem", verdict.reason,
+            "This operating system is outside the supported table; it is inventoried but never assessed.",
+        )
+    if machine.reachable_reason:
+        disconnected = machine.power_state is PowerState.DISCONNECTED
+        code = "MachineDisconnected" if disconnected else "MachineNotRunning"
+        return AssessmentFailure(Readiness.NOT_ASSESSABLE, code, machine.reachable_reason,
+                                 "Start the machine or reconnect its agent; the next run assesses it.")
+    return None
+
+
+def list_targets(settings: Settings, request: TargetListingInput) -> TargetListing:
+    """List the scope's machines, record the ones that cannot be assessed, and store the rest in batches."""
+    scope = AssessmentScope.parse(request.scope)
+    machines, failed = _discover(settings, request.subscription_ids)
+    in_scope = sorted(scope.filter(machines), key=lambda m: m.resource_id.lower())
+    to_assess: list[Machine] = []
+    not_assessable = unsupported = 0
+    for machine in in_scope:
+        reason = skip_reason(machine)
+        if reason is None:
+            to_assess.append(machine)
+            continue
+        record_failure(settings, machine, reason, request.observed_at, request.run_id)
+        not_assessable += reason.readiness is Readiness.NOT_ASSESSABLE
+        unsupported += reason.readiness is Readiness.UNSUPPORTED
+    upsert_in_batches(_targets(settings), _target_entities(request.run_id, to_assess, request.batch_size))
+    batches = -(-len(to_assess) // request.batch_size)
+    return TargetListing(
+        machines=len(in_scope), to_assess=len(to_assess), batches=batches,
+        not_assessable=not_assessable, unsupported=unsupported, subscriptions_failed=tuple(failed),
+    )
+
+
+def _discover(settings: Settings, subscription_ids: Iterable[str]) -> tuple[list[Machine], list[str]]:
+    machines: list[Machine] = []
+    failed: list[str] = []
+    credential = credential_for(settings)
+    for subscription_id in subscription_ids:
+        directory = MachineDirectory(credential, settings.arm_endpoint, subscription_id)
+        try:
+            machines.extend(directory.machines())
+        except (HttpResponseError, ServiceRequestError) as error:
+            logger.warning("listing subscription %s for assessment failed: %s", subscription_id, error)
+            failed.append(subscription_id)
+        finally:
+            directory.close()
+    return machines, failed
+
+
+def _target_entities(run_id: str, machines: list[Machine], batch_size: int) -> Iterator[dict[str, Any]]:
+    for index, machine in enumerate(machines):
+        yield {
+            "PartitionKey": batch_partition(run_id, index // batch_size),
+            "RowKey": machine.key,
+            "ResourceId": machine.resource_id,
+            "Machine": machine_to_json(machine),
+        }
+
+
+def batch_targets(settings: Settings, run_id: str, batch: int) -> list[str]:
+    """The resource ids of one batch (at most a batch size of ids: a few KB)."""
+    entities = _targets(settings).query_entities(
+        "PartitionKey eq @pk", parameters={"pk": batch_partition(run_id, batch)}, select=["ResourceId"]
+    )
+    return sorted(str(e["ResourceId"]) for e in entities)
+
+
+def load_target(settings: Settings, run_id: str, batch: int, resource_id: str) -> Machine:
+    entity = _targets(settings).get_entity(batch_partition(run_id, batch), machine_key(resource_id))
+    return machine_from_json(str(entity["Machine"]))
+
+
+def _operations(settings: Settings, resource_id: str) -> PatchOperations:
+    subscription = parse_resource_id(resource_id).subscription_id
+    return PatchOperations(credential_for(settings), settings.arm_endpoint, subscription)
+
+
+def start_assessment(settings: Settings, request: AssessmentActivityInput) -> str:
+    """POST assessPatches; raises TransientArmError or PermanentArmError (see shared.patch_operations)."""
+    with _operations(settings, request.resource_id) as operations:
+        return operations.start_assessment(request.resource_id)
+
+
+def check_assessment(settings: Settings, request: AssessmentActivityInput) -> MachineResult | None:
+    """One status check; once finished, records the assessment and returns the machine's small result."""
+    assert request.token and request.at, "check_assessment needs the continuation token and the time"
+    with _operations(settings, request.resource_id) as operations:
+        outcome = operations.check_assessment(request.resource_id, request.token)
+    if outcome is None:
+        return None
+    machine = load_target(settings, request.run_id, request.batch, request.resource_id)
+    summary = record_assessment(settings, machine, outcome, request.at, request.run_id)
+    return result_from_summary(summary, outcome)
+
+
+def record_machine_failure(settings: Settings, request: AssessmentActivityInput,
+                           failure: AssessmentFailure) -> MachineResult:
+    assert request.at, "a failure is recorded at a time"
+    machine = load_target(settings, request.run_id, request.batch, request.resource_id)
+    record_failure(settings, machine, failure, request.at, request.run_id)
+    if failure.code == "AssessmentTimedOut":
+        return MachineResult(state="timed_out")
+    if failure.readiness is Readiness.NOT_ASSESSABLE:
+        return MachineResult(state="not_assessable")
+    return MachineResult(state="failed")
+
+
+def failure_from_request(request: AssessmentActivityInput) -> AssessmentFailure:
+    return failure_for(request.failure_code or "AssessmentFailed", request.failure_message or "")
+
+
+def result_from_summary(summary: MachineAssessmentSummary, outcome: AssessmentOutcome) -> MachineResult:
+    """The recorder's summary as counts (display classification names, zero counts dropped)."""
+    compliant = summary.compliant
+    if compliant is None:  # the recorder found no data to judge by; the API's own count decides
+        compliant = outcome.critical_and_security_count == 0
+    return MachineResult(
+        state="assessed", compliant=compliant,
+        missing_by_classification={str(k): int(v) for k, v in summary.missing_by_classification.items() if v},
+    )

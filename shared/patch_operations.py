@@ -1,0 +1,283 @@
+"""Starting an ``assessPatches`` operation and checking on it later, for Azure VMs and Arc servers.
+
+An activity must never wait out a long-running operation (Functions time out; AZURE-FACTS,
+platform limits), so the work is split in two: :meth:`PatchOperations.start_assessment`
+sends the POST and returns the poller's continuation token; :meth:`PatchOperations.check_assessment`
+resumes azure-core's own ARM polling method from that token and makes one status GET. The
+orchestrator waits between checks with durable timers. No LRO logic is written by hand: the
+status URL, the final GET and the error format are the SDK's.
+
+Errors are sorted into two kinds: :class:`TransientArmError` (throttling, 5xx, connection
+trouble, another operation in progress: retry later) and :class:`PermanentArmError`, which
+carries the :class:`AssessmentFailure` to record, with a hint an administrator can act on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from azure.core.credentials import TokenCredential
+from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+from azure.core.pipeline import PipelineResponse
+from azure.core.polling import NoPolling
+from azure.mgmt.compute import ComputeManagementClient
+from azure.mgmt.compute.models import VirtualMachineAssessPatchesResult
+from azure.mgmt.core.polling.arm_polling import ARMPolling
+from azure.mgmt.hybridcompute import HybridComputeManagementClient
+from azure.mgmt.hybridcompute.models import MachineAssessPatchesResult
+
+from shared.arm import COMPUTE_API_VERSION, HYBRID_COMPUTE_API_VERSION
+from shared.assessment_types import AssessmentFailure, AssessmentOutcome, AvailablePatch, Readiness
+from shared.machines import MachineKind, parse_resource_id
+
+# Continuation tokens cross Durable boundaries; history payloads over about 45 KB spill to
+# blobs (AZURE-FACTS, Durable limits). Measured against the ARM stand-in: about 1.5 KB.
+MAX_TOKEN_CHARS = 8_192
+
+# What an administrator can do about each permanent error code ARM or the agent returns.
+_HINTS: dict[str, str] = {
+    "VMAgentStatusCommunicationError": (
+        "Check that the VM is running, the Azure VM agent (waagent / WindowsAzureGuestAgent) is running, "
+        "and the VM can reach Azure storage and the wire server (168.63.129.16) outbound."
+    ),
+    "HybridAgentNotResponding": (
+        "Check that the Azure Connected Machine agent (himds) is running on the server "
+        "('azcmagent show') and can reach the Azure Arc endpoints."
+    ),
+    "OperationNotAllowed": (
+        "Start the machine (or reconnect its Arc agent); it is assessed when it runs again."
+    ),
+    "AuthorizationFailed": (
+        "Grant the app's managed identity the assessPatches action on this machine "
+        "(Microsoft.Compute/virtualMachines/assessPatches/action or the HybridCompute equivalent)."
+    ),
+    "ResourceNotFound": "The machine no longer exists; the next discovery removes it from the inventory.",
+    "AssessmentTimedOut": (
+        "The assessment did not finish in time; check the machine's agent and its package manager "
+        "(for example a locked dpkg or a hung Windows Update service)."
+    ),
+}
+_GENERIC_HINT = "See the error message; the next scheduled assessment tries again."
+# 409 codes that mean "not now", not "never": another patch operation is running on the machine.
+_RETRYABLE_CONFLICTS = frozenset({"Conflict", "OperationPreempted"})
+
+
+class TransientArmError(Exception):
+    """Worth retrying after a pause: throttling, server errors, connection trouble, a busy machine."""
+
+
+class PermanentArmError(Exception):
+    """Retrying will not help; record :attr:`failure` and move on."""
+
+    def __init__(self, failure: AssessmentFailure) -> None:
+        super().__init__(f"{failure.code}: {failure.message}")
+        self.failure = failure
+
+
+def failure_for(code: str, message: str, readiness: Readiness = Readiness.FAILED) -> AssessmentFailure:
+    return AssessmentFailure(readiness, code, message, _HINTS.get(code, _GENERIC_HINT))
+
+
+def classify(error: Exception) -> TransientArmError | PermanentArmError:
+    """Sort an SDK error. azure-core has already retried 429 (honouring Retry-After) and 5xx
+    within the call; what reaches here is what those retries could not fix."""
+    if isinstance(error, (ServiceRequestError, ServiceResponseError)):
+        return TransientArmError(f"connection to ARM failed: {error}")
+    if not isinstance(error, HttpResponseError):
+        return PermanentArmError(failure_for(type(error).__name__, str(error)))
+    status = error.status_code or 0
+    code = _error_code(error)
+    message = _error_message(error)
+    if status == 429 or status >= 500 or (status == 409 and code in _RETRYABLE_CONFLICTS):
+        return TransientArmError(f"HTTP {status} {code}: {message}")
+    if status == 409 and code == "OperationNotAllowed":
+        return PermanentArmError(failure_for(code, message, Readiness.NOT_ASSESSABLE))
+    if status in (401, 403):
+        return PermanentArmError(failure_for("AuthorizationFailed", f"{code}: {message}"))
+    if status == 404:
+        return PermanentArmError(failure_for("ResourceNotFound", f"{code}: {message}"))
+    return PermanentArmError(failure_for(code, message))
+
+
+def _error_code(error: HttpResponseError) -> str:
+    body = _body(error)
+    inner = body.get("error") if isinstance(body.get("error"), Mapping) else None
+    if inner and inner.get("code"):
+        return str(inner["code"])
+    return str(getattr(error.error, "code", None) or f"Http{error.status_code}")
+
+
+def _error_message(error: HttpResponseError) -> str:
+    body = _body(error)
+    inner = body.get("error") if isinstance(body.get("error"), Mapping) else None
+    if inner and inner.get("message"):
+        return str(inner["message"])
+    return str(getattr(error.error, "message", None) or error.message)
+
+
+def _body(error: HttpResponseError) -> Mapping[str, Any]:
+    try:
+        body = error.response.json() if error.response is not None else None  # type: ignore[attr-defined]
+    except ValueError:
+        return {}
+    return body if isinstance(body, Mapping) else {}
+
+
+class PatchOperations:
+    """``assessPatches`` on the machines of one subscription, one ARM call per method."""
+
+    def __init__(self, credential: TokenCredential, arm_endpoint: str, subscription_id: str) -> None:
+        scopes = [arm_endpoint.rstrip("/") + "/.default"]
+        self._endpoint = arm_endpoint
+        self._compute = ComputeManagementClient(
+            credential, subscription_id, base_url=arm_endpoint, credential_scopes=scopes
+        )
+        self._hybrid = HybridComputeManagementClient(
+            credential, subscription_id, base_url=arm_endpoint, credential_scopes=scopes,
+            api_version=HYBRID_COMPUTE_API_VERSION,
+        )
+
+    def close(self) -> None:
+        self._compute.close()
+        self._hybrid.close()
+
+    def __enter__(self) -> PatchOperations:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start_assessment(self, resource_id: str) -> str:
+        """POST assessPatches without polling; returns the continuation token to check it with."""
+        ref = parse_resource_id(resource_id)
+        try:
+            if ref.kind is MachineKind.AZURE_VM:
+                poller: Any = self._compute.virtual_machines.begin_assess_patches(
+                    ref.resource_group, ref.name, polling=_StartOnly(), api_version=COMPUTE_API_VERSION
+                )
+            else:
+                poller = self._hybrid.machines.begin_assess_patches(
+                    ref.resource_group, ref.name, polling=_StartOnly()
+                )
+            token = str(poller.continuation_token())
+        except Exception as error:
+            raise classify(error) from error
+        if len(token) > MAX_TOKEN_CHARS:
+            raise PermanentArmError(
+                failure_for("ContinuationTokenTooLarge", f"{len(token)} characters > {MAX_TOKEN_CHARS}")
+            )
+        return token
+
+    def check_assessment(self, resource_id: str, token: str) -> AssessmentOutcome | None:
+        """One status GET (plus the final-result GET once done); None while the operation runs."""
+        kind = parse_resource_id(resource_id).kind
+        client = self._compute._client if kind is MachineKind.AZURE_VM else self._hybrid._client
+        method = ARMPolling(0, path_format_arguments={"endpoint": self._endpoint})
+        try:
+            _, initial, callback = ARMPolling.from_continuation_token(
+                token, client=client, deserialization_callback=_deserializer(kind)
+            )
+            method.initialize(client, initial, callback)
+            method.update_status()
+            if not method.finished():
+                return None
+            method.run()  # finished: raises for a Failed operation, else fetches the final result
+            return to_outcome(method.resource())
+        except HttpResponseError as error:
+            if error.status_code in (None, 200) and method.finished():
+                raise PermanentArmError(failure_for(_error_code(error), _error_message(error))) from error
+            raise classify(error) from error
+        except (ServiceRequestError, ServiceResponseError) as error:
+            raise classify(error) from error
+
+
+class _StartOnly(NoPolling):
+    """``polling=False`` without the poller thread, but with a usable continuation token.
+
+    azure-core 1.41's ``NoPolling.get_continuation_token`` hands the raw pipeline response to
+    its JSON encoder and always raises "Payload is not JSON-serializable"; ARM polling
+    initialised from the same 202 response (no network call) encodes it correctly.
+    """
+
+    def initialize(self, client: Any, initial_response: Any, deserialization_callback: Any) -> None:
+        super().initialize(client, initial_response, deserialization_callback)
+        self._arm = ARMPolling(0)
+        self._arm.initialize(client, initial_response, deserialization_callback)
+
+    def get_continuation_token(self) -> str:
+        return str(self._arm.get_continuation_token())
+
+
+def _deserializer(kind: MachineKind) -> Any:
+    model = VirtualMachineAssessPatchesResult if kind is MachineKind.AZURE_VM else MachineAssessPatchesResult
+
+    def build(pipeline_response: PipelineResponse[Any, Any]) -> Any:
+        return model(pipeline_response.http_response.json())
+
+    return build
+
+
+def _text(value: Any) -> str:
+    return str(getattr(value, "value", value) or "")
+
+
+def to_outcome(result: VirtualMachineAssessPatchesResult | MachineAssessPatchesResult) -> AssessmentOutcome:
+    """Map either SDK result to the shared contract; Arc results carry counts only (patches=None)."""
+    if isinstance(result, MachineAssessPatchesResult):
+        return _arc_outcome(result)
+    error = result.error
+    return AssessmentOutcome(
+        status=_text(result.status),
+        activity_id=result.assessment_activity_id or "",
+        started_at=result.start_date_time,
+        reboot_pending=bool(result.reboot_pending),
+        critical_and_security_count=result.critical_and_security_patch_count or 0,
+        other_count=result.other_patch_count or 0,
+        patches=tuple(_patch(p) for p in result.available_patches or []),
+        error_code=(error.code if error else None),
+        error_message=(error.message if error else None),
+    )
+
+
+def _patch(patch: Any) -> AvailablePatch:
+    published: datetime | None = patch.published_date
+    kb = (patch.kb_id or "").upper().removeprefix("KB") or None
+    return AvailablePatch(
+        patch_id=patch.patch_id or patch.name or "",
+        name=patch.name or "",
+        classifications=tuple(patch.classifications or ()),
+        kb_id=kb,
+        version=patch.version,
+        reboot_behavior=_text(patch.reboot_behavior) or "Unknown",
+        published_date=published,
+    )
+
+
+# Arc's counts use camelCase keys; the contract uses the patch API's classification names.
+_ARC_CLASSIFICATIONS = {
+    "critical": "Critical", "security": "Security", "definition": "Definition",
+    "updateRollup": "UpdateRollUp", "featurePack": "FeaturePack", "servicePack": "ServicePack",
+    "tools": "Tools", "updates": "Updates", "other": "Other",
+}
+
+
+def _arc_outcome(result: MachineAssessPatchesResult) -> AssessmentOutcome:
+    raw = dict(result.available_patch_count_by_classification or {})
+    # Arc lists every key of both OS families; only non-zero ones describe this machine.
+    counts = {_ARC_CLASSIFICATIONS.get(k, k): int(v) for k, v in raw.items() if v}
+    critical = counts.get("Critical", 0) + counts.get("Security", 0)
+    details = result.error_details
+    return AssessmentOutcome(
+        status=_text(result.status),
+        activity_id=result.assessment_activity_id or "",
+        started_at=result.start_date_time,
+        reboot_pending=bool(result.reboot_pending),
+        critical_and_security_count=critical,
+        other_count=sum(counts.values()) - critical,
+        patches=None,
+        counts_by_classification=counts,
+        error_code=(details.code if details else None),
+        error_message=(details.message if details else None),
+    )

@@ -1,0 +1,187 @@
+"""The assessment orchestrators, driven through the SDK's replay with stand-in activities on a virtual clock.
+
+The orchestrator generators are the production ones (``functions.assessment.ORCHESTRATORS``);
+only the activities are replaced, each steered per machine by :data:`PLAN`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from datetime import timedelta
+from typing import Any
+
+import azure.durable_functions as df
+import pytest
+
+from functions import assessment
+from local.clock import VirtualClock
+from local.durable import DurableRunner
+from shared.messages import AssessmentRunInput, AssessmentStep, MachineResult, TargetListing
+
+SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
+BATCH_SIZE = 100
+
+app = df.DFApp()
+for _orchestrator in assessment.ORCHESTRATORS:
+    app.orchestration_trigger(context_name="context")(_orchestrator)
+
+# Per-machine behaviour, by machine name: {"start_failures": n, "permanent": bool, "checks": n | None}
+PLAN: dict[str, dict[str, Any]] = {}
+CALLS: dict[str, list[Any]] = defaultdict(list)  # activity:machine -> clock times of calls
+FAILURES: dict[str, str] = {}  # machine -> recorded failure code
+STATE: dict[str, Any] = {"machines": 0, "clock": None}
+_lock = threading.Lock()
+
+
+def machine_id(i: int) -> str:
+    provider = "Microsoft.Compute/virtualMachines"
+    return f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg/providers/{provider}/vm-{i:04d}"
+
+
+def _name(request: dict[str, Any]) -> str:
+    return str(request["resource_id"]).rsplit("/", 1)[1]
+
+
+def _called(kind: str, name: str) -> int:
+    with _lock:
+        CALLS[f"{kind}:{name}"].append(STATE["clock"].now())
+        return len(CALLS[f"{kind}:{name}"])
+
+
+@app.activity_trigger(input_name="request")
+def list_assessment_targets(request: dict[str, Any]) -> dict[str, Any]:
+    count = STATE["machines"]
+    return TargetListing(machines=count, to_assess=count, batches=-(-count // BATCH_SIZE)).model_dump()
+
+
+@app.activity_trigger(input_name="request")
+def read_assessment_batch(request: dict[str, Any]) -> list[str]:
+    first = request["batch"] * BATCH_SIZE
+    return [machine_id(i) for i in range(first, min(first + BATCH_SIZE, STATE["machines"]))]
+
+
+@app.activity_trigger(input_name="request")
+def start_assessment(request: dict[str, Any]) -> dict[str, Any]:
+    name = _name(request)
+    plan = PLAN.get(name, {})
+    calls = _called("start", name)
+    if calls <= plan.get("start_failures", 0):
+        raise RuntimeError(f"HTTP 429 TooManyRequests (call {calls})")
+    if plan.get("permanent"):
+        FAILURES[name] = "VMAgentStatusCommunicationError"
+        return {"recorded": MachineResult(state="failed").model_dump()}
+    return {"token": f"token-{name}"}
+
+
+@app.activity_trigger(input_name="request")
+def check_assessment(request: dict[str, Any]) -> dict[str, Any]:
+    name = _name(request)
+    assert request["token"] == f"token-{name}"
+    calls = _called("check", name)
+    needed = PLAN.get(name, {}).get("checks", 1)
+    if needed is None or calls < needed:
+        return AssessmentStep(in_progress=True).model_dump()
+    result = MachineResult(state="assessed", compliant=name.endswith("0"),
+                           missing_by_classification={"Security Updates": 2})
+    return AssessmentStep(in_progress=False, result=result).model_dump()
+
+
+@app.activity_trigger(input_name="request")
+def record_assessment_failure(request: dict[str, Any]) -> dict[str, Any]:
+    FAILURES[_name(request)] = request["failure_code"]
+    _called("record", _name(request))
+    state = "timed_out" if request["failure_code"] == "AssessmentTimedOut" else "failed"
+    return MachineResult(state=state).model_dump()
+
+
+@pytest.fixture
+def clock():
+    return VirtualClock()
+
+
+@pytest.fixture
+def runner(clock):
+    PLAN.clear()
+    CALLS.clear()
+    FAILURES.clear()
+    STATE.update(machines=0, clock=clock)
+    with DurableRunner(app, clock, activity_concurrency=8) as running:
+        yield running
+
+
+def run(runner, machines: int, instance_id: str = "assessment-test") -> dict[str, Any]:
+    STATE["machines"] = machines
+    run_input = AssessmentRunInput(trigger="test", subscription_ids=(SUBSCRIPTION,))
+    runner.start_new("assessment_run", instance_id, run_input.model_dump(mode="json"))
+    final = runner.wait_for_completion(instance_id, timeout=60)
+    assert final["runtimeStatus"] == "Completed", final["output"]
+    return final
+
+
+def test_a_fleet_is_split_into_batches_and_the_master_history_stays_small(runner):
+    final = run(runner, 250)
+    output = final["output"]
+    assert output["batches"] == 3 and output["batchesDone"] == 3
+    assert output["machines"] == output["assessed"] == 250
+    assert output["compliant"] == 25 and output["non_compliant"] == 225  # names ending in 0
+    assert output["missing_by_classification"] == {"Security Updates": 500}
+    assert final["customStatus"] == output  # progress is counts, never machine lists
+    batches = [i for i in runner.list_instances() if i["name"] == "assessment_batch"]
+    children = [i for i in runner.list_instances() if i["name"] == "assess_machine"]
+    assert len(batches) == 3 and len(children) == 250
+    assert children[0]["instanceId"].startswith("assessment-test-")
+    master = runner.get_status("assessment-test", show_history=True)["historyEvents"]
+    # The master sees one activity and three batches, not 250 children: its history does not grow
+    # with the fleet, so replaying it stays cheap.
+    assert len(master) < 40
+    assert not any(e.get("Name") == "assess_machine" for e in master)
+
+
+def test_polling_waits_with_growing_timers_until_the_assessment_is_done(runner, clock):
+    PLAN["vm-0000"] = {"checks": 4}
+    started = clock.now()
+    final = run(runner, 1)
+    assert final["output"]["assessed"] == 1
+    gaps = [(t - started).total_seconds() for t in CALLS["check:vm-0000"]]
+    # 30 s, then 1.5 times longer each poll: 30, 75, 142.5, 243.75 seconds after the start.
+    assert gaps == pytest.approx([30, 75, 142.5, 243.75])
+
+
+def test_an_assessment_that_never_finishes_is_recorded_as_timed_out_at_the_deadline(runner, clock):
+    PLAN["vm-0000"] = {"checks": None}
+    started = clock.now()
+    final = run(runner, 1)
+    assert final["output"]["timed_out"] == 1 and final["output"]["assessed"] == 0
+    assert FAILURES == {"vm-0000": "AssessmentTimedOut"}
+    recorded_at = CALLS["record:vm-0000"][0]
+    assert recorded_at - started == timedelta(minutes=30)
+    # Waits grew to the cap: far fewer polls than one every 30 s for 30 minutes.
+    assert len(CALLS["check:vm-0000"]) < 15
+
+
+def test_transient_errors_are_retried_with_exponential_backoff_then_succeed(runner, clock):
+    PLAN["vm-0000"] = {"start_failures": 3}
+    started = clock.now()
+    final = run(runner, 1)
+    assert final["output"]["assessed"] == 1 and not FAILURES
+    gaps = [(t - started).total_seconds() for t in CALLS["start:vm-0000"]]
+    assert gaps == [0, 30, 90, 210]  # waits of 30, 60, 120 seconds
+
+
+def test_transient_errors_that_never_stop_are_recorded_after_the_last_attempt(runner):
+    PLAN["vm-0000"] = {"start_failures": 99}
+    final = run(runner, 1)
+    assert final["output"]["failed"] == 1
+    assert FAILURES == {"vm-0000": "TransientErrorsExhausted"}
+    assert len(CALLS["start:vm-0000"]) == 5  # AssessmentTuning.max_attempts
+
+
+def test_a_permanent_error_is_recorded_and_the_batch_completes(runner):
+    PLAN["vm-0001"] = {"permanent": True}
+    final = run(runner, 5)
+    output = final["output"]
+    assert output["failed"] == 1 and output["assessed"] == 4 and output["machines"] == 5
+    assert FAILURES == {"vm-0001": "VMAgentStatusCommunicationError"}
+    assert "check:vm-0001" not in CALLS
+    assert all(i["runtimeStatus"] == "Completed" for i in runner.list_instances())
