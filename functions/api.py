@@ -118,6 +118,7 @@ def list_machines(req: func.HttpRequest) -> func.HttpResponse:
 
 def _public_machine(entity: dict[str, Any]) -> dict[str, Any]:
     return {
+        "id": entity["RowKey"],  # GET /api/machines/{id} for the detail
         "resourceId": entity["ResourceId"],
         "computerName": entity.get("ComputerName"),
         "environment": entity.get("Environment"),

@@ -204,6 +204,13 @@ class UpdateInventory:
         for entity in self._updates.query_entities("PartitionKey eq @p", parameters={"p": key}):
             yield dict(entity)
 
+    def machines_needing(self, os_type: str, key: str) -> Iterator[dict[str, Any]]:
+        """The machines that currently miss one update: one partition of the reverse index."""
+        query = "PartitionKey eq @p and State eq @s"
+        parameters = {"p": catalogue_partition(os_type, key), "s": UpdateState.NEEDED.value}
+        for entity in self._index.query_entities(query, parameters=parameters):
+            yield dict(entity)
+
     def catalogue(self) -> Iterator[dict[str, Any]]:
         for entity in self._catalogue.list_entities():
             yield dict(entity)

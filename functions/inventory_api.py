@@ -1,0 +1,73 @@
+"""Read API over the assessment inventory: one machine in detail, the fleet's missing updates."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import azure.durable_functions as df
+import azure.functions as func
+from azure.data.tables import TableServiceClient
+
+from functions.http import error_response, json_response, require_role
+from shared.credentials import credential_for
+from shared.inventory_views import ViewError, machine_detail, machines_needing, missing_updates
+from shared.machines import OsType
+from shared.principal import Role
+from shared.settings import load_settings
+from shared.storage import table_service
+
+bp = df.Blueprint()
+
+
+def _service() -> TableServiceClient:
+    settings = load_settings()
+    return table_service(settings, credential_for(settings))
+
+
+@bp.route(route="machines/{machineId}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def read_machine(req: func.HttpRequest) -> func.HttpResponse:
+    """One machine: its missing updates with the age of each gap, and its recent assessments.
+    ``?on=YYYY-MM-DD`` also answers whether it was compliant on that day."""
+    allowed = require_role(req, Role.READER)
+    if isinstance(allowed, func.HttpResponse):
+        return allowed
+    on = req.params.get("on")
+    try:
+        day = date.fromisoformat(on) if on else None
+    except ValueError:
+        return error_response(400, "InvalidParameter", "on: must be a date like 2026-01-31", "on")
+    machine_id = req.route_params.get("machineId", "")
+    detail = machine_detail(_service(), machine_id, datetime.now(UTC), day)
+    if detail is None:
+        message = f"no machine {machine_id!r}; ids come from GET /api/machines"
+        return error_response(404, "MachineNotFound", message)
+    return json_response(detail)
+
+
+@bp.route(route="updates/missing", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def list_missing_updates(req: func.HttpRequest) -> func.HttpResponse:
+    """Updates missing anywhere in the fleet, with how many machines need each: ``?os=&classification=``."""
+    allowed = require_role(req, Role.READER)
+    if isinstance(allowed, func.HttpResponse):
+        return allowed
+    os_type = req.params.get("os")
+    if os_type is not None and os_type.lower() not in {o.value.lower() for o in OsType}:
+        return error_response(400, "InvalidParameter", "os: must be Windows or Linux", "os")
+    try:
+        rows = missing_updates(_service(), os_type, req.params.get("classification"))
+    except ViewError as error:
+        return error_response(400, "InvalidParameter", str(error), error.field)
+    return json_response({"count": len(rows), "updates": rows})
+
+
+@bp.route(route="updates/{os}/{update}/machines", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def list_machines_needing_update(req: func.HttpRequest) -> func.HttpResponse:
+    allowed = require_role(req, Role.READER)
+    if isinstance(allowed, func.HttpResponse):
+        return allowed
+    os_name = req.route_params.get("os", "")
+    canonical = {o.value.lower(): o.value for o in OsType}.get(os_name.lower())
+    if canonical is None:
+        return error_response(400, "InvalidParameter", "os: must be Windows or Linux", "os")
+    machines = machines_needing(_service(), canonical, req.route_params.get("update", ""))
+    return json_response({"count": len(machines), "machines": machines})
