@@ -22,7 +22,7 @@ from shared.storage import table_service
 bp = df.Blueprint()
 
 # Durable run ids the API hands out start with these; anything else is not ours to show.
-_RUN_PREFIXES = ("discovery-", "assessment-")
+_RUN_PREFIXES = ("discovery-", "assessment-", "lightcheck-")
 
 
 class StartDiscoveryBody(BaseModel):

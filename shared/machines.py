@@ -137,6 +137,12 @@ class Machine:
     power_state: PowerState
     patch_mode: str
     tags: dict[str, str] = field(default_factory=dict)
+    # The VM instance view's lastPatchInstallationSummary, read by the light check to notice an
+    # install. Plain strings (ISO time) so the machine stays JSON as it is. Empty for Arc servers:
+    # the hybrid-compute machine resource carries no patch status.
+    last_install_id: str = ""
+    last_install_status: str = ""
+    last_install_at: str = ""
 
     @property
     def environment(self) -> Environment:

@@ -418,11 +418,20 @@ class Simulation:
         self.operations: dict[str, Operation] = {}
         self.resources: dict[str, dict[str, Any]] = {}  # disks and snapshots by lower-case id
         for machine in fleet.machines:
-            self.machines[machine.resource_id.lower()] = self._initial_state(machine)
-            if machine.kind == "azure-vm":
-                self.resources[os_disk_id(machine).lower()] = _os_disk(
-                    machine, self.clock.now() - timedelta(days=90)
-                )
+            self._add(machine)
+
+    def add_machine(self, machine: Machine) -> None:
+        """A machine that appears while the host runs (a new VM, a newly connected Arc server)."""
+        with self.lock:
+            if machine.resource_id.lower() in self.machines:
+                raise ValueError(f"machine {machine.resource_id} is already in the fleet")
+            self._add(machine)
+
+    def _add(self, machine: Machine) -> None:
+        self.machines[machine.resource_id.lower()] = self._initial_state(machine)
+        if machine.kind == "azure-vm":
+            created = self.clock.now() - timedelta(days=90)
+            self.resources[os_disk_id(machine).lower()] = _os_disk(machine, created)
 
     def _initial_state(self, machine: Machine) -> MachineState:
         b = machine.behaviours

@@ -1,0 +1,125 @@
+"""The light check: every 15 minutes, reassess only the machines that changed or are new.
+
+The timer starts ``light_check_run`` (instance id from the schedule slot, so a late or doubled
+firing starts nothing new). Its activity ``find_changed_machines`` lists the fleet cheaply and
+returns the few machines to reassess; the run then starts the ordinary ``assessment_run`` with
+those machine ids as its scope, and finally stores the baseline of the machines it assessed
+(shared/light_check.py has the rules).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from shared import light_check as work
+from shared.light_check import BaselineInput, ChangedMachines, FindChangedInput, LightCheckInput
+from shared.messages import AssessmentRunInput, AssessmentTuning
+from shared.scope import AssessmentScope
+from shared.settings import load_settings
+
+bp = df.Blueprint()
+log = logging.getLogger(__name__)
+
+RUN_PREFIX = "lightcheck-"
+
+
+def instance_id_for(slot: str) -> str:
+    return f"{RUN_PREFIX}{slot}"
+
+
+def assessment_instance_id(check_id: str) -> str:
+    return f"{check_id}-assessment"
+
+
+def _slot() -> str:
+    # Timers fire on the minute; a doubled firing of the same slot (failover) maps to the same id.
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M")
+
+
+@bp.timer_trigger(schedule="%LIGHT_CHECK_SCHEDULE%", arg_name="timer", run_on_startup=False)
+@bp.durable_client_input(client_name="client")
+async def light_check(timer: func.TimerRequest, client: df.DurableOrchestrationClient) -> None:
+    settings = load_settings()
+    instance_id = instance_id_for(_slot())
+    existing = await client.get_status(instance_id)
+    if existing and existing.runtime_status is not None:
+        return
+    check = LightCheckInput(
+        subscription_ids=settings.target_subscription_ids,
+        tuning=AssessmentTuning(
+            poll_seconds=settings.assessment_poll_seconds,
+            deadline_minutes=settings.assessment_deadline_minutes,
+        ),
+    )
+    await client.start_new("light_check_run", instance_id, check.model_dump(mode="json"))
+
+
+def light_check_run(context: df.DurableOrchestrationContext) -> Any:
+    check = LightCheckInput.model_validate(context.get_input())
+    context.set_custom_status({"stage": "checking"})
+    found = ChangedMachines.model_validate(
+        (
+            yield context.call_activity(
+                "find_changed_machines",
+                FindChangedInput(
+                    check_id=context.instance_id, subscription_ids=check.subscription_ids
+                ).model_dump(mode="json"),
+            )
+        )
+    )
+    summary: dict[str, Any] = {
+        "stage": "done",
+        "listed": found.listed,
+        "changed": found.changed,
+        "reassessed": len(found.machines),
+        "adopted": found.adopted,
+        "byReason": dict(found.by_reason),
+        "subscriptionsFailed": list(found.subscriptions_failed),
+    }
+    if not found.machines:
+        context.set_custom_status(summary)
+        return summary
+    context.set_custom_status({**summary, "stage": "assessing"})
+    run_id = assessment_instance_id(context.instance_id)
+    run = AssessmentRunInput(
+        trigger="light-check",
+        scope=AssessmentScope(machine_ids=tuple(m.resource_id for m in found.machines)).to_json(),
+        subscription_ids=found.subscription_ids,
+        tuning=check.tuning,
+    )
+    try:
+        summary["assessment"] = yield context.call_sub_orchestrator(
+            "assessment_run", run.model_dump(mode="json"), run_id
+        )
+    except Exception as error:  # noqa: BLE001 - machines it did assess still get their baseline
+        summary["assessmentError"] = str(error)[:500]
+        if not context.is_replaying:
+            log.warning("light check %s: assessment run %s failed: %s", context.instance_id, run_id, error)
+    summary["baselined"] = yield context.call_activity(
+        "record_light_check_baseline",
+        BaselineInput(run_id=run_id, machines=found.machines).model_dump(mode="json"),
+    )
+    context.set_custom_status(summary)
+    if not context.is_replaying:
+        log.info("light check %s done: %s", context.instance_id, summary)
+    return summary
+
+
+# Registered without decorating, so tests can register the same generator on a test app.
+bp.orchestration_trigger(context_name="context")(light_check_run)
+
+
+@bp.activity_trigger(input_name="request")
+def find_changed_machines(request: dict[str, Any]) -> dict[str, Any]:
+    found = work.find_changed(load_settings(), FindChangedInput.model_validate(request))
+    return found.model_dump(mode="json")
+
+
+@bp.activity_trigger(input_name="request")
+def record_light_check_baseline(request: dict[str, Any]) -> int:
+    return work.record_baseline(load_settings(), BaselineInput.model_validate(request))
