@@ -10,7 +10,7 @@ import azure.durable_functions as df
 import azure.functions as func
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from functions.http import error_response, json_response, require_role
+from functions.http import error_response, json_response, require_role, run_accepted
 from shared.credentials import credential_for
 from shared.inventory import MachineInventory
 from shared.machine_query import QueryError, parse_machine_query
@@ -66,8 +66,7 @@ async def start_discovery(req: func.HttpRequest, client: df.DurableOrchestration
     instance_id = await client.start_new(
         "fleet_discovery_run", f"discovery-adhoc-{uuid.uuid4().hex}", run.model_dump(mode="json")
     )
-    return json_response({"runId": instance_id, "status": f"/api/runs/{instance_id}"}, 202,
-                         headers={"Location": f"/api/runs/{instance_id}"})
+    return run_accepted(instance_id)
 
 
 @bp.route(route="runs/{runId}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

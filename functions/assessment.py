@@ -20,7 +20,7 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
-from functions.http import error_response, json_response, require_role
+from functions.http import error_response, require_role, run_accepted
 from shared import assessment_run as work
 from shared.machines import OsType, machine_key
 from shared.messages import (
@@ -122,11 +122,7 @@ async def start_assessment_run(
     instance_id = await client.start_new(
         "assessment_run", f"{RUN_PREFIX}adhoc-{uuid.uuid4().hex}", run.model_dump(mode="json")
     )
-    return json_response(
-        {"runId": instance_id, "status": f"/api/runs/{instance_id}"},
-        202,
-        headers={"Location": f"/api/runs/{instance_id}"},
-    )
+    return run_accepted(instance_id)
 
 
 # --- orchestrators --------------------------------------------------------------------------------

@@ -26,6 +26,12 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     return json_response({"error": error}, status)
 
 
+def run_accepted(run_id: str) -> func.HttpResponse:
+    """202 for a started run, pointing at the app's own status route (never Durable's system URLs)."""
+    status = f"/api/runs/{run_id}"
+    return json_response({"runId": run_id, "status": status}, 202, headers={"Location": status})
+
+
 def require_role(req: func.HttpRequest, role: Role) -> Principal | func.HttpResponse:
     """The signed-in principal if it holds ``role``; otherwise the 401/403 response to return."""
     try:

@@ -24,20 +24,28 @@ COMPUTE_API_VERSION = "2024-07-01"
 HYBRID_COMPUTE_API_VERSION = "2024-07-10"
 
 
+def arm_clients(
+    credential: TokenCredential, arm_endpoint: str, subscription_id: str
+) -> tuple[ComputeManagementClient, HybridComputeManagementClient]:
+    """The compute and hybrid-compute clients for one subscription, scoped to ``arm_endpoint``."""
+    scopes = [arm_endpoint.rstrip("/") + "/.default"]
+    compute = ComputeManagementClient(
+        credential, subscription_id, base_url=arm_endpoint, credential_scopes=scopes
+    )
+    # The hybrid-compute client takes its api-version once, in the constructor.
+    hybrid = HybridComputeManagementClient(
+        credential, subscription_id, base_url=arm_endpoint, credential_scopes=scopes,
+        api_version=HYBRID_COMPUTE_API_VERSION,
+    )
+    return compute, hybrid
+
+
 class MachineDirectory:
     """Lists the Azure VMs and Arc-enabled servers of one subscription as :class:`Machine`."""
 
     def __init__(self, credential: TokenCredential, arm_endpoint: str, subscription_id: str) -> None:
-        scopes = [arm_endpoint.rstrip("/") + "/.default"]
         self._subscription_id = subscription_id
-        self._compute = ComputeManagementClient(
-            credential, subscription_id, base_url=arm_endpoint, credential_scopes=scopes
-        )
-        # The hybrid-compute client takes its api-version once, in the constructor.
-        self._hybrid = HybridComputeManagementClient(
-            credential, subscription_id, base_url=arm_endpoint, credential_scopes=scopes,
-            api_version=HYBRID_COMPUTE_API_VERSION,
-        )
+        self._compute, self._hybrid = arm_clients(credential, arm_endpoint, subscription_id)
 
     def machines(self) -> Iterator[Machine]:
         yield from self.virtual_machines()

@@ -22,13 +22,11 @@ from azure.core.credentials import TokenCredential
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 from azure.core.pipeline import PipelineResponse
 from azure.core.polling import NoPolling
-from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute.models import VirtualMachineAssessPatchesResult
 from azure.mgmt.core.polling.arm_polling import ARMPolling
-from azure.mgmt.hybridcompute import HybridComputeManagementClient
 from azure.mgmt.hybridcompute.models import MachineAssessPatchesResult
 
-from shared.arm import COMPUTE_API_VERSION, HYBRID_COMPUTE_API_VERSION
+from shared.arm import COMPUTE_API_VERSION, arm_clients
 from shared.assessment_types import AssessmentFailure, AssessmentOutcome, AvailablePatch, Readiness
 from shared.machines import MachineKind, parse_resource_id
 
@@ -129,15 +127,8 @@ class PatchOperations:
     """``assessPatches`` on the machines of one subscription, one ARM call per method."""
 
     def __init__(self, credential: TokenCredential, arm_endpoint: str, subscription_id: str) -> None:
-        scopes = [arm_endpoint.rstrip("/") + "/.default"]
         self._endpoint = arm_endpoint
-        self._compute = ComputeManagementClient(
-            credential, subscription_id, base_url=arm_endpoint, credential_scopes=scopes
-        )
-        self._hybrid = HybridComputeManagementClient(
-            credential, subscription_id, base_url=arm_endpoint, credential_scopes=scopes,
-            api_version=HYBRID_COMPUTE_API_VERSION,
-        )
+        self._compute, self._hybrid = arm_clients(credential, arm_endpoint, subscription_id)
 
     def close(self) -> None:
         self._compute.close()
