@@ -62,7 +62,9 @@ def run(fleet_file: Path = DEMO_FLEET, state_dir: Path = DEFAULT_STATE_DIR) -> i
             _say(f"  {os_name} assessment: {json.dumps(counts)}")
     _say("")
     _say(f"State kept in {state_dir}. Next:")
-    _say("  .venv/bin/python -m local query 'Heartbeat_CL | summarize count() by OSType'")
+    _say("  .venv/bin/python -m local query \\")
+    _say("    'Update_CL | where UpdateState == \"Needed\" and Optional == false "
+         "| summarize count() by Classification'")
     _say("  .venv/bin/python -m local serve    # the whole host, with the API on a local port")
     return 0
 
