@@ -14,13 +14,14 @@ import json
 import logging
 import uuid
 from collections.abc import Generator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
 
 from functions.http import error_response, require_role, run_accepted
+from functions.starters import current_slot, start_once
 from shared import assessment_run as work
 from shared.machines import OsType, machine_key
 from shared.messages import (
@@ -54,26 +55,10 @@ def scheduled_instance_id(os_type: OsType, slot: str) -> str:
     return f"{RUN_PREFIX}{os_type.value.lower()}-{slot}"
 
 
-def _slot() -> str:
-    # Timers fire on the minute; a doubled firing of the same slot (failover) maps to the same id.
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M")
-
-
 def _tuning(settings: Settings) -> AssessmentTuning:
     return AssessmentTuning(
         poll_seconds=settings.assessment_poll_seconds, deadline_minutes=settings.assessment_deadline_minutes
     )
-
-
-async def _start_once(
-    client: df.DurableOrchestrationClient, instance_id: str, run: AssessmentRunInput
-) -> bool:
-    """Start the run unless this instance id already exists (a late or doubled timer firing)."""
-    existing = await client.get_status(instance_id)
-    if existing and existing.runtime_status is not None:
-        return False
-    await client.start_new("assessment_run", instance_id, run.model_dump(mode="json"))
-    return True
 
 
 async def _start_scheduled(client: df.DurableOrchestrationClient, os_type: OsType) -> None:
@@ -84,7 +69,10 @@ async def _start_scheduled(client: df.DurableOrchestrationClient, os_type: OsTyp
         subscription_ids=settings.target_subscription_ids,
         tuning=_tuning(settings),
     )
-    await _start_once(client, scheduled_instance_id(os_type, _slot()), run)
+    linux = os_type is OsType.LINUX
+    schedule = settings.assessment_schedule_linux if linux else settings.assessment_schedule_windows
+    instance_id = scheduled_instance_id(os_type, current_slot(schedule))
+    await start_once(client, "assessment_run", instance_id, run.model_dump(mode="json"))
 
 
 @bp.timer_trigger(schedule="%ASSESSMENT_SCHEDULE_LINUX%", arg_name="timer", run_on_startup=False)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
 
+from functions.starters import current_slot, start_once
 from shared.discovery import discover_subscription as discover_subscription_machines
 from shared.messages import DiscoveryCounts, DiscoveryRunInput, SubscriptionDiscoveryInput
 from shared.settings import load_settings
@@ -19,8 +19,8 @@ bp = df.Blueprint()
 _DISCOVERY_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=60_000, max_number_of_attempts=3)
 
 
-def discovery_instance_id(fired_at_minute: str) -> str:
-    return f"discovery-{fired_at_minute}"
+def discovery_instance_id(slot: str) -> str:
+    return f"discovery-{slot}"
 
 
 @bp.timer_trigger(schedule="%FLEET_DISCOVERY_SCHEDULE%", arg_name="timer", run_on_startup=False)
@@ -28,14 +28,9 @@ def discovery_instance_id(fired_at_minute: str) -> str:
 async def discover_fleet(timer: func.TimerRequest, client: df.DurableOrchestrationClient) -> None:
     """Start one discovery run per timer slot; a doubled or late firing of the same slot starts nothing."""
     settings = load_settings()
-    # Timers fire on the minute; a second firing for the same minute (failover) maps to the same id.
-    slot = datetime.now(UTC).strftime("%Y%m%dT%H%M")
-    instance_id = discovery_instance_id(slot)
-    existing = await client.get_status(instance_id)
-    if existing and existing.runtime_status is not None:
-        return
+    instance_id = discovery_instance_id(current_slot(settings.fleet_discovery_schedule))
     run = DiscoveryRunInput(subscription_ids=settings.target_subscription_ids, trigger="timer")
-    await client.start_new("fleet_discovery_run", instance_id, run.model_dump(mode="json"))
+    await start_once(client, "fleet_discovery_run", instance_id, run.model_dump(mode="json"))
 
 
 @bp.orchestration_trigger(context_name="context")

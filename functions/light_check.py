@@ -10,12 +10,12 @@ those machine ids as its scope, and finally stores the baseline of the machines 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
 
+from functions.starters import current_slot, start_once
 from shared import light_check as work
 from shared.light_check import BaselineInput, ChangedMachines, FindChangedInput, LightCheckInput
 from shared.messages import AssessmentRunInput, AssessmentTuning
@@ -36,19 +36,11 @@ def assessment_instance_id(check_id: str) -> str:
     return f"{check_id}-assessment"
 
 
-def _slot() -> str:
-    # Timers fire on the minute; a doubled firing of the same slot (failover) maps to the same id.
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M")
-
-
 @bp.timer_trigger(schedule="%LIGHT_CHECK_SCHEDULE%", arg_name="timer", run_on_startup=False)
 @bp.durable_client_input(client_name="client")
 async def light_check(timer: func.TimerRequest, client: df.DurableOrchestrationClient) -> None:
     settings = load_settings()
-    instance_id = instance_id_for(_slot())
-    existing = await client.get_status(instance_id)
-    if existing and existing.runtime_status is not None:
-        return
+    instance_id = instance_id_for(current_slot(settings.light_check_schedule))
     check = LightCheckInput(
         subscription_ids=settings.target_subscription_ids,
         tuning=AssessmentTuning(
@@ -56,7 +48,7 @@ async def light_check(timer: func.TimerRequest, client: df.DurableOrchestrationC
             deadline_minutes=settings.assessment_deadline_minutes,
         ),
     )
-    await client.start_new("light_check_run", instance_id, check.model_dump(mode="json"))
+    await start_once(client, "light_check_run", instance_id, check.model_dump(mode="json"))
 
 
 def light_check_run(context: df.DurableOrchestrationContext) -> Any:

@@ -18,6 +18,8 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlparse
 
+from shared.schedule import is_valid_ncrontab
+
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 # Azure Storage task hub names: 3-45 characters, letters and digits, starting with a letter
 # (Durable Functions docs, "Task hubs in Durable Functions").
@@ -76,7 +78,7 @@ def _pattern(regex: re.Pattern[str], rule: str) -> Callable[[str], str]:
 
 
 def _ncrontab(value: str) -> str:
-    if len(value.split()) != _NCRONTAB_FIELDS:
+    if len(value.split()) != _NCRONTAB_FIELDS or not is_valid_ncrontab(value):
         raise ValueError("must be a six-field NCRONTAB expression, e.g. '0 0 */3 * * *'")
     return value
 
