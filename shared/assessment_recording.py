@@ -330,13 +330,13 @@ def record_assessment(
     outcome: AssessmentOutcome,
     assessed_at: datetime,
     run_id: str,
-    required: frozenset[Classification] = REQUIRED_FOR_COMPLIANCE,
 ) -> MachineAssessmentSummary:
-    """Write the inventory, then the Log Analytics rows. A retry rewrites the same entities,
+    """Write the inventory, then the Log Analytics rows. Compliance follows the
+    ``COMPLIANCE_CLASSIFICATIONS`` setting. A retry rewrites the same entities,
     and the same rows with the same RecordIds (the Not-needed rows included: they are the
     updates this very assessment closed, read back from the inventory)."""
     records = update_records(machine, outcome, assessed_at)
-    summary = summarize(machine, outcome, records, assessed_at, required)
+    summary = summarize(machine, outcome, records, assessed_at, settings.compliance_classifications)
     credential = credential_for(settings)
     inventory = UpdateInventory(table_service(settings, credential))
     inventory.ensure()

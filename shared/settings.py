@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlparse
 
+from shared.classification import Classification
 from shared.schedule import is_valid_ncrontab
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
@@ -96,6 +97,18 @@ def _int_between(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _classifications(value: str) -> frozenset[Classification]:
+    by_name = {c.value.lower(): c for c in Classification}
+    chosen = set()
+    for name in filter(None, (v.strip() for v in value.split(","))):
+        if name.lower() not in by_name:
+            raise ValueError(f"names {name!r}; accepted: {', '.join(c.value for c in Classification)}")
+        chosen.add(by_name[name.lower()])
+    if not chosen:
+        raise ValueError("must name at least one classification")
+    return frozenset(chosen)
+
+
 def _auth_mode(value: str) -> AuthMode:
     try:
         return AuthMode(value)
@@ -163,6 +176,9 @@ SETTINGS: tuple[SettingSpec, ...] = (
     # ARM allows about 25 reads/s per principal after a burst (AZURE-FACTS): polls are spaced out.
     SettingSpec("ASSESSMENT_POLL_SECONDS", "First wait before checking an assessment; later waits grow",
                 _int_between(5, 600), default="30"),
+    SettingSpec("COMPLIANCE_CLASSIFICATIONS", "Classifications a machine must miss none of to be compliant, "
+                "comma-separated display names", _classifications,
+                default="Critical Updates,Security Updates"),
 )
 
 SETTING_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS)
@@ -188,6 +204,7 @@ class Settings:
     light_check_schedule: str
     assessment_deadline_minutes: int
     assessment_poll_seconds: int
+    compliance_classifications: frozenset[Classification]
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

@@ -75,3 +75,13 @@ def test_worker_threads_cover_host_json_concurrency():
     threads = int(example["PYTHON_THREADPOOL_THREAD_COUNT"])
     concurrent = durable["maxConcurrentActivityFunctions"] + durable["maxConcurrentOrchestratorFunctions"]
     assert threads >= concurrent
+
+
+def test_compliance_classifications_are_display_names():
+    settings = load_settings(dict(VALID, COMPLIANCE_CLASSIFICATIONS="security updates, Update Rollups"))
+    assert {c.value for c in settings.compliance_classifications} == {"Security Updates", "Update Rollups"}
+    assert {c.value for c in load_settings(VALID).compliance_classifications} == {
+        "Critical Updates", "Security Updates",
+    }
+    with pytest.raises(SettingsError, match="COMPLIANCE_CLASSIFICATIONS names 'Urgent'"):
+        load_settings(dict(VALID, COMPLIANCE_CLASSIFICATIONS="Urgent"))
