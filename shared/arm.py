@@ -10,14 +10,18 @@ the last patch installation's summary, which the light check compares between ru
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from azure.core.credentials import TokenCredential
+from azure.core.exceptions import HttpResponseError, ServiceRequestError
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.hybridcompute import HybridComputeManagementClient
 
 from shared.machines import Machine, MachineKind, OsType, PowerState, parse_resource_id
+
+logger = logging.getLogger(__name__)
 
 # Pinned so that a library upgrade cannot silently change the wire format we rely on.
 COMPUTE_API_VERSION = "2024-07-01"
@@ -80,6 +84,29 @@ def _power_state(instance_view: Any) -> PowerState:
             except ValueError:
                 return PowerState.UNKNOWN
     return PowerState.UNKNOWN
+
+
+def list_fleet(
+    credential: TokenCredential, arm_endpoint: str, subscription_ids: Iterable[str]
+) -> tuple[list[Machine], list[str]]:
+    """Every machine of the subscriptions, and the subscriptions that could not be listed.
+
+    azure-core has already retried throttling and transient errors by the time a listing
+    fails; what is left (no access, not registered, gone) is named, logged and skipped, so
+    one bad subscription never hides the others.
+    """
+    machines: list[Machine] = []
+    failed: list[str] = []
+    for subscription_id in subscription_ids:
+        directory = MachineDirectory(credential, arm_endpoint, subscription_id)
+        try:
+            machines.extend(directory.machines())
+        except (HttpResponseError, ServiceRequestError) as error:
+            logger.warning("listing the machines of subscription %s failed: %s", subscription_id, error)
+            failed.append(subscription_id)
+        finally:
+            directory.close()
+    return machines, failed
 
 
 def _enum_text(value: Any) -> str:

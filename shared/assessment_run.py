@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
-from azure.core.exceptions import HttpResponseError, ResourceExistsError, ServiceRequestError
+from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableClient
 
-from shared.arm import MachineDirectory
+from shared.arm import list_fleet
 from shared.assessment_recording import MachineAssessmentSummary, record_assessment, record_failure
 from shared.assessment_types import AssessmentFailure, AssessmentOutcome, Readiness
 from shared.credentials import credential_for
@@ -28,8 +27,6 @@ from shared.patch_operations import PatchOperations, failure_for
 from shared.scope import AssessmentScope
 from shared.settings import Settings
 from shared.storage import table_service, upsert_in_batches
-
-logger = logging.getLogger(__name__)
 
 TARGETS_TABLE = "AssessmentTargets"
 
@@ -78,7 +75,7 @@ def skip_reason(machine: Machine) -> AssessmentFailure | None:
 def list_targets(settings: Settings, request: TargetListingInput) -> TargetListing:
     """List the scope's machines, record the ones that cannot be assessed, and store the rest in batches."""
     scope = AssessmentScope.parse(request.scope)
-    machines, failed = _discover(settings, request.subscription_ids)
+    machines, failed = list_fleet(credential_for(settings), settings.arm_endpoint, request.subscription_ids)
     in_scope = sorted(scope.filter(machines), key=lambda m: m.resource_id.lower())
     to_assess: list[Machine] = []
     not_assessable = unsupported = 0
@@ -97,21 +94,6 @@ def list_targets(settings: Settings, request: TargetListingInput) -> TargetListi
         not_assessable=not_assessable, unsupported=unsupported, subscriptions_failed=tuple(failed),
     )
 
-
-def _discover(settings: Settings, subscription_ids: Iterable[str]) -> tuple[list[Machine], list[str]]:
-    machines: list[Machine] = []
-    failed: list[str] = []
-    credential = credential_for(settings)
-    for subscription_id in subscription_ids:
-        directory = MachineDirectory(credential, settings.arm_endpoint, subscription_id)
-        try:
-            machines.extend(directory.machines())
-        except (HttpResponseError, ServiceRequestError) as error:
-            logger.warning("listing subscription %s for assessment failed: %s", subscription_id, error)
-            failed.append(subscription_id)
-        finally:
-            directory.close()
-    return machines, failed
 
 
 def _target_entities(run_id: str, machines: list[Machine], batch_size: int) -> Iterator[dict[str, Any]]:

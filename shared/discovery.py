@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 
-from azure.core.exceptions import HttpResponseError, ServiceRequestError
-
-from shared.arm import MachineDirectory
+from shared.arm import list_fleet
 from shared.credentials import credential_for
 from shared.inventory import MachineInventory
 from shared.logschema import HEARTBEAT
@@ -17,23 +14,14 @@ from shared.messages import DiscoveryCounts, SubscriptionDiscoveryInput
 from shared.settings import Settings
 from shared.storage import table_service
 
-logger = logging.getLogger(__name__)
-
 
 def discover_subscription(settings: Settings, request: SubscriptionDiscoveryInput) -> DiscoveryCounts:
     """Idempotent: the inventory is upserted by machine key, and heartbeat rows carry a
     record id derived from the run and the machine, so a retried activity changes nothing."""
     credential = credential_for(settings)
-    directory = MachineDirectory(credential, settings.arm_endpoint, request.subscription_id)
-    try:
-        machines = list(directory.machines())
-    except (HttpResponseError, ServiceRequestError) as error:
-        # azure-core has already retried throttling and transient errors; what is left is
-        # recorded against the subscription (no access, not registered, gone).
-        logger.warning("discovery of subscription %s failed: %s", request.subscription_id, error)
-        return DiscoveryCounts(subscriptions_failed=(request.subscription_id,))
-    finally:
-        directory.close()
+    machines, failed = list_fleet(credential, settings.arm_endpoint, [request.subscription_id])
+    if failed:
+        return DiscoveryCounts(subscriptions_failed=tuple(failed))
     inventory = MachineInventory(table_service(settings, credential))
     inventory.ensure()
     inventory.record(machines, request.observed_at)

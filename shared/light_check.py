@@ -35,15 +35,13 @@ from enum import StrEnum
 from typing import Any
 
 from azure.core.exceptions import (
-    HttpResponseError,
     ResourceExistsError,
     ResourceNotFoundError,
-    ServiceRequestError,
 )
 from azure.data.tables import TableClient, TableServiceClient
 from pydantic import Field
 
-from shared.arm import MachineDirectory
+from shared.arm import list_fleet
 from shared.assessment_types import Readiness
 from shared.credentials import credential_for
 from shared.inventory import MACHINES_TABLE
@@ -211,7 +209,7 @@ def find_changed(settings: Settings, request: FindChangedInput) -> ChangedMachin
     service = table_service(settings, credential_for(settings))
     store = BaselineStore(service)
     store.ensure()
-    machines, failed = _list_machines(settings, request.subscription_ids)
+    machines, failed = list_fleet(credential_for(settings), settings.arm_endpoint, request.subscription_ids)
     baselines: dict[str, Baseline] = {}
     records: dict[str, AssessmentRecord] = {}
     for subscription_id in sorted({m.subscription_id for m in machines}):
@@ -259,23 +257,6 @@ def _last_run(machines: TableClient, resource_id: str) -> str:
         return ""
     return str(entity.get("LastAssessmentRun") or "")
 
-
-def _list_machines(settings: Settings, subscription_ids: Iterable[str]) -> tuple[list[Machine], list[str]]:
-    """Every machine of the subscriptions; a subscription that cannot be listed is named and skipped
-    (its machines are checked next time)."""
-    machines: list[Machine] = []
-    failed: list[str] = []
-    credential = credential_for(settings)
-    for subscription_id in subscription_ids:
-        directory = MachineDirectory(credential, settings.arm_endpoint, subscription_id)
-        try:
-            machines.extend(directory.machines())
-        except (HttpResponseError, ServiceRequestError) as error:
-            logger.warning("light check: listing subscription %s failed: %s", subscription_id, error)
-            failed.append(subscription_id)
-        finally:
-            directory.close()
-    return machines, failed
 
 
 def assessment_records(service: TableServiceClient, subscription_id: str) -> dict[str, AssessmentRecord]:
