@@ -5,9 +5,11 @@ import azure.functions as func
 
 from functions.api import bp as api_blueprint
 from functions.assessment import bp as assessment_blueprint
+from functions.deployments_api import bp as deployments_api_blueprint
 from functions.discovery import bp as discovery_blueprint
 from functions.inventory_api import bp as inventory_api_blueprint
 from functions.light_check import bp as light_check_blueprint
+from functions.openapi import bp as openapi_blueprint
 
 # HTTP functions are anonymous at the Functions level: App Service Authentication (Entra ID)
 # signs callers in and each function checks the caller's app role (shared/principal.py).
@@ -17,3 +19,5 @@ app.register_functions(api_blueprint)
 app.register_functions(assessment_blueprint)
 app.register_functions(inventory_api_blueprint)
 app.register_functions(light_check_blueprint)
+app.register_functions(deployments_api_blueprint)
+app.register_functions(openapi_blueprint)

@@ -1,0 +1,159 @@
+"""Update deployment definitions over HTTP (create, list, get, edit, delete) and the OpenAPI document.
+
+Reading needs the Reader role, writing the Operator role. Every invalid field is a 400 naming the
+field; nothing is stored from an invalid request. Edits carry an ETag: the request's ``If-Match``
+when given, else the one read just before the write (so two edits never silently overwrite).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from functions.http import error_response, json_response, require_role
+from shared.credentials import credential_for
+from shared.deployment_definition import DefinitionError, DeploymentDefinition, validate_definition
+from shared.deployment_store import (
+    DeploymentExists,
+    DeploymentNotFound,
+    DeploymentStore,
+    EditConflict,
+    GroupEvaluationError,
+    StoredDeployment,
+    frozen_members,
+)
+from shared.principal import Role
+from shared.settings import Settings, load_settings
+from shared.storage import table_service
+
+bp = df.Blueprint()
+
+
+def _store(settings: Settings) -> DeploymentStore:
+    store = DeploymentStore(table_service(settings, credential_for(settings)))
+    store.ensure()
+    return store
+
+
+def _parse(req: func.HttpRequest) -> DeploymentDefinition | func.HttpResponse:
+    try:
+        body = json.loads(req.get_body() or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return error_response(400, "InvalidJson", f"request body is not JSON: {error}")
+    try:
+        return validate_definition(body)
+    except DefinitionError as error:
+        return error_response(400, "InvalidField", str(error), error.field)
+
+
+def _members(
+    definition: DeploymentDefinition, settings: Settings
+) -> tuple[str, ...] | func.HttpResponse | None:
+    try:
+        return frozen_members(definition, settings, credential_for(settings))
+    except DefinitionError as error:
+        return error_response(400, "InvalidField", str(error), error.field)
+    except GroupEvaluationError as error:
+        return error_response(502, "GroupEvaluationFailed", str(error), "targets.groups")
+
+
+def _stored_response(stored: StoredDeployment, status: int = 200) -> func.HttpResponse:
+    headers = {"ETag": stored.etag}
+    if status == 201:
+        headers["Location"] = f"/api/deployments/{stored.definition.name}"
+    return json_response(stored.to_json(), status, headers=headers)
+
+
+def _not_found(name: str) -> func.HttpResponse:
+    return error_response(404, "DeploymentNotFound", f"no deployment named {name!r}")
+
+
+@bp.route(route="deployments", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def create_deployment(req: func.HttpRequest) -> func.HttpResponse:
+    allowed = require_role(req, Role.OPERATOR)
+    if isinstance(allowed, func.HttpResponse):
+        return allowed
+    definition = _parse(req)
+    if isinstance(definition, func.HttpResponse):
+        return definition
+    settings = load_settings()
+    members = _members(definition, settings)
+    if isinstance(members, func.HttpResponse):
+        return members
+    try:
+        stored = _store(settings).create(definition, members, datetime.now(UTC))
+    except DeploymentExists as error:
+        return error_response(409, "DeploymentExists", str(error), "name")
+    return _stored_response(stored, 201)
+
+
+@bp.route(route="deployments", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def list_deployments(req: func.HttpRequest) -> func.HttpResponse:
+    allowed = require_role(req, Role.READER)
+    if isinstance(allowed, func.HttpResponse):
+        return allowed
+    deployments = _store(load_settings()).list()
+    return json_response({"count": len(deployments), "deployments": [d.to_json() for d in deployments]})
+
+
+@bp.route(route="deployments/{name}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def read_deployment(req: func.HttpRequest) -> func.HttpResponse:
+    allowed = require_role(req, Role.READER)
+    if isinstance(allowed, func.HttpResponse):
+        return allowed
+    name = req.route_params.get("name", "")
+    try:
+        return _stored_response(_store(load_settings()).get(name))
+    except DeploymentNotFound:
+        return _not_found(name)
+
+
+@bp.route(route="deployments/{name}", methods=["PUT"], auth_level=func.AuthLevel.ANONYMOUS)
+def edit_deployment(req: func.HttpRequest) -> func.HttpResponse:
+    """Replace a definition. Group membership frozen at creation is kept unless the targets change."""
+    allowed = require_role(req, Role.OPERATOR)
+    if isinstance(allowed, func.HttpResponse):
+        return allowed
+    name = req.route_params.get("name", "")
+    definition = _parse(req)
+    if isinstance(definition, func.HttpResponse):
+        return definition
+    if definition.name.lower() != name.lower():
+        message = f"name: must be {name!r} as in the URL; to rename, create a new one and delete this one"
+        return error_response(400, "InvalidField", message, "name")
+    settings = load_settings()
+    store = _store(settings)
+    try:
+        current = store.get(name)
+    except DeploymentNotFound:
+        return _not_found(name)
+    members = current.frozen_members
+    if definition.targets != current.definition.targets or members is None:
+        evaluated = _members(definition, settings)
+        if isinstance(evaluated, func.HttpResponse):
+            return evaluated
+        members = evaluated
+    try:
+        stored = store.replace(current, definition, members, req.headers.get("If-Match") or current.etag,
+                               datetime.now(UTC))
+    except DeploymentNotFound:
+        return _not_found(name)
+    except EditConflict as error:
+        return error_response(412, "EditConflict", f"{error}; read it again and reapply the edit")
+    return _stored_response(stored)
+
+
+@bp.route(route="deployments/{name}", methods=["DELETE"], auth_level=func.AuthLevel.ANONYMOUS)
+def delete_deployment(req: func.HttpRequest) -> func.HttpResponse:
+    allowed = require_role(req, Role.OPERATOR)
+    if isinstance(allowed, func.HttpResponse):
+        return allowed
+    name = req.route_params.get("name", "")
+    try:
+        _store(load_settings()).delete(name)
+    except DeploymentNotFound:
+        return _not_found(name)
+    return func.HttpResponse(status_code=204)
