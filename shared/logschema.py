@@ -139,5 +139,31 @@ UPDATE_SUMMARY = LogTable(
     ),
 )
 
-TABLES: tuple[LogTable, ...] = (HEARTBEAT, UPDATE, UPDATE_SUMMARY)
+# One row per machine and update an update run selected (the legacy ``UpdateRunProgress`` table).
+# InstallationStatus is lower case ("succeeded", "failed", "notStarted"), as the seed's run searches
+# compare it; the mapping from the API's installationState is in shared/run_results.py.
+UPDATE_RUN_PROGRESS = LogTable(
+    "UpdateRunProgress_CL",
+    _cols(
+        ("TimeGenerated", D),
+        ("RecordId", S),
+        ("Computer", S),
+        ("ComputerEnvironment", S),
+        ("OSType", S),
+        ("Title", S),
+        ("KBID", S),
+        ("PackageName", S),
+        ("PackageVersion", S),
+        ("Classification", S),  # display names, as Update_CL
+        ("UpdateRunName", S),  # the deployment's name
+        ("UpdateRunId", S),  # the run's id
+        ("InstallationStatus", S),
+        ("ResourceId", S),
+        ("SourceComputerId", S),
+        ("StartTime", D),  # the machine's install start: the API gives no per-update times
+        ("EndTime", D),
+    ),
+)
+
+TABLES: tuple[LogTable, ...] = (HEARTBEAT, UPDATE, UPDATE_SUMMARY, UPDATE_RUN_PROGRESS)
 TABLES_BY_STREAM: dict[str, LogTable] = {t.stream: t for t in TABLES}

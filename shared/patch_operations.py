@@ -14,7 +14,7 @@ carries the :class:`AssessmentFailure` to record, with a hint an administrator c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -22,13 +22,15 @@ from azure.core.credentials import TokenCredential
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 from azure.core.pipeline import PipelineResponse
 from azure.core.polling import NoPolling
-from azure.mgmt.compute.models import VirtualMachineAssessPatchesResult
+from azure.mgmt.compute.models import VirtualMachineAssessPatchesResult, VirtualMachineInstallPatchesResult
 from azure.mgmt.core.polling.arm_polling import ARMPolling
-from azure.mgmt.hybridcompute.models import MachineAssessPatchesResult
+from azure.mgmt.hybridcompute.models import MachineAssessPatchesResult, MachineInstallPatchesResult
 
 from shared.arm import COMPUTE_API_VERSION, arm_clients
 from shared.assessment_types import AssessmentFailure, AssessmentOutcome, AvailablePatch, Readiness
+from shared.install_types import InstallOutcome, InstallRequest
 from shared.machines import MachineKind, parse_resource_id
+from shared.patch_install import to_install_outcome, to_sdk_parameters
 
 # Continuation tokens cross Durable boundaries; history payloads over about 45 KB spill to
 # blobs (AZURE-FACTS, Durable limits). Measured against the ARM stand-in: about 1.5 KB.
@@ -124,7 +126,7 @@ def _body(error: HttpResponseError) -> Mapping[str, Any]:
 
 
 class PatchOperations:
-    """``assessPatches`` on the machines of one subscription, one ARM call per method."""
+    """``assessPatches`` and ``installPatches`` on one subscription's machines, one ARM call per method."""
 
     def __init__(self, credential: TokenCredential, arm_endpoint: str, subscription_id: str) -> None:
         self._endpoint = arm_endpoint
@@ -143,16 +145,61 @@ class PatchOperations:
     def start_assessment(self, resource_id: str) -> str:
         """POST assessPatches without polling; returns the continuation token to check it with."""
         ref = parse_resource_id(resource_id)
-        try:
-            if ref.kind is MachineKind.AZURE_VM:
-                poller: Any = self._compute.virtual_machines.begin_assess_patches(
+        if ref.kind is MachineKind.AZURE_VM:
+            return self.start(
+                lambda: self._compute.virtual_machines.begin_assess_patches(
                     ref.resource_group, ref.name, polling=_StartOnly(), api_version=COMPUTE_API_VERSION
                 )
-            else:
-                poller = self._hybrid.machines.begin_assess_patches(
-                    ref.resource_group, ref.name, polling=_StartOnly()
+            )
+        return self.start(
+            lambda: self._hybrid.machines.begin_assess_patches(
+                ref.resource_group, ref.name, polling=_StartOnly()
+            )
+        )
+
+    def check_assessment(self, resource_id: str, token: str) -> AssessmentOutcome | None:
+        """One status GET (plus the final-result GET once done); None while the operation runs."""
+        vm = parse_resource_id(resource_id).kind is MachineKind.AZURE_VM
+        model = VirtualMachineAssessPatchesResult if vm else MachineAssessPatchesResult
+        result = self.check(resource_id, token, model)
+        return None if result is None else to_outcome(result)
+
+    def start_install(self, resource_id: str, request: InstallRequest) -> str:
+        """POST installPatches without polling; the continuation token to check it with.
+
+        Takes the SDK-free :class:`InstallRequest` (it crosses Durable boundaries) and builds the
+        compute or hybrid-compute parameters for the machine's kind here."""
+        ref = parse_resource_id(resource_id)
+        parameters: Any = to_sdk_parameters(request, ref.kind)
+        if ref.kind is MachineKind.AZURE_VM:
+            return self.start(
+                lambda: self._compute.virtual_machines.begin_install_patches(
+                    ref.resource_group, ref.name, parameters, polling=_StartOnly(),
+                    api_version=COMPUTE_API_VERSION,
                 )
-            token = str(poller.continuation_token())
+            )
+        return self.start(
+            lambda: self._hybrid.machines.begin_install_patches(
+                ref.resource_group, ref.name, parameters, polling=_StartOnly()
+            )
+        )
+
+    def check_install(self, resource_id: str, token: str) -> InstallOutcome | None:
+        """One status GET (plus the final-result GET once done); None while the install runs.
+
+        A result with failed patches is an outcome (the ARM operation Succeeded); an install that
+        could not run (unreachable agent) raises :class:`PermanentArmError`."""
+        vm = parse_resource_id(resource_id).kind is MachineKind.AZURE_VM
+        model = VirtualMachineInstallPatchesResult if vm else MachineInstallPatchesResult
+        result = self.check(resource_id, token, model)
+        return None if result is None else to_install_outcome(result)
+
+    def start(self, begin: Callable[[], Any]) -> str:
+        """Send one long-running POST (``begin`` passes ``polling=_StartOnly()``); its continuation token.
+
+        Shared by every patch operation (assess, install) so each starts and fails the same way."""
+        try:
+            token = str(begin().continuation_token())
         except Exception as error:
             raise classify(error) from error
         if len(token) > MAX_TOKEN_CHARS:
@@ -161,21 +208,23 @@ class PatchOperations:
             )
         return token
 
-    def check_assessment(self, resource_id: str, token: str) -> AssessmentOutcome | None:
-        """One status GET (plus the final-result GET once done); None while the operation runs."""
+    def check(self, resource_id: str, token: str, model: type[Any]) -> Any | None:
+        """Resume ARM polling from ``token``: one status GET, then the final GET once finished.
+
+        Returns the result deserialised as ``model`` (an SDK result class), or None while running."""
         kind = parse_resource_id(resource_id).kind
         client = self._compute._client if kind is MachineKind.AZURE_VM else self._hybrid._client
         method = ARMPolling(0, path_format_arguments={"endpoint": self._endpoint})
         try:
             _, initial, callback = ARMPolling.from_continuation_token(
-                token, client=client, deserialization_callback=_deserializer(kind)
+                token, client=client, deserialization_callback=_deserializer(model)
             )
             method.initialize(client, initial, callback)
             method.update_status()
             if not method.finished():
                 return None
             method.run()  # finished: raises for a Failed operation, else fetches the final result
-            return to_outcome(method.resource())
+            return method.resource()
         except HttpResponseError as error:
             if error.status_code in (None, 200) and method.finished():
                 raise PermanentArmError(failure_for(_error_code(error), _error_message(error))) from error
@@ -201,9 +250,7 @@ class _StartOnly(NoPolling):
         return str(self._arm.get_continuation_token())
 
 
-def _deserializer(kind: MachineKind) -> Any:
-    model = VirtualMachineAssessPatchesResult if kind is MachineKind.AZURE_VM else MachineAssessPatchesResult
-
+def _deserializer(model: type[Any]) -> Any:
     def build(pipeline_response: PipelineResponse[Any, Any]) -> Any:
         return model(pipeline_response.http_response.json())
 

@@ -1,0 +1,117 @@
+"""What an install means for one machine of an update run: its result status and its
+``UpdateRunProgress_CL`` rows.
+
+Machine result status, from an :class:`InstallOutcome` (:func:`machine_result_status`), first rule
+that applies:
+
+1. failed patches (or a failed reboot) and at least one patch installed -> ``partially succeeded``;
+2. failed patches (or a failed reboot), nothing installed -> ``failed``;
+3. the result ``status`` is ``Failed`` with no failed patch (the agent reported an error) -> ``failed``;
+4. the window ran out (``maintenanceWindowExceeded`` or patches left ``Pending``) -> ``window exceeded``,
+   whether or not some patches went in: failures outrank the window, which only explains the rest;
+5. nothing installed and nothing pending -> ``not needed`` (the filters selected nothing);
+6. otherwise ``succeeded``.
+
+``skipped``, ``not reachable`` and ``cancelled`` are decided by the orchestration (a machine that
+never started, an unreachable agent, a cancelled run), never from an install result.
+
+``InstallationStatus`` in ``UpdateRunProgress_CL`` (lower case, as the seed's search compares
+``== "failed"``): Installed -> ``succeeded``, Failed -> ``failed``, Pending -> ``notStarted`` (the
+window ran out before its turn), Unknown -> ``unknown``. Only updates the run selected get a row:
+Excluded and NotSelected updates were never part of the run, and a row for them would make the
+seed's "machines updated in this run" search count machines the run did not touch. Arc servers
+report counts only, so they get no per-update rows (their counts are in the machine result).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from shared.classification import to_display
+from shared.install_types import InstallationState, InstallOutcome, PatchInstallResult
+from shared.logschema import UPDATE_RUN_PROGRESS
+from shared.logsink import record_id
+from shared.machines import Machine, OsType
+
+
+class MachineResultStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    PARTIALLY_SUCCEEDED = "partially succeeded"
+    WINDOW_EXCEEDED = "window exceeded"
+    NOT_NEEDED = "not needed"
+    # Decided by the orchestration, not from an install result:
+    SKIPPED = "skipped"
+    NOT_REACHABLE = "not reachable"
+    CANCELLED = "cancelled"
+
+
+_ROW_STATUS: dict[InstallationState, str] = {
+    InstallationState.INSTALLED: "succeeded",
+    InstallationState.FAILED: "failed",
+    InstallationState.PENDING: "notStarted",
+    InstallationState.UNKNOWN: "unknown",
+}
+# The API's rebootStatus value for a reboot that did not happen as asked.
+_REBOOT_FAILED = "Failed"
+
+
+def machine_result_status(outcome: InstallOutcome) -> MachineResultStatus:
+    """The machine's result per the rules in the module docstring."""
+    failed = outcome.failed > 0 or outcome.reboot_status == _REBOOT_FAILED
+    if failed:
+        return MachineResultStatus.PARTIALLY_SUCCEEDED if outcome.installed else MachineResultStatus.FAILED
+    if outcome.status == "Failed":
+        return MachineResultStatus.FAILED
+    if outcome.maintenance_window_exceeded or outcome.pending:
+        return MachineResultStatus.WINDOW_EXCEEDED
+    if not outcome.installed:
+        return MachineResultStatus.NOT_NEEDED
+    return MachineResultStatus.SUCCEEDED
+
+
+def installation_status(state: InstallationState) -> str | None:
+    """The legacy ``InstallationStatus`` for a patch, or None for updates the run did not select."""
+    return _ROW_STATUS.get(state)
+
+
+def run_progress_rows(
+    machine: Machine, outcome: InstallOutcome, deployment_name: str, run_id: str, at: datetime
+) -> list[dict[str, Any]]:
+    """``UpdateRunProgress_CL`` rows; RecordId depends on the run, machine and patch only, so a
+    retried upload of the same run writes the same ids."""
+    base = {
+        "Computer": machine.computer_name,
+        "ComputerEnvironment": machine.environment.value,
+        "OSType": machine.os_type.value,
+        "UpdateRunName": deployment_name,
+        "UpdateRunId": run_id,
+        "ResourceId": machine.resource_id,
+        "SourceComputerId": machine.key,
+        "StartTime": outcome.started_at,
+        "EndTime": at,
+    }
+    rows = []
+    for patch in outcome.patches or ():
+        status = installation_status(patch.state)
+        if status is None:
+            continue
+        rows.append(base | _patch_columns(machine.os_type, patch) | {
+            "TimeGenerated": at,
+            "RecordId": record_id(UPDATE_RUN_PROGRESS.name, run_id, machine.resource_id, patch.patch_id),
+            "InstallationStatus": status,
+        })  # fmt: skip
+    return rows
+
+
+def _patch_columns(os_type: OsType, patch: PatchInstallResult) -> dict[str, Any]:
+    linux = os_type is OsType.LINUX
+    return {
+        "Title": patch.name,
+        "KBID": None if linux else patch.kb_id,
+        "PackageName": patch.name if linux else None,
+        "PackageVersion": patch.version if linux else None,
+        "Classification": to_display(os_type, patch.classifications).value,
+    }
