@@ -23,8 +23,6 @@ from shared.logschema import HEARTBEAT
 from shared.principal import Role, encode_principal
 from tests.unit.test_deployment_definition import BAD_ID, linux, vm, windows
 
-SUBSCRIPTION = "00000000-0000-0000-0000-0000000000aa"
-
 # The ten kinds the issue names (plus the ones it implies): (body change, field named in the 400).
 TEN_INVALID = [
     ({"maintenanceWindowMinutes": 29}, "maintenanceWindowMinutes"),
@@ -41,24 +39,6 @@ TEN_INVALID = [
     ({"operatingSystem": "Linux", "kbNumbersToInclude": ["KB5034441"], "kbNumbersToExclude": [],
       "classifications": ["Other"]}, "kbNumbersToInclude"),
 ]
-
-
-@pytest.fixture
-def app_settings(monkeypatch, azurite):
-    values = {
-        "DURABLE_TASK_HUB": "TestHub",
-        "AZURE_AUTH_MODE": "emulator",
-        "TARGET_SUBSCRIPTION_IDS": SUBSCRIPTION,
-        "ARM_ENDPOINT": "https://127.0.0.1:9",  # nothing listens: group evaluation must fail cleanly
-        "STORAGE_CONNECTION_STRING": azurite.connection_string,
-        "LOGS_INGESTION_ENDPOINT": "https://127.0.0.1:9",
-        "LOGS_QUERY_ENDPOINT": "https://127.0.0.1:9/v1",
-        "LOGS_DCR_IMMUTABLE_ID": "dcr-00000000000000000000000000000001",
-        "LOG_ANALYTICS_WORKSPACE_ID": "00000000-0000-0000-0000-000000000001",
-    }
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    return values
 
 
 @pytest.fixture

@@ -14,26 +14,7 @@ from local.functions_host import FunctionsHost
 from shared.inventory import MachineInventory
 from shared.machines import Machine, MachineKind, OsType, PowerState
 from shared.principal import Role, encode_principal
-
-SUBSCRIPTION = "00000000-0000-0000-0000-0000000000aa"
-
-
-@pytest.fixture
-def app_settings(monkeypatch, azurite):
-    values = {
-        "DURABLE_TASK_HUB": "TestHub",
-        "AZURE_AUTH_MODE": "emulator",
-        "TARGET_SUBSCRIPTION_IDS": SUBSCRIPTION,
-        "ARM_ENDPOINT": "https://127.0.0.1:9",
-        "STORAGE_CONNECTION_STRING": azurite.connection_string,
-        "LOGS_INGESTION_ENDPOINT": "https://127.0.0.1:9",
-        "LOGS_QUERY_ENDPOINT": "https://127.0.0.1:9/v1",
-        "LOGS_DCR_IMMUTABLE_ID": "dcr-00000000000000000000000000000001",
-        "LOG_ANALYTICS_WORKSPACE_ID": "00000000-0000-0000-0000-000000000001",
-    }
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    return values
+from tests.integration.conftest import SUBSCRIPTION
 
 
 @pytest.fixture
