@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -357,15 +357,27 @@ def record_failure(
     settings: Settings, machine: Machine, failure: AssessmentFailure, at: datetime, run_id: str
 ) -> MachineAssessmentSummary:
     """Record why a machine has no assessment this time, keeping its last good assessment."""
+    return record_failures(settings, [(machine, failure)], at, run_id)[0]
+
+
+def record_failures(
+    settings: Settings, failures: Sequence[tuple[Machine, AssessmentFailure]], at: datetime, run_id: str
+) -> list[MachineAssessmentSummary]:
+    """:func:`record_failure` for many machines: one set of clients and one upload for all of them."""
+    if not failures:
+        return []
     credential = credential_for(settings)
     inventory = UpdateInventory(table_service(settings, credential))
     inventory.ensure()
-    inventory.record_failure(machine, failure, at, run_id)
-    summary = failure_summary(machine, failure, at)
+    summaries, rows = [], []
+    for machine, failure in failures:
+        inventory.record_failure(machine, failure, at, run_id)
+        summary = failure_summary(machine, failure, at)
+        summaries.append(summary)
+        rows.append(summary_row(machine, summary, run_id, f"{failure.code}: {failure.message}"))
     sink = LogSink(credential, settings.logs_ingestion_endpoint, settings.logs_dcr_immutable_id)
     try:
-        error = f"{failure.code}: {failure.message}"
-        sink.send(UPDATE_SUMMARY, [summary_row(machine, summary, run_id, error)])
+        sink.send(UPDATE_SUMMARY, rows)
     finally:
         sink.close()
-    return summary
+    return summaries

@@ -18,7 +18,12 @@ from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableClient
 
 from shared.arm import list_fleet
-from shared.assessment_recording import MachineAssessmentSummary, record_assessment, record_failure
+from shared.assessment_recording import (
+    MachineAssessmentSummary,
+    record_assessment,
+    record_failure,
+    record_failures,
+)
 from shared.assessment_types import AssessmentFailure, AssessmentOutcome, Readiness
 from shared.credentials import credential_for
 from shared.machines import Machine, MachineKind, OsType, PowerState, Support, machine_key, parse_resource_id
@@ -78,15 +83,16 @@ def list_targets(settings: Settings, request: TargetListingInput) -> TargetListi
     machines, failed = list_fleet(credential_for(settings), settings.arm_endpoint, request.subscription_ids)
     in_scope = sorted(scope.filter(machines), key=lambda m: m.resource_id.lower())
     to_assess: list[Machine] = []
-    not_assessable = unsupported = 0
+    skipped: list[tuple[Machine, AssessmentFailure]] = []
     for machine in in_scope:
         reason = skip_reason(machine)
         if reason is None:
             to_assess.append(machine)
-            continue
-        record_failure(settings, machine, reason, request.observed_at, request.run_id)
-        not_assessable += reason.readiness is Readiness.NOT_ASSESSABLE
-        unsupported += reason.readiness is Readiness.UNSUPPORTED
+        else:
+            skipped.append((machine, reason))
+    record_failures(settings, skipped, request.observed_at, request.run_id)
+    not_assessable = sum(r.readiness is Readiness.NOT_ASSESSABLE for _, r in skipped)
+    unsupported = sum(r.readiness is Readiness.UNSUPPORTED for _, r in skipped)
     upsert_in_batches(_targets(settings), _target_entities(request.run_id, to_assess, request.batch_size))
     batches = -(-len(to_assess) // request.batch_size)
     return TargetListing(
