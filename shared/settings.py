@@ -27,6 +27,9 @@ _GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _TASK_HUB = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,44}$")
 # Data collection rule immutable ids look like dcr-<32 hex> (Azure Monitor DCR structure docs).
 _DCR_IMMUTABLE_ID = re.compile(r"^dcr-[0-9a-f]{32}$")
+# Blob container names: 3-63 lowercase letters, digits and single hyphens, starting and ending with a
+# letter or digit (Azure Storage naming rules).
+_CONTAINER = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
 # Functions timer triggers take six-field NCRONTAB expressions (second minute hour day month weekday).
 _NCRONTAB_FIELDS = 6
 
@@ -179,6 +182,13 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("COMPLIANCE_CLASSIFICATIONS", "Classifications a machine must miss none of to be compliant, "
                 "comma-separated display names", _classifications,
                 default="Critical Updates,Security Updates"),
+    # Deployment occurrences are due to the minute, so the scheduler looks every minute; a late or
+    # doubled firing starts nothing twice (one Durable instance per occurrence).
+    SettingSpec("DEPLOYMENT_SCHEDULER_SCHEDULE", "NCRONTAB schedule of the timer that starts due update "
+                "deployments (every minute by default)", _ncrontab, default="0 * * * * *"),
+    SettingSpec("RUN_LOGS_CONTAINER", "Blob container holding each deployment run's per-machine operation "
+                "output", _pattern(_CONTAINER, "must be 3-63 lowercase letters, digits or single hyphens, "
+                "starting and ending with a letter or digit"), default="run-logs"),
 )
 
 SETTING_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS)
@@ -205,6 +215,8 @@ class Settings:
     assessment_deadline_minutes: int
     assessment_poll_seconds: int
     compliance_classifications: frozenset[Classification]
+    deployment_scheduler_schedule: str
+    run_logs_container: str
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
