@@ -1,0 +1,587 @@
+"""Deployment runs in Table Storage: the run, its machines, and the rollout gate they share.
+
+Table ``DeploymentRuns``, one partition per run (PartitionKey = run id):
+
+- RowKey ``run``: the run itself: the deployment's definition as it was when the run was created,
+  the window, the state (queued, running, completed, cancelled, missed, failed), and the counters
+  the rollout gate reads (targets to run, started, running, failed) plus one count per result status.
+- RowKey ``m|{machine key}``: one machine: its state (queued, running, then a result status), why
+  it did not start, timings, counts, reboot status, the operation tokens and the output it left.
+
+Keeping a run in one partition lets every change that touches the counters and machine rows be
+one entity-group transaction guarded by ETags: :meth:`RunStore.claim` (start machines if the gate
+allows) and :meth:`RunStore.finish_machine` (record a result, free its slot). Two batches claiming
+at once cannot both take the last slot: the loser's transaction fails on the run's ETag and it
+reads again. Both are idempotent: a machine already running is handed back without counting it
+twice, and a machine already finished is never finished again, so a retried activity changes
+nothing.
+
+Table ``DeploymentRunIndex``: PartitionKey = the deployment name in lower case, RowKey = run id;
+lists the runs of a deployment without scanning every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
+
+from shared.deployment_definition import DeploymentDefinition
+from shared.rollout import (
+    REASON_CANCELLED,
+    Decision,
+    RolloutState,
+    Window,
+    may_reboot,
+    next_to_start,
+)
+from shared.run_results import MachineResultStatus
+from shared.storage import MAX_TRANSACTION_ENTITIES
+
+RUNS_TABLE = "DeploymentRuns"
+INDEX_TABLE = "DeploymentRunIndex"
+RUN_ROW = "run"
+MACHINE_ROW_PREFIX = "m|"
+# Split long JSON over numbered properties: a Table string property holds at most 64 KiB.
+CHUNK_CHARS = 30_000
+# A claim writes the run and its batch's machine rows in one transaction of at most 100 entities
+# (Azure Table Storage limit), so a batch holds at most 99 machines; 50 keeps the rows small.
+DEPLOYMENT_BATCH_SIZE = 50
+assert DEPLOYMENT_BATCH_SIZE < MAX_TRANSACTION_ENTITIES
+# Optimistic-concurrency retries: every batch and every finishing machine of a run writes the run
+# row, so a writer may lose a few races; each retry re-reads and waits a little longer.
+MAX_WRITE_ATTEMPTS = 40
+_RETRY_BASE_SECONDS = 0.02
+_RETRY_MAX_SECONDS = 0.5
+
+
+class RunState(StrEnum):
+    QUEUED = "queued"  # created, orchestration not yet resolving targets
+    RUNNING = "running"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"  # a cancel was asked for and the run has wound down
+    MISSED = "missed"  # the scheduler did not see the occurrence while it was due
+    FAILED = "failed"  # the run could not resolve its targets
+
+
+class MachineState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    # and then one of MachineResultStatus
+
+
+FINAL_STATES = frozenset(s.value for s in MachineResultStatus)
+# Results charged to the error budget: a machine where an update failed (AWS counts the same way).
+BUDGET_STATUSES = frozenset({MachineResultStatus.FAILED, MachineResultStatus.PARTIALLY_SUCCEEDED})
+# Count columns of the run row, one per result status ("partially succeeded" -> PartiallySucceeded).
+STATUS_COLUMNS: dict[MachineResultStatus, str] = {
+    status: "".join(word.capitalize() for word in status.value.split()) for status in MachineResultStatus
+}
+
+
+class RunNotFound(Exception):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no deployment run {run_id!r}")
+        self.run_id = run_id
+
+
+class RunWriteConflict(Exception):
+    """The run kept changing under a writer for every attempt (should not happen in practice)."""
+
+
+def machine_row_key(machine_key: str) -> str:
+    return MACHINE_ROW_PREFIX + machine_key
+
+
+def _split(prefix: str, text: str) -> dict[str, Any]:
+    parts = [text[i:i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)] or [""]
+    entity: dict[str, Any] = {f"{prefix}{n}": part for n, part in enumerate(parts)}
+    entity[f"{prefix}Parts"] = len(parts)
+    return entity
+
+
+def _join(entity: Mapping[str, Any], prefix: str) -> str:
+    return "".join(str(entity[f"{prefix}{n}"]) for n in range(int(entity[f"{prefix}Parts"])))
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The run row, read back."""
+
+    run_id: str
+    deployment_name: str
+    trigger: str
+    state: RunState
+    definition: DeploymentDefinition
+    created: datetime
+    window_start: datetime | None
+    window_minutes: int
+    occurrence: datetime | None = None
+    targets: int = 0
+    to_run: int = 0
+    started: int = 0
+    running: int = 0
+    failed: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    cancel_requested: bool = False
+    cancelled_by: str | None = None
+    stop_reason: str | None = None
+    finished: datetime | None = None
+    error: str | None = None
+
+    @property
+    def window(self) -> Window:
+        if self.window_start is None:
+            raise ValueError(f"run {self.run_id} has no window yet (its targets are not resolved)")
+        return Window(self.window_start, self.window_minutes)
+
+    def rollout_state(self) -> RolloutState:
+        """The gate's view: machines that ran and finished without an update failing count as succeeded."""
+        return RolloutState(
+            total=self.to_run, started=self.started, running=self.running,
+            succeeded=max(0, self.started - self.running - self.failed), failed=self.failed,
+            cancelled=self.cancel_requested,
+        )  # fmt: skip
+
+    def queued(self) -> int:
+        return self.to_run - self.started
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "runId": self.run_id,
+            "deployment": self.deployment_name,
+            "trigger": self.trigger,
+            "state": self.state.value,
+            "created": self.created.isoformat(),
+            "occurrence": self.occurrence.isoformat() if self.occurrence else None,
+            "windowStart": self.window_start.isoformat() if self.window_start else None,
+            "windowMinutes": self.window_minutes,
+            "windowEnd": self.window.end.isoformat() if self.window_start else None,
+            "machines": self.targets,
+            "started": self.started,
+            "running": self.running,
+            "queued": self.queued(),
+            "results": {s.value: self.counts.get(s.value, 0) for s in MachineResultStatus},
+            "cancelRequested": self.cancel_requested,
+            "cancelledBy": self.cancelled_by,
+            "stopReason": self.stop_reason,
+            "finished": self.finished.isoformat() if self.finished else None,
+            "error": self.error,
+        }
+
+
+def _run_record(entity: Mapping[str, Any]) -> RunRecord:
+    definition = DeploymentDefinition.model_validate(json.loads(_join(entity, "Definition")))
+    return RunRecord(
+        run_id=str(entity["PartitionKey"]),
+        deployment_name=str(entity["DeploymentName"]),
+        trigger=str(entity["Trigger"]),
+        state=RunState(entity["State"]),
+        definition=definition,
+        created=entity["Created"],
+        window_start=entity.get("WindowStart"),
+        window_minutes=int(entity["WindowMinutes"]),
+        occurrence=entity.get("Occurrence"),
+        targets=int(entity.get("Targets", 0)),
+        to_run=int(entity.get("ToRun", 0)),
+        started=int(entity.get("Started", 0)),
+        running=int(entity.get("Running", 0)),
+        failed=int(entity.get("Failed", 0)),
+        counts={s.value: int(entity.get(c, 0)) for s, c in STATUS_COLUMNS.items()},
+        cancel_requested=bool(entity.get("CancelRequested", False)),
+        cancelled_by=entity.get("CancelledBy") or None,
+        stop_reason=entity.get("StopReason") or None,
+        finished=entity.get("Finished"),
+        error=entity.get("Error") or None,
+    )
+
+
+@dataclass(frozen=True)
+class MachineTarget:
+    """A machine the run will try, written when the targets are resolved."""
+
+    machine_key: str
+    resource_id: str
+    computer: str
+    batch: int
+
+
+@dataclass(frozen=True)
+class MachineOutcomeRecord:
+    """What a finished machine records (counts are from the last install call, or zero)."""
+
+    status: MachineResultStatus
+    reason: str = ""
+    installed: int = 0
+    failed: int = 0
+    pending: int = 0
+    excluded: int = 0
+    not_selected: int = 0
+    reboot_status: str = ""
+    error_code: str = ""
+    error_message: str = ""
+    hint: str = ""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Machines of a batch to start now, and, once the gate stops, the ones that never will."""
+
+    start: tuple[str, ...] = ()
+    stop_reason: str | None = None
+    not_started: tuple[str, ...] = ()
+
+
+def _status_for_stop(reason: str) -> MachineResultStatus:
+    return MachineResultStatus.CANCELLED if reason == REASON_CANCELLED else MachineResultStatus.SKIPPED
+
+
+class RunStore:
+    def __init__(self, service: TableServiceClient, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        self._runs: TableClient = service.get_table_client(RUNS_TABLE)
+        self._index: TableClient = service.get_table_client(INDEX_TABLE)
+        self._sleep = sleep
+
+    def ensure(self) -> None:
+        for table in (self._runs, self._index):
+            with contextlib.suppress(ResourceExistsError):
+                table.create_table()
+
+    # --- creating and reading runs -------------------------------------------------------------
+
+    def create_run(self, run_id: str, definition: DeploymentDefinition, trigger: str, created: datetime, *,
+                   occurrence: datetime | None = None, state: RunState = RunState.QUEUED,
+                   reason: str | None = None) -> bool:
+        """Insert the run row and its index row; False when the run exists already (kept as it is).
+
+        A scheduled run's window opens at its ``occurrence``; an ad-hoc run's when its targets are
+        resolved (:meth:`resolve`). A ``missed`` run is created finished, with the reason.
+        """
+        entity: dict[str, Any] = {
+            "PartitionKey": run_id, "RowKey": RUN_ROW,
+            "DeploymentName": definition.name, "Trigger": trigger, "State": state.value,
+            "Created": created, "WindowMinutes": definition.maintenance_window_minutes,
+            "OperatingSystem": definition.operating_system.value,
+        }  # fmt: skip
+        if occurrence is not None:
+            entity["Occurrence"] = occurrence
+            entity["WindowStart"] = occurrence
+        if reason:
+            entity["StopReason"] = reason
+        if state is RunState.MISSED:
+            entity["Finished"] = created
+        entity.update(_split("Definition", json.dumps(definition.to_json(), separators=(",", ":"))))
+        try:
+            self._runs.create_entity(entity)
+        except ResourceExistsError:
+            return False
+        self._index.upsert_entity({
+            "PartitionKey": definition.name.lower(), "RowKey": run_id, "Trigger": trigger,
+            "Created": created, **({"Occurrence": occurrence} if occurrence else {}),
+        })  # fmt: skip
+        return True
+
+    def get_run(self, run_id: str) -> RunRecord:
+        return _run_record(self._run_entity(run_id))
+
+    def _run_entity(self, run_id: str) -> Any:
+        try:
+            return self._runs.get_entity(run_id, RUN_ROW)
+        except ResourceNotFoundError:
+            raise RunNotFound(run_id) from None
+
+    def run_ids(self, deployment_name: str) -> list[str]:
+        """The deployment's run ids, newest first (run ids sort by time within a deployment)."""
+        rows = self._index.query_entities(
+            "PartitionKey eq @p", parameters={"p": deployment_name.lower()}, select=["RowKey", "Created"]
+        )
+        ordered = sorted(rows, key=lambda r: (r["Created"], r["RowKey"]), reverse=True)
+        return [str(r["RowKey"]) for r in ordered]
+
+    def machines(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self._runs.query_entities(
+            "PartitionKey eq @p and RowKey gt @lo and RowKey lt @hi",
+            parameters={"p": run_id, "lo": MACHINE_ROW_PREFIX, "hi": MACHINE_ROW_PREFIX[:-1] + "}"},
+        )
+        return sorted((dict(r) for r in rows), key=lambda r: str(r.get("Computer", "")).lower())
+
+    def machine(self, run_id: str, machine_key: str) -> dict[str, Any]:
+        return dict(self._machine_entity(run_id, machine_key))
+
+    def _machine_entity(self, run_id: str, machine_key: str) -> Any:
+        try:
+            return self._runs.get_entity(run_id, machine_row_key(machine_key))
+        except ResourceNotFoundError:
+            raise RunNotFound(f"{run_id}/{machine_key}") from None
+
+    def update_machine(self, run_id: str, machine_key: str, values: Mapping[str, Any]) -> None:
+        """Merge ``values`` into a machine row (tokens, step output names, pre-scan figures)."""
+        self._runs.update_entity(
+            {"PartitionKey": run_id, "RowKey": machine_row_key(machine_key), **values}, mode=UpdateMode.MERGE
+        )
+
+    def batch_machines(self, run_id: str, batch: int) -> list[str]:
+        rows = self._runs.query_entities(
+            "PartitionKey eq @p and Batch eq @b", parameters={"p": run_id, "b": batch}, select=["ResourceId"]
+        )
+        return sorted(str(r["ResourceId"]) for r in rows)
+
+    # --- resolving targets ---------------------------------------------------------------------
+
+    def resolve(self, run_id: str, window_start: datetime, targets: Sequence[MachineTarget],
+                settled: Sequence[tuple[MachineTarget, MachineOutcomeRecord]]) -> RunRecord:
+        """Write the machine rows and move the run to running; idempotent (a retry rewrites the same rows).
+
+        ``targets`` are queued for the gate; ``settled`` machines never run (not reachable, wrong
+        operating system, ...) and are written with their result straight away.
+        """
+        rows: list[dict[str, Any]] = [
+            {"PartitionKey": run_id, "RowKey": machine_row_key(t.machine_key), "ResourceId": t.resource_id,
+             "Computer": t.computer, "Batch": t.batch, "State": MachineState.QUEUED.value}
+            for t in targets
+        ]  # fmt: skip
+        rows += [
+            {"PartitionKey": run_id, "RowKey": machine_row_key(t.machine_key), "ResourceId": t.resource_id,
+             "Computer": t.computer, "Batch": -1, **_outcome_columns(outcome), "FinishedAt": window_start}
+            for t, outcome in settled
+        ]  # fmt: skip
+        if self._run_entity(run_id)["State"] != RunState.QUEUED.value:
+            return self.get_run(run_id)  # resolved before: this is a retried activity
+        for start in range(0, len(rows), MAX_TRANSACTION_ENTITIES):
+            chunk = rows[start:start + MAX_TRANSACTION_ENTITIES]
+            self._runs.submit_transaction([("upsert", row, {"mode": UpdateMode.REPLACE}) for row in chunk])
+        counts: dict[str, int] = {}
+        for _, outcome in settled:
+            column = STATUS_COLUMNS[outcome.status]
+            counts[column] = counts.get(column, 0) + 1
+
+        def attempt() -> RunRecord:
+            current = self._run_entity(run_id)
+            if current["State"] != RunState.QUEUED.value:
+                return _run_record(current)
+            update = {
+                "PartitionKey": run_id, "RowKey": RUN_ROW, "State": RunState.RUNNING.value,
+                "WindowStart": current.get("WindowStart") or window_start,
+                "Targets": len(targets) + len(settled), "ToRun": len(targets), "Started": 0, "Running": 0,
+                "Failed": sum(1 for _, o in settled if o.status in BUDGET_STATUSES), **counts,
+            }  # fmt: skip
+            self._runs.update_entity(update, mode=UpdateMode.MERGE, etag=current.metadata["etag"],
+                                     match_condition=MatchConditions.IfNotModified)
+            return self.get_run(run_id)
+
+        return self._retrying(attempt)
+
+    def fail(self, run_id: str, error: str, at: datetime) -> None:
+        """The run could not start (its targets could not be resolved)."""
+        self._runs.update_entity({"PartitionKey": run_id, "RowKey": RUN_ROW, "State": RunState.FAILED.value,
+                                  "Error": error[:4000], "Finished": at}, mode=UpdateMode.MERGE)
+
+    # --- the gate ------------------------------------------------------------------------------
+
+    def claim(self, run_id: str, resource_ids: Sequence[str], machine_keys: Mapping[str, str],
+              now: datetime) -> Claim:
+        """Start as many of a batch's queued machines as the rollout gate allows at ``now``.
+
+        ``resource_ids`` are the batch's machines still waiting, in start order; ``machine_keys``
+        maps each to its row key. Machines already running (a retried call) are returned again;
+        once the gate stops, every waiting machine is recorded with the stop reason and returned in
+        ``not_started``.
+        """
+        if len(resource_ids) >= MAX_TRANSACTION_ENTITIES:
+            raise ValueError(
+                f"at most {MAX_TRANSACTION_ENTITIES - 1} machines per claim, got {len(resource_ids)}"
+            )
+
+        def attempt() -> Claim:
+            run_entity = self._run_entity(run_id)
+            run = _run_record(run_entity)
+            rows = {rid: self._machine_entity(run_id, machine_keys[rid]) for rid in resource_ids}
+            again = tuple(rid for rid in resource_ids if rows[rid]["State"] == MachineState.RUNNING.value)
+            queue = [rid for rid in resource_ids if rows[rid]["State"] == MachineState.QUEUED.value]
+            decision: Decision = next_to_start(
+                run.rollout_state(), run.definition.rollout, run.window, now, queue,
+                reboot=may_reboot(run.definition.reboot_setting),
+            )  # fmt: skip
+            if not decision.start and not decision.stopped:
+                return Claim(start=again)
+            operations: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+            for rid in decision.start:
+                operations.append(_conditional({
+                    "PartitionKey": run_id, "RowKey": machine_row_key(machine_keys[rid]),
+                    "State": MachineState.RUNNING.value, "StartedAt": now,
+                }, rows[rid]))  # fmt: skip
+            update: dict[str, Any] = {
+                "PartitionKey": run_id, "RowKey": RUN_ROW,
+                "Started": run.started + len(decision.start), "Running": run.running + len(decision.start),
+            }  # fmt: skip
+            if decision.stopped:
+                assert decision.stop_reason is not None
+                status = _status_for_stop(decision.stop_reason)
+                for rid in decision.not_started:
+                    operations.append(_conditional({
+                        "PartitionKey": run_id, "RowKey": machine_row_key(machine_keys[rid]),
+                        **_outcome_columns(MachineOutcomeRecord(status, decision.stop_reason)),
+                        "FinishedAt": now,
+                    }, rows[rid]))  # fmt: skip
+                column = STATUS_COLUMNS[status]
+                update[column] = run.counts.get(status.value, 0) + len(decision.not_started)
+                # Machines recorded here never start, so they leave the queue the gate counts.
+                update["ToRun"] = run.to_run - len(decision.not_started)
+                update["Targets"] = run.targets
+                if not run.stop_reason:
+                    update["StopReason"] = decision.stop_reason
+            operations.append(_conditional(update, run_entity))
+            self._runs.submit_transaction(operations)
+            return Claim(again + decision.start, decision.stop_reason, decision.not_started)
+
+        return self._retrying(attempt)
+
+    def finish_machine(self, run_id: str, machine_key: str, outcome: MachineOutcomeRecord,
+                       at: datetime) -> bool:
+        """Record a machine's result and free its slot; False if it had finished before (nothing changes)."""
+
+        def attempt() -> bool:
+            row = self._machine_entity(run_id, machine_key)
+            if row["State"] in FINAL_STATES:
+                return False
+            run_entity = self._run_entity(run_id)
+            run = _run_record(run_entity)
+            was_running = row["State"] == MachineState.RUNNING.value
+            column = STATUS_COLUMNS[outcome.status]
+            update: dict[str, Any] = {
+                "PartitionKey": run_id, "RowKey": RUN_ROW,
+                column: run.counts.get(outcome.status.value, 0) + 1,
+                "Running": run.running - (1 if was_running else 0),
+            }  # fmt: skip
+            if outcome.status in BUDGET_STATUSES:
+                update["Failed"] = run.failed + 1
+            if not was_running:  # a queued machine settled without the gate (should not happen)
+                update["ToRun"] = run.to_run - 1
+            self._runs.submit_transaction([
+                _conditional({"PartitionKey": run_id, "RowKey": machine_row_key(machine_key),
+                              **_outcome_columns(outcome), "FinishedAt": at}, row),
+                _conditional(update, run_entity),
+            ])  # fmt: skip
+            return True
+
+        return self._retrying(attempt)
+
+    def request_cancel(self, run_id: str, by: str) -> RunRecord:
+        """Ask the run to stop starting machines; the gate records the waiting ones as cancelled."""
+
+        def attempt() -> RunRecord:
+            entity = self._run_entity(run_id)
+            run = _run_record(entity)
+            if run.cancel_requested or run.state in (RunState.COMPLETED, RunState.CANCELLED, RunState.MISSED,
+                                                     RunState.FAILED):
+                return run
+            self._runs.update_entity(
+                {"PartitionKey": run_id, "RowKey": RUN_ROW, "CancelRequested": True, "CancelledBy": by},
+                mode=UpdateMode.MERGE, etag=entity.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )  # fmt: skip
+            return self.get_run(run_id)
+
+        return self._retrying(attempt)
+
+    def complete(self, run_id: str, at: datetime) -> RunRecord:
+        """Close the run (completed, or cancelled if a cancel was asked for); idempotent."""
+        run = self.get_run(run_id)
+        if run.state is RunState.RUNNING:
+            state = RunState.CANCELLED if run.cancel_requested else RunState.COMPLETED
+            self._runs.update_entity({"PartitionKey": run_id, "RowKey": RUN_ROW, "State": state.value,
+                                      "Finished": at}, mode=UpdateMode.MERGE)
+            run = self.get_run(run_id)
+        return run
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _retrying(self, attempt: Callable[[], Any]) -> Any:
+        for number in range(1, MAX_WRITE_ATTEMPTS + 1):
+            try:
+                return attempt()
+            except (TableTransactionError, HttpResponseError) as error:
+                if not _is_conflict(error) or number == MAX_WRITE_ATTEMPTS:
+                    if _is_conflict(error):
+                        message = f"the run changed under {MAX_WRITE_ATTEMPTS} attempts"
+                        raise RunWriteConflict(message) from error
+                    raise
+                self._sleep(min(_RETRY_MAX_SECONDS, _RETRY_BASE_SECONDS * number) * random.uniform(0.5, 1.5))
+        raise AssertionError("unreachable")
+
+
+def _is_conflict(error: Exception) -> bool:
+    """An ETag that no longer matches (412), or a row another writer created first (409)."""
+    return getattr(error, "status_code", None) in (409, 412)
+
+
+def _conditional(values: Mapping[str, Any], current: Any) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """A merge that applies only if the entity still has the ETag ``current`` was read with."""
+    return ("update", dict(values), {
+        "mode": UpdateMode.MERGE, "etag": current.metadata["etag"],
+        "match_condition": MatchConditions.IfNotModified,
+    })  # fmt: skip
+
+
+def _outcome_columns(outcome: MachineOutcomeRecord) -> dict[str, Any]:
+    return {
+        "State": outcome.status.value, "Reason": outcome.reason, "Installed": outcome.installed,
+        "FailedUpdates": outcome.failed, "Pending": outcome.pending, "Excluded": outcome.excluded,
+        "NotSelected": outcome.not_selected, "RebootStatus": outcome.reboot_status,
+        "ErrorCode": outcome.error_code, "ErrorMessage": outcome.error_message[:4000], "Hint": outcome.hint,
+    }  # fmt: skip
+
+
+def machine_to_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A machine row as the API shows it."""
+    def text(name: str) -> str | None:
+        return str(row[name]) if row.get(name) else None
+
+    def moment(name: str) -> str | None:
+        value = row.get(name)
+        return value.isoformat() if isinstance(value, datetime) else None
+
+    return {
+        "machine": str(row["RowKey"]).removeprefix(MACHINE_ROW_PREFIX),
+        "resourceId": row["ResourceId"],
+        "computer": row.get("Computer"),
+        "status": row["State"],
+        "reason": text("Reason"),
+        "startedAt": moment("StartedAt"),
+        "finishedAt": moment("FinishedAt"),
+        "duration": _duration(row),
+        "installed": int(row.get("Installed", 0)),
+        "failed": int(row.get("FailedUpdates", 0)),
+        "pending": int(row.get("Pending", 0)),
+        "excluded": int(row.get("Excluded", 0)),
+        "rebootStatus": text("RebootStatus"),
+        "errorCode": text("ErrorCode"),
+        "errorMessage": text("ErrorMessage"),
+        "hint": text("Hint"),
+        "outputs": json.loads(row.get("Outputs") or "[]"),
+    }
+
+
+def _duration(row: Mapping[str, Any]) -> str | None:
+    started, finished = row.get("StartedAt"), row.get("FinishedAt")
+    if not isinstance(started, datetime) or not isinstance(finished, datetime):
+        return None
+    seconds = max(0, int((finished - started) / timedelta(seconds=1)))
+    return f"PT{seconds // 3600}H{seconds % 3600 // 60}M{seconds % 60}S"
+
+
+def counts_by_status(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for row in rows:
+        found[str(row["State"])] = found.get(str(row["State"]), 0) + 1
+    return found

@@ -1,0 +1,139 @@
+"""The run store on Azurite: the rollout gate's ETag transactions, idempotent claims and finishes, cancel."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from azure.data.tables import TableServiceClient
+
+from shared.deployment_definition import validate_definition
+from shared.deployment_runs import (
+    MachineOutcomeRecord,
+    MachineTarget,
+    RunState,
+    RunStore,
+)
+from shared.rollout import REASON_CANCELLED, REASON_ERROR_BUDGET, REASON_WINDOW_CLOSING
+from shared.run_results import MachineResultStatus
+
+SUB = "33333333-3333-4333-8333-333333333333"
+START = datetime(2026, 3, 10, 2, 0, tzinfo=UTC)
+
+
+def rid(n: int) -> str:
+    return f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm-{n:02d}"
+
+
+def definition(**rollout):
+    return validate_definition({
+        "name": "store-test", "operatingSystem": "Linux", "targets": {"machines": [rid(0)]},
+        "classifications": ["Critical and security updates"],
+        "schedule": {"startTime": "2026-03-10T02:00:00", "timeZone": "UTC"},
+        "maintenanceWindowMinutes": 120, "rollout": rollout or {"maxConcurrent": 2, "errorBudget": 2},
+    })  # fmt: skip
+
+
+@pytest.fixture
+def store(azurite):
+    created = RunStore(TableServiceClient.from_connection_string(azurite.connection_string))
+    created.ensure()
+    return created
+
+
+def new_run(store, machines=6, settled=(), **rollout):
+    run_id = f"deploy-store-test-{uuid.uuid4().hex[:8]}"
+    assert store.create_run(run_id, definition(**rollout), "http", START, occurrence=START)
+    assert not store.create_run(run_id, definition(**rollout), "http", START)  # a second create is refused
+    targets = [MachineTarget(f"k{n:02d}", rid(n), f"vm-{n:02d}", 0) for n in range(machines)]
+    run = store.resolve(run_id, START, targets, list(settled))
+    keys = {t.resource_id: t.machine_key for t in targets}
+    return run_id, run, keys
+
+
+def test_claims_respect_concurrency_and_a_retried_claim_counts_nothing_twice(store):
+    run_id, run, keys = new_run(store)
+    assert run.state is RunState.RUNNING and run.to_run == 6
+    queue = list(keys)
+    first = store.claim(run_id, queue, keys, START)
+    assert first.start == tuple(queue[:2]) and not first.stop_reason
+    again = store.claim(run_id, queue, keys, START)  # the same activity, retried
+    assert again.start == first.start
+    assert store.get_run(run_id).running == 2 and store.get_run(run_id).started == 2
+    assert store.claim(run_id, queue[2:], keys, START).start == ()  # no room left
+
+
+def test_finishing_frees_a_slot_once_and_failures_spend_the_error_budget(store):
+    run_id, _, keys = new_run(store)
+    queue = list(keys)
+    store.claim(run_id, queue, keys, START)
+    failed = MachineOutcomeRecord(MachineResultStatus.FAILED, installed=0, failed=1)
+    assert store.finish_machine(run_id, keys[queue[0]], failed, START + timedelta(minutes=20))
+    assert not store.finish_machine(run_id, keys[queue[0]], failed, START + timedelta(minutes=21))
+    run = store.get_run(run_id)
+    assert (run.running, run.failed, run.counts["failed"]) == (1, 1, 1)
+    claim = store.claim(run_id, queue[2:], keys, START + timedelta(minutes=20))
+    assert claim.start == (queue[2],)
+    store.finish_machine(run_id, keys[queue[1]], failed, START + timedelta(minutes=30))
+    stopped = store.claim(run_id, queue[3:], keys, START + timedelta(minutes=30))
+    assert stopped.stop_reason == REASON_ERROR_BUDGET and stopped.not_started == tuple(queue[3:])
+    rows = {r["ResourceId"]: r for r in store.machines(run_id)}
+    assert all(rows[q]["State"] == "skipped" and rows[q]["Reason"] == REASON_ERROR_BUDGET for q in queue[3:])
+    run = store.get_run(run_id)
+    assert run.counts["skipped"] == 3 and run.stop_reason == REASON_ERROR_BUDGET
+    assert run.running == 1  # the machine already running goes on, as AWS MaxErrors does
+
+
+def test_cancel_records_waiting_machines_as_cancelled_and_the_run_closes_cancelled(store):
+    run_id, _, keys = new_run(store)
+    queue = list(keys)
+    store.claim(run_id, queue, keys, START)
+    store.request_cancel(run_id, "ops@example.com")
+    claim = store.claim(run_id, queue[2:], keys, START + timedelta(minutes=1))
+    assert claim.stop_reason == REASON_CANCELLED and len(claim.not_started) == 4
+    succeeded = MachineOutcomeRecord(MachineResultStatus.SUCCEEDED, installed=3)
+    for q in queue[:2]:
+        store.finish_machine(run_id, keys[q], succeeded, START)
+    run = store.complete(run_id, START + timedelta(minutes=5))
+    assert run.state is RunState.CANCELLED and run.cancelled_by == "ops@example.com"
+    assert run.counts["cancelled"] == 4 and run.counts["succeeded"] == 2 and run.running == 0
+
+
+def test_no_machine_starts_after_the_window_cutoff(store):
+    run_id, _, keys = new_run(store)
+    late = START + timedelta(minutes=120 - 15 - 10, seconds=1)  # one update and a reboot no longer fit
+    claim = store.claim(run_id, list(keys), keys, late)
+    assert claim.start == () and claim.stop_reason == REASON_WINDOW_CLOSING
+
+
+def test_settled_machines_are_counted_and_never_queued(store):
+    unreachable = MachineTarget("k99", rid(99), "vm-99", -1)
+    record = MachineOutcomeRecord(MachineResultStatus.NOT_REACHABLE, "machine is deallocated")
+    run_id, run, _ = new_run(store, machines=2, settled=[(unreachable, record)])
+    assert (run.targets, run.to_run, run.counts["not reachable"]) == (3, 2, 1)
+    row = store.machine(run_id, "k99")
+    assert row["State"] == "not reachable" and row["Reason"] == "machine is deallocated"
+    assert store.batch_machines(run_id, 0) == [rid(0), rid(1)]
+
+
+def test_concurrent_claims_never_exceed_the_limit(store):
+    """Four batches race for 2 slots through real ETag conflicts on Azurite."""
+    run_id, _, keys = new_run(store, machines=8, maxConcurrent=2, errorBudget="100%")
+    queue = list(keys)
+    granted: list[str] = []
+    lock = threading.Lock()
+
+    def batch(part):
+        claim = store.claim(run_id, part, keys, START)
+        with lock:
+            granted.extend(claim.start)
+
+    threads = [threading.Thread(target=batch, args=(queue[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    run = store.get_run(run_id)
+    assert len(granted) == 2 and run.running == 2 and run.started == 2
