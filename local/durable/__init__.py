@@ -4,6 +4,7 @@ from local.durable.client_api import ClientApiServer
 from local.durable.runner import (
     DurableRunner,
     DurableRunnerError,
+    HostRestartOutcome,
     InstanceAlreadyRunning,
     InstanceGone,
     InstanceNotFound,
@@ -15,6 +16,7 @@ __all__ = [
     "ClientApiServer",
     "DurableRunner",
     "DurableRunnerError",
+    "HostRestartOutcome",
     "InstanceAlreadyRunning",
     "InstanceGone",
     "InstanceNotFound",

@@ -10,6 +10,10 @@ One dispatcher thread owns every history. Activity threads and API callers only 
 instance's inbox under the runner's lock, so idle detection (no episode to run, no activity in
 flight, no timer that can fire) is exact, which lets a :class:`VirtualClock` jump to the next
 timer as soon as nothing else can happen.
+
+Histories, inboxes and timers stand for what Azure keeps in storage, so
+:meth:`DurableRunner.simulate_host_restart` can throw away everything else a host holds (its
+running activities) and show that an orchestration survives a host dying mid-way.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -149,6 +153,27 @@ class _Instance:
     inbox: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class HostRestartOutcome:
+    """What :meth:`DurableRunner.simulate_host_restart` did."""
+
+    redelivered_tasks: tuple[tuple[str, int], ...]  # (instance id, task id) of each activity run again
+    replayed_instances: tuple[str, ...]  # live instances replayed from their history, in creation order
+    failed_on_replay: tuple[str, ...]  # those whose code no longer fits their history
+
+
+@dataclass(frozen=True)
+class _ActivityRun:
+    """One delivery of an activity work item to a worker; a host restart delivers it again."""
+
+    run_id: int
+    instance_id: str
+    execution_id: str
+    task_id: int
+    name: str
+    input_text: str | None
+
+
 @dataclass(order=True)
 class _Timer:
     fire_at: datetime
@@ -174,7 +199,8 @@ class DurableRunner:
         self._ready: dict[str, None] = {}  # insertion-ordered set of instance ids with inbox events
         self._timers: list[_Timer] = []
         self._timer_seq = itertools.count()
-        self._in_flight = 0
+        self._activity_runs: dict[int, _ActivityRun] = {}  # the runs whose completion history awaits
+        self._run_ids = itertools.count()
         self._clock_holds = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -317,7 +343,8 @@ class DurableRunner:
             if not self._cond.wait_for(self._quiet, timeout):
                 raise TimeoutError(
                     f"the runner was still busy after {timeout:.1f}s: {len(self._ready)} instance(s) with "
-                    f"work, {self._in_flight} activities running, {self._live_timer_count()} timer(s) pending"
+                    f"work, {len(self._activity_runs)} activities running, "
+                    f"{self._live_timer_count()} timer(s) pending"
                 )
 
     @contextmanager
@@ -331,6 +358,94 @@ class DurableRunner:
             with self._cond:
                 self._clock_holds -= 1
                 self._cond.notify_all()
+
+    # --- host restart -----------------------------------------------------------------------------
+
+    def simulate_host_restart(self) -> HostRestartOutcome:
+        """Act as if the Functions host died at this instant and a new host took over the task hub.
+
+        In Azure, histories, queued messages and durable timers live in storage; a dead host loses
+        only its memory and the work it was running. Accordingly, when this returns:
+
+        * Every activity whose completion had not yet reached its orchestration (running, or queued
+          for a worker) has been delivered again to a fresh worker pool, so it runs a second time:
+          delivery is at least once. Whatever the first delivery later returns is discarded (that
+          host died before recording it); only the new run's completion can reach history. Python
+          cannot kill the old threads, so they run on, ignored, and hold no slot of the new pool.
+        * Activities whose completion was delivered never run again: the result is in history, or
+          waiting in the instance's inbox, which stands for a durable queue.
+        * Sub-orchestrations already started, events already raised and pending timers (with their
+          original fire times) are kept, as the messages they are in Azure.
+        * Every live instance with a history has been replayed once through the SDK from that
+          history alone: nothing is appended to it and nothing is scheduled. The code must ask for
+          exactly the actions the history recorded, in order, and neither ask for more nor finish;
+          otherwise the instance fails with :class:`NonDeterminismError` (or, if the code raises, with
+          its error), as it would on the new host. Its next episode replays the full history again.
+        * The clock has not moved.
+
+        Kept as if stored is also the runner's bookkeeping beside the history events (the task id of
+        each action, retry attempt counts), which a real host rebuilds from the history.
+        """
+        with self._cond:
+            if self._pool is None:
+                raise DurableRunnerError("the runner is not started; there is no host to restart")
+            lost = sorted(self._activity_runs.values(), key=lambda run: run.run_id)
+            self._activity_runs.clear()
+            self._pool.shutdown(wait=False, cancel_futures=True)  # queued runs of the old host vanish
+            self._pool = ThreadPoolExecutor(self.activity_concurrency, thread_name_prefix="durable-activity")
+            for run in lost:
+                self._dispatch_activity(replace(run, run_id=next(self._run_ids)))
+            replayed: list[str] = []
+            failed: list[str] = []
+            for instance in list(self._instances.values()):
+                if instance.status not in LIVE_STATUSES or not instance.execution.history:
+                    continue  # ended, or not yet past its first episode: nothing to replay
+                replayed.append(instance.instance_id)
+                if not self._replay_recorded_history(instance):
+                    failed.append(instance.instance_id)
+            self._cond.notify_all()
+        log.info(
+            "simulated host restart: %d activities delivered again, %d instances replayed, "
+            "%d failed on replay",
+            len(lost), len(replayed), len(failed),
+        )
+        return HostRestartOutcome(
+            redelivered_tasks=tuple((run.instance_id, run.task_id) for run in lost),
+            replayed_instances=tuple(replayed),
+            failed_on_replay=tuple(failed),
+        )
+
+    def _replay_recorded_history(self, instance: _Instance) -> bool:
+        """Run the code over the recorded history with nothing new; False when that ended the instance."""
+        result = self._invoke(instance, replay_only=True)
+        try:
+            self._check_determinism(instance, result)
+            if result.error is None:
+                self._check_nothing_new(instance, result)
+        except NonDeterminismError as error:
+            self._fail_nondeterministic(instance, error)
+            return False
+        if result.error is not None:
+            self._fail_orchestrator(instance, result.error)
+            return False
+        return True
+
+    @staticmethod
+    def _check_nothing_new(instance: _Instance, result: OrchestratorResult) -> None:
+        """Replaying a history with no new event must lead exactly to where that history stopped."""
+        execution = instance.execution
+        where = f"orchestration {instance.instance_id!r} ({instance.name}) is not deterministic"
+        extra = result.actions[len(execution.actions):]
+        if extra:
+            raise NonDeterminismError(
+                f"{where}: replaying its history with no new event, the code asks for "
+                f"{extra[0].describe()} (action #{len(execution.actions)}), which the history never recorded"
+            )
+        if result.done:
+            raise NonDeterminismError(
+                f"{where}: replaying its history with no new event, the code finishes, "
+                f"but it had not finished when that history was recorded"
+            )
 
     # --- dispatcher -------------------------------------------------------------------------------
 
@@ -363,7 +478,7 @@ class DurableRunner:
                     message = f"local Durable runner error: {error!r}"
                     self._finish(instance, FAILED, message, failure=message)
             return True
-        if self.clock.virtual and not self._clock_holds and self._in_flight == 0:
+        if self.clock.virtual and not self._clock_holds and not self._activity_runs:
             earliest = self._earliest_timer()
             if earliest is not None:
                 self.clock.advance_to(earliest.fire_at)  # type: ignore[attr-defined]
@@ -371,7 +486,7 @@ class DurableRunner:
         return False
 
     def _quiet(self) -> bool:
-        if self._ready or self._in_flight:
+        if self._ready or self._activity_runs:
             return False
         if self._live_timer_count() == 0:
             return True
@@ -431,13 +546,10 @@ class DurableRunner:
         try:
             self._check_determinism(instance, result)
         except NonDeterminismError as error:
-            log.error("%s", error)
-            self._finish(instance, FAILED, f"{type(error).__name__}: {error}", failure=str(error))
+            self._fail_nondeterministic(instance, error)
             return
         if result.error is not None:
-            message = f"Orchestrator function '{instance.name}' failed: {result.error}"
-            log.error("instance %s: %s", instance.instance_id, message)
-            self._finish(instance, FAILED, message, failure=result.error)
+            self._fail_orchestrator(instance, result.error)
             return
         actions = result.actions
         unsupported = [a for a in actions[len(execution.actions):] if a.action_type not in SUPPORTED_ACTIONS]
@@ -477,10 +589,14 @@ class DurableRunner:
         target = execution.targets.get(_task_id_of(event))
         return target is not None and execution.actions[target.action_index].action_type in RETRY_ACTIONS
 
-    def _invoke(self, instance: _Instance) -> OrchestratorResult:
+    def _invoke(self, instance: _Instance, *, replay_only: bool = False) -> OrchestratorResult:
+        """Call the orchestrator handle; ``replay_only`` when no event is new (every one was played)."""
         execution = instance.execution
+        history = replay_view(execution.history)
+        if replay_only:
+            history = [{**event, "IsPlayed": True} for event in history]
         context = {
-            "history": replay_view(execution.history),
+            "history": history,
             "instanceId": instance.instance_id,
             "isReplaying": any(e["EventType"] == EventType.ORCHESTRATOR_COMPLETED for e in execution.history),
             "parentInstanceId": instance.parent.instance_id if instance.parent else None,
@@ -509,6 +625,15 @@ class DurableRunner:
                     f"{where} (action #{index}): history has {recorded.describe()}, but the code now asks "
                     f"for {asked.describe() if asked else 'nothing'}"
                 )
+
+    def _fail_nondeterministic(self, instance: _Instance, error: NonDeterminismError) -> None:
+        log.error("%s", error)
+        self._finish(instance, FAILED, f"{type(error).__name__}: {error}", failure=str(error))
+
+    def _fail_orchestrator(self, instance: _Instance, error: str) -> None:
+        message = f"Orchestrator function '{instance.name}' failed: {error}"
+        log.error("instance %s: %s", instance.instance_id, message)
+        self._finish(instance, FAILED, message, failure=error)
 
     # --- scheduling -------------------------------------------------------------------------------
 
@@ -585,24 +710,32 @@ class DurableRunner:
     # --- activities -------------------------------------------------------------------------------
 
     def _submit_activity(self, instance: _Instance, task_id: int, name: str, input_text: str | None) -> None:
-        if self._pool is None:
-            raise DurableRunnerError("the runner is not started")
-        self._in_flight += 1
-        self._pool.submit(
-            self._run_activity,
-            instance.instance_id, instance.execution.execution_id, task_id, name, input_text,
+        execution_id = instance.execution.execution_id
+        self._dispatch_activity(
+            _ActivityRun(next(self._run_ids), instance.instance_id, execution_id, task_id, name, input_text)
         )
 
-    def _run_activity(self, instance_id: str, execution_id: str, task_id: int, name: str,
-                      input_text: str | None) -> None:
+    def _dispatch_activity(self, run: _ActivityRun) -> None:
+        if self._pool is None:
+            raise DurableRunnerError("the runner is not started")
+        self._activity_runs[run.run_id] = run
+        self._pool.submit(self._run_activity, run)
+
+    def _run_activity(self, run: _ActivityRun) -> None:
         try:
-            event = self._call_activity(task_id, name, input_text)
+            event = self._call_activity(run.task_id, run.name, run.input_text)
         except BaseException as error:  # noqa: BLE001 - even a SystemExit in an activity is a task failure
-            reason = f"Activity function '{name}' failed"
-            event = self._failure_event(EventType.TASK_FAILED, task_id, reason, error)
+            reason = f"Activity function '{run.name}' failed"
+            event = self._failure_event(EventType.TASK_FAILED, run.task_id, reason, error)
         with self._cond:
-            self._in_flight -= 1
-            self._deliver(instance_id, execution_id, event)
+            if self._activity_runs.pop(run.run_id, None) is None:
+                # Delivered by a host that has since restarted: that host died before recording this.
+                log.info(
+                    "dropped the result of activity %s (task %d of %s) from before the host restart",
+                    run.name, run.task_id, run.instance_id,
+                )
+                return
+            self._deliver(run.instance_id, run.execution_id, event)
             self._cond.notify_all()
 
     def _call_activity(self, task_id: int, name: str, input_text: str | None) -> dict[str, Any]:

@@ -19,6 +19,7 @@ app = df.DFApp()
 DRIFT = {"enabled": False}
 GATES: dict[str, threading.Event] = defaultdict(threading.Event)
 ENTERED: dict[str, threading.Event] = defaultdict(threading.Event)
+LEFT: dict[str, threading.Event] = defaultdict(threading.Event)
 CALLS: dict[str, int] = defaultdict(int)
 COMPLETION_ORDER: list[int] = []
 CONCURRENCY = {"active": 0, "peak": 0}
@@ -29,6 +30,7 @@ def reset() -> None:
     DRIFT["enabled"] = False
     GATES.clear()
     ENTERED.clear()
+    LEFT.clear()
     CALLS.clear()
     COMPLETION_ORDER.clear()
     CONCURRENCY.update(active=0, peak=0)
@@ -213,3 +215,55 @@ def parent_of_failure(context: df.DurableOrchestrationContext) -> Any:
 @app.activity_trigger(input_name="value")
 def boom(value: str) -> None:
     raise ValueError(f"boom {value}")
+
+
+# --- host restarts --------------------------------------------------------------------------------
+
+def _count_run(key: str) -> int:
+    with _lock:
+        CALLS[key] += 1
+        return CALLS[key]
+
+
+@app.orchestration_trigger(context_name="context")
+def two_steps(context: df.DurableOrchestrationContext) -> Any:
+    key = context.get_input()
+    first = yield context.call_activity("counted", f"{key}-first")
+    second = yield context.call_activity("counted_gated", f"{key}-second")
+    return [first, second]
+
+
+@app.activity_trigger(input_name="key")
+def counted(key: str) -> str:
+    return f"{key} run {_count_run(key)}"
+
+
+@app.activity_trigger(input_name="key")
+def counted_gated(key: str) -> str:
+    # Each run has its own gate, named like its result, so a test can choose which run ends first
+    # and tell whose result reached history.
+    run_name = f"{key} run {_count_run(key)}"
+    ENTERED[key].set()
+    try:
+        if not GATES[run_name].wait(timeout=10):
+            raise TimeoutError(f"gate {run_name!r} was never opened")
+        return run_name
+    finally:
+        LEFT[run_name].set()
+
+
+@app.orchestration_trigger(context_name="context")
+def paced_fan_out(context: df.DurableOrchestrationContext) -> Any:
+    plan = context.get_input()
+    pause = context.create_timer(context.current_utc_datetime + timedelta(hours=plan["pause_hours"]))
+    children = [
+        context.call_sub_orchestrator("gated_child", f"{plan['key']}-{i}") for i in range(plan["count"])
+    ]
+    results = yield context.task_all(children)
+    yield pause
+    return {"results": results, "resumed_at": context.current_utc_datetime.isoformat()}
+
+
+@app.orchestration_trigger(context_name="context")
+def gated_child(context: df.DurableOrchestrationContext) -> Any:
+    return (yield context.call_activity("counted_gated", context.get_input()))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from datetime import timedelta
 
 import pytest
 
 from local.clock import VirtualClock
-from local.durable import DurableRunner, InstanceAlreadyRunning, InstanceGone
+from local.durable import DurableRunner, DurableRunnerError, InstanceAlreadyRunning, InstanceGone
+from local.durable.history import EventType
 from tests.unit import durable_app
 
 HOUR = timedelta(hours=1)
@@ -190,3 +192,151 @@ def test_unknown_orchestrator_and_purge(runner):
     runner.terminate(instance_id, "done")
     assert runner.purge(instance_id) is True
     assert runner.get_status(instance_id) is None
+
+
+# --- simulated host restarts ----------------------------------------------------------------------
+
+def history_of(runner, instance_id):
+    return runner.get_status(instance_id, show_history=True)["historyEvents"]
+
+
+def count_by_task(history, event_type, key):
+    """How many events of one type each task id has (``key``: the field holding the task id)."""
+    return Counter(e[key] for e in history if e["EventType"] == event_type)
+
+
+def wait_until(condition, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_restart_runs_the_in_flight_activity_again_and_keeps_the_finished_one(runner, clock):
+    started = clock.now()
+    instance_id = runner.start_new("two_steps", "two-1", "two-1")
+    assert durable_app.ENTERED["two-1-second"].wait(5)
+    durable_app.ENTERED["two-1-second"].clear()
+    before = history_of(runner, instance_id)
+
+    outcome = runner.simulate_host_restart()
+
+    assert outcome.redelivered_tasks == ((instance_id, 1),)
+    assert outcome.replayed_instances == (instance_id,) and outcome.failed_on_replay == ()
+    assert history_of(runner, instance_id) == before  # replaying writes nothing
+    assert durable_app.ENTERED["two-1-second"].wait(5), "the in-flight activity was not delivered again"
+    assert durable_app.CALLS["two-1-second"] == 2
+    durable_app.GATES["two-1-second run 1"].set()  # the dead host's run ends first: its result is lost
+    assert durable_app.LEFT["two-1-second run 1"].wait(5)
+    durable_app.GATES["two-1-second run 2"].set()
+    final = runner.wait_for_completion(instance_id, timeout=5)
+    assert final["runtimeStatus"] == "Completed"
+    assert final["output"] == ["two-1-first run 1", "two-1-second run 2"]
+    assert durable_app.CALLS["two-1-first"] == 1
+    history = history_of(runner, instance_id)
+    assert count_by_task(history, EventType.TASK_SCHEDULED, "EventId") == {0: 1, 1: 1}
+    assert count_by_task(history, EventType.TASK_COMPLETED, "TaskScheduledId") == {0: 1, 1: 1}
+    assert clock.now() == started
+
+
+def test_restart_mid_fan_out_creates_no_child_twice_and_keeps_the_timer(runner, clock):
+    started = clock.now()
+    plan = {"key": "paced", "count": 4, "pause_hours": 1}
+    parent_id = runner.start_new("paced_fan_out", "paced", plan)
+    keys = [f"paced-{i}" for i in range(4)]
+    for key in keys:
+        assert durable_app.ENTERED[key].wait(5)
+    for key in keys[:2]:
+        durable_app.GATES[f"{key} run 1"].set()
+    wait_until(lambda: len(count_by_task(
+        history_of(runner, parent_id), EventType.SUB_ORCHESTRATION_COMPLETED, "TaskScheduledId"
+    )) == 2)
+    children = sorted(s["instanceId"] for s in runner.list_instances() if s["instanceId"] != parent_id)
+    first_executions = {child: history_of(runner, child)[1]["OrchestrationInstance"] for child in children}
+    unfinished = {s["instanceId"] for s in runner.list_instances("Running")} - {parent_id}
+    assert len(unfinished) == 2
+    for key in keys[2:]:
+        durable_app.ENTERED[key].clear()
+
+    outcome = runner.simulate_host_restart()
+
+    assert len(outcome.redelivered_tasks) == 2 and outcome.failed_on_replay == ()
+    assert set(outcome.replayed_instances) == {parent_id, *unfinished}  # ended children need no replay
+    for key in keys[2:]:
+        assert durable_app.ENTERED[key].wait(5)
+        durable_app.GATES[f"{key} run 1"].set()
+        durable_app.GATES[f"{key} run 2"].set()
+    final = runner.wait_for_completion(parent_id, timeout=5)
+    assert final["runtimeStatus"] == "Completed"
+    assert final["output"] == {
+        "results": ["paced-0 run 1", "paced-1 run 1", "paced-2 run 2", "paced-3 run 2"],
+        "resumed_at": (started + HOUR).isoformat(),  # the timer kept its fire time
+    }
+    assert [durable_app.CALLS[key] for key in keys] == [1, 1, 2, 2]
+    assert clock.now() - started == HOUR
+    assert len(runner.list_instances()) == 5
+    for child in children:
+        child_history = history_of(runner, child)
+        assert sum(1 for e in child_history if e["EventType"] == EventType.EXECUTION_STARTED) == 1
+        assert child_history[1]["OrchestrationInstance"] == first_executions[child]  # the same execution
+        assert runner.get_status(child)["runtimeStatus"] == "Completed"
+    history = history_of(runner, parent_id)
+    created = [e for e in history if e["EventType"] == EventType.SUB_ORCHESTRATION_CREATED]
+    assert sorted(e["InstanceId"] for e in created) == children
+    child_tasks = {e["EventId"]: 1 for e in created}
+    assert count_by_task(history, EventType.SUB_ORCHESTRATION_COMPLETED, "TaskScheduledId") == child_tasks
+    timer_tasks = count_by_task(history, EventType.TIMER_CREATED, "EventId")
+    assert len(timer_tasks) == 1 and set(timer_tasks.values()) == {1}
+    assert count_by_task(history, EventType.TIMER_FIRED, "TimerId") == timer_tasks
+
+
+def test_restart_during_a_retry_wait_keeps_the_retry_timer(runner, clock):
+    started = clock.now()
+    plan = {"key": "retry-restart", "fail_times": 1, "interval_ms": 300_000, "attempts": 3}
+    with runner.hold_clock():
+        instance_id = runner.start_new("retrying", "retry-restart", plan)
+        runner.run_until_idle(5)  # the first attempt failed; the retry timer waits on the held clock
+        outcome = runner.simulate_host_restart()
+    assert outcome.redelivered_tasks == () and outcome.replayed_instances == (instance_id,)
+    final = runner.wait_for_completion(instance_id, timeout=5)
+    assert final["output"] == {"calls": 2}
+    assert clock.now() - started == timedelta(minutes=5)
+
+
+def test_code_that_changed_fails_on_the_replay_after_a_restart(runner):
+    instance_id = runner.start_new("drifting", "drift-restart")
+    assert durable_app.ENTERED["drift"].wait(5)
+    durable_app.DRIFT["enabled"] = True  # a deployment changed the code while the activity ran
+
+    outcome = runner.simulate_host_restart()
+
+    assert outcome.failed_on_replay == (instance_id,)
+    status = runner.get_status(instance_id)
+    assert status["runtimeStatus"] == "Failed"
+    assert status["output"].startswith("NonDeterminismError")
+    assert "task 0" in status["output"] and "'renamed_step'" in status["output"]
+
+
+def test_restart_with_nothing_running_changes_nothing(runner, clock):
+    assert runner.simulate_host_restart().replayed_instances == ()  # no instances at all
+    done_id = finish(runner, "sleeper", 2, "slept")["instanceId"]
+    waiting_id = runner.start_new("with_status", "waiting")
+    runner.run_until_idle(5)
+    at = clock.now()
+    before = {i: (runner.get_status(i), history_of(runner, i)) for i in (done_id, waiting_id)}
+
+    for _ in range(2):
+        outcome = runner.simulate_host_restart()
+        assert outcome.redelivered_tasks == () and outcome.failed_on_replay == ()
+        assert outcome.replayed_instances == (waiting_id,)
+
+    runner.run_until_idle(5)
+    assert {i: (runner.get_status(i), history_of(runner, i)) for i in (done_id, waiting_id)} == before
+    assert clock.now() == at
+    runner.raise_event(waiting_id, "go", "after restarts")
+    assert runner.wait_for_completion(waiting_id, timeout=5)["output"] == "after restarts"
+
+
+def test_a_runner_that_is_not_started_has_no_host_to_restart(clock):
+    with pytest.raises(DurableRunnerError, match="not started"):
+        DurableRunner(durable_app.app, clock).simulate_host_restart()
