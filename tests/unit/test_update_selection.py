@@ -1,0 +1,224 @@
+"""Which updates a deployment selects, checked case by case and against the ARM stand-in's own rules."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from local.arm.catalogue import OS_PROFILES, LinuxPackage, Update, WindowsUpdate, updates_for
+from local.arm.simulation import parse_install_request, patch_id, select
+from shared.assessment_recording import is_optional
+from shared.assessment_types import AssessmentOutcome, AvailablePatch
+from shared.deployment_definition import DeploymentDefinition, validate_definition
+from shared.machines import OsType
+from shared.patch_install import install_parameters
+from shared.update_selection import PendingEstimate, optional_kbs, pending_estimate, selected_patches
+
+VM = (
+    "/subscriptions/00000000-0000-0000-0000-0000000000aa/resourceGroups/rg"
+    "/providers/Microsoft.Compute/virtualMachines/app01"
+)
+
+
+def definition(os_type: OsType, classifications: list[str], **extra: Any) -> DeploymentDefinition:
+    body: dict[str, Any] = {
+        "name": "nightly",
+        "operatingSystem": os_type.value,
+        "targets": {"machines": [VM]},
+        "classifications": classifications,
+        "schedule": {"startTime": "2026-02-01T22:00:00", "timeZone": "UTC"},
+        "maintenanceWindowMinutes": 120,
+    }
+    return validate_definition(body | extra)
+
+
+def kb(kb_id: str | None, title: str, *classes: str) -> AvailablePatch:
+    return AvailablePatch(patch_id=f"win-{kb_id}-{title}", name=title, classifications=classes, kb_id=kb_id)
+
+
+def pkg(name: str, version: str, *classes: str) -> AvailablePatch:
+    return AvailablePatch(patch_id=f"{name}_{version}", name=name, classifications=classes, version=version)
+
+
+CUMULATIVE = kb("5034770", "2024-02 Cumulative Update for Windows Server 2022 (KB5034770)", "Security")
+STACK = kb("5034862", "2024-02 Servicing Stack Update for Windows Server 2022 (KB5034862)", "Critical")
+PREVIEW = kb("5034278", "2024-01 Cumulative Update Preview for Windows Server 2022 (KB5034278)", "Updates")
+MSRT = kb("890830", "Windows Malicious Software Removal Tool x64 - v5.120 (KB890830)", "UpdateRollUp")
+SERVICE_PACK = kb("976932", "Windows Server 2008 R2 Service Pack 1 (KB976932)", "ServicePack")
+DEFENDER = kb("2267602", "Security Intelligence Update for Microsoft Defender (KB2267602)", "Definition")
+SECURITY_AND_UPDATES = kb("5034441", "2024-01 Security Update (WinRE) (KB5034441)", "Updates", "Security")
+WINDOWS_PATCHES = (CUMULATIVE, STACK, PREVIEW, MSRT, SERVICE_PACK, DEFENDER)
+ALL_WINDOWS = [
+    "Critical", "Security", "UpdateRollUp", "FeaturePack", "ServicePack", "Definition", "Tools", "Updates"
+]
+
+OPENSSL = pkg("openssl", "1:1.0.2k-26.el7_9", "Security")
+KERNEL = pkg("kernel", "3.10.0-1160.108.1.el7", "Security")
+GLIBC = pkg("glibc", "2.17-326.el7_9", "Critical")
+RELEASE = pkg("redhat-release-server", "7.9-8.el7_9", "Other")
+TZDATA = pkg("tzdata", "2024a-1.el7", "Other")
+LINUX_PATCHES = (OPENSSL, KERNEL, GLIBC, RELEASE, TZDATA)
+
+
+@pytest.mark.parametrize(
+    ("classifications", "extra", "expected"),
+    [
+        (["Security"], {}, [CUMULATIVE]),
+        (ALL_WINDOWS, {}, [CUMULATIVE, STACK, MSRT, SERVICE_PACK, DEFENDER]),  # never the preview
+        (["Updates"], {}, []),  # the preview is the only "Updates" patch, and optional
+        (["Security"], {"kbNumbersToInclude": ["KB890830"]}, [CUMULATIVE, MSRT]),  # KB outside the classes
+        (["Security"], {"kbNumbersToInclude": ["5034278"]}, [CUMULATIVE, PREVIEW]),  # optional, named by KB
+        (["Security"], {"kbNumbersToInclude": ["890830"], "kbNumbersToExclude": ["890830"]}, [CUMULATIVE]),
+        (["Critical", "Security"], {"kbNumbersToExclude": ["5034770"]}, [STACK]),
+        (["Service Packs", "Definition Updates"], {}, [SERVICE_PACK, DEFENDER]),  # display names work too
+    ],
+    ids=[
+        "security", "all-but-optional", "optional-never-by-class", "kb-include-outside-classes",
+        "optional-named-by-kb", "exclude-wins-over-include", "kb-exclude", "display-names",
+    ],
+)
+def test_windows_selection(classifications, extra, expected):
+    chosen = definition(OsType.WINDOWS, classifications, **extra)
+    assert selected_patches(chosen, WINDOWS_PATCHES) == expected
+
+
+@pytest.mark.parametrize(
+    ("classifications", "extra", "expected"),
+    [
+        (["Critical and security updates"], {}, [OPENSSL, KERNEL, GLIBC]),
+        (["Other updates"], {"packagesToExclude": ["redhat-release-server*"]}, [TZDATA]),
+        (["Security"], {"packagesToInclude": ["tzdata"]}, [OPENSSL, KERNEL, TZDATA]),
+        (["Security"], {"packagesToInclude": ["tz*"], "packagesToExclude": ["tzdata"]}, [OPENSSL, KERNEL]),
+        (["Security"], {"packagesToExclude": ["openssl_1:1.0.2k*"]}, [KERNEL]),  # versioned mask
+        (["Security"], {"packagesToExclude": ["openssl_3.*"]}, [OPENSSL, KERNEL]),  # other version
+        (["Critical", "Security"], {"packagesToExclude": ["kerne?", "glib?"]}, [OPENSSL]),
+        (["Security"], {"packagesToExclude": ["Kernel*", "kern"]}, [OPENSSL, KERNEL]),  # case, whole name
+        (["Critical"], {"packagesToInclude": ["redhat-release-server_7.9-?.el7_9"]}, [GLIBC, RELEASE]),
+    ],
+    ids=[
+        "critical-and-security", "exclude-mask-matches-the-bare-name", "include-outside-classes",
+        "exclude-wins-over-include", "versioned-exclude", "versioned-exclude-other-version",
+        "question-mark", "case-sensitive-whole-name", "versioned-include",
+    ],
+)
+def test_linux_selection(classifications, extra, expected):
+    chosen = definition(OsType.LINUX, classifications, **extra)
+    assert selected_patches(chosen, LINUX_PATCHES) == expected
+
+
+def test_optional_kbs_are_the_preview_releases_once_each():
+    no_kb_preview = kb(None, "Feature Update Preview", "Updates")
+    assert optional_kbs([*WINDOWS_PATCHES, PREVIEW, no_kb_preview]) == ["5034278"]
+    assert optional_kbs(LINUX_PATCHES) == []
+
+
+# -- agreement with the ARM stand-in -------------------------------------------------------------
+
+STANDIN_DEFINITIONS = [
+    (OsType.WINDOWS, ["Security"], {}),
+    (OsType.WINDOWS, ALL_WINDOWS, {"kbNumbersToExclude": ["2267602"]}),
+    (OsType.WINDOWS, ["Critical"], {"kbNumbersToInclude": ["5034278", "5034204", "890830", "4103720"],
+                                    "kbNumbersToExclude": ["4103720"]}),
+    (OsType.WINDOWS, ["ServicePack", "Updates"], {}),
+    (OsType.LINUX, ["Critical and security updates"], {}),
+    (OsType.LINUX, ["Other updates"], {"packagesToExclude": ["redhat-release*", "tz*"]}),
+    (OsType.LINUX, ["Security"], {"packagesToInclude": ["tzdata", "zypper", "cloud-init_23.?.3*"],
+                                  "packagesToExclude": ["kernel*", "openssl_1:1.0.2k*"]}),
+    (OsType.LINUX, ["Critical", "Security", "Other"], {"packagesToExclude": ["lib?sl*", "sud?"]}),
+    (OsType.LINUX, ["Critical"], {"packagesToInclude": ["openssl_3.0.2-0ubuntu1.15", "timezone"],
+                                  "packagesToExclude": ["Timezone", "glibc_2.28*"]}),
+]
+
+
+def _as_available(update: Update) -> AvailablePatch:
+    classes = tuple(update.classifications)
+    if isinstance(update, WindowsUpdate):
+        return AvailablePatch(patch_id(update), update.title, classes, kb_id=update.kb_id)
+    return AvailablePatch(patch_id(update), update.name, classes, version=update.version)
+
+
+def _catalogues(os_type: OsType) -> dict[str, list[WindowsUpdate] | list[LinuxPackage]]:
+    return {key: updates_for(key) for key, p in OS_PROFILES.items() if p.os_type == os_type.value}
+
+
+def test_the_standin_marks_optional_exactly_the_updates_the_app_calls_optional():
+    for updates in _catalogues(OsType.WINDOWS).values():
+        for update in updates:
+            assert isinstance(update, WindowsUpdate)
+            assert update.optional == is_optional(OsType.WINDOWS, update.title), update.title
+
+
+@pytest.mark.parametrize(("os_type", "classifications", "extra"), STANDIN_DEFINITIONS)
+def test_selection_agrees_with_the_standin_over_its_whole_catalogue(os_type, classifications, extra):
+    chosen = definition(os_type, classifications, **extra)
+    selected_somewhere = left_out_somewhere = False
+    for key, updates in _catalogues(os_type).items():
+        patches = [_as_available(u) for u in updates]
+        body = install_parameters(chosen, os_type, timedelta(hours=2), exclude_kbs=optional_kbs(patches))
+        request = parse_install_request(body.as_dict(), os_type.value)
+        standin = {patch_id(u) for u in updates if select(u, request) == "Selected"}
+        ours = {p.patch_id for p in selected_patches(chosen, patches)}
+        assert ours == standin, key
+        selected_somewhere |= bool(ours)
+        left_out_somewhere |= len(ours) < len(patches)
+    # Each definition both takes and leaves updates, so the comparison is not vacuous.
+    assert selected_somewhere and left_out_somewhere
+
+
+# -- pending estimates ---------------------------------------------------------------------------
+
+
+def outcome(patches: tuple[AvailablePatch, ...] | None, **counts: Any) -> AssessmentOutcome:
+    fields: dict[str, Any] = {"critical_and_security_count": 0, "other_count": 0} | counts
+    return AssessmentOutcome("Succeeded", "activity-1", None, False, patches=patches, **fields)
+
+
+def test_estimate_from_a_patch_list_counts_what_would_be_installed():
+    chosen = definition(OsType.WINDOWS, ["Security", "ServicePack", "Updates"])
+    estimate = pending_estimate(chosen, outcome((*WINDOWS_PATCHES, SECURITY_AND_UPDATES)))
+    # The preview is left out; the Security+Updates patch counts once, under the more urgent class.
+    assert estimate == PendingEstimate(3, True, {"Security": 2, "ServicePack": 1}, counts_only=False)
+
+
+def test_estimate_from_a_patch_list_applies_kb_and_mask_filters():
+    windows = definition(OsType.WINDOWS, ["Security"], kbNumbersToInclude=["890830"])
+    assert pending_estimate(windows, outcome(WINDOWS_PATCHES)) == PendingEstimate(
+        2, False, {"Security": 1, "UpdateRollUp": 1}
+    )
+    linux = definition(OsType.LINUX, ["Critical and security updates"], packagesToExclude=["kernel"])
+    assert pending_estimate(linux, outcome(LINUX_PATCHES)) == PendingEstimate(
+        2, False, {"Security": 1, "Critical": 1}
+    )
+
+
+def test_arc_counts_give_an_counts_only_over_the_chosen_classifications():
+    counts = {"Security": 3, "Critical": 1, "Updates": 5, "ServicePack": 1}
+    chosen = definition(OsType.WINDOWS, ["Critical", "Security"], kbNumbersToExclude=["5034770"])
+    estimate = pending_estimate(chosen, outcome(None, counts_by_classification=counts))
+    assert estimate == PendingEstimate(4, False, {"Security": 3, "Critical": 1}, counts_only=True)
+    with_sp = definition(OsType.WINDOWS, ["ServicePack"])
+    assert pending_estimate(with_sp, outcome(None, counts_by_classification=counts)).has_service_pack
+
+
+def test_arc_counts_outside_the_os_classes_go_to_the_catch_all_class():
+    chosen = definition(OsType.LINUX, ["Other updates"])
+    estimate = pending_estimate(chosen, outcome(None, counts_by_classification={"Updates": 2, "Other": 1}))
+    assert estimate == PendingEstimate(3, False, {"Other": 3}, counts_only=True)
+
+
+def test_arc_totals_only_count_the_pair_under_the_chosen_one_of_critical_and_security():
+    totals = outcome(None, critical_and_security_count=4, other_count=2)
+    assert pending_estimate(definition(OsType.LINUX, ["Critical"]), totals) == PendingEstimate(
+        4, False, {"Critical": 4}, counts_only=True
+    )
+    both = definition(OsType.LINUX, ["Critical", "Security", "Other"])
+    assert pending_estimate(both, totals) == PendingEstimate(
+        6, False, {"Security": 4, "Other": 2}, counts_only=True
+    )
+
+
+def test_nothing_missing_is_an_exact_zero():
+    chosen = definition(OsType.WINDOWS, ALL_WINDOWS)
+    assert pending_estimate(chosen, outcome(())) == PendingEstimate(0, False, {})
