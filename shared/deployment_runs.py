@@ -4,7 +4,8 @@ Table ``DeploymentRuns``, one partition per run (PartitionKey = run id):
 
 - RowKey ``run``: the run itself: the deployment's definition as it was when the run was created,
   the window, the state (queued, running, completed, cancelled, missed, failed), and the counters
-  the rollout gate reads (targets to run, started, running, failed) plus one count per result status.
+  the rollout gate reads (targets to run, started, running, budget failures) plus one count per
+  result status (``Succeeded``, ``Failed``, ``PartiallySucceeded``, ...).
 - RowKey ``m|{machine key}``: one machine: its state (queued, running, then a result status), why
   it did not start, timings, counts, reboot status, the operation tokens and the output it left.
 
@@ -87,6 +88,11 @@ BUDGET_STATUSES = frozenset({MachineResultStatus.FAILED, MachineResultStatus.PAR
 STATUS_COLUMNS: dict[MachineResultStatus, str] = {
     status: "".join(word.capitalize() for word in status.value.split()) for status in MachineResultStatus
 }
+
+
+# Tables this process has created or found (by URL), so a store built per activity call does not
+# ask the service again each time.
+_ENSURED: set[str] = set()
 
 
 class RunNotFound(Exception):
@@ -196,7 +202,7 @@ def _run_record(entity: Mapping[str, Any]) -> RunRecord:
         to_run=int(entity.get("ToRun", 0)),
         started=int(entity.get("Started", 0)),
         running=int(entity.get("Running", 0)),
-        failed=int(entity.get("Failed", 0)),
+        failed=int(entity.get("BudgetFailures", 0)),
         counts={s.value: int(entity.get(c, 0)) for s, c in STATUS_COLUMNS.items()},
         cancel_requested=bool(entity.get("CancelRequested", False)),
         cancelled_by=entity.get("CancelledBy") or None,
@@ -214,6 +220,7 @@ class MachineTarget:
     resource_id: str
     computer: str
     batch: int
+    machine_json: str = ""  # the Machine as discovery saw it, for the recorder (shared.assessment_run)
 
 
 @dataclass(frozen=True)
@@ -253,19 +260,26 @@ class RunStore:
         self._sleep = sleep
 
     def ensure(self) -> None:
+        """Create the tables once per process and account (activities build a store per call)."""
         for table in (self._runs, self._index):
+            name = f"{table.url}/{table.table_name}"
+            if name in _ENSURED:
+                continue
             with contextlib.suppress(ResourceExistsError):
                 table.create_table()
+            _ENSURED.add(name)
 
     # --- creating and reading runs -------------------------------------------------------------
 
     def create_run(self, run_id: str, definition: DeploymentDefinition, trigger: str, created: datetime, *,
                    occurrence: datetime | None = None, state: RunState = RunState.QUEUED,
-                   reason: str | None = None) -> bool:
+                   reason: str | None = None, members: Sequence[str] | None = None) -> bool:
         """Insert the run row and its index row; False when the run exists already (kept as it is).
 
         A scheduled run's window opens at its ``occurrence``; an ad-hoc run's when its targets are
         resolved (:meth:`resolve`). A ``missed`` run is created finished, with the reason.
+        ``members`` are the group members frozen with the deployment; None evaluates the groups
+        when the run resolves its targets.
         """
         entity: dict[str, Any] = {
             "PartitionKey": run_id, "RowKey": RUN_ROW,
@@ -281,6 +295,8 @@ class RunStore:
         if state is RunState.MISSED:
             entity["Finished"] = created
         entity.update(_split("Definition", json.dumps(definition.to_json(), separators=(",", ":"))))
+        entity["HasFrozenMembers"] = members is not None
+        entity.update(_split("Members", json.dumps(list(members or ()), separators=(",", ":"))))
         try:
             self._runs.create_entity(entity)
         except ResourceExistsError:
@@ -299,6 +315,10 @@ class RunStore:
             return self._runs.get_entity(run_id, RUN_ROW)
         except ResourceNotFoundError:
             raise RunNotFound(run_id) from None
+
+    def frozen_members(self, run_id: str) -> tuple[str, ...] | None:
+        entity = self._run_entity(run_id)
+        return tuple(json.loads(_join(entity, "Members"))) if entity.get("HasFrozenMembers") else None
 
     def run_ids(self, deployment_name: str) -> list[str]:
         """The deployment's run ids, newest first (run ids sort by time within a deployment)."""
@@ -347,7 +367,8 @@ class RunStore:
         """
         rows: list[dict[str, Any]] = [
             {"PartitionKey": run_id, "RowKey": machine_row_key(t.machine_key), "ResourceId": t.resource_id,
-             "Computer": t.computer, "Batch": t.batch, "State": MachineState.QUEUED.value}
+             "Computer": t.computer, "Batch": t.batch, "State": MachineState.QUEUED.value,
+             "Machine": t.machine_json}
             for t in targets
         ]  # fmt: skip
         rows += [
@@ -373,7 +394,7 @@ class RunStore:
                 "PartitionKey": run_id, "RowKey": RUN_ROW, "State": RunState.RUNNING.value,
                 "WindowStart": current.get("WindowStart") or window_start,
                 "Targets": len(targets) + len(settled), "ToRun": len(targets), "Started": 0, "Running": 0,
-                "Failed": sum(1 for _, o in settled if o.status in BUDGET_STATUSES), **counts,
+                "BudgetFailures": sum(1 for _, o in settled if o.status in BUDGET_STATUSES), **counts,
             }  # fmt: skip
             self._runs.update_entity(update, mode=UpdateMode.MERGE, etag=current.metadata["etag"],
                                      match_condition=MatchConditions.IfNotModified)
@@ -464,7 +485,7 @@ class RunStore:
                 "Running": run.running - (1 if was_running else 0),
             }  # fmt: skip
             if outcome.status in BUDGET_STATUSES:
-                update["Failed"] = run.failed + 1
+                update["BudgetFailures"] = run.failed + 1
             if not was_running:  # a queued machine settled without the gate (should not happen)
                 update["ToRun"] = run.to_run - 1
             self._runs.submit_transaction([

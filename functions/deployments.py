@@ -1,0 +1,446 @@
+"""Update deployment runs: the scheduler timer, ad-hoc starts and cancel over HTTP, and the orchestrations.
+
+``deployment_run`` (master) resolves the run's machines through an activity that writes them to
+Table Storage in batches, then runs one ``deployment_batch`` per batch at once. A batch asks the
+run's rollout gate (``claim_deployment_machines``: concurrency, error budget, window cut-off,
+cancel; one ETag-guarded transaction shared by all batches) which of its machines may start,
+starts one ``deploy_machine`` child per granted machine, and asks again whenever one finishes or,
+while it has none running, after ``slot_poll_seconds``. Each child pre-scans, installs, post-scans
+and records its result, which frees its slot. Only counts travel upwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Generator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from functions.http import error_response, json_response, require_role, run_accepted
+from functions.starters import start_once
+from shared import deployment_run as work
+from shared.credentials import credential_for
+from shared.deployment_definition import DefinitionError, DeploymentDefinition, validate_definition
+from shared.deployment_messages import (
+    MAX_INSTALL_CALLS,
+    POSTSCAN,
+    PRESCAN,
+    ClaimInput,
+    ClaimResult,
+    DeploymentBatchInput,
+    DeploymentRunInput,
+    DeploymentTuning,
+    FinishInput,
+    MachineDeploymentInput,
+    MachineRunResult,
+    ResolveInput,
+    RunPlan,
+    StepAnswer,
+    StepFailure,
+    StepInput,
+    StepOutcome,
+    install_step,
+)
+from shared.deployment_runs import RunNotFound, RunState
+from shared.deployment_store import DeploymentNotFound
+from shared.machines import machine_key
+from shared.principal import Principal, Role
+from shared.rollout import (
+    MINUTES_FOR_REBOOT,
+    MINUTES_PER_UPDATE,
+    OccurrenceState,
+    due_occurrences,
+    occurrence_instance_id,
+)
+from shared.run_results import MachineResultStatus
+from shared.scheduler_state import SchedulerState
+from shared.settings import load_settings
+from shared.storage import table_service
+
+bp = df.Blueprint()
+log = logging.getLogger(__name__)
+
+RUN_PREFIX = "deploy-"
+ORCHESTRATOR = "deployment_run"
+# Polls wait 1.5 times longer each time up to DeploymentTuning.max_poll_seconds (as assessments).
+_POLL_GROWTH = 1.5
+_BACKOFF_GROWTH = 2
+# The scheduler looks back at most this far after an outage: older occurrences are long missed,
+# and listing them all would make one late firing slow.
+MAX_SCHEDULER_LOOKBACK = timedelta(days=7)
+
+
+def utc_now() -> datetime:
+    """The scheduler's clock (tests replace it with the local host's virtual clock)."""
+    return datetime.now(UTC)
+
+
+def adhoc_run_id(deployment: str, at: datetime) -> str:
+    return f"{RUN_PREFIX}{deployment}-now-{at:%Y%m%dT%H%M%S}Z-{uuid.uuid4().hex[:6]}"
+
+
+# --- scheduler ------------------------------------------------------------------------------------
+
+
+@bp.timer_trigger(schedule="%DEPLOYMENT_SCHEDULER_SCHEDULE%", arg_name="timer", run_on_startup=False)
+@bp.durable_client_input(client_name="client")
+async def schedule_deployments(timer: func.TimerRequest, client: df.DurableOrchestrationClient) -> None:
+    """Start every due occurrence once; record the ones missed while nothing was looking."""
+    settings = load_settings()
+    now = utc_now()
+    service = table_service(settings, credential_for(settings))
+    state = SchedulerState(service)
+    last = state.last_checked(default=now - timedelta(minutes=1))
+    since = max(last, now - MAX_SCHEDULER_LOOKBACK)
+    runs = work.run_store(settings)
+    for stored in work.deployment_store(settings).list():
+        definition = stored.definition
+        # An occurrence before the deployment existed was never due.
+        for occurrence in due_occurrences(definition.schedule, max(since, stored.created), now,
+                                          definition.maintenance_window_minutes):
+            run_id = occurrence_instance_id(definition.name, occurrence.at)
+            if occurrence.state is OccurrenceState.MISSED:
+                reason = ("the scheduler did not run while the occurrence could still start "
+                          f"(checked at {now:%Y-%m-%d %H:%M:%S} UTC)")
+                runs.create_run(run_id, definition, "schedule", now, occurrence=occurrence.at,
+                                state=RunState.MISSED, reason=reason)
+                continue
+            runs.create_run(run_id, definition, "schedule", now, occurrence=occurrence.at,
+                            members=stored.frozen_members)
+            payload = _run_input(run_id, definition, "schedule")
+            if await start_once(client, ORCHESTRATOR, run_id, payload):
+                log.info("deployment %s: started run %s", definition.name, run_id)
+    state.checked(now)
+
+
+def _run_input(run_id: str, definition: DeploymentDefinition, trigger: str) -> dict[str, Any]:
+    return DeploymentRunInput(run_id=run_id, deployment=definition.name, trigger=trigger,
+                              tuning=DeploymentTuning()).model_dump(mode="json")
+
+
+# --- HTTP: start now, cancel ----------------------------------------------------------------------
+
+
+@bp.route(route="deployments/{name}/runs", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.durable_client_input(client_name="client")
+async def start_deployment_now(
+    req: func.HttpRequest, client: df.DurableOrchestrationClient
+) -> func.HttpResponse:
+    """Run a stored deployment now; its window opens when the run has resolved its machines."""
+    allowed = require_role(req, Role.OPERATOR)
+    if isinstance(allowed, func.HttpResponse):
+        return allowed
+    name = req.route_params.get("name", "")
+    settings = load_settings()
+    try:
+        stored = work.deployment_store(settings).get(name)
+    except DeploymentNotFound:
+        return error_response(404, "DeploymentNotFound", f"no deployment named {name!r}")
+    now = datetime.now(UTC)
+    run_id = adhoc_run_id(stored.definition.name, now)
+    work.run_store(settings).create_run(run_id, stored.definition, "http", now, members=stored.frozen_members)
+    await client.start_new(ORCHESTRATOR, run_id, _run_input(run_id, stored.definition, "http"))
+    return run_accepted(run_id)
+
+
+@bp.route(route="deployment-runs", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.durable_client_input(client_name="client")
+async def start_inline_deployment(
+    req: func.HttpRequest, client: df.DurableOrchestrationClient
+) -> func.HttpResponse:
+    """Run a definition given in the body now, without storing it as a deployment; groups are evaluated
+    when the run starts."""
+    allowed = require_role(req, Role.OPERATOR)
+    if isinstance(allowed, func.HttpResponse):
+        return allowed
+    try:
+        definition = validate_definition(json.loads(req.get_body() or b"null"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return error_response(400, "InvalidJson", f"request body is not JSON: {error}")
+    except DefinitionError as error:
+        return error_response(400, "InvalidField", str(error), error.field)
+    now = datetime.now(UTC)
+    run_id = adhoc_run_id(definition.name, now)
+    work.run_store(load_settings()).create_run(run_id, definition, "http-inline", now)
+    await client.start_new(ORCHESTRATOR, run_id, _run_input(run_id, definition, "http-inline"))
+    return run_accepted(run_id)
+
+
+@bp.route(route="deployment-runs/{runId}/cancel", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def cancel_deployment_run(req: func.HttpRequest) -> func.HttpResponse:
+    """Stop starting machines; those running finish (an install cannot be stopped midway), the rest are
+    recorded as cancelled."""
+    allowed = require_role(req, Role.OPERATOR)
+    if isinstance(allowed, func.HttpResponse):
+        return allowed
+    principal: Principal = allowed
+    run_id = req.route_params.get("runId", "")
+    try:
+        run = work.run_store(load_settings()).request_cancel(run_id, principal.name)
+    except RunNotFound:
+        return error_response(404, "RunNotFound", f"no deployment run {run_id!r}")
+    if not run.cancel_requested:
+        return error_response(409, "RunFinished", f"run {run_id} is {run.state.value}; nothing to cancel")
+    return json_response(run.to_json(), 202, headers={"Location": f"/api/deployment-runs/{run_id}"})
+
+
+# --- orchestrators --------------------------------------------------------------------------------
+
+
+def deployment_run(context: df.DurableOrchestrationContext) -> Any:
+    run = DeploymentRunInput.model_validate(context.get_input())
+    context.set_custom_status({"stage": "resolving"})
+    plan = RunPlan.model_validate((yield context.call_activity("resolve_deployment_run", ResolveInput(
+        run_id=run.run_id, at=context.current_utc_datetime, batch_size=run.tuning.batch_size,
+    ).model_dump(mode="json"))))  # fmt: skip
+    if plan.error is not None:
+        context.set_custom_status({"stage": "failed", "error": plan.error})
+        return {"state": RunState.FAILED.value, "error": plan.error}
+    assert plan.window_start is not None
+    pending = [
+        context.call_sub_orchestrator("deployment_batch", DeploymentBatchInput(
+            run_id=run.run_id, batch=n, window_start=plan.window_start, window_minutes=plan.window_minutes,
+            reboot=plan.reboot, tuning=run.tuning,
+        ).model_dump(mode="json"), f"{run.run_id}-b{n:05d}")
+        for n in range(plan.batches)
+    ]  # fmt: skip
+    progress = yield context.call_activity("read_deployment_progress", run.run_id)
+    context.set_custom_status({"stage": "running", **progress})
+    while pending:
+        refresh = timedelta(seconds=run.tuning.progress_seconds)
+        timer = context.create_timer(context.current_utc_datetime + refresh)
+        finished = yield context.task_any([*pending, timer])
+        if finished is not timer:
+            timer.cancel()
+            pending.remove(finished)
+        progress = yield context.call_activity("read_deployment_progress", run.run_id)
+        context.set_custom_status({"stage": "running", **progress})
+    summary = yield context.call_activity("complete_deployment_run", {
+        "runId": run.run_id, "at": context.current_utc_datetime.isoformat(),
+    })  # fmt: skip
+    context.set_custom_status({"stage": "done", **summary})
+    if not context.is_replaying:
+        log.info("deployment run %s done: %s", run.run_id, summary)
+    return summary
+
+
+def deployment_batch(context: df.DurableOrchestrationContext) -> Any:
+    batch = DeploymentBatchInput.model_validate(context.get_input())
+    queue: list[str] = list((yield context.call_activity("read_deployment_batch", {
+        "runId": batch.run_id, "batch": batch.batch,
+    })))  # fmt: skip
+    running: dict[Any, str] = {}
+    results: dict[str, int] = {}
+    while queue or running:
+        if queue:
+            ask = ClaimInput(run_id=batch.run_id, resource_ids=tuple(queue), at=context.current_utc_datetime)
+            claim = ClaimResult.model_validate(
+                (yield context.call_activity("claim_deployment_machines", ask.model_dump(mode="json")))
+            )
+            for resource_id in claim.start:
+                child = context.call_sub_orchestrator("deploy_machine", MachineDeploymentInput(
+                    run_id=batch.run_id, resource_id=resource_id, window_start=batch.window_start,
+                    window_minutes=batch.window_minutes, reboot=batch.reboot, tuning=batch.tuning,
+                ).model_dump(mode="json"), f"{batch.run_id}-{machine_key(resource_id)}")  # fmt: skip
+                running[child] = resource_id
+            if claim.not_started:
+                stopped = claim.stop_reason or "not started"
+                results[stopped] = results.get(stopped, 0) + len(claim.not_started)
+            done = set(claim.start) | set(claim.not_started)
+            queue = [] if claim.stop_reason else [r for r in queue if r not in done]
+        ask_again = timedelta(seconds=batch.tuning.slot_poll_seconds)
+        if not running:
+            if queue:  # every slot is held by other batches: ask again later
+                yield context.create_timer(context.current_utc_datetime + ask_again)
+            continue
+        waits: list[Any] = list(running)
+        timer = None
+        if queue:
+            timer = context.create_timer(context.current_utc_datetime + ask_again)
+            waits.append(timer)
+        finished = yield context.task_any(waits)
+        if timer is not None and finished is not timer:
+            timer.cancel()
+        if finished in running:
+            running.pop(finished)
+            status = MachineRunResult.model_validate(finished.result).status
+            results[status] = results.get(status, 0) + 1
+    return results
+
+
+def deploy_machine(context: df.DurableOrchestrationContext) -> Any:
+    request = MachineDeploymentInput.model_validate(context.get_input())
+    window = request.window()
+    scan_deadline = timedelta(minutes=request.tuning.scan_deadline_minutes)
+
+    prescan = yield from _step(context, request, PRESCAN, context.current_utc_datetime + scan_deadline)
+    if isinstance(prescan, StepFailure):
+        status = _failed_status(prescan)
+        return (yield from _finish(context, request, status, f"pre-scan: {prescan.code}", prescan))
+    if prescan.pending == 0:
+        return (yield from _finish(context, request, MachineResultStatus.NOT_NEEDED,
+                                   "no pending update matches the deployment"))
+    decision = window.can_start(context.current_utc_datetime, prescan.pending, prescan.has_service_pack,
+                                request.reboot)
+    if not decision.ok:
+        return (yield from _finish(context, request, MachineResultStatus.SKIPPED, decision.reason))
+
+    install: StepOutcome | None = None
+    for call in range(1, MAX_INSTALL_CALLS + 1):
+        answer = yield from _step(context, request, install_step(call), request.install_deadline())
+        if isinstance(answer, StepFailure):
+            if install is None:
+                status = _failed_status(answer)
+                return (yield from _finish(context, request, status, f"install: {answer.code}", answer))
+            break  # the first call's result stands; the second could not start
+        install = answer
+        # Another call only for what a capped call (3 h 55 min) left while the window still has room.
+        room = timedelta(minutes=MINUTES_PER_UPDATE + (MINUTES_FOR_REBOOT if request.reboot else 0))
+        if install.pending == 0 or install.failed or window.time_left(context.current_utc_datetime) < room:
+            break
+    assert install is not None and install.status is not None
+    status = MachineResultStatus(install.status)
+
+    postscan = yield from _step(context, request, POSTSCAN, context.current_utc_datetime + scan_deadline)
+    reason = "" if not isinstance(postscan, StepFailure) else f"post-scan failed: {postscan.code}"
+    if status is MachineResultStatus.WINDOW_EXCEEDED and not reason:
+        reason = f"{install.pending} updates left pending when the window ran out"
+    return (yield from _finish(context, request, status, reason))
+
+
+def _step(context: df.DurableOrchestrationContext, request: MachineDeploymentInput, step: str,
+          deadline: datetime) -> Generator[Any, Any, StepOutcome | StepFailure]:
+    """Start a step, then check it on durable timers until it is done, it fails, or the deadline passes."""
+    tuning = request.tuning
+    base = StepInput(run_id=request.run_id, resource_id=request.resource_id, step=step)  # type: ignore[arg-type]
+    started = yield from _call(context, "start_machine_step", base, tuning, deadline)
+    if started.failure is not None:
+        return started.failure
+    token = started.token
+    wait = float(tuning.poll_seconds)
+    while True:
+        now = context.current_utc_datetime
+        if now >= deadline:
+            return StepFailure(
+                code=f"{step.capitalize()}TimedOut", message=f"no result by {deadline:%Y-%m-%d %H:%M} UTC",
+                hint="Check the machine's agent and its package manager; see the step's output.",
+            )
+        yield context.create_timer(min(now + timedelta(seconds=wait), deadline))
+        wait = min(wait * _POLL_GROWTH, tuning.max_poll_seconds)
+        answer = yield from _call(context, "check_machine_step", base.model_copy(update={"token": token}),
+                                  tuning, deadline)
+        if answer.failure is not None:
+            return answer.failure
+        if not answer.in_progress and answer.outcome is not None:
+            return answer.outcome
+
+
+def _call(context: df.DurableOrchestrationContext, activity: str, request: StepInput,
+          tuning: DeploymentTuning, deadline: datetime) -> Generator[Any, Any, StepAnswer]:
+    """Call a step activity; transient errors (raised) are retried on growing durable timers."""
+    wait = tuning.backoff_seconds
+    last_error = ""
+    for attempt in range(1, tuning.max_attempts + 1):
+        payload = request.model_copy(update={"at": context.current_utc_datetime}).model_dump(mode="json")
+        try:
+            return StepAnswer.model_validate((yield context.call_activity(activity, payload)))
+        except Exception as error:  # noqa: BLE001 - step activities raise only transient errors
+            last_error = str(error)
+            retry_at = context.current_utc_datetime + timedelta(seconds=wait)
+            if attempt == tuning.max_attempts or retry_at >= deadline:
+                break
+            yield context.create_timer(retry_at)
+            wait *= _BACKOFF_GROWTH
+    return StepAnswer(failure=StepFailure(code="TransientErrorsExhausted",
+                                          message=f"{activity} kept failing: {last_error}"[:1000],
+                                          hint="Azure kept answering with throttling or server errors; "
+                                          "the next run tries again."))
+
+
+def _failed_status(failure: StepFailure) -> MachineResultStatus:
+    return MachineResultStatus.NOT_REACHABLE if failure.unreachable else MachineResultStatus.FAILED
+
+
+def _finish(context: df.DurableOrchestrationContext, request: MachineDeploymentInput,
+            status: MachineResultStatus, reason: str,
+            failure: StepFailure | None = None) -> Generator[Any, Any, dict[str, Any]]:
+    payload = FinishInput(
+        run_id=request.run_id, resource_id=request.resource_id, status=status.value, reason=reason,
+        at=context.current_utc_datetime, failure=failure,
+    ).model_dump(mode="json")
+    yield context.call_activity_with_retry("finish_deployment_machine", _FINISH_RETRY, payload)
+    return MachineRunResult(status=status.value, reason=reason).model_dump(mode="json")
+
+
+# Recording a result must not be lost to a passing storage error: it frees the machine's slot.
+_FINISH_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=5_000, max_number_of_attempts=10)
+
+ORCHESTRATORS = (deployment_run, deployment_batch, deploy_machine)
+for _orchestrator in ORCHESTRATORS:
+    bp.orchestration_trigger(context_name="context")(_orchestrator)
+
+
+# --- activities -----------------------------------------------------------------------------------
+
+
+@bp.activity_trigger(input_name="request")
+def resolve_deployment_run(request: dict[str, Any]) -> dict[str, Any]:
+    parsed = ResolveInput.model_validate(request)
+    return work.resolve(load_settings(), parsed.run_id, parsed.at, parsed.batch_size).model_dump(mode="json")
+
+
+@bp.activity_trigger(input_name="request")
+def read_deployment_batch(request: dict[str, Any]) -> list[str]:
+    return work.run_store(load_settings()).batch_machines(str(request["runId"]), int(request["batch"]))
+
+
+@bp.activity_trigger(input_name="request")
+def claim_deployment_machines(request: dict[str, Any]) -> dict[str, Any]:
+    parsed = ClaimInput.model_validate(request)
+    keys = {rid: machine_key(rid) for rid in parsed.resource_ids}
+    claim = work.run_store(load_settings()).claim(parsed.run_id, parsed.resource_ids, keys, parsed.at)
+    return ClaimResult(start=claim.start, stop_reason=claim.stop_reason,
+                       not_started=claim.not_started).model_dump(mode="json")
+
+
+@bp.activity_trigger(input_name="request")
+def start_machine_step(request: dict[str, Any]) -> dict[str, Any]:
+    """``{token}`` or ``{failure}`` (permanent); a transient error raises and the child retries."""
+    return work.start_step(load_settings(), StepInput.model_validate(request)).model_dump(mode="json")
+
+
+@bp.activity_trigger(input_name="request")
+def check_machine_step(request: dict[str, Any]) -> dict[str, Any]:
+    return work.check_step(load_settings(), StepInput.model_validate(request)).model_dump(mode="json")
+
+
+@bp.activity_trigger(input_name="request")
+def finish_deployment_machine(request: dict[str, Any]) -> dict[str, Any]:
+    parsed = FinishInput.model_validate(request)
+    outcome = work.finish(load_settings(), parsed.run_id, parsed.resource_id,
+                          MachineResultStatus(parsed.status), parsed.reason, parsed.at, parsed.failure)
+    return {"status": outcome.status.value}
+
+
+@bp.activity_trigger(input_name="runId")
+def read_deployment_progress(runId: str) -> dict[str, Any]:
+    run = work.run_store(load_settings()).get_run(runId)
+    return _progress(run.to_json())
+
+
+@bp.activity_trigger(input_name="request")
+def complete_deployment_run(request: dict[str, Any]) -> dict[str, Any]:
+    at = datetime.fromisoformat(str(request["at"]))
+    run = work.run_store(load_settings()).complete(str(request["runId"]), at)
+    return _progress(run.to_json())
+
+
+def _progress(run: dict[str, Any]) -> dict[str, Any]:
+    keys = ("state", "machines", "started", "running", "queued", "results", "stopReason", "cancelRequested",
+            "windowStart", "windowEnd")
+    return {k: run[k] for k in keys}

@@ -1,0 +1,169 @@
+"""Typed messages between the update-deployment functions: the run, its batches, each machine's steps.
+
+Small by design, as :mod:`shared.messages`: ids, times, counts, one continuation token. The
+definition, the target list and each machine's output live in Table and Blob Storage.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Literal
+
+from pydantic import Field
+
+from shared.deployment_runs import DEPLOYMENT_BATCH_SIZE
+from shared.messages import Message
+from shared.rollout import Window
+
+# A machine's steps, in order. Installs are numbered: one call may last at most 3 h 55 min, so a
+# 6-hour window can need a second call for what the first left pending.
+PRESCAN, POSTSCAN = "prescan", "postscan"
+MAX_INSTALL_CALLS = 2
+Step = Literal["prescan", "install1", "install2", "postscan"]
+
+
+def install_step(call: int) -> Step:
+    if not 1 <= call <= MAX_INSTALL_CALLS:
+        raise ValueError(f"call must be 1 to {MAX_INSTALL_CALLS}, got {call}")
+    return "install1" if call == 1 else "install2"
+
+
+class DeploymentTuning(Message):
+    """Timing and batching of a run, fixed when it starts (orchestrators read no settings)."""
+
+    poll_seconds: int = Field(default=30, ge=1)
+    # Waits between checks grow by half up to this; ARM reads are rationed (AZURE-FACTS).
+    max_poll_seconds: int = Field(default=300, ge=1)
+    # A batch with machines waiting but no free slot asks the gate again after this long.
+    slot_poll_seconds: int = Field(default=60, ge=1)
+    # The master refreshes its custom status from the run's counters this often.
+    progress_seconds: int = Field(default=60, ge=1)
+    # A pre- or post-scan assessment that takes longer is given up (ASSESSMENT_DEADLINE_MINUTES).
+    scan_deadline_minutes: int = Field(default=30, ge=1)
+    # An install still running this long after the window's end is given up: the agent stops
+    # starting updates at the end, and the reboot it may still do takes minutes.
+    install_grace_minutes: int = Field(default=30, ge=0)
+    max_attempts: int = Field(default=5, ge=1)
+    backoff_seconds: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=DEPLOYMENT_BATCH_SIZE, ge=1, le=DEPLOYMENT_BATCH_SIZE)
+
+
+class DeploymentRunInput(Message):
+    run_id: str
+    deployment: str
+    trigger: str = Field(description="schedule, http or http-inline")
+    tuning: DeploymentTuning = Field(default_factory=DeploymentTuning)
+
+
+class ResolveInput(Message):
+    run_id: str
+    at: datetime
+    batch_size: int
+
+
+class RunPlan(Message):
+    """The resolved run: how many machines, in how many batches, and the window."""
+
+    targets: int = 0
+    to_run: int = 0
+    batches: int = 0
+    settled: int = 0
+    window_start: datetime | None = None
+    window_minutes: int = 0
+    reboot: bool = True
+    error: str | None = None
+
+    def window(self) -> Window:
+        assert self.window_start is not None, "a plan without a window failed to resolve"
+        return Window(self.window_start, self.window_minutes)
+
+
+class DeploymentBatchInput(Message):
+    run_id: str
+    batch: int
+    window_start: datetime
+    window_minutes: int
+    reboot: bool
+    tuning: DeploymentTuning
+
+
+class ClaimInput(Message):
+    run_id: str
+    resource_ids: tuple[str, ...]
+    at: datetime
+
+
+class ClaimResult(Message):
+    start: tuple[str, ...] = ()
+    stop_reason: str | None = None
+    not_started: tuple[str, ...] = ()
+
+
+class MachineDeploymentInput(Message):
+    run_id: str
+    resource_id: str
+    window_start: datetime
+    window_minutes: int
+    reboot: bool
+    tuning: DeploymentTuning
+
+    def window(self) -> Window:
+        return Window(self.window_start, self.window_minutes)
+
+    def install_deadline(self) -> datetime:
+        return self.window().end + timedelta(minutes=self.tuning.install_grace_minutes)
+
+
+class StepInput(Message):
+    """Input of start_machine_step and check_machine_step."""
+
+    run_id: str
+    resource_id: str
+    step: Step
+    at: datetime | None = None
+    token: str | None = None
+
+
+class StepFailure(Message):
+    """A permanent error: recorded as the machine's result, never raised past the child."""
+
+    code: str
+    message: str
+    hint: str = ""
+    unreachable: bool = False
+
+
+class StepOutcome(Message):
+    """What a finished step tells the child orchestration (the details are stored by the activity)."""
+
+    # Pre-scan: the updates the deployment would install; install: what is left pending.
+    pending: int = 0
+    has_service_pack: bool = False
+    # Install only: the machine's result status by the run_results rules, and counts.
+    status: str | None = None
+    installed: int = 0
+    failed: int = 0
+    window_exceeded: bool = False
+
+
+class StepAnswer(Message):
+    """start_machine_step: ``token``; check_machine_step: ``outcome`` once done; either: ``failure``."""
+
+    token: str | None = None
+    in_progress: bool = False
+    outcome: StepOutcome | None = None
+    failure: StepFailure | None = None
+
+
+class FinishInput(Message):
+    run_id: str
+    resource_id: str
+    status: str
+    reason: str = ""
+    at: datetime
+    failure: StepFailure | None = None
+
+
+class MachineRunResult(Message):
+    status: str
+    reason: str = ""
