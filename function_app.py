@@ -5,6 +5,7 @@ import azure.functions as func
 
 from functions.api import bp as api_blueprint
 from functions.assessment import bp as assessment_blueprint
+from functions.deployment_runs_api import bp as deployment_runs_api_blueprint
 from functions.deployments import bp as deployments_blueprint
 from functions.deployments_api import bp as deployments_api_blueprint
 from functions.discovery import bp as discovery_blueprint
@@ -22,4 +23,5 @@ app.register_functions(inventory_api_blueprint)
 app.register_functions(light_check_blueprint)
 app.register_functions(deployments_api_blueprint)
 app.register_functions(deployments_blueprint)
+app.register_functions(deployment_runs_api_blueprint)
 app.register_functions(openapi_blueprint)

@@ -10,6 +10,7 @@ import azure.durable_functions as df
 import azure.functions as func
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from functions.deployments import ORCHESTRATOR as DEPLOYMENT_RUN_ORCHESTRATOR
 from functions.http import error_response, json_response, require_role, run_accepted
 from shared.credentials import credential_for
 from shared.inventory import MachineInventory
@@ -22,7 +23,7 @@ from shared.storage import table_service
 bp = df.Blueprint()
 
 # Durable run ids the API hands out start with these; anything else is not ours to show.
-_RUN_PREFIXES = ("discovery-", "assessment-", "lightcheck-")
+_RUN_PREFIXES = ("discovery-", "assessment-", "lightcheck-", "deploy-")
 
 
 class StartDiscoveryBody(BaseModel):
@@ -81,17 +82,20 @@ async def read_run(req: func.HttpRequest, client: df.DurableOrchestrationClient)
     status = await client.get_status(run_id)
     if not status or status.runtime_status is None:
         return error_response(404, "RunNotFound", f"no run {run_id!r}")
-    return json_response(
-        {
-            "runId": run_id,
-            "kind": status.name,
-            "status": status.runtime_status.value,
-            "progress": status.custom_status,
-            "result": status.output,
-            "createdTime": status.created_time,
-            "lastUpdatedTime": status.last_updated_time,
-        }
-    )
+    body: dict[str, Any] = {
+        "runId": run_id,
+        "kind": status.name,
+        "status": status.runtime_status.value,
+        "progress": status.custom_status,
+        "result": status.output,
+        "createdTime": status.created_time,
+        "lastUpdatedTime": status.last_updated_time,
+    }
+    # An update-deployment run (not one of its batch or machine sub-orchestrations, which share the
+    # prefix) has its machines and results at /api/deployment-runs/{id}.
+    if status.name == DEPLOYMENT_RUN_ORCHESTRATOR:
+        body["details"] = f"/api/deployment-runs/{run_id}"
+    return json_response(body)
 
 
 @bp.route(route="machines", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

@@ -24,7 +24,9 @@ def reader():
 
 def test_functions_are_indexed_from_the_app_metadata():
     host = FunctionsHost(function_app.app)
-    assert host.timers() == ["assess_linux_fleet", "assess_windows_fleet", "discover_fleet", "light_check"]
+    assert host.timers() == [
+        "assess_linux_fleet", "assess_windows_fleet", "discover_fleet", "light_check", "schedule_deployments",
+    ]
     assert host.functions["read_run"].route == "runs/{runId}"
     assert host.functions["start_discovery"].client_binding == "client"
 
