@@ -46,8 +46,8 @@ from shared.deployment_messages import (
     StepOutcome,
     install_step,
 )
-from shared.deployment_runs import RunNotFound, RunState
-from shared.deployment_store import DeploymentNotFound
+from shared.deployment_runs import RunNotFound, RunState, RunStore
+from shared.deployment_store import DeploymentNotFound, StoredDeployment
 from shared.machines import machine_key
 from shared.principal import Principal, Role
 from shared.rollout import (
@@ -99,23 +99,33 @@ async def schedule_deployments(timer: func.TimerRequest, client: df.DurableOrche
     since = max(last, now - MAX_SCHEDULER_LOOKBACK)
     runs = work.run_store(settings)
     for stored in work.deployment_store(settings).list():
-        definition = stored.definition
-        # An occurrence before the deployment existed was never due.
-        for occurrence in due_occurrences(definition.schedule, max(since, stored.created), now,
-                                          definition.maintenance_window_minutes):
-            run_id = occurrence_instance_id(definition.name, occurrence.at)
-            if occurrence.state is OccurrenceState.MISSED:
-                reason = ("the scheduler did not run while the occurrence could still start "
-                          f"(checked at {now:%Y-%m-%d %H:%M:%S} UTC)")
-                runs.create_run(run_id, definition, "schedule", now, occurrence=occurrence.at,
-                                state=RunState.MISSED, reason=reason)
-                continue
-            runs.create_run(run_id, definition, "schedule", now, occurrence=occurrence.at,
-                            members=stored.frozen_members)
-            payload = _run_input(run_id, definition, "schedule")
-            if await start_once(client, ORCHESTRATOR, run_id, payload):
-                log.info("deployment %s: started run %s", definition.name, run_id)
+        try:
+            await _start_due(client, runs, stored, since, now)
+        except Exception:  # one broken deployment must not keep the others from running
+            log.exception("deployment %s: could not start its due occurrences", stored.definition.name)
     state.checked(now)
+
+
+async def _start_due(client: df.DurableOrchestrationClient, runs: RunStore, stored: StoredDeployment,
+                     since: datetime, now: datetime) -> None:
+    definition = stored.definition
+    # An occurrence before the deployment existed was never due.
+    start = max(since, stored.created)
+    if start >= now:
+        return
+    for occurrence in due_occurrences(definition.schedule, start, now, definition.maintenance_window_minutes):
+        run_id = occurrence_instance_id(definition.name, occurrence.at)
+        if occurrence.state is OccurrenceState.MISSED:
+            reason = ("the scheduler did not run while the occurrence could still start "
+                      f"(checked at {now:%Y-%m-%d %H:%M:%S} UTC)")
+            runs.create_run(run_id, definition, "schedule", now, occurrence=occurrence.at,
+                            state=RunState.MISSED, reason=reason)
+            continue
+        runs.create_run(run_id, definition, "schedule", now, occurrence=occurrence.at,
+                        members=stored.frozen_members)
+        payload = _run_input(run_id, definition, "schedule")
+        if await start_once(client, ORCHESTRATOR, run_id, payload):
+            log.info("deployment %s: started run %s", definition.name, run_id)
 
 
 def _run_input(run_id: str, definition: DeploymentDefinition, trigger: str) -> dict[str, Any]:
@@ -180,12 +190,14 @@ def cancel_deployment_run(req: func.HttpRequest) -> func.HttpResponse:
         return allowed
     principal: Principal = allowed
     run_id = req.route_params.get("runId", "")
+    store = work.run_store(load_settings())
     try:
-        run = work.run_store(load_settings()).request_cancel(run_id, principal.name)
+        run = store.get_run(run_id)
+        if run.state not in (RunState.QUEUED, RunState.RUNNING):
+            return error_response(409, "RunFinished", f"run {run_id} is {run.state.value}; nothing to cancel")
+        run = store.request_cancel(run_id, principal.name)
     except RunNotFound:
         return error_response(404, "RunNotFound", f"no deployment run {run_id!r}")
-    if not run.cancel_requested:
-        return error_response(409, "RunFinished", f"run {run_id} is {run.state.value}; nothing to cancel")
     return json_response(run.to_json(), 202, headers={"Location": f"/api/deployment-runs/{run_id}"})
 
 

@@ -1,0 +1,294 @@
+"""Update deployments end to end through the local host: HTTP and the scheduler timer -> orchestrations ->
+ARM stand-in -> run results in Table Storage, outputs in Blob Storage, rows in Log Analytics.
+
+One stack, one small fleet; each test uses its own machines (by resource group), so their runs do
+not touch each other. The clock is virtual: hours of patching take seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from azure.monitor.query import LogsQueryClient
+
+import functions.deployments as deployments
+from local.arm.fleet import parse_fleet
+from local.clock import VirtualClock
+from local.stack import LocalStack
+from shared.credentials import EmulatorCredential
+from shared.deployment_run import run_store
+from shared.machines import machine_key
+from shared.rollout import (
+    MINUTES_FOR_REBOOT,
+    MINUTES_PER_UPDATE,
+    REASON_ERROR_BUDGET,
+    REASON_WINDOW_CLOSING,
+    occurrence_instance_id,
+)
+from shared.settings import load_settings
+
+pytestmark = pytest.mark.e2e
+
+SUB = "44444444-4444-4444-8444-444444444444"
+RHEL_UPDATES = ["kernel", "openssl", "glibc", "redhat-release-server", "tzdata"]
+UBUNTU_UPDATES = ["openssl", "sudo", "libc6", "tzdata"]
+RUN_TIMEOUT = 240
+# Each simulated restart replays every live instance; a few are enough to catch work in flight.
+MAX_RESTARTS = 4
+
+
+def _vm(group: str, name: str, os_name: str, version: str, updates: list[str], **behaviours: Any) -> dict:
+    return {"subscription": SUB, "resourceGroup": group, "name": name, "kind": "azure-vm", "osType": "Linux",
+            "osName": os_name, "osVersion": version, "location": "westeurope", "availableUpdates": updates,
+            "tags": {"group": group}, "behaviours": behaviours}  # fmt: skip
+
+
+FLEET = parse_fleet({"subscriptions": [{"id": SUB}], "machines": [
+    _vm("rg-rhel", "rhel-01", "redhat", "7.9", RHEL_UPDATES),
+    _vm("rg-rhel", "rhel-02", "redhat", "7.6", RHEL_UPDATES),
+    _vm("rg-rhel", "ubuntu-01", "ubuntu", "22.04", UBUNTU_UPDATES),
+    *[_vm("rg-slow", f"slow-{n:02d}", "ubuntu", "22.04", UBUNTU_UPDATES, installSecondsPerPatch=1200)
+      for n in range(1, 4)],
+    *[_vm("rg-budget", f"a-fail-{n:02d}", "ubuntu", "22.04", UBUNTU_UPDATES, failingPatches=["openssl"])
+      for n in range(1, 5)],
+    *[_vm("rg-budget", f"b-good-{n:02d}", "ubuntu", "22.04", UBUNTU_UPDATES) for n in range(1, 3)],
+    *[_vm("rg-replay", f"replay-{n:02d}", "ubuntu", "22.04", UBUNTU_UPDATES) for n in range(1, 7)],
+    _vm("rg-sched", "sched-01", "ubuntu", "22.04", UBUNTU_UPDATES),
+]})  # fmt: skip
+
+
+def rid(group: str, name: str) -> str:
+    return f"/subscriptions/{SUB}/resourceGroups/{group}/providers/Microsoft.Compute/virtualMachines/{name}"
+
+
+@pytest.fixture(scope="module")
+def stack():
+    # The virtual clock starts at the real time: deployments are created at the real time, and the
+    # scheduler never runs an occurrence from before its deployment existed.
+    start = datetime.now(UTC).replace(second=0, microsecond=0)
+    with LocalStack(FLEET, clock=VirtualClock(start)).start() as running:
+        yield running
+
+
+def definition(name: str, group: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name, "operatingSystem": "Linux",
+        "targets": {"groups": [{"filter": {"resourceGroups": [group]}}]},
+        "classifications": ["Critical and security updates"],
+        "schedule": {"startTime": "2027-01-01T02:00:00", "timeZone": "UTC"},
+        "maintenanceWindowMinutes": 180, "rebootSetting": "IfRequired",
+    } | extra  # fmt: skip
+
+
+def body(response) -> Any:
+    return json.loads(response.get_body())
+
+
+def create_and_run(stack, spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    created = stack.functions.request("POST", "/api/deployments", body=spec)
+    assert created.status_code == 201, created.get_body()
+    started = stack.functions.request("POST", f"/api/deployments/{spec['name']}/runs")
+    assert started.status_code == 202, started.get_body()
+    run_id = body(started)["runId"]
+    assert body(started)["status"] == f"/api/runs/{run_id}"
+    return run_id, stack.durable.wait_for_completion(run_id, timeout=RUN_TIMEOUT)
+
+
+def machines_of(run_id: str) -> dict[str, dict[str, Any]]:
+    return {row["Computer"]: row for row in run_store(load_settings()).machines(run_id)}
+
+
+def test_rhel_run_installs_exactly_the_critical_and_security_updates_and_the_next_assessment_agrees(stack):
+    run_id, final = create_and_run(stack, definition(
+        "rhel-critical", "rg-rhel", packagesToExclude=["redhat-release-server*"],
+        targets={"groups": [{"filter": {"resourceGroups": ["rg-rhel"], "tags": {"group": "rg-rhel"}}}]},
+    ))  # fmt: skip
+    assert final["runtimeStatus"] == "Completed", final
+    assert final["output"]["state"] == "completed"
+    rows = machines_of(run_id)
+    assert {name: row["State"] for name, row in rows.items()} == {
+        "rhel-01": "succeeded", "rhel-02": "succeeded", "ubuntu-01": "succeeded",
+    }  # fmt: skip
+    for name in ("rhel-01", "rhel-02"):
+        output = json.loads(json.dumps(stack_output(stack, run_id, "rg-rhel", name, "install1")))
+        states = {p["name"]: p["state"] for p in output["patches"]}
+        assert states == {"kernel": "Installed", "openssl": "Installed", "glibc": "Installed",
+                          "redhat-release-server": "Excluded", "tzdata": "NotSelected"}  # fmt: skip
+        assert (rows[name]["Installed"], rows[name]["Excluded"]) == (3, 1)
+        assert json.loads(rows[name]["Outputs"]) == ["prescan", "install1", "postscan"]
+    # The post-scan recorded the machine: what is left missing is exactly what the run left alone.
+    scope = {"machineIds": [rid("rg-rhel", "rhel-01")]}
+    assessed = stack.functions.request("POST", "/api/assessments", body=scope)
+    stack.durable.wait_for_completion(body(assessed)["runId"], timeout=RUN_TIMEOUT)
+    detail = body(stack.functions.request("GET", f"/api/machines/{machine_key(rid('rg-rhel', 'rhel-01'))}"))
+    assert sorted(gap["package"] for gap in detail["missingUpdates"]) == ["redhat-release-server", "tzdata"]
+
+
+def stack_output(stack, run_id: str, group: str, name: str, step: str) -> dict[str, Any]:
+    from shared.credentials import credential_for
+    from shared.run_logs import run_log_store
+
+    settings = load_settings()
+    return run_log_store(settings, credential_for(settings)).get(run_id, machine_key(rid(group, name)), step)
+
+
+def test_a_short_window_leaves_updates_pending_and_no_machine_starts_after_the_cutoff(stack):
+    run_id, final = create_and_run(stack, definition(
+        "slow-window", "rg-slow", maintenanceWindowMinutes=40, rollout={"maxConcurrent": 1},
+    ))  # fmt: skip
+    assert final["runtimeStatus"] == "Completed", final
+    rows = machines_of(run_id)
+    first = rows["slow-01"]
+    assert first["State"] == "window exceeded" and first["Pending"] > 0, first
+    assert "pending" in first["Reason"]
+    window_start = datetime.fromisoformat(final["output"]["windowStart"])
+    cutoff = window_start + timedelta(minutes=40 - MINUTES_PER_UPDATE - MINUTES_FOR_REBOOT)
+    for name in ("slow-02", "slow-03"):
+        assert rows[name]["State"] == "skipped" and rows[name]["Reason"] == REASON_WINDOW_CLOSING, rows[name]
+        assert rows[name].get("StartedAt") is None
+    assert all(r["StartedAt"] <= cutoff for r in rows.values() if r.get("StartedAt"))
+    # UpdateRunProgress_CL: the pending updates show as notStarted.
+    statuses = stack.logs.query(
+        f'UpdateRunProgress_CL | where UpdateRunId == "{run_id}" '
+        "| summarize n = count() by InstallationStatus"
+    )
+    assert {r["InstallationStatus"] for r in statuses} >= {"notStarted"}
+
+
+def test_an_error_budget_of_two_stops_the_rollout_after_the_second_failed_machine(stack):
+    run_id, final = create_and_run(stack, definition(
+        "budget-two", "rg-budget", rollout={"maxConcurrent": 1, "errorBudget": 2},
+    ))  # fmt: skip
+    assert final["runtimeStatus"] == "Completed", final
+    rows = machines_of(run_id)
+    assert rows["a-fail-01"]["State"] == "partially succeeded"
+    assert rows["a-fail-02"]["State"] == "partially succeeded"
+    not_started = ["a-fail-03", "a-fail-04", "b-good-01", "b-good-02"]
+    for name in not_started:
+        assert rows[name]["State"] == "skipped" and rows[name]["Reason"] == REASON_ERROR_BUDGET, rows[name]
+    assert final["output"]["stopReason"] == REASON_ERROR_BUDGET
+    assert final["output"]["results"]["skipped"] == len(not_started)
+    # The seed's two run searches, through the real LogsQueryClient against the Log Analytics stand-in.
+    with LogsQueryClient(EmulatorCredential(), endpoint=stack.logs.base_url + "/v1") as client:
+        failed = client.query_workspace(
+            load_settings().log_analytics_workspace_id,
+            'UpdateRunProgress_CL | where InstallationStatus == "failed" and UpdateRunName == "budget-two" '
+            "| summarize AggregatedValue = count() by Computer, Title, UpdateRunName",
+            timespan=timedelta(days=30),
+        ).tables[0]
+        updated = client.query_workspace(
+            load_settings().log_analytics_workspace_id,
+            'UpdateRunProgress_CL | where UpdateRunName == "budget-two" '
+            "| summarize AggregatedValue = count() by Computer",
+            timespan=timedelta(days=30),
+        ).tables[0]
+    failed_updates = sorted((row[0], row[1]) for row in failed.rows)
+    assert failed_updates == [("a-fail-01", "openssl"), ("a-fail-02", "openssl")]
+    assert sorted(row[0] for row in updated.rows) == ["a-fail-01", "a-fail-02"]
+
+
+def test_the_scheduler_starts_each_occurrence_once_and_records_a_missed_one(stack, monkeypatch):
+    monkeypatch.setattr(deployments, "utc_now", stack.clock.now)
+    first = (stack.clock.now() + timedelta(minutes=2)).replace(second=0, microsecond=0)
+    spec = definition("nightly", "rg-sched", schedule={
+        "startTime": first.strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC",
+        "recurrence": {"frequency": "Day", "interval": 1},
+    })  # fmt: skip
+    assert stack.functions.request("POST", "/api/deployments", body=spec).status_code == 201
+    stack.clock.advance_to(first + timedelta(seconds=20))
+    stack.functions.fire_timer("schedule_deployments")
+    stack.functions.fire_timer("schedule_deployments", past_due=True)  # the same minute, twice
+    run_id = occurrence_instance_id("nightly", first)
+    runs = [i for i in stack.durable.list_instances() if i["name"] == "deployment_run"
+            and i["instanceId"].startswith("deploy-nightly-")]
+    assert [r["instanceId"] for r in runs] == [run_id]
+    final = stack.durable.wait_for_completion(run_id, timeout=RUN_TIMEOUT)
+    assert final["output"]["results"]["succeeded"] == 1
+    # The timer is down for two days: the occurrence in between is missed, the latest one is due.
+    stack.clock.advance_to(first + timedelta(days=2, seconds=30))
+    stack.functions.fire_timer("schedule_deployments")
+    store = run_store(load_settings())
+    missed = store.get_run(occurrence_instance_id("nightly", first + timedelta(days=1)))
+    assert missed.state.value == "missed" and "scheduler" in (missed.stop_reason or "")
+    due = occurrence_instance_id("nightly", first + timedelta(days=2))
+    assert stack.durable.wait_for_completion(due, timeout=RUN_TIMEOUT)["runtimeStatus"] == "Completed"
+    assert store.run_ids("nightly")[:3] == [due, missed.run_id, run_id]
+
+
+def test_a_host_restart_in_the_middle_of_a_run_installs_nothing_twice(stack):
+    spec = definition("replayed", "rg-replay", rollout={"maxConcurrent": 3})
+    assert stack.functions.request("POST", "/api/deployments", body=spec).status_code == 201
+    run_id = body(stack.functions.request("POST", "/api/deployments/replayed/runs"))["runId"]
+    redelivered = 0
+    restarts = 0
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline:
+        status = stack.durable.get_status(run_id)
+        if status and status["runtimeStatus"] in ("Completed", "Failed", "Terminated"):
+            break
+        if restarts < MAX_RESTARTS:
+            outcome = stack.durable.simulate_host_restart()
+            redelivered += len(outcome.redelivered_tasks)
+            restarts += 1
+        time.sleep(0.3)
+    final = stack.durable.wait_for_completion(run_id, timeout=RUN_TIMEOUT)
+    assert final["runtimeStatus"] == "Completed", final
+    assert restarts >= 2 and redelivered > 0, (restarts, redelivered)
+    for n in range(1, 7):
+        installs = stack.arm.count(method="POST", machine=f"replay-{n:02d}", path_contains="installPatches",
+                                   status=202)
+        assert installs == 1, f"replay-{n:02d} got {installs} installs"
+    assert final["output"]["results"]["succeeded"] == 6
+
+
+def test_cancel_stops_new_machines_and_records_the_rest_as_cancelled(stack):
+    spec = definition("cancelled", "rg-slow", rollout={"maxConcurrent": 1}, maintenanceWindowMinutes=360)
+    assert stack.functions.request("POST", "/api/deployments", body=spec).status_code == 201
+    run_id = body(stack.functions.request("POST", "/api/deployments/cancelled/runs"))["runId"]
+    cancelled = threading.Event()
+
+    def cancel_once_running() -> None:
+        while not cancelled.is_set():
+            progress = (stack.durable.get_status(run_id) or {}).get("customStatus") or {}
+            if progress.get("running"):
+                response = stack.functions.request("POST", f"/api/deployment-runs/{run_id}/cancel")
+                assert response.status_code == 202, response.get_body()
+                cancelled.set()
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=cancel_once_running, daemon=True)
+    watcher.start()
+    final = stack.durable.wait_for_completion(run_id, timeout=RUN_TIMEOUT)
+    cancelled.set()
+    assert final["output"]["state"] == "cancelled", final["output"]
+    states = sorted(row["State"] for row in machines_of(run_id).values())
+    assert states.count("cancelled") == 2 and len(states) == 3, states
+    again = stack.functions.request("POST", f"/api/deployment-runs/{run_id}/cancel")
+    assert again.status_code == 409
+
+
+def test_an_inline_definition_runs_without_being_stored(stack):
+    spec = definition("inline-once", "rg-rhel", targets={"machines": [rid("rg-rhel", "ubuntu-01")]},
+                      classifications=["Other updates"])
+    started = stack.functions.request("POST", "/api/deployment-runs", body=spec)
+    assert started.status_code == 202, started.get_body()
+    final = stack.durable.wait_for_completion(body(started)["runId"], timeout=RUN_TIMEOUT)
+    assert final["output"]["machines"] == 1
+    assert stack.functions.request("GET", "/api/deployments/inline-once").status_code == 404
+    too_short = spec | {"maintenanceWindowMinutes": 29}
+    bad = stack.functions.request("POST", "/api/deployment-runs", body=too_short)
+    assert bad.status_code == 400 and body(bad)["error"]["field"] == "maintenanceWindowMinutes"
+
+
+def test_the_run_status_route_shows_progress_of_a_deployment_run(stack):
+    run_ids = run_store(load_settings()).run_ids("rhel-critical")
+    assert run_ids
+    status = body(stack.functions.request("GET", f"/api/runs/{run_ids[0]}"))
+    assert status["kind"] == "deployment_run" and status["status"] == "Completed"
+    assert status["progress"]["stage"] == "done"
+    assert datetime.fromisoformat(status["progress"]["windowEnd"]) > datetime(2000, 1, 1, tzinfo=UTC)
