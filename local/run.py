@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +14,23 @@ from local.arm.fleet import load_fleet
 from local.report import table
 from local.stack import DEFAULT_STATE_DIR, DEMO_FLEET, LocalStack
 
-_WAIT_SECONDS = 120
+_WAIT_SECONDS = 300
 _POLL_SECONDS = 0.1
+# The demo deployment: Linux critical and security updates, leaving the RHEL release package alone
+# (the seed's "unexpected OS-level upgrades"), half the machines at once, stop after three failures.
+DEMO_DEPLOYMENT: dict[str, Any] = {
+    "name": "linux-critical-demo",
+    "operatingSystem": "Linux",
+    "targets": {"groups": [{"filter": {}}], "evaluateGroupsAt": "run"},
+    "classifications": ["Critical and security updates"],
+    "packagesToExclude": ["redhat-release-server*"],
+    "schedule": {"startTime": "2027-01-12T02:00:00", "timeZone": "Europe/Berlin",
+                 "recurrence": {"frequency": "Month", "interval": 1,
+                                "monthlyOccurrence": {"day": "Tuesday", "occurrence": 2, "offsetDays": 3}}},
+    "maintenanceWindowMinutes": 180,
+    "rebootSetting": "IfRequired",
+    "rollout": {"maxConcurrent": "50%", "errorBudget": 3},
+}
 
 
 def _say(text: str = "") -> None:
@@ -31,11 +48,12 @@ def run(fleet_file: Path = DEMO_FLEET, state_dir: Path = DEFAULT_STATE_DIR) -> i
             path.unlink()
     started = time.monotonic()
     _say(f"Starting the local host with {len(fleet.machines)} machines from {fleet_file.name} ...")
-    with LocalStack(fleet, state_dir=state_dir).start() as stack:
+    with LocalStack(fleet, state_dir=state_dir).start(serve_http=True) as stack:
         assert stack.functions and stack.durable and stack.logs and stack.arm and stack.azurite
         _say(f"  Azurite          tables on 127.0.0.1:{stack.azurite.table_port}")
         _say(f"  ARM stand-in     {stack.arm.base_url}")
         _say(f"  Log Analytics    {stack.logs.base_url}")
+        _say(f"  API              {stack.api_base_url}/api")
         _say("")
         _say("1. Fleet discovery (timer discover_fleet -> orchestration fleet_discovery_run)")
         stack.functions.fire_timer("discover_fleet")
@@ -54,7 +72,12 @@ def run(fleet_file: Path = DEMO_FLEET, state_dir: Path = DEFAULT_STATE_DIR) -> i
         _say("")
         _print_compliance(stack)
         _say("")
-        _say("Not built yet, so not run: update deployments (issue 4).")
+        _say("3. Update deployment (POST /api/deployments, then POST /api/deployments/{name}/runs -> "
+             "orchestration deployment_run -> batches -> one deploy_machine per machine)")
+        deployment = _run_deployment(stack)
+        _say("")
+        _print_deployment(stack, deployment["runId"])
+        _say("")
         _say(f"Done in {time.monotonic() - started:.1f}s; discovery result: {json.dumps(result)}")
         for os_name, summary in assessments.items():
             counts = {k: summary[k] for k in ("machines", "assessed", "failed", "timed_out", "not_assessable",
@@ -63,10 +86,70 @@ def run(fleet_file: Path = DEMO_FLEET, state_dir: Path = DEFAULT_STATE_DIR) -> i
     _say("")
     _say(f"State kept in {state_dir}. Next:")
     _say("  .venv/bin/python -m local query \\")
+    _say("    'UpdateRunProgress_CL | where InstallationStatus == \"failed\" "
+         "| summarize count() by Computer, Title, UpdateRunName'")
+    _say("  .venv/bin/python -m local query \\")
     _say("    'Update_CL | where UpdateState == \"Needed\" and Optional == false "
          "| summarize count() by Classification'")
     _say("  .venv/bin/python -m local serve    # the whole host, with the API on a local port")
     return 0
+
+
+def _api(stack: LocalStack, method: str, path: str, body: Any = None) -> Any:
+    """Call the app's HTTP API over real HTTP, as an administrator's script would."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{stack.api_base_url}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        raise RuntimeError(f"{method} {path} answered {error.code}: {error.read().decode()}") from None
+
+
+def _run_deployment(stack: LocalStack) -> dict[str, Any]:
+    name = DEMO_DEPLOYMENT["name"]
+    created = _api(stack, "POST", "/api/deployments", DEMO_DEPLOYMENT)
+    _say(f"   created deployment {created['name']}: {created['operatingSystem']}, "
+         f"{', '.join(created['classifications'])}, excluding {', '.join(created['packagesToExclude'])}, "
+         f"window {created['maintenanceWindowMinutes']} min, at most {created['rollout']['maxConcurrent']} "
+         f"at once, error budget {created['rollout']['errorBudget']}")
+    started = _api(stack, "POST", f"/api/deployments/{name}/runs")
+    _say(f"   started run {started['runId']} (follow it at {started['status']})")
+    _follow(stack, started["runId"], show=_deployment_progress)
+    return dict(started)
+
+
+def _deployment_progress(progress: dict[str, Any]) -> str:
+    if progress.get("stage") not in ("running", "done"):
+        return json.dumps(progress)
+    results = ", ".join(f"{k} {v}" for k, v in (progress.get("results") or {}).items() if v)
+    return (f"{progress['stage']}: {progress['started']}/{progress['machines']} started, "
+            f"{progress['running']} running, {progress['queued']} waiting; {results or 'no results yet'}")
+
+
+def _print_deployment(stack: LocalStack, run_id: str) -> None:
+    run = _api(stack, "GET", f"/api/deployment-runs/{run_id}")
+    rows = [
+        {
+            "machine": m["computer"],
+            "result": m["status"],
+            "installed": m["installed"],
+            "failed": m["failed"],
+            "pending": m["pending"],
+            "excluded": m["excluded"],
+            "reboot": m["rebootStatus"] or "",
+            "took": (m["duration"] or "").removeprefix("PT"),
+            "why / error": m["reason"] or m["errorCode"] or "",
+        }
+        for m in run["machines"]
+    ]
+    _say(f"Deployment run {run_id} (GET /api/deployment-runs/{{runId}}): {run['state']}, window "
+         f"{run['windowStart']} to {run['windowEnd']}")
+    _say(table(rows, ["machine", "result", "installed", "failed", "pending", "excluded", "reboot", "took",
+                      "why / error"]))
+    _say("Each machine's operation output: "
+         "GET /api/deployment-runs/{runId}/machines/{machine}/outputs/{step}")
 
 
 def _latest_instance(stack: LocalStack, prefix: str) -> str:
@@ -77,7 +160,7 @@ def _latest_instance(stack: LocalStack, prefix: str) -> str:
     return str(max(instances, key=lambda i: i["createdTime"])["instanceId"])
 
 
-def _follow(stack: LocalStack, instance_id: str) -> Any:
+def _follow(stack: LocalStack, instance_id: str, show: Any = json.dumps) -> Any:
     """Print the orchestration's custom status each time it changes, until it ends."""
     assert stack.durable
     deadline = time.monotonic() + _WAIT_SECONDS
@@ -86,7 +169,7 @@ def _follow(stack: LocalStack, instance_id: str) -> Any:
         status = stack.durable.get_status(instance_id) or {}
         progress = status.get("customStatus")
         if progress != last and progress is not None:
-            _say(f"   {instance_id}: {json.dumps(progress)}")
+            _say(f"   {instance_id}: {show(progress)}")
             last = progress
         if status.get("runtimeStatus") in ("Completed", "Failed", "Terminated"):
             if status["runtimeStatus"] != "Completed":
