@@ -1,4 +1,4 @@
-"""Starting an ``assessPatches`` operation and checking on it later, for Azure VMs and Arc servers.
+"""Starting a patch operation (assess, install, restart) and checking on it later, for VMs and Arc servers.
 
 An activity must never wait out a long-running operation (Functions time out; AZURE-FACTS,
 platform limits), so the work is split in two: :meth:`PatchOperations.start_assessment`
@@ -29,7 +29,7 @@ from azure.mgmt.hybridcompute.models import MachineAssessPatchesResult, MachineI
 from shared.arm import COMPUTE_API_VERSION, arm_clients
 from shared.assessment_types import AssessmentFailure, AssessmentOutcome, AvailablePatch, Readiness
 from shared.install_types import InstallOutcome, InstallRequest
-from shared.machines import MachineKind, parse_resource_id
+from shared.machines import MachineKind, ResourceRef, parse_resource_id
 from shared.patch_install import to_install_outcome, to_sdk_parameters
 
 # Continuation tokens cross Durable boundaries; history payloads over about 45 KB spill to
@@ -54,6 +54,10 @@ _HINTS: dict[str, str] = {
         "(Microsoft.Compute/virtualMachines/assessPatches/action or the HybridCompute equivalent)."
     ),
     "ResourceNotFound": "The machine no longer exists; the next discovery removes it from the inventory.",
+    "RestartNotSupported": (
+        "Microsoft.HybridCompute has no restart action; to restart an Arc-enabled server, deploy an "
+        "install with rebootSetting Always."
+    ),
     "AssessmentTimedOut": (
         "The assessment did not finish in time; check the machine's agent and its package manager "
         "(for example a locked dpkg or a hung Windows Update service)."
@@ -126,7 +130,8 @@ def _body(error: HttpResponseError) -> Mapping[str, Any]:
 
 
 class PatchOperations:
-    """``assessPatches`` and ``installPatches`` on one subscription's machines, one ARM call per method."""
+    """``assessPatches``, ``installPatches`` and VM ``restart`` on one subscription's machines, one ARM call
+    per method."""
 
     def __init__(self, credential: TokenCredential, arm_endpoint: str, subscription_id: str) -> None:
         self._endpoint = arm_endpoint
@@ -194,10 +199,26 @@ class PatchOperations:
         result = self.check(resource_id, token, model)
         return None if result is None else to_install_outcome(result)
 
+    def start_restart(self, resource_id: str) -> str:
+        """POST restart on an Azure VM without polling; the continuation token to check it with.
+
+        Raises :class:`PermanentArmError` (``RestartNotSupported``) for an Arc-enabled server."""
+        ref = _restartable(resource_id)
+        return self.start(
+            lambda: self._compute.virtual_machines.begin_restart(
+                ref.resource_group, ref.name, polling=_StartOnly(), api_version=COMPUTE_API_VERSION
+            )
+        )
+
+    def check_restart(self, resource_id: str, token: str) -> bool:
+        """One status GET (plus the final GET once done); True once the VM has restarted."""
+        _restartable(resource_id)
+        return self.check(resource_id, token, OperationFinished) is not None
+
     def start(self, begin: Callable[[], Any]) -> str:
         """Send one long-running POST (``begin`` passes ``polling=_StartOnly()``); its continuation token.
 
-        Shared by every patch operation (assess, install) so each starts and fails the same way."""
+        Shared by every patch operation (assess, install, restart) so each starts and fails the same way."""
         try:
             token = str(begin().continuation_token())
         except Exception as error:
@@ -211,7 +232,9 @@ class PatchOperations:
     def check(self, resource_id: str, token: str, model: type[Any]) -> Any | None:
         """Resume ARM polling from ``token``: one status GET, then the final GET once finished.
 
-        Returns the result deserialised as ``model`` (an SDK result class), or None while running."""
+        Returns the result deserialised as ``model`` (an SDK result class), or None while running.
+        An operation that finishes without a body (restart) needs ``model`` :class:`OperationFinished`;
+        for a result class an empty final body is an error, not "still running"."""
         kind = parse_resource_id(resource_id).kind
         client = self._compute._client if kind is MachineKind.AZURE_VM else self._hybrid._client
         method = ARMPolling(0, path_format_arguments={"endpoint": self._endpoint})
@@ -224,13 +247,42 @@ class PatchOperations:
             if not method.finished():
                 return None
             method.run()  # finished: raises for a Failed operation, else fetches the final result
-            return method.resource()
+            result = method.resource()  # None when the final response has no body
         except HttpResponseError as error:
             if error.status_code in (None, 200) and method.finished():
                 raise PermanentArmError(failure_for(_error_code(error), _error_message(error))) from error
             raise classify(error) from error
         except (ServiceRequestError, ServiceResponseError) as error:
             raise classify(error) from error
+        if result is not None:
+            return result
+        if issubclass(model, OperationFinished):
+            return model()
+        raise PermanentArmError(
+            failure_for("EmptyOperationResult", f"the operation finished without the {model.__name__} body")
+        )
+
+
+class OperationFinished:
+    """The result of a long-running operation that returns nothing (a VM restart's final GET is empty).
+
+    Takes and ignores a body, should ARM ever send one, so the deserialiser cannot fail on it."""
+
+    def __init__(self, body: Any = None) -> None:
+        del body
+
+
+def _restartable(resource_id: str) -> ResourceRef:
+    ref = parse_resource_id(resource_id)
+    if ref.kind is not MachineKind.AZURE_VM:
+        raise PermanentArmError(
+            failure_for(
+                "RestartNotSupported",
+                f"{ref.name} is an Arc-enabled server: Arc-enabled servers have no restart API; "
+                "use rebootSetting Always with an install",
+            )
+        )
+    return ref
 
 
 class _StartOnly(NoPolling):

@@ -1,7 +1,7 @@
 """The ARM stand-in: an HTTPS server the real compute and hybrid-compute clients talk to unchanged.
 
 Routes are the ARM paths the app uses (virtual machines, Arc machines, their patch
-operations, run command, disks and snapshots, operation status). Long-running
+operations, VM restart, run command, disks and snapshots, operation status). Long-running
 operations answer ``202`` with ``Azure-AsyncOperation`` and ``Location`` headers,
 as ARM does, so azure-core's own poller (and its continuation tokens) work.
 
@@ -246,6 +246,7 @@ class ArmStandIn:
             ("POST", _VM + r"/assessPatches", self._assess),
             ("POST", _VM + r"/installPatches", self._install),
             ("POST", _VM + r"/runCommand", self._run_command),
+            ("POST", _VM + r"/restart", self._restart),
             ("GET", _SUB + r"/providers/Microsoft\.HybridCompute/machines", self._list_arc),
             ("GET", _RG + r"/providers/Microsoft\.HybridCompute/machines", self._list_arc),
             ("GET", _ARC, self._get_arc),
@@ -482,6 +483,9 @@ class ArmStandIn:
 
     def _install(self, request: Request, match: re.Match[str]) -> Reply:
         return self._accepted(request, self.simulation.start_install(self._target(match), request.body))
+
+    def _restart(self, request: Request, match: re.Match[str]) -> Reply:
+        return self._accepted(request, self.simulation.start_restart(self._target(match)))
 
     def _run_command(self, request: Request, match: re.Match[str]) -> Reply:
         return self._accepted(request, self.simulation.start_run_command(self._target(match), request.body))

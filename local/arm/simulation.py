@@ -1,4 +1,4 @@
-"""What assessing and installing do to a simulated machine, on the shared clock.
+"""What assessing, installing and restarting do to a simulated machine, on the shared clock.
 
 An operation is planned when it is requested (how long it takes, what it will install)
 and takes effect when the clock reaches its end: then the machine's state changes
@@ -45,6 +45,9 @@ REBOOT_DURATION = timedelta(minutes=5)
 # An unreachable agent is given up on after this long, as the extension handler times out.
 UNREACHABLE_TIMEOUT = timedelta(minutes=5)
 RUN_COMMAND_DURATION = timedelta(seconds=30)
+# A platform restart (POST .../restart) of a running VM: stop, start, boot to a ready agent. The
+# fleet file has no per-machine knob for it, so every VM takes this long (a stand-in figure, not measured).
+VM_RESTART_DURATION = timedelta(seconds=90)
 SNAPSHOT_DURATION = timedelta(seconds=60)
 DELETE_DURATION = timedelta(seconds=10)
 # Assessments are current for a day (AZURE-FACTS: periodic assessment every 24 h); the fleet
@@ -716,6 +719,27 @@ class Simulation:
             }
         output["patches"] = [_patch_wire(u) | {"installationState": s} for u, s in outcome.states]
         return output
+
+    # ----- restart
+
+    def start_restart(self, resource_id: str) -> Operation:
+        """Restart a VM; when it finishes the machine no longer has a reboot pending.
+
+        A platform operation: it needs the VM running (409 when stopped or deallocated, as
+        installPatches) but not the guest agent, so an unreachable agent does not fail it."""
+        self.settle()
+        state = self.machine(resource_id)
+        if state.spec.kind != "azure-vm":
+            raise not_found(resource_id)
+        self._check_can_operate(state, "restart")
+
+        def finish(op: Operation) -> None:
+            state.reboot_pending = False
+
+        machine = state.spec
+        return self._new_operation(
+            "Microsoft.Compute", state, machine.subscription, machine.location, VM_RESTART_DURATION, finish
+        )
 
     # ----- run command
 

@@ -33,6 +33,7 @@ from azure.mgmt.hybridcompute.models import MachineInstallPatchesParameters
 
 from local.arm.fleet import Fleet, parse_fleet
 from local.arm.server import PAGE_SIZE, ArmStandIn
+from local.arm.simulation import VM_RESTART_DURATION
 from local.clock import VirtualClock
 from local.tls import LocalTls, ensure_local_tls
 from shared.arm import COMPUTE_API_VERSION, HYBRID_COMPUTE_API_VERSION
@@ -76,6 +77,7 @@ def _fleet() -> Fleet:
         _vm("busy-01", behaviours={"throttle": {"requests": 1, "retryAfterSeconds": 1}}),
         _vm("flaky-01", behaviours={"transientErrors": 1}),
         _vm("lost-01", behaviours={"unreachable": True}),
+        _vm("pending-01", behaviours={"rebootPending": True}),
         _vm("arc-01", "rhel-7", kind="arc-server", resourceGroup="rg-dc1", tags={"cloud": "onprem"}),
         _vm("arc-02", "ws2019", kind="arc-server", resourceGroup="rg-dc1", powerState="stopped"),
         *(_vm(f"bulk-{i:03d}", resourceGroup="rg-bulk") for i in range(BULK)),
@@ -332,6 +334,63 @@ def test_operations_stay_in_progress_until_the_clock_reaches_their_end(tls, cloc
         clock.advance(timedelta(seconds=60))
         assert session.get(status_url, timeout=5).json()["status"] == "Succeeded"
         assert session.get(result_url, timeout=5).json()["otherPatchCount"] == 2
+
+
+# ----- restart
+
+
+def test_a_restart_runs_as_an_operation_and_clears_the_pending_reboot(arm, compute, clock):
+    before = compute.virtual_machines.begin_assess_patches("rg-app", "pending-01", **V).result()
+    assert before.reboot_pending is True
+    started = clock.now()
+    assert compute.virtual_machines.begin_restart("rg-app", "pending-01", **V).result() is None
+    assert clock.now() - started == VM_RESTART_DURATION
+    after = compute.virtual_machines.begin_assess_patches("rg-app", "pending-01", **V).result()
+    assert after.reboot_pending is False
+    assert arm.count(method="POST", status=202, machine="pending-01", path_contains="/restart") == 1
+
+
+def test_a_restart_waits_for_the_clock_and_its_result_is_empty(tls, clock):
+    with ArmStandIn(_fleet(), clock, tls) as arm:  # no auto-advance: time moves only when told
+        session = _session(tls)
+        vm = f"{arm.base_url}/subscriptions/{SUB}/resourceGroups/rg-app/providers/Microsoft.Compute"
+        started = session.post(
+            f"{vm}/virtualMachines/pending-01/restart", params={"api-version": COMPUTE_API_VERSION}, timeout=5
+        )
+        assert started.status_code == 202
+        status_url, result_url = started.headers["Azure-AsyncOperation"], started.headers["Location"]
+        assert session.get(status_url, timeout=5).json()["status"] == "InProgress"
+        assert session.get(result_url, timeout=5).status_code == 202
+        clock.advance(VM_RESTART_DURATION)
+        assert session.get(status_url, timeout=5).json()["status"] == "Succeeded"
+        done = session.get(result_url, timeout=5)
+        assert (done.status_code, done.content) == (204, b"")
+
+
+def test_a_deallocated_vm_refuses_a_restart_and_an_unreachable_agent_does_not_matter(arm, compute):
+    with pytest.raises(HttpResponseError) as caught:
+        compute.virtual_machines.begin_restart("rg-app", "off-01", **V)
+    assert _error(caught)[:2] == (409, "OperationNotAllowed")
+    assert "restart" in str(caught.value) and "deallocated" in str(caught.value)
+    compute.virtual_machines.begin_restart("rg-app", "lost-01", **V).result()  # a platform operation
+    assert [r.status for r in arm.requests if r.path.endswith("/restart")] == [409, 202]
+
+
+def test_arc_servers_have_no_restart_route(arm, tls):
+    session = _session(tls)
+    url = f"{arm.base_url}/subscriptions/{SUB}/resourceGroups/rg-dc1/providers/Microsoft.HybridCompute"
+    response = session.post(
+        f"{url}/machines/arc-01/restart", params={"api-version": HYBRID_COMPUTE_API_VERSION}, timeout=5
+    )
+    assert (response.status_code, response.json()["error"]["code"]) == (404, "InvalidResourceType")
+
+
+def _session(tls: LocalTls) -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # REQUESTS_CA_BUNDLE from the environment would override ``verify``
+    session.verify = str(tls.ca_file)
+    session.headers["Authorization"] = "Bearer t"
+    return session
 
 
 def test_run_command_returns_the_script_output(compute):

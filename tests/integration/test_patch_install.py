@@ -1,5 +1,6 @@
-"""Installing through ``PatchOperations`` (real azure-mgmt clients, HTTPS) on the ARM stand-in, and the
-``UpdateRunProgress_CL`` rows answering the seed's two run searches through the Log Analytics stand-in.
+"""Installing and restarting through ``PatchOperations`` (real azure-mgmt clients, HTTPS) on the ARM
+stand-in, and the ``UpdateRunProgress_CL`` rows answering the seed's two run searches through the Log
+Analytics stand-in.
 
 The ARM stand-in runs with ``auto_advance=True`` on a virtual clock: checking an unfinished
 install moves the clock to its end, so hours of simulated patching take milliseconds.
@@ -19,6 +20,7 @@ from local.arm.server import ArmStandIn
 from local.clock import VirtualClock
 from local.loganalytics import LogAnalyticsStandIn
 from local.tls import LocalTls, ensure_local_tls
+from shared.assessment_types import AssessmentOutcome
 from shared.credentials import EmulatorCredential
 from shared.deployment_definition import DeploymentDefinition, validate_definition
 from shared.install_types import InstallationState, InstallOutcome
@@ -49,6 +51,8 @@ def _fleet() -> Fleet:
         _vm("slow-01", "ubuntu", "22.04", UBUNTU, behaviours={"installSecondsPerPatch": 1800}),
         _vm("broken-01", "ubuntu", "22.04", UBUNTU, behaviours={"failingPatches": ["sudo"]}),
         _vm("lost-01", "ubuntu", "22.04", UBUNTU, behaviours={"unreachable": True}),
+        _vm("pending-01", "ubuntu", "22.04", UBUNTU, behaviours={"rebootPending": True}),
+        _vm("off-01", "ubuntu", "22.04", UBUNTU, powerState="deallocated"),
     ]
     return parse_fleet({"subscriptions": [{"id": SUB}], "machines": machines})
 
@@ -123,13 +127,18 @@ def test_rhel_install_takes_critical_and_security_and_leaves_the_release_package
 
 
 def _assess(ops: PatchOperations, name: str) -> set[str]:
+    outcome = _assessment(ops, name)
+    assert outcome.patches is not None
+    return {p.name for p in outcome.patches}
+
+
+def _assessment(ops: PatchOperations, name: str) -> AssessmentOutcome:
     rid = machine(name).resource_id
     token = ops.start_assessment(rid)
     for _ in range(MAX_CHECKS):
         outcome = ops.check_assessment(rid, token)
         if outcome is not None:
-            assert outcome.patches is not None
-            return {p.name for p in outcome.patches}
+            return outcome
     raise AssertionError("assessment did not finish")
 
 
@@ -153,6 +162,34 @@ def test_an_unreachable_machine_is_a_permanent_error(operations):
         install(operations, "lost-01")
     assert caught.value.failure.code == "VMAgentStatusCommunicationError"
     assert "VM agent" in caught.value.failure.hint
+
+
+def test_a_restart_is_started_then_checked_until_done_and_clears_the_pending_reboot(operations):
+    assert _assessment(operations, "pending-01").reboot_pending
+    rid = machine("pending-01").resource_id
+    token = operations.start_restart(rid)
+    # The first check finds it running (the stand-in then moves its clock to the end); the next, done.
+    assert [operations.check_restart(rid, token) for _ in range(2)] == [False, True]
+    assert operations.check_restart(rid, token)  # checking again after the end still says done
+    assert not _assessment(operations, "pending-01").reboot_pending
+
+
+def test_a_restart_needs_a_running_vm_but_not_its_agent(operations):
+    with pytest.raises(PermanentArmError) as caught:
+        operations.start_restart(machine("off-01").resource_id)
+    assert caught.value.failure.code == "OperationNotAllowed"
+    rid = machine("lost-01").resource_id
+    token = operations.start_restart(rid)
+    assert any(operations.check_restart(rid, token) for _ in range(MAX_CHECKS))
+
+
+def test_an_arc_server_cannot_be_restarted(operations):
+    arc = f"/subscriptions/{SUB}/resourceGroups/rg-dc1/providers/Microsoft.HybridCompute/machines/arc-01"
+    for attempt in (lambda: operations.start_restart(arc), lambda: operations.check_restart(arc, "token")):
+        with pytest.raises(PermanentArmError) as caught:
+            attempt()
+        assert caught.value.failure.code == "RestartNotSupported"
+        assert "rebootSetting Always" in caught.value.failure.hint
 
 
 def test_the_seed_run_searches_answer_from_the_rows(operations, loganalytics, tls, monkeypatch):
