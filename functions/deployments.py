@@ -30,6 +30,7 @@ from shared.deployment_messages import (
     MAX_INSTALL_CALLS,
     POSTSCAN,
     PRESCAN,
+    RESTART,
     ClaimInput,
     ClaimResult,
     DeploymentBatchInput,
@@ -217,7 +218,7 @@ def deployment_run(context: df.DurableOrchestrationContext) -> Any:
     pending = [
         context.call_sub_orchestrator("deployment_batch", DeploymentBatchInput(
             run_id=run.run_id, batch=n, window_start=plan.window_start, window_minutes=plan.window_minutes,
-            reboot=plan.reboot, tuning=run.tuning,
+            reboot=plan.reboot, restart_only=plan.restart_only, tuning=run.tuning,
         ).model_dump(mode="json"), f"{run.run_id}-b{n:05d}")
         for n in range(plan.batches)
     ]  # fmt: skip
@@ -257,7 +258,8 @@ def deployment_batch(context: df.DurableOrchestrationContext) -> Any:
             for resource_id in claim.start:
                 child = context.call_sub_orchestrator("deploy_machine", MachineDeploymentInput(
                     run_id=batch.run_id, resource_id=resource_id, window_start=batch.window_start,
-                    window_minutes=batch.window_minutes, reboot=batch.reboot, tuning=batch.tuning,
+                    window_minutes=batch.window_minutes, reboot=batch.reboot, restart_only=batch.restart_only,
+                    tuning=batch.tuning,
                 ).model_dump(mode="json"), f"{batch.run_id}-{machine_key(resource_id)}")  # fmt: skip
                 running[child] = resource_id
             if claim.not_started:
@@ -289,6 +291,8 @@ def deploy_machine(context: df.DurableOrchestrationContext) -> Any:
     request = MachineDeploymentInput.model_validate(context.get_input())
     window = request.window()
     scan_deadline = timedelta(minutes=request.tuning.scan_deadline_minutes)
+    if request.restart_only:
+        return (yield from _restart_only(context, request, scan_deadline))
 
     prescan = yield from _step(context, request, PRESCAN, context.current_utc_datetime + scan_deadline)
     if isinstance(prescan, StepFailure):
@@ -323,6 +327,18 @@ def deploy_machine(context: df.DurableOrchestrationContext) -> Any:
     if status is MachineResultStatus.WINDOW_EXCEEDED and not reason:
         reason = f"{install.pending} updates left pending when the window ran out"
     return (yield from _finish(context, request, status, reason))
+
+
+def _restart_only(context: df.DurableOrchestrationContext, request: MachineDeploymentInput,
+                  scan_deadline: timedelta) -> Generator[Any, Any, dict[str, Any]]:
+    """rebootSetting "RebootOnly": restart the machine, then a post-scan to record its new state."""
+    restarted = yield from _step(context, request, RESTART, request.install_deadline())
+    if isinstance(restarted, StepFailure):
+        return (yield from _finish(context, request, _failed_status(restarted), f"restart: {restarted.code}",
+                                   restarted))
+    postscan = yield from _step(context, request, POSTSCAN, context.current_utc_datetime + scan_deadline)
+    reason = "" if not isinstance(postscan, StepFailure) else f"post-scan failed: {postscan.code}"
+    return (yield from _finish(context, request, MachineResultStatus.SUCCEEDED, reason))
 
 
 def _step(context: df.DurableOrchestrationContext, request: MachineDeploymentInput, step: str,

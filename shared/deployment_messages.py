@@ -17,9 +17,9 @@ from shared.rollout import Window
 
 # A machine's steps, in order. Installs are numbered: one call may last at most 3 h 55 min, so a
 # 6-hour window can need a second call for what the first left pending.
-PRESCAN, POSTSCAN = "prescan", "postscan"
+PRESCAN, POSTSCAN, RESTART = "prescan", "postscan", "restart"
 MAX_INSTALL_CALLS = 2
-Step = Literal["prescan", "install1", "install2", "postscan"]
+Step = Literal["prescan", "install1", "install2", "restart", "postscan"]
 
 
 def install_step(call: int) -> Step:
@@ -71,6 +71,8 @@ class RunPlan(Message):
     window_start: datetime | None = None
     window_minutes: int = 0
     reboot: bool = True
+    # rebootSetting "RebootOnly": restart the machines, install nothing.
+    restart_only: bool = False
     error: str | None = None
 
     def window(self) -> Window:
@@ -84,6 +86,7 @@ class DeploymentBatchInput(Message):
     window_start: datetime
     window_minutes: int
     reboot: bool
+    restart_only: bool = False
     tuning: DeploymentTuning
 
 
@@ -105,6 +108,7 @@ class MachineDeploymentInput(Message):
     window_start: datetime
     window_minutes: int
     reboot: bool
+    restart_only: bool = False
     tuning: DeploymentTuning
 
     def window(self) -> Window:

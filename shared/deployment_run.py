@@ -30,6 +30,7 @@ from shared.deployment_definition import DeploymentDefinition
 from shared.deployment_messages import (
     POSTSCAN,
     PRESCAN,
+    RESTART,
     RunPlan,
     StepAnswer,
     StepFailure,
@@ -51,7 +52,7 @@ from shared.deployment_store import (
 )
 from shared.logschema import UPDATE_RUN_PROGRESS
 from shared.logsink import LogSink
-from shared.machines import Machine, PowerState, Support, machine_key, parse_resource_id
+from shared.machines import Machine, MachineKind, PowerState, Support, machine_key, parse_resource_id
 from shared.patch_install import install_request
 from shared.patch_operations import PatchOperations, PermanentArmError
 from shared.rollout import may_reboot
@@ -61,6 +62,8 @@ from shared.settings import Settings
 from shared.storage import table_service
 from shared.update_selection import optional_kbs, pending_estimate
 
+# The reboot setting that restarts machines without installing (legacy "Reboot only").
+RESTART_ONLY = "RebootOnly"
 # Errors that mean the machine could not be reached, as opposed to an update or a request failing.
 UNREACHABLE_CODES = frozenset({"VMAgentStatusCommunicationError", "HybridAgentNotResponding",
                                "OperationNotAllowed", "MachineNotRunning", "MachineDisconnected"})
@@ -130,6 +133,7 @@ def _plan(run: RunRecord, batch_size: int) -> RunPlan:
         targets=run.targets, to_run=run.to_run, batches=-(-run.to_run // batch_size),
         settled=run.targets - run.to_run, window_start=run.window_start, window_minutes=run.window_minutes,
         reboot=may_reboot(run.definition.reboot_setting),
+        restart_only=run.definition.reboot_setting == RESTART_ONLY,
     )  # fmt: skip
 
 
@@ -167,6 +171,9 @@ def _cannot_run(definition: DeploymentDefinition, machine: Machine | None, resou
             skipped, f"machine runs {machine.os_type.value}; the deployment is for "
             f"{definition.operating_system.value}",
         )  # fmt: skip
+    if definition.reboot_setting == RESTART_ONLY and machine.kind is MachineKind.ARC_SERVER:
+        return MachineOutcomeRecord(skipped, "Arc-enabled servers have no restart API; use rebootSetting "
+                                    "Always with an install to restart them")
     verdict = machine.support
     if verdict.support is not Support.FULL:
         return MachineOutcomeRecord(skipped, f"{verdict.support.value}: {verdict.reason}")
@@ -206,6 +213,8 @@ def start_step(settings: Settings, request: StepInput) -> StepAnswer:
         with _operations(settings, credential, request.resource_id) as operations:
             if request.step in (PRESCAN, POSTSCAN):
                 token = operations.start_assessment(request.resource_id)
+            elif request.step == RESTART:
+                token = operations.start_restart(request.resource_id)
             else:
                 run = store.get_run(request.run_id)
                 machine = machine_from_json(str(row["Machine"]))
@@ -231,6 +240,10 @@ def check_step(settings: Settings, request: StepInput) -> StepAnswer:
                 if scan is None:
                     return StepAnswer(in_progress=True)
                 return StepAnswer(outcome=_scanned(settings, credential, request, scan))
+            if request.step == RESTART:
+                if not operations.check_restart(request.resource_id, request.token):
+                    return StepAnswer(in_progress=True)
+                return StepAnswer(outcome=_restarted(settings, credential, request))
             install = operations.check_install(request.resource_id, request.token)
             if install is None:
                 return StepAnswer(in_progress=True)
@@ -285,6 +298,17 @@ def _installed(settings: Settings, credential: TokenCredential, request: StepInp
         pending=outcome.pending, status=status.value, installed=outcome.installed, failed=outcome.failed,
         window_exceeded=outcome.maintenance_window_exceeded,
     )  # fmt: skip
+
+
+def _restarted(settings: Settings, credential: TokenCredential, request: StepInput) -> StepOutcome:
+    assert request.at is not None
+    store = run_store(settings, credential)
+    key = machine_key(request.resource_id)
+    row = store.machine(request.run_id, key)
+    document = {"operation": "restart", "token": row.get(step_column(RESTART)), "finishedBy": request.at}
+    _keep_output(settings, credential, store, request, row, document)
+    store.update_machine(request.run_id, key, {"RebootStatus": "Completed"})
+    return StepOutcome(status=MachineResultStatus.SUCCEEDED.value)
 
 
 def _keep_output(settings: Settings, credential: TokenCredential, store: RunStore, request: StepInput,

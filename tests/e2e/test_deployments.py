@@ -59,6 +59,8 @@ FLEET = parse_fleet({"subscriptions": [{"id": SUB}], "machines": [
     *[_vm("rg-budget", f"b-good-{n:02d}", "ubuntu", "22.04", UBUNTU_UPDATES) for n in range(1, 3)],
     *[_vm("rg-replay", f"replay-{n:02d}", "ubuntu", "22.04", UBUNTU_UPDATES) for n in range(1, 7)],
     _vm("rg-sched", "sched-01", "ubuntu", "22.04", UBUNTU_UPDATES),
+    _vm("rg-restart", "restart-01", "ubuntu", "22.04", UBUNTU_UPDATES, rebootPending=True),
+    _vm("rg-restart", "restart-02", "ubuntu", "22.04", UBUNTU_UPDATES) | {"kind": "arc-server"},
 ]})  # fmt: skip
 
 
@@ -292,3 +294,18 @@ def test_the_run_status_route_shows_progress_of_a_deployment_run(stack):
     assert status["kind"] == "deployment_run" and status["status"] == "Completed"
     assert status["progress"]["stage"] == "done"
     assert datetime.fromisoformat(status["progress"]["windowEnd"]) > datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def test_reboot_only_restarts_azure_vms_without_installing_and_skips_arc_servers(stack):
+    spec = definition("restart-only", "rg-restart", rebootSetting="RebootOnly")
+    run_id, final = create_and_run(stack, spec)
+    assert final["runtimeStatus"] == "Completed", final
+    rows = machines_of(run_id)
+    assert rows["restart-01"]["State"] == "succeeded" and rows["restart-01"]["RebootStatus"] == "Completed"
+    assert rows["restart-02"]["State"] == "skipped" and "restart API" in rows["restart-02"]["Reason"]
+    restarts = stack.arm.count(method="POST", path_contains="restart-01/restart", status=202)
+    assert restarts == 1
+    assert stack.arm.count(method="POST", machine="restart-01", path_contains="installPatches") == 0
+    key = machine_key(rid("rg-restart", "restart-01"))
+    detail = body(stack.functions.request("GET", f"/api/machines/{key}"))
+    assert detail["rebootPending"] is False  # the post-scan saw the restart
