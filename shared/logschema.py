@@ -167,3 +167,42 @@ UPDATE_RUN_PROGRESS = LogTable(
 
 TABLES: tuple[LogTable, ...] = (HEARTBEAT, UPDATE, UPDATE_SUMMARY, UPDATE_RUN_PROGRESS)
 TABLES_BY_STREAM: dict[str, LogTable] = {t.stream: t for t in TABLES}
+
+# The data collection rule's name for its one Log Analytics destination; every data flow sends there.
+DCR_WORKSPACE_DESTINATION = "workspace"
+# The Tables API spells the date-time column type "dateTime"; DCR stream declarations spell it "datetime"
+# (Azure Monitor "Tables - Create Or Update" and "Structure of a data collection rule" references).
+_TABLES_API_TYPE_NAMES: dict[ColumnType, str] = {ColumnType.DATETIME: "dateTime"}
+
+
+def bicep_tables() -> dict[str, object]:
+    """The tables, stream declarations and data flows as the Bicep templates declare them (plain JSON).
+
+    ``python -m local.infra_gen`` writes this to ``infra/generated/log-tables.json``, which the
+    monitoring module loads; a test checks the committed file equals this.
+    """
+    return {
+        "tables": [
+            {
+                "name": table.name,
+                "columns": [
+                    {"name": c.name, "type": _TABLES_API_TYPE_NAMES.get(c.type, c.type.value)}
+                    for c in table.columns
+                ],
+            }
+            for table in TABLES
+        ],
+        "streamDeclarations": {
+            table.stream: {"columns": [{"name": c.name, "type": c.type.value} for c in table.columns]}
+            for table in TABLES
+        },
+        "dataFlows": [
+            {
+                "streams": [table.stream],
+                "destinations": [DCR_WORKSPACE_DESTINATION],
+                "transformKql": "source",
+                "outputStream": table.stream,
+            }
+            for table in TABLES
+        ],
+    }
