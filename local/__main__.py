@@ -51,11 +51,13 @@ def _serve(fleet_file: Path) -> int:
     from local.arm.fleet import load_fleet
     from local.clock import RealClock
     from local.stack import LocalStack
+    from local.workbook import serve_workbook
 
     stack = LocalStack(load_fleet(fleet_file), clock=RealClock(), state_dir=DEFAULT_STATE_DIR)
     with stack.start(serve_http=True):
         print(f"API          {stack.api_base_url}/api  (signed in as the local operator)")
         print(f"             try: curl {stack.api_base_url}/api/machines")
+        print(f"Workbook     {serve_workbook(stack)}  (Update Management views over the local data)")
         print(f"ARM          {stack.arm.base_url if stack.arm else ''}")
         print(f"Log Analytics {stack.logs.base_url if stack.logs else ''}")
         print("Ctrl-C stops everything.", flush=True)

@@ -13,6 +13,7 @@ from typing import Any
 from local.arm.fleet import load_fleet
 from local.report import table
 from local.stack import DEFAULT_STATE_DIR, DEMO_FLEET, LocalStack
+from local.workbook import serve_workbook
 
 _WAIT_SECONDS = 300
 _POLL_SECONDS = 0.1
@@ -54,6 +55,8 @@ def run(fleet_file: Path = DEMO_FLEET, state_dir: Path = DEFAULT_STATE_DIR) -> i
         _say(f"  ARM stand-in     {stack.arm.base_url}")
         _say(f"  Log Analytics    {stack.logs.base_url}")
         _say(f"  API              {stack.api_base_url}/api")
+        workbook = serve_workbook(stack)
+        _say(f"  Workbook         {workbook}  (while this runs; `python -m local serve` keeps it up)")
         _say("")
         _say("1. Fleet discovery (timer discover_fleet -> orchestration fleet_discovery_run)")
         stack.functions.fire_timer("discover_fleet")
