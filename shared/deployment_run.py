@@ -252,12 +252,18 @@ def check_step(settings: Settings, request: StepInput) -> StepAnswer:
         return StepAnswer(failure=_failure(error, request.step))
 
 
+def _machine_row(settings: Settings, credential: TokenCredential,
+                 request: StepInput) -> tuple[RunStore, str, dict[str, Any]]:
+    """The run store, the machine's key and its row in the run."""
+    store = run_store(settings, credential)
+    key = machine_key(request.resource_id)
+    return store, key, store.machine(request.run_id, key)
+
+
 def _scanned(settings: Settings, credential: TokenCredential, request: StepInput,
              outcome: Any) -> StepOutcome:
     assert request.at is not None
-    store = run_store(settings, credential)
-    key = machine_key(request.resource_id)
-    row = store.machine(request.run_id, key)
+    store, key, row = _machine_row(settings, credential, request)
     machine = machine_from_json(str(row["Machine"]))
     record_assessment(settings, machine, outcome, request.at, request.run_id)
     _keep_output(settings, credential, store, request, row, asdict(outcome))
@@ -274,9 +280,7 @@ def _scanned(settings: Settings, credential: TokenCredential, request: StepInput
 def _installed(settings: Settings, credential: TokenCredential, request: StepInput,
                outcome: Any) -> StepOutcome:
     assert request.at is not None
-    store = run_store(settings, credential)
-    key = machine_key(request.resource_id)
-    row = store.machine(request.run_id, key)
+    store, key, row = _machine_row(settings, credential, request)
     machine = machine_from_json(str(row["Machine"]))
     run = store.get_run(request.run_id)
     rows = run_progress_rows(machine, outcome, run.deployment_name, request.run_id, request.at)
@@ -302,9 +306,7 @@ def _installed(settings: Settings, credential: TokenCredential, request: StepInp
 
 def _restarted(settings: Settings, credential: TokenCredential, request: StepInput) -> StepOutcome:
     assert request.at is not None
-    store = run_store(settings, credential)
-    key = machine_key(request.resource_id)
-    row = store.machine(request.run_id, key)
+    store, key, row = _machine_row(settings, credential, request)
     document = {"operation": "restart", "token": row.get(step_column(RESTART)), "finishedBy": request.at}
     _keep_output(settings, credential, store, request, row, document)
     store.update_machine(request.run_id, key, {"RebootStatus": "Completed"})
