@@ -251,7 +251,8 @@ def deployment_batch(context: df.DurableOrchestrationContext) -> Any:
     results: dict[str, int] = {}
     while queue or running:
         if queue:
-            ask = ClaimInput(run_id=batch.run_id, resource_ids=tuple(queue), at=context.current_utc_datetime)
+            ask = ClaimInput(run_id=batch.run_id, batch=batch.batch, resource_ids=tuple(queue),
+                             at=context.current_utc_datetime)
             claim = ClaimResult.model_validate(
                 (yield context.call_activity("claim_deployment_machines", ask.model_dump(mode="json")))
             )
@@ -431,7 +432,8 @@ def read_deployment_batch(request: dict[str, Any]) -> list[str]:
 def claim_deployment_machines(request: dict[str, Any]) -> dict[str, Any]:
     parsed = ClaimInput.model_validate(request)
     keys = {rid: machine_key(rid) for rid in parsed.resource_ids}
-    claim = work.run_store(load_settings()).claim(parsed.run_id, parsed.resource_ids, keys, parsed.at)
+    claim = work.run_store(load_settings()).claim(parsed.run_id, parsed.resource_ids, keys, parsed.at,
+                                                  batch=parsed.batch)
     return ClaimResult(start=claim.start, stop_reason=claim.stop_reason,
                        not_started=claim.not_started).model_dump(mode="json")
 

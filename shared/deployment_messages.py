@@ -92,6 +92,7 @@ class DeploymentBatchInput(Message):
 
 class ClaimInput(Message):
     run_id: str
+    batch: int
     resource_ids: tuple[str, ...]
     at: datetime
 
