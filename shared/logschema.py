@@ -53,6 +53,7 @@ def _cols(*pairs: tuple[str, ColumnType]) -> tuple[Column, ...]:
 
 
 S, B, D, L = ColumnType.STRING, ColumnType.BOOLEAN, ColumnType.DATETIME, ColumnType.LONG
+DYN = ColumnType.DYNAMIC
 
 # One row per machine per discovery: the onboarding check of the legacy Heartbeat table.
 HEARTBEAT = LogTable(
@@ -75,6 +76,7 @@ HEARTBEAT = LogTable(
         ("PatchMode", S),
         ("Category", S),  # Azure VM | Arc-enabled server
         ("Solutions", S),
+        ("Tags", DYN),  # the resource's Azure tags, {name: value}; the production alert reads them
     ),
 )
 

@@ -81,4 +81,5 @@ def heartbeat_row(machine: Machine, observed_at: datetime, run_id: str) -> dict[
         "PatchMode": machine.patch_mode,
         "Category": "Azure VM" if machine.environment.value == "Azure" else "Arc-enabled server",
         "Solutions": "updates",
+        "Tags": dict(machine.tags),
     }

@@ -1,3 +1,4 @@
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -18,6 +19,13 @@ def test_heartbeat_rows_fill_exactly_the_declared_columns():
     assert set(row) == set(HEARTBEAT.column_names())
     assert row["ComputerEnvironment"] == "Non-Azure"
     assert row["ResourceProvider"] == "Microsoft.HybridCompute"
+
+
+def test_heartbeat_rows_carry_the_machine_tags_as_a_bag():
+    tagged = replace(MACHINE, tags={"env": "prod", "owner": "team-db"})
+    row = heartbeat_row(tagged, datetime(2026, 1, 1, tzinfo=UTC), "run-1")
+    assert row["Tags"] == {"env": "prod", "owner": "team-db"}
+    assert heartbeat_row(MACHINE, datetime(2026, 1, 1, tzinfo=UTC), "run-1")["Tags"] == {}
 
 
 def test_record_ids_are_deterministic_per_run_and_machine():
