@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
@@ -16,6 +17,7 @@ import azure.functions as func
 from functions.http import error_response, json_response, require_role
 from shared.credentials import credential_for
 from shared.deployment_definition import DefinitionError, DeploymentDefinition, validate_definition
+from shared.deployment_runs import RunStore
 from shared.deployment_store import (
     DeploymentExists,
     DeploymentNotFound,
@@ -26,6 +28,7 @@ from shared.deployment_store import (
     frozen_members,
 )
 from shared.principal import Role
+from shared.recurrence import next_occurrence
 from shared.settings import Settings, load_settings
 from shared.storage import table_service
 
@@ -60,11 +63,29 @@ def _members(
         return error_response(502, "GroupEvaluationFailed", str(error), "targets.groups")
 
 
-def _stored_response(stored: StoredDeployment, status: int = 200) -> func.HttpResponse:
+def _runs(settings: Settings) -> RunStore:
+    runs = RunStore(table_service(settings, credential_for(settings)))
+    runs.ensure()
+    return runs
+
+
+def _view(stored: StoredDeployment, runs: RunStore, now: datetime) -> dict[str, Any]:
+    """The definition as stored, plus when it runs next and how its last run went."""
+    name = stored.definition.name
+    upcoming = next_occurrence(stored.definition.schedule, now)
+    last = runs.latest(name)
+    return stored.to_json() | {
+        "nextRun": upcoming.isoformat() if upcoming else None,
+        "lastRun": None if last is None else last.to_json() | {"link": f"/api/deployment-runs/{last.run_id}"},
+        "runs": f"/api/deployments/{name}/runs",
+    }
+
+
+def _stored_response(stored: StoredDeployment, settings: Settings, status: int = 200) -> func.HttpResponse:
     headers = {"ETag": stored.etag}
     if status == 201:
         headers["Location"] = f"/api/deployments/{stored.definition.name}"
-    return json_response(stored.to_json(), status, headers=headers)
+    return json_response(_view(stored, _runs(settings), datetime.now(UTC)), status, headers=headers)
 
 
 def _not_found(name: str) -> func.HttpResponse:
@@ -87,7 +108,7 @@ def create_deployment(req: func.HttpRequest) -> func.HttpResponse:
         stored = _store(settings).create(definition, members, datetime.now(UTC))
     except DeploymentExists as error:
         return error_response(409, "DeploymentExists", str(error), "name")
-    return _stored_response(stored, 201)
+    return _stored_response(stored, settings, 201)
 
 
 @bp.route(route="deployments", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -95,8 +116,11 @@ def list_deployments(req: func.HttpRequest) -> func.HttpResponse:
     allowed = require_role(req, Role.READER)
     if isinstance(allowed, func.HttpResponse):
         return allowed
-    deployments = _store(load_settings()).list()
-    return json_response({"count": len(deployments), "deployments": [d.to_json() for d in deployments]})
+    settings = load_settings()
+    deployments = _store(settings).list()
+    runs, now = _runs(settings), datetime.now(UTC)
+    views = [_view(d, runs, now) for d in deployments]
+    return json_response({"count": len(views), "deployments": views})
 
 
 @bp.route(route="deployments/{name}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -106,7 +130,8 @@ def read_deployment(req: func.HttpRequest) -> func.HttpResponse:
         return allowed
     name = req.route_params.get("name", "")
     try:
-        return _stored_response(_store(load_settings()).get(name))
+        settings = load_settings()
+        return _stored_response(_store(settings).get(name), settings)
     except DeploymentNotFound:
         return _not_found(name)
 
@@ -143,7 +168,7 @@ def edit_deployment(req: func.HttpRequest) -> func.HttpResponse:
         return _not_found(name)
     except EditConflict as error:
         return error_response(412, "EditConflict", f"{error}; read it again and reapply the edit")
-    return _stored_response(stored)
+    return _stored_response(stored, settings)
 
 
 @bp.route(route="deployments/{name}", methods=["DELETE"], auth_level=func.AuthLevel.ANONYMOUS)

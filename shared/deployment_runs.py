@@ -328,6 +328,11 @@ class RunStore:
         ordered = sorted(rows, key=lambda r: (r["Created"], r["RowKey"]), reverse=True)
         return [str(r["RowKey"]) for r in ordered]
 
+    def latest(self, deployment_name: str) -> RunRecord | None:
+        """The deployment's newest run (including a missed one), or None before its first."""
+        ids = self.run_ids(deployment_name)
+        return self.get_run(ids[0]) if ids else None
+
     def machines(self, run_id: str) -> list[dict[str, Any]]:
         rows = self._runs.query_entities(
             "PartitionKey eq @p and RowKey gt @lo and RowKey lt @hi",

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from azure.data.tables import TableServiceClient
 from azure.monitor.ingestion import LogsIngestionClient
 
 import function_app
@@ -19,8 +20,11 @@ from local.functions_host import FunctionsHost
 from local.loganalytics import LogAnalyticsStandIn
 from local.tls import ensure_local_tls
 from shared.credentials import EmulatorCredential
+from shared.deployment_definition import validate_definition
+from shared.deployment_runs import RunState, RunStore
 from shared.logschema import HEARTBEAT
 from shared.principal import Role, encode_principal
+from shared.settings import load_settings
 from tests.unit.test_deployment_definition import BAD_ID, linux, vm, windows
 
 # The ten kinds the issue names (plus the ones it implies): (body change, field named in the 400).
@@ -239,3 +243,28 @@ def test_filter_membership_is_frozen_at_creation_and_kept_by_an_edit(operator, a
                               body={**definition, "maintenanceWindowMinutes": 45})
     assert edited.status_code == 200
     assert body_of(edited)["frozenGroupMembers"] == body_of(created)["frozenGroupMembers"]
+
+
+def test_a_deployment_shows_its_next_run_and_its_last_run(operator, app_settings):
+    definition = unique(windows()) | {
+        "schedule": {"startTime": "2026-01-13T02:00:00", "timeZone": "UTC",
+                     "recurrence": {"frequency": "Day", "interval": 1}},
+    }  # fmt: skip
+    created = body_of(operator.request("POST", "/api/deployments", body=definition))
+    now = datetime.now(UTC)
+    today = now.replace(hour=2, minute=0, second=0, microsecond=0)
+    expected = today if now < today else today + timedelta(days=1)
+    assert datetime.fromisoformat(created["nextRun"]) == expected
+    assert created["lastRun"] is None and created["runs"] == f"/api/deployments/{definition['name']}/runs"
+
+    runs = RunStore(TableServiceClient.from_connection_string(load_settings().storage_connection_string))
+    runs.ensure()
+    stored = validate_definition(definition)
+    runs.create_run(f"deploy-{definition['name']}-20260114T0200Z", stored, "schedule", now,
+                    occurrence=datetime(2026, 1, 14, 2, 0, tzinfo=UTC), state=RunState.MISSED,
+                    reason="timer down")
+    read = body_of(operator.request("GET", f"/api/deployments/{definition['name']}"))
+    assert read["lastRun"]["state"] == "missed" and read["lastRun"]["stopReason"] == "timer down"
+    assert read["lastRun"]["link"] == f"/api/deployment-runs/deploy-{definition['name']}-20260114T0200Z"
+    listed = {d["name"]: d for d in body_of(operator.request("GET", "/api/deployments"))["deployments"]}
+    assert listed[definition["name"]]["lastRun"]["state"] == "missed"
