@@ -432,8 +432,10 @@ def read_deployment_batch(request: dict[str, Any]) -> list[str]:
 def claim_deployment_machines(request: dict[str, Any]) -> dict[str, Any]:
     parsed = ClaimInput.model_validate(request)
     keys = {rid: machine_key(rid) for rid in parsed.resource_ids}
-    claim = work.run_store(load_settings()).claim(parsed.run_id, parsed.resource_ids, keys, parsed.at,
-                                                  batch=parsed.batch)
+    settings = load_settings()
+    claim = work.run_store(settings).claim(parsed.run_id, parsed.resource_ids, keys, parsed.at,
+                                           batch=parsed.batch)
+    work.record_not_started(settings, parsed.run_id, claim.not_started, parsed.at)
     return ClaimResult(start=claim.start, stop_reason=claim.stop_reason,
                        not_started=claim.not_started).model_dump(mode="json")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from azure.core.credentials import TokenCredential
@@ -50,18 +50,24 @@ from shared.deployment_store import (
     evaluate_groups,
     saved_search_runner,
 )
-from shared.logschema import UPDATE_RUN_PROGRESS
+from shared.install_types import InstallOutcome
+from shared.logschema import UPDATE_RUN_MACHINE, UPDATE_RUN_PROGRESS
 from shared.logsink import LogSink
 from shared.machines import Machine, MachineKind, PowerState, Support, machine_key, parse_resource_id
 from shared.patch_install import install_request
-from shared.patch_operations import PatchOperations, PermanentArmError
+from shared.patch_operations import PatchOperations, PermanentArmError, failure_for
 from shared.rollout import may_reboot
 from shared.run_logs import run_log_store
-from shared.run_results import MachineResultStatus, machine_result_status, run_progress_rows
+from shared.run_results import MachineResultStatus, machine_result_status, run_machine_row, run_progress_rows
 from shared.settings import Settings
 from shared.storage import table_service
 from shared.update_selection import optional_kbs, pending_estimate
 
+# An install followed through the VM's instance view after its continuation token was lost.
+FOLLOWED_TOKEN_PREFIX = "instanceview:"
+# ARM's clock and the orchestration's may differ a little; an installation that started this much
+# before the intent was kept is still taken as the one the lost attempt started.
+INTENT_CLOCK_SKEW = timedelta(minutes=2)
 # The reboot setting that restarts machines without installing (legacy "Reboot only").
 RESTART_ONLY = "RebootOnly"
 # Errors that mean the machine could not be reached, as opposed to an update or a request failing.
@@ -110,6 +116,7 @@ def resolve(settings: Settings, run_id: str, at: datetime, batch_size: int) -> R
         return RunPlan(error=str(error))
     queued: list[Machine] = []
     settled: list[tuple[MachineTarget, MachineOutcomeRecord]] = []
+    settled_rows: list[dict[str, Any]] = []
     for resource_id in wanted:
         machine = by_id.get(resource_id.lower())
         verdict = _cannot_run(definition, machine, resource_id, failed)
@@ -119,11 +126,16 @@ def resolve(settings: Settings, run_id: str, at: datetime, batch_size: int) -> R
             assert verdict is not None
             name = machine.computer_name if machine else parse_resource_id(resource_id).name
             settled.append((MachineTarget(machine_key(resource_id), resource_id, name, -1), verdict))
+            settled_rows.append(run_machine_row(run_id, run.deployment_name, resource_id, name,
+                                                machine.os_type if machine else None, verdict, None, at))
     queued.sort(key=lambda m: m.resource_id.lower())
     targets = [
         MachineTarget(m.key, m.resource_id, m.computer_name, index // batch_size, machine_to_json(m))
         for index, m in enumerate(queued)
     ]
+    # Sent before the run leaves "queued": a retry after a failed upload comes back here and sends
+    # the same rows (same RecordIds) again, where after it the retry would return above.
+    _send_machine_rows(settings, credential, settled_rows)
     resolved = store.resolve(run_id, at, targets, settled)
     return _plan(resolved, batch_size)
 
@@ -216,6 +228,10 @@ def start_step(settings: Settings, request: StepInput) -> StepAnswer:
             elif request.step == RESTART:
                 token = operations.start_restart(request.resource_id)
             else:
+                followed = _install_started_before(store, operations, request, row)
+                if followed is not None:
+                    store.update_machine(request.run_id, key, {step_column(request.step): followed})
+                    return StepAnswer(token=followed)
                 run = store.get_run(request.run_id)
                 machine = machine_from_json(str(row["Machine"]))
                 install = install_request(
@@ -227,6 +243,45 @@ def start_step(settings: Settings, request: StepInput) -> StepAnswer:
         return StepAnswer(failure=_failure(error, request.step))
     store.update_machine(request.run_id, key, {step_column(request.step): token})
     return StepAnswer(token=token)
+
+
+def intent_column(step: str) -> str:
+    return f"Intent_{step}"
+
+
+def _install_started_before(store: RunStore, operations: PatchOperations, request: StepInput,
+                            row: Mapping[str, Any]) -> str | None:
+    """Guard against a second install after a lost token.
+
+    Before the install POST, the time is kept in the machine's row (the intent). An activity that
+    finds an intent but no token is a delivery after a host died between the POST and keeping
+    the token. If the VM reports an installation started since the intent, that one is followed
+    through the instance view (its token is ``instanceview:<activity id>``) instead of posting
+    again. Otherwise, or for an Arc server (no patch status on its resource), the POST is sent:
+    an install still running answers 409 Conflict, which is retried later.
+    """
+    assert request.at is not None
+    intent = row.get(intent_column(request.step))
+    if not isinstance(intent, datetime):
+        store.update_machine(request.run_id, machine_key(request.resource_id),
+                             {intent_column(request.step): request.at})
+        return None
+    seen = operations.last_installation(request.resource_id)
+    if seen is None or seen.started_at is None or seen.started_at < intent - INTENT_CLOCK_SKEW:
+        return None
+    return FOLLOWED_TOKEN_PREFIX + seen.activity_id
+
+
+def _followed_install(operations: PatchOperations, request: StepInput) -> InstallOutcome | None:
+    """An install followed through the VM's instance view: None while it runs; counts once done."""
+    assert request.token is not None
+    activity = request.token.removeprefix(FOLLOWED_TOKEN_PREFIX)
+    seen = operations.last_installation(request.resource_id)
+    if seen is None or seen.activity_id != activity:
+        raise PermanentArmError(failure_for(
+            "InstallNotFollowed", f"the VM no longer reports installation {activity} as its last one",
+        ))  # fmt: skip
+    return seen.outcome if seen.finished else None
 
 
 def check_step(settings: Settings, request: StepInput) -> StepAnswer:
@@ -244,7 +299,10 @@ def check_step(settings: Settings, request: StepInput) -> StepAnswer:
                 if not operations.check_restart(request.resource_id, request.token):
                     return StepAnswer(in_progress=True)
                 return StepAnswer(outcome=_restarted(settings, credential, request))
-            install = operations.check_install(request.resource_id, request.token)
+            if request.token.startswith(FOLLOWED_TOKEN_PREFIX):
+                install = _followed_install(operations, request)
+            else:
+                install = operations.check_install(request.resource_id, request.token)
             if install is None:
                 return StepAnswer(in_progress=True)
             return StepAnswer(outcome=_installed(settings, credential, request, install))
@@ -289,7 +347,10 @@ def _installed(settings: Settings, credential: TokenCredential, request: StepInp
         sink.send(UPDATE_RUN_PROGRESS, rows)
     finally:
         sink.close()
-    _keep_output(settings, credential, store, request, row, asdict(outcome))
+    # Where the result came from: the install operation, or (token lost) the VM's patch status.
+    followed = bool(request.token and request.token.startswith(FOLLOWED_TOKEN_PREFIX))
+    source = {"source": "instanceView" if followed else "installPatches"}
+    _keep_output(settings, credential, store, request, row, asdict(outcome) | source)
     status = machine_result_status(outcome)
     installed_before = int(row.get("Installed", 0)) if request.step != "install1" else 0
     store.update_machine(request.run_id, key, {
@@ -335,7 +396,8 @@ def _keep_output(settings: Settings, credential: TokenCredential, store: RunStor
 def finish(settings: Settings, run_id: str, resource_id: str, status: MachineResultStatus, reason: str,
            at: datetime, failure: StepFailure | None) -> MachineOutcomeRecord:
     """Record the machine's result with the counts its install stored, and free its slot."""
-    store = run_store(settings)
+    credential = credential_for(settings)
+    store = run_store(settings, credential)
     key = machine_key(resource_id)
     row = store.machine(run_id, key)
     outcome = MachineOutcomeRecord(
@@ -347,7 +409,15 @@ def finish(settings: Settings, run_id: str, resource_id: str, status: MachineRes
         error_message=failure.message if failure else str(row.get("ErrorMessage", "")),
         hint=failure.hint if failure else "",
     )  # fmt: skip
-    store.finish_machine(run_id, key, outcome, at)
+    run = store.get_run(run_id)
+    if store.finish_machine(run_id, key, outcome, at):
+        log_row = _machine_log_row(run, row, outcome, at)
+    else:
+        # Finished before: a retried call whose upload may have failed; send what the store holds
+        # again (same RecordId, so a second copy is recognisable).
+        stored = store.machine(run_id, key)
+        log_row = _machine_log_row(run, stored, _stored_outcome(stored), stored.get("FinishedAt") or at)
+    _send_machine_rows(settings, credential, [log_row])
     return outcome
 
 
@@ -355,3 +425,56 @@ def deployment_store(settings: Settings) -> DeploymentStore:
     store = DeploymentStore(table_service(settings, credential_for(settings)))
     store.ensure()
     return store
+
+
+# --- the machines' results in Log Analytics -------------------------------------------------------
+
+
+def record_not_started(settings: Settings, run_id: str, resource_ids: Sequence[str], at: datetime) -> int:
+    """Send the ``UpdateRunMachine_CL`` rows of machines the gate recorded as not started (error
+    budget, window closing, cancelled); :meth:`RunStore.claim` wrote them and has no Log Analytics
+    access. Returns the number of rows sent."""
+    if not resource_ids:
+        return 0
+    credential = credential_for(settings)
+    store = run_store(settings, credential)
+    run = store.get_run(run_id)
+    rows = [store.machine(run_id, machine_key(resource_id)) for resource_id in resource_ids]
+    return _send_machine_rows(settings, credential, [
+        _machine_log_row(run, row, _stored_outcome(row), row.get("FinishedAt") or at) for row in rows
+    ])  # fmt: skip
+
+
+def _send_machine_rows(settings: Settings, credential: TokenCredential,
+                       rows: Sequence[dict[str, Any]]) -> int:
+    sink = LogSink(credential, settings.logs_ingestion_endpoint, settings.logs_dcr_immutable_id)
+    try:
+        return sink.send(UPDATE_RUN_MACHINE, rows)
+    finally:
+        sink.close()
+
+
+def _machine_log_row(run: RunRecord, row: Mapping[str, Any], outcome: MachineOutcomeRecord,
+                     finished_at: datetime) -> dict[str, Any]:
+    """A machine's ``UpdateRunMachine_CL`` row from its row in the run; the machine as discovery saw
+    it when the row keeps it (queued machines), else its name and resource id only."""
+    resource_id = str(row["ResourceId"])
+    machine = machine_from_json(str(row["Machine"])) if row.get("Machine") else None
+    computer = machine.computer_name if machine else str(row.get("Computer") or "")
+    started_at = row.get("StartedAt")
+    return run_machine_row(
+        run.run_id, run.deployment_name, resource_id, computer, machine.os_type if machine else None, outcome,
+        started_at if isinstance(started_at, datetime) else None, finished_at,
+    )  # fmt: skip
+
+
+def _stored_outcome(row: Mapping[str, Any]) -> MachineOutcomeRecord:
+    """The result a finished machine's row holds (the columns RunStore writes for an outcome)."""
+    return MachineOutcomeRecord(
+        status=MachineResultStatus(row["State"]), reason=str(row.get("Reason") or ""),
+        installed=int(row.get("Installed", 0)), failed=int(row.get("FailedUpdates", 0)),
+        pending=int(row.get("Pending", 0)), excluded=int(row.get("Excluded", 0)),
+        not_selected=int(row.get("NotSelected", 0)), reboot_status=str(row.get("RebootStatus") or ""),
+        error_code=str(row.get("ErrorCode") or ""), error_message=str(row.get("ErrorMessage") or ""),
+        hint=str(row.get("Hint") or ""),
+    )  # fmt: skip

@@ -167,7 +167,39 @@ UPDATE_RUN_PROGRESS = LogTable(
     ),
 )
 
-TABLES: tuple[LogTable, ...] = (HEARTBEAT, UPDATE, UPDATE_SUMMARY, UPDATE_RUN_PROGRESS)
+# One row per machine per update run, with the machine's result: also for machines that never started
+# (skipped by the error budget or the window cut-off, cancelled), were not reachable, had nothing to
+# install, and for Arc servers (which report counts only, so have no UpdateRunProgress_CL rows).
+# Status is the MachineResultStatus value (shared/run_results.py); the counts are the machine's last
+# install call's, zero for a machine that never installed.
+UPDATE_RUN_MACHINE = LogTable(
+    "UpdateRunMachine_CL",
+    _cols(
+        ("TimeGenerated", D),
+        ("RecordId", S),  # deterministic from the run and the machine
+        ("Computer", S),
+        ("ComputerEnvironment", S),
+        ("OSType", S),  # empty for a target the discovery did not find
+        ("ResourceId", S),
+        ("SubscriptionId", S),
+        ("SourceComputerId", S),
+        ("UpdateRunName", S),  # the deployment's name
+        ("UpdateRunId", S),
+        ("Status", S),  # succeeded | failed | partially succeeded | window exceeded | not needed | ...
+        ("Reason", S),
+        ("StartTime", D),  # empty for a machine that never started
+        ("EndTime", D),
+        ("Installed", L),
+        ("FailedUpdates", L),
+        ("Pending", L),
+        ("Excluded", L),
+        ("RebootStatus", S),
+        ("ErrorCode", S),
+        ("ErrorMessage", S),
+    ),
+)
+
+TABLES: tuple[LogTable, ...] = (HEARTBEAT, UPDATE, UPDATE_SUMMARY, UPDATE_RUN_PROGRESS, UPDATE_RUN_MACHINE)
 TABLES_BY_STREAM: dict[str, LogTable] = {t.stream: t for t in TABLES}
 
 # The data collection rule's name for its one Log Analytics destination; every data flow sends there.

@@ -15,6 +15,7 @@ carries the :class:`AssessmentFailure` to record, with a hint an administrator c
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -66,6 +67,20 @@ _HINTS: dict[str, str] = {
 _GENERIC_HINT = "See the error message; the next scheduled assessment tries again."
 # 409 codes that mean "not now", not "never": another patch operation is running on the machine.
 _RETRYABLE_CONFLICTS = frozenset({"Conflict", "OperationPreempted"})
+
+
+# patchStatus summary states of an installation that has not ended (Azure VM PatchOperationStatus).
+_RUNNING_STATUSES = frozenset({"InProgress", "Unknown", ""})
+
+
+@dataclass(frozen=True)
+class InstallationSeen:
+    """The last installation a VM reports in its instance view; ``outcome`` counts only (no patch list)."""
+
+    activity_id: str
+    started_at: datetime | None
+    finished: bool
+    outcome: InstallOutcome
 
 
 class TransientArmError(Exception):
@@ -214,6 +229,38 @@ class PatchOperations:
         """One status GET (plus the final GET once done); True once the VM has restarted."""
         _restartable(resource_id)
         return self.check(resource_id, token, OperationFinished) is not None
+
+    def last_installation(self, resource_id: str) -> InstallationSeen | None:
+        """The VM's ``patchStatus.lastPatchInstallationSummary`` (one instance-view GET); None for Arc
+        servers (their resource carries no patch status) and for a VM that never installed.
+
+        This is how an install whose continuation token was lost (the host died between the POST and
+        storing the token) is still followed to its end instead of being started a second time."""
+        ref = parse_resource_id(resource_id)
+        if ref.kind is not MachineKind.AZURE_VM:
+            return None
+        try:
+            view = self._compute.virtual_machines.instance_view(
+                ref.resource_group, ref.name, api_version=COMPUTE_API_VERSION
+            )
+        except Exception as error:
+            raise classify(error) from error
+        summary = getattr(view.patch_status, "last_patch_installation_summary", None)
+        if summary is None or not summary.installation_activity_id:
+            return None
+        status = _text(summary.status)
+        finished = status not in _RUNNING_STATUSES
+        reported = summary.error
+        outcome = InstallOutcome(
+            status=status, activity_id=summary.installation_activity_id, reboot_status="Unknown",
+            maintenance_window_exceeded=bool(summary.maintenance_window_exceeded),
+            installed=summary.installed_patch_count or 0, failed=summary.failed_patch_count or 0,
+            pending=summary.pending_patch_count or 0, excluded=summary.excluded_patch_count or 0,
+            not_selected=summary.not_selected_patch_count or 0, started_at=summary.start_time, patches=None,
+            error_code=reported.code if reported else None,
+            error_message=reported.message if reported else None,
+        )  # fmt: skip
+        return InstallationSeen(summary.installation_activity_id, summary.start_time, finished, outcome)
 
     def start(self, begin: Callable[[], Any]) -> str:
         """Send one long-running POST (``begin`` passes ``polling=_StartOnly()``); its continuation token.

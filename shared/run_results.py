@@ -21,19 +21,22 @@ window ran out before its turn), Unknown -> ``unknown``. Only updates the run se
 Excluded and NotSelected updates were never part of the run, and a row for them would make the
 seed's "machines updated in this run" search count machines the run did not touch. Arc servers
 report counts only, so they get no per-update rows (their counts are in the machine result).
+
+``UpdateRunMachine_CL`` (:func:`run_machine_row`) has one row per machine of a run with its result
+status, whatever it was: the machines that never started or had nothing to install are there too.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from shared.classification import to_display
 from shared.install_types import InstallationState, InstallOutcome, PatchInstallResult
-from shared.logschema import UPDATE_RUN_PROGRESS
+from shared.logschema import UPDATE_RUN_MACHINE, UPDATE_RUN_PROGRESS
 from shared.logsink import record_id
-from shared.machines import Machine, OsType
+from shared.machines import Environment, Machine, MachineKind, OsType, machine_key, parse_resource_id
 
 
 class MachineResultStatus(StrEnum):
@@ -114,4 +117,67 @@ def _patch_columns(os_type: OsType, patch: PatchInstallResult) -> dict[str, Any]
         "PackageName": patch.name if linux else None,
         "PackageVersion": patch.version if linux else None,
         "Classification": to_display(os_type, patch.classifications).value,
+    }
+
+
+class MachineRunOutcome(Protocol):
+    """What a run recorded for a machine (``shared.deployment_runs.MachineOutcomeRecord`` has this shape)."""
+
+    @property
+    def status(self) -> MachineResultStatus: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def installed(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def excluded(self) -> int: ...
+    @property
+    def reboot_status(self) -> str: ...
+    @property
+    def error_code(self) -> str: ...
+    @property
+    def error_message(self) -> str: ...
+
+
+# ErrorMessage is kept as the run's machine row keeps it (shared.deployment_runs cuts it at 4,000).
+_MAX_ERROR_MESSAGE = 4000
+
+
+def run_machine_row(run_id: str, deployment_name: str, resource_id: str, computer: str,
+                    os_type: OsType | None, outcome: MachineRunOutcome, started_at: datetime | None,
+                    finished_at: datetime) -> dict[str, Any]:
+    """The ``UpdateRunMachine_CL`` row of one machine of a run.
+
+    ``os_type`` is None for a target the discovery did not find; ``started_at`` is None for a machine
+    that never started. RecordId depends on the run and the machine only, so the row of a retried
+    activity has the same id.
+    """
+    ref = parse_resource_id(resource_id)
+    environment = Environment.AZURE if ref.kind is MachineKind.AZURE_VM else Environment.NON_AZURE
+    return {
+        "TimeGenerated": finished_at,
+        "RecordId": record_id(UPDATE_RUN_MACHINE.name, run_id, resource_id),
+        "Computer": computer,
+        "ComputerEnvironment": environment.value,
+        "OSType": os_type.value if os_type else None,
+        "ResourceId": resource_id,
+        "SubscriptionId": ref.subscription_id,
+        "SourceComputerId": machine_key(resource_id),
+        "UpdateRunName": deployment_name,
+        "UpdateRunId": run_id,
+        "Status": outcome.status.value,
+        "Reason": outcome.reason,
+        "StartTime": started_at,
+        "EndTime": finished_at,
+        "Installed": outcome.installed,
+        "FailedUpdates": outcome.failed,
+        "Pending": outcome.pending,
+        "Excluded": outcome.excluded,
+        "RebootStatus": outcome.reboot_status,
+        "ErrorCode": outcome.error_code,
+        "ErrorMessage": outcome.error_message[:_MAX_ERROR_MESSAGE],
     }

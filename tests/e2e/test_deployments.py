@@ -22,6 +22,7 @@ from local.clock import VirtualClock
 from local.stack import LocalStack
 from shared.credentials import EmulatorCredential
 from shared.deployment_run import run_store
+from shared.deployment_runs import RunStore
 from shared.machines import machine_key
 from shared.rollout import (
     MINUTES_FOR_REBOOT,
@@ -59,6 +60,7 @@ FLEET = parse_fleet({"subscriptions": [{"id": SUB}], "machines": [
     *[_vm("rg-budget", f"b-good-{n:02d}", "ubuntu", "22.04", UBUNTU_UPDATES) for n in range(1, 3)],
     *[_vm("rg-replay", f"replay-{n:02d}", "ubuntu", "22.04", UBUNTU_UPDATES) for n in range(1, 7)],
     _vm("rg-sched", "sched-01", "ubuntu", "22.04", UBUNTU_UPDATES),
+    _vm("rg-lost", "lost-token-01", "ubuntu", "22.04", UBUNTU_UPDATES),
     _vm("rg-restart", "restart-01", "ubuntu", "22.04", UBUNTU_UPDATES, rebootPending=True),
     _vm("rg-restart", "restart-02", "ubuntu", "22.04", UBUNTU_UPDATES) | {"kind": "arc-server"},
 ]})  # fmt: skip
@@ -175,6 +177,16 @@ def test_an_error_budget_of_two_stops_the_rollout_after_the_second_failed_machin
         assert rows[name]["State"] == "skipped" and rows[name]["Reason"] == REASON_ERROR_BUDGET, rows[name]
     assert final["output"]["stopReason"] == REASON_ERROR_BUDGET
     assert final["output"]["results"]["skipped"] == len(not_started)
+    # UpdateRunMachine_CL: one row per machine with the result the run recorded, including the
+    # machines the gate never started (sent by the claim activity).
+    logged = stack.logs.query(
+        f'UpdateRunMachine_CL | where UpdateRunId == "{run_id}" | project Computer, Status, FailedUpdates'
+    )
+    assert len(logged) == len({r["Computer"] for r in logged}), "a machine has two rows"
+    recorded = {name: row["State"] for name, row in rows.items()}
+    shown = {r["Computer"]: r["Status"] for r in logged}
+    assert shown == recorded
+    assert all(r["FailedUpdates"] == 1 for r in logged if r["Computer"] in ("a-fail-01", "a-fail-02"))
     # The seed's two run searches, through the real LogsQueryClient against the Log Analytics stand-in.
     with LogsQueryClient(EmulatorCredential(), endpoint=stack.logs.base_url + "/v1") as client:
         failed = client.query_workspace(
@@ -309,3 +321,28 @@ def test_reboot_only_restarts_azure_vms_without_installing_and_skips_arc_servers
     key = machine_key(rid("rg-restart", "restart-01"))
     detail = body(stack.functions.request("GET", f"/api/machines/{key}"))
     assert detail["rebootPending"] is False  # the post-scan saw the restart
+
+
+def test_an_install_whose_token_was_lost_is_followed_not_sent_again(stack, monkeypatch):
+    """The host dies between the install POST and keeping its token: the activity's next delivery
+    finds the intent, sees the VM's installation in its instance view and follows that one."""
+    original = RunStore.update_machine
+    lost = []
+
+    def dies_after_the_post(self, run_id, machine_key_, values):
+        if "Token_install1" in values and not lost:
+            lost.append(values["Token_install1"])
+            raise ConnectionError("host died before the token was kept")
+        return original(self, run_id, machine_key_, values)
+
+    monkeypatch.setattr(RunStore, "update_machine", dies_after_the_post)
+    run_id, final = create_and_run(stack, definition("lost-token", "rg-lost"))
+    assert final["runtimeStatus"] == "Completed", final
+    assert lost, "the install POST never happened"
+    row = machines_of(run_id)["lost-token-01"]
+    assert row["State"] == "succeeded" and row["Installed"] > 0, row
+    assert row["Token_install1"].startswith("instanceview:")
+    posts = stack.arm.count(method="POST", path_contains="lost-token-01/installPatches", status=202)
+    assert posts == 1
+    output = stack_output(stack, run_id, "rg-lost", "lost-token-01", "install1")
+    assert output["source"] == "instanceView" and output["patches"] is None

@@ -29,9 +29,11 @@ from local.workbook import load_workbook, logs_runner_for, run_query_item, workb
 from local.workbook.evaluate import ResultTable, resolve_parameters
 from local.workbook.model import QueryItem
 from local.workbook.parameters import substitute
+from shared.deployment_runs import STATUS_COLUMNS
 from shared.install_types import InstallationState, InstallOutcome, PatchInstallResult
 from shared.logschema import TABLES, LogTable
-from shared.run_results import machine_result_status
+from shared.rollout import REASON_CANCELLED, REASON_ERROR_BUDGET, REASON_WINDOW_CLOSING
+from shared.run_results import MachineResultStatus
 
 pytestmark = pytest.mark.e2e
 
@@ -48,6 +50,10 @@ REQUIRED_CLASSIFICATIONS = {"Critical Updates", "Security Updates"}
 # Seconds each Chromium run may take (a cold start here takes about 5 s).
 CHROMIUM_SECONDS = 90
 RUN_TIMEOUT = 240
+# Machine results the failed-machines alert reports.
+FAILED_RESULTS = {MachineResultStatus.FAILED.value, MachineResultStatus.PARTIALLY_SUCCEEDED.value}
+# Why the rollout gate records a waiting machine as never started.
+GATE_STOP_REASONS = {REASON_ERROR_BUDGET, REASON_WINDOW_CLOSING, REASON_CANCELLED}
 
 
 # --- the data: discovery, both assessments, one update run ----------------------------------------
@@ -75,6 +81,17 @@ class UpdateRun:
     name: str
     run_id: str
     outcomes: dict[str, InstallOutcome]  # by computer name
+    machines: dict[str, dict[str, Any]]  # every machine of the run as the API shows it, by computer name
+
+    def statuses(self) -> dict[str, str]:
+        return {c: m["status"] for c, m in self.machines.items()}
+
+    def gate_stopped(self) -> set[str]:
+        """Machines the rollout gate recorded as never started (their Log Analytics rows are sent by
+        the claim activity; see test_deployment_views_show_every_machine_of_the_run_with_its_result)."""
+        return {
+            c for c, m in self.machines.items() if m["startedAt"] is None and m["reason"] in GATE_STOP_REASONS
+        }
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +115,8 @@ def update_run(stack) -> UpdateRun:
     final = stack.durable.wait_for_completion(run_id, timeout=RUN_TIMEOUT)
     assert final["runtimeStatus"] == "Completed", final
     outcomes = {}
-    for machine in _api(stack, f"/api/deployment-runs/{run_id}")["machines"]:
+    machines = _api(stack, f"/api/deployment-runs/{run_id}")["machines"]
+    for machine in machines:
         if "install1" in machine["outputs"]:
             link = f"/api/deployment-runs/{run_id}/machines/{machine['machine']}/outputs/install1"
             stored = _api(stack, link)
@@ -106,7 +124,7 @@ def update_run(stack) -> UpdateRun:
     assert outcomes, "the run installed nothing"
     # Someone looks a minute later (a query timespan ends just before "now").
     stack.clock.advance(timedelta(minutes=1))
-    return UpdateRun(name, run_id, outcomes)
+    return UpdateRun(name, run_id, outcomes, {m["computer"]: m for m in machines})
 
 
 def _outcome(stored: dict[str, Any]) -> InstallOutcome:
@@ -117,6 +135,7 @@ def _outcome(stored: dict[str, Any]) -> InstallOutcome:
         for p in stored["patches"] or ()
     )  # fmt: skip
     started = stored["started_at"]
+    stored = {k: v for k, v in stored.items() if k != "source"}  # where the result came from
     return InstallOutcome(**(stored | {"patches": patches if stored["patches"] is not None else None,
                                        "started_at": datetime.fromisoformat(started) if started else None}))
 
@@ -161,13 +180,13 @@ def fired(stack, update_run, alert_rules, runner) -> dict[str, ResultTable]:
     """Each alert query over its window, as the alert service runs it: now, or, for the run-failure
     rule (a one-hour window), at its first evaluation after the run's failed updates were written."""
     failed_at = max(r["TimeGenerated"] for r in stack.logs.query(
-        'UpdateRunProgress_CL | where InstallationStatus == "failed"'
+        'UpdateRunMachine_CL | where Status in ("failed", "partially succeeded")'
     ))  # fmt: skip
     results = {}
     for rule in alert_rules:
         window = _iso_duration(rule["windowSize"])
         timespan: Any = window
-        if "UpdateRunProgress_CL" in rule["query"]:
+        if "UpdateRunMachine_CL" in rule["query"]:
             end = failed_at + _iso_duration(rule["evaluationFrequency"])
             timespan = (end - window, end)
         results[rule["name"]] = runner.run(rule["query"], timespan)
@@ -247,10 +266,9 @@ EXPECTED_COLUMNS = {
         "UpdateRunName",
         "UpdateRunId",
         "Machines",
-        "MachinesWithFailures",
-        "Succeeded",
-        "Failed",
-        "NotStarted",
+        *STATUS_COLUMNS.values(),
+        "UpdatesInstalled",
+        "UpdatesFailed",
         "StartTime",
         "EndTime",
     ],
@@ -258,15 +276,19 @@ EXPECTED_COLUMNS = {
         "UpdateRunName",
         "Computer",
         "OSType",
-        "Result",
+        "Status",
+        "Reason",
         "Installed",
-        "Failed",
-        "NotStarted",
+        "FailedUpdates",
+        "Pending",
+        "Excluded",
+        "RebootStatus",
+        "ErrorCode",
         "StartTime",
         "EndTime",
         "UpdateRunId",
     ],
-    "run-results-chart": ["Result", "Machines"],
+    "run-results-chart": ["Status", "Machines"],
     "failed-updates": [
         "UpdateRunName",
         "Computer",
@@ -331,28 +353,52 @@ def test_missing_updates_list_the_machines_that_need_each(results, missing):
     assert len(results["missing-by-machine"].rows) == sum(u["machinesNeeding"] for u in missing)
 
 
-def test_deployment_views_show_the_run_per_machine_and_its_failed_updates(results, update_run):
-    outcomes = update_run.outcomes
-    patches = {
-        c: [p for p in o.patches or () if p.state.value in ("Installed", "Failed", "Pending")]
-        for c, o in outcomes.items()
+def test_deployment_views_show_every_machine_of_the_run_with_its_result(results, update_run):
+    """One row per machine of the run with the result the run recorded, including machines that have
+    no update rows (nothing to install, skipped, not reachable, Arc servers). Machines the gate never
+    started are shown once the claim activity sends their rows, so they are compared only if present."""
+    statuses = update_run.statuses()
+    stopped = update_run.gate_stopped()
+    per_machine = results["run-machine-results"].as_dicts()
+    runs = {(r["UpdateRunName"], r["UpdateRunId"]) for r in per_machine}
+    assert runs == {(update_run.name, update_run.run_id)}
+    shown = {r["Computer"]: r["Status"] for r in per_machine}
+    assert len(shown) == len(per_machine), "a machine has two rows"
+    assert shown.items() <= statuses.items()
+    assert {c: s for c, s in shown.items() if c not in stopped} == {
+        c: s for c, s in statuses.items() if c not in stopped
     }
+    with_update_rows = {c for c, o in update_run.outcomes.items() if any(
+        p.state.value in ("Installed", "Failed", "Pending") for p in o.patches or ()
+    )}  # fmt: skip
+    assert set(shown) - with_update_rows, "every machine shown has update rows: the view shows nothing new"
+    for row in per_machine:
+        machine = update_run.machines[row["Computer"]]
+        assert (row["Installed"], row["FailedUpdates"], row["Pending"]) == (
+            machine["installed"], machine["failed"], machine["pending"]
+        ), row["Computer"]
+        assert (row["Reason"] or None) == machine["reason"] and (row["StartTime"] is None) == (
+            machine["startedAt"] is None
+        ), row["Computer"]
+
     [run] = results["update-runs"].as_dicts()
     assert (run["UpdateRunName"], run["UpdateRunId"]) == (update_run.name, update_run.run_id)
-    assert run["Machines"] == sum(1 for p in patches.values() if p)
-    assert run["Failed"] == sum(o.failed for o in outcomes.values()) > 0
-    assert run["Succeeded"] == sum(o.installed for o in outcomes.values())
-    # The workbook's derived result agrees with the code's own rules for each machine.
-    results_by_machine = {r["Computer"]: r["Result"] for r in results["run-machine-results"].as_dicts()}
-    assert results_by_machine == {
-        c: machine_result_status(o).value.capitalize() for c, o in outcomes.items() if patches[c]
+    assert run["Machines"] == len(shown)
+    by_status = Counter(shown.values())
+    assert {column: run[column] for column in STATUS_COLUMNS.values()} == {
+        column: by_status.get(status.value, 0) for status, column in STATUS_COLUMNS.items()
     }
-    chart = {r["Result"]: r["Machines"] for r in results["run-results-chart"].as_dicts()}
-    assert chart == dict(Counter(results_by_machine.values()))
+    assert run["UpdatesInstalled"] == sum(update_run.machines[c]["installed"] for c in shown)
+    assert run["UpdatesFailed"] == sum(o.failed for o in update_run.outcomes.values()) > 0
+    chart = {r["Status"]: r["Machines"] for r in results["run-results-chart"].as_dicts()}
+    assert chart == dict(by_status)
+
+
+def test_failed_updates_view_lists_each_failed_update(results, update_run):
     failed = {(r["Computer"], r["Title"]) for r in results["failed-updates"].as_dicts()}
-    assert failed == {
-        (c, p.name) for c, o in outcomes.items() for p in o.patches or () if p.state.value == "Failed"
-    }
+    outcomes = update_run.outcomes
+    assert failed == {(c, p.name) for c, o in outcomes.items() for p in o.patches or ()
+                      if p.state.value == "Failed"}
 
 
 # --- alert rules -------------------------------------------------------------------------------------
@@ -430,9 +476,20 @@ def test_machines_not_assessed_alert(stack, alert_rules, fired, machines):
 
 def test_failed_run_alert(alert_rules, fired, update_run):
     rule = next(r for r in alert_rules if r["name"] == "update-run-failed-machines")
-    want = {(update_run.name, c) for c, o in update_run.outcomes.items() if o.failed}
-    got = {(r["UpdateRunName"], r["Computer"]) for r in fired[rule["name"]].as_dicts()}
+    want = {(update_run.name, c) for c, status in update_run.statuses().items() if status in FAILED_RESULTS}
+    rows = fired[rule["name"]].as_dicts()
+    got = {(r["UpdateRunName"], r["Computer"]) for r in rows}
     assert want and got == want and _fires(rule, fired[rule["name"]])
+    # Machines that report per update name the updates that failed.
+    named = {r["Computer"]: set(_dynamic(r["Updates"]) or ()) for r in rows}
+    failed_updates = {c: {p.name for p in o.patches or () if p.state.value == "Failed"}
+                      for c, o in update_run.outcomes.items() if o.failed and o.patches is not None}
+    assert failed_updates and {c: named[c] for c in failed_updates} == failed_updates
+
+
+def _dynamic(value: Any) -> Any:
+    """A dynamic column's value: the query API sends it as JSON text."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def test_automatic_updates_alert(stack, alert_rules, fired):
