@@ -27,6 +27,7 @@ def openapi(req: func.HttpRequest) -> func.HttpResponse:
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _DEFINITION = {"$ref": "#/components/schemas/DeploymentDefinition"}
+_DEPLOYMENT = {"$ref": "#/components/schemas/Deployment"}
 _RUN = {"$ref": "#/components/schemas/DeploymentRun"}
 _ACCEPTED = {"$ref": "#/components/schemas/RunAccepted"}
 _RUN_LIST = {"$ref": "#/components/schemas/DeploymentRunList"}
@@ -87,7 +88,7 @@ def _paths() -> dict[str, Any]:
             "get": _op("List update deployments", _READER, {"200": "deployments"}),
             "post": _op("Create an update deployment", _OPERATOR,
                         {"201": "created", "400": bad, "409": "name taken (ignoring case)",
-                         "502": "a group could not be evaluated"}, body=_DEFINITION, ok_schema=_DEFINITION),
+                         "502": "a group could not be evaluated"}, body=_DEFINITION, ok_schema=_DEPLOYMENT),
         },
         "/api/deployments/{name}/runs": {
             "get": _op("A deployment's runs, newest first (?top=); runs of a deleted deployment stay listed",
@@ -118,10 +119,10 @@ def _paths() -> dict[str, Any]:
             params=["runId", "machine", "step"])},
         "/api/deployments/{name}": {
             "get": _op("One update deployment", _READER, {"200": "deployment", "404": "unknown"},
-                       params=["name"], ok_schema=_DEFINITION),
+                       params=["name"], ok_schema=_DEPLOYMENT),
             "put": _op("Replace an update deployment (If-Match: ETag optional)", _OPERATOR,
                        {"200": "replaced", "400": bad, "404": "unknown", "412": "changed since the ETag"},
-                       body=_DEFINITION, params=["name"], ok_schema=_DEFINITION),
+                       body=_DEFINITION, params=["name"], ok_schema=_DEPLOYMENT),
             "delete": _op("Delete an update deployment", _OPERATOR, {"204": "deleted", "404": "unknown"},
                           params=["name"]),
         },
@@ -134,6 +135,15 @@ def openapi_document() -> dict[str, Any]:
     )
     schemas: dict[str, Any] = schema.pop("$defs", {})
     schemas["DeploymentDefinition"] = schema
+    moment = {"type": ["string", "null"], "format": "date-time"}
+    schemas["Deployment"] = {"allOf": [_DEFINITION, {"type": "object", "properties": {
+        "frozenGroupMembers": {"type": ["array", "null"], "items": {"type": "string"},
+                               "description": "members frozen at creation; null when evaluated per run"},
+        "created": moment, "modified": moment,
+        "nextRun": {**moment, "description": "the next occurrence of the schedule; null once it has ended"},
+        "lastRun": {"oneOf": [{"$ref": "#/components/schemas/DeploymentRun"}, {"type": "null"}]},
+        "runs": {"type": "string", "description": "GET this for the deployment's runs"},
+    }}]}  # fmt: skip
     schemas["Error"] = {
         "type": "object",
         "required": ["error"],
