@@ -224,13 +224,17 @@ def deployment_run(context: df.DurableOrchestrationContext) -> Any:
     ]  # fmt: skip
     progress = yield context.call_activity("read_deployment_progress", run.run_id)
     context.set_custom_status({"stage": "running", **progress})
+    # Refreshes come often at first, when most machines start and finish, then every few minutes:
+    # each adds a timer and an activity to the master's history (replayed on every wake-up).
+    refresh = float(run.tuning.progress_seconds)
     while pending:
-        refresh = timedelta(seconds=run.tuning.progress_seconds)
-        timer = context.create_timer(context.current_utc_datetime + refresh)
+        timer = context.create_timer(context.current_utc_datetime + timedelta(seconds=refresh))
         finished = yield context.task_any([*pending, timer])
         if finished is not timer:
             timer.cancel()
             pending.remove(finished)
+        else:
+            refresh = min(refresh * _POLL_GROWTH, run.tuning.max_progress_seconds)
         progress = yield context.call_activity("read_deployment_progress", run.run_id)
         context.set_custom_status({"stage": "running", **progress})
     summary = yield context.call_activity("complete_deployment_run", {

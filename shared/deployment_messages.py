@@ -36,8 +36,10 @@ class DeploymentTuning(Message):
     max_poll_seconds: int = Field(default=300, ge=1)
     # A batch with machines waiting but no free slot asks the gate again after this long.
     slot_poll_seconds: int = Field(default=60, ge=1)
-    # The master refreshes its custom status from the run's counters this often.
+    # The master refreshes its custom status from the run's counters after this long, then waits
+    # half as long again each time up to max_progress_seconds (and whenever a batch ends).
     progress_seconds: int = Field(default=60, ge=1)
+    max_progress_seconds: int = Field(default=300, ge=1)
     # A pre- or post-scan assessment that takes longer is given up (ASSESSMENT_DEADLINE_MINUTES).
     scan_deadline_minutes: int = Field(default=30, ge=1)
     # An install still running this long after the window's end is given up: the agent stops
