@@ -208,7 +208,7 @@ def cancel_deployment_run(req: func.HttpRequest) -> func.HttpResponse:
 def deployment_run(context: df.DurableOrchestrationContext) -> Any:
     run = DeploymentRunInput.model_validate(context.get_input())
     context.set_custom_status({"stage": "resolving"})
-    plan = RunPlan.model_validate((yield context.call_activity("resolve_deployment_run", ResolveInput(
+    plan = RunPlan.model_validate((yield _storage(context, "resolve_deployment_run", ResolveInput(
         run_id=run.run_id, at=context.current_utc_datetime, batch_size=run.tuning.batch_size,
     ).model_dump(mode="json"))))  # fmt: skip
     if plan.error is not None:
@@ -222,7 +222,7 @@ def deployment_run(context: df.DurableOrchestrationContext) -> Any:
         ).model_dump(mode="json"), f"{run.run_id}-b{n:05d}")
         for n in range(plan.batches)
     ]  # fmt: skip
-    progress = yield context.call_activity("read_deployment_progress", run.run_id)
+    progress = yield _storage(context, "read_deployment_progress", run.run_id)
     context.set_custom_status({"stage": "running", **progress})
     # Refreshes come often at first, when most machines start and finish, then every few minutes:
     # each adds a timer and an activity to the master's history (replayed on every wake-up).
@@ -235,9 +235,9 @@ def deployment_run(context: df.DurableOrchestrationContext) -> Any:
             pending.remove(finished)
         else:
             refresh = min(refresh * _POLL_GROWTH, run.tuning.max_progress_seconds)
-        progress = yield context.call_activity("read_deployment_progress", run.run_id)
+        progress = yield _storage(context, "read_deployment_progress", run.run_id)
         context.set_custom_status({"stage": "running", **progress})
-    summary = yield context.call_activity("complete_deployment_run", {
+    summary = yield _storage(context, "complete_deployment_run", {
         "runId": run.run_id, "at": context.current_utc_datetime.isoformat(),
     })  # fmt: skip
     context.set_custom_status({"stage": "done", **summary})
@@ -248,7 +248,7 @@ def deployment_run(context: df.DurableOrchestrationContext) -> Any:
 
 def deployment_batch(context: df.DurableOrchestrationContext) -> Any:
     batch = DeploymentBatchInput.model_validate(context.get_input())
-    queue: list[str] = list((yield context.call_activity("read_deployment_batch", {
+    queue: list[str] = list((yield _storage(context, "read_deployment_batch", {
         "runId": batch.run_id, "batch": batch.batch,
     })))  # fmt: skip
     running: dict[Any, str] = {}
@@ -258,7 +258,7 @@ def deployment_batch(context: df.DurableOrchestrationContext) -> Any:
             ask = ClaimInput(run_id=batch.run_id, batch=batch.batch, resource_ids=tuple(queue),
                              at=context.current_utc_datetime)
             claim = ClaimResult.model_validate(
-                (yield context.call_activity("claim_deployment_machines", ask.model_dump(mode="json")))
+                (yield _storage(context, "claim_deployment_machines", ask.model_dump(mode="json")))
             )
             for resource_id in claim.start:
                 child = context.call_sub_orchestrator("deploy_machine", MachineDeploymentInput(
@@ -412,6 +412,14 @@ def _finish(context: df.DurableOrchestrationContext, request: MachineDeploymentI
 
 # Recording a result must not be lost to a passing storage error: it frees the machine's slot.
 _FINISH_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=5_000, max_number_of_attempts=10)
+# The master's and batches' activities only read and write the run's tables; a storage error that
+# outlasts azure-core's own retries gets a few more chances before the run fails. Each is idempotent.
+_STORAGE_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=5_000, max_number_of_attempts=5)
+
+
+def _storage(context: df.DurableOrchestrationContext, activity: str, payload: Any) -> Any:
+    """One of the run's table activities, retried on failure (see ``_STORAGE_RETRY``)."""
+    return context.call_activity_with_retry(activity, _STORAGE_RETRY, payload)
 
 ORCHESTRATORS = (deployment_run, deployment_batch, deploy_machine)
 for _orchestrator in ORCHESTRATORS:
@@ -436,10 +444,8 @@ def read_deployment_batch(request: dict[str, Any]) -> list[str]:
 def claim_deployment_machines(request: dict[str, Any]) -> dict[str, Any]:
     parsed = ClaimInput.model_validate(request)
     keys = {rid: machine_key(rid) for rid in parsed.resource_ids}
-    settings = load_settings()
-    claim = work.run_store(settings).claim(parsed.run_id, parsed.resource_ids, keys, parsed.at,
-                                           batch=parsed.batch)
-    work.record_not_started(settings, parsed.run_id, claim.not_started, parsed.at)
+    claim = work.run_store(load_settings()).claim(parsed.run_id, parsed.resource_ids, keys, parsed.at,
+                                                  batch=parsed.batch)
     return ClaimResult(start=claim.start, stop_reason=claim.stop_reason,
                        not_started=claim.not_started).model_dump(mode="json")
 
@@ -472,7 +478,9 @@ def read_deployment_progress(runId: str) -> dict[str, Any]:
 @bp.activity_trigger(input_name="request")
 def complete_deployment_run(request: dict[str, Any]) -> dict[str, Any]:
     at = datetime.fromisoformat(str(request["at"]))
-    run = work.run_store(load_settings()).complete(str(request["runId"]), at)
+    settings = load_settings()
+    work.record_never_started(settings, str(request["runId"]), at)
+    run = work.run_store(settings).complete(str(request["runId"]), at)
     return _progress(run.to_json())
 
 

@@ -38,6 +38,7 @@ from shared.deployment_messages import (
     StepOutcome,
 )
 from shared.deployment_runs import (
+    FINAL_STATES,
     MachineOutcomeRecord,
     MachineTarget,
     RunRecord,
@@ -443,6 +444,20 @@ def record_not_started(settings: Settings, run_id: str, resource_ids: Sequence[s
     return _send_machine_rows(settings, credential, [
         _machine_log_row(run, row, _stored_outcome(row), row.get("FinishedAt") or at) for row in rows
     ])  # fmt: skip
+
+
+def record_never_started(settings: Settings, run_id: str, at: datetime) -> int:
+    """At the end of a run: send the rows of every machine the gate recorded as not started.
+
+    Done once, when the run completes, rather than by each claim: a claim retried after its upload
+    failed would no longer list those machines, and their rows would be lost. Settled machines
+    (batch -1) were sent when the run resolved its targets."""
+    rows = run_store(settings).machines(run_id)
+    never = [
+        str(row["ResourceId"]) for row in rows
+        if int(row.get("Batch", -1)) >= 0 and not row.get("StartedAt") and row["State"] in FINAL_STATES
+    ]  # fmt: skip
+    return record_not_started(settings, run_id, never, at)
 
 
 def _send_machine_rows(settings: Settings, credential: TokenCredential,

@@ -61,6 +61,7 @@ FLEET = parse_fleet({"subscriptions": [{"id": SUB}], "machines": [
     *[_vm("rg-replay", f"replay-{n:02d}", "ubuntu", "22.04", UBUNTU_UPDATES) for n in range(1, 7)],
     _vm("rg-sched", "sched-01", "ubuntu", "22.04", UBUNTU_UPDATES),
     _vm("rg-lost", "lost-token-01", "ubuntu", "22.04", UBUNTU_UPDATES),
+    *[_vm("rg-flaky", f"flaky-{n:02d}", "ubuntu", "22.04", UBUNTU_UPDATES) for n in range(1, 3)],
     _vm("rg-restart", "restart-01", "ubuntu", "22.04", UBUNTU_UPDATES, rebootPending=True),
     _vm("rg-restart", "restart-02", "ubuntu", "22.04", UBUNTU_UPDATES) | {"kind": "arc-server"},
 ]})  # fmt: skip
@@ -346,3 +347,19 @@ def test_an_install_whose_token_was_lost_is_followed_not_sent_again(stack, monke
     assert posts == 1
     output = stack_output(stack, run_id, "rg-lost", "lost-token-01", "install1")
     assert output["source"] == "instanceView" and output["patches"] is None
+
+
+def test_a_passing_storage_error_in_the_gate_does_not_fail_the_run(stack, monkeypatch):
+    original = RunStore.claim
+    failures = []
+
+    def flaky_claim(self, *args, **kwargs):
+        if not failures:
+            failures.append("claim")
+            raise ConnectionError("the storage account did not answer")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunStore, "claim", flaky_claim)
+    _, final = create_and_run(stack, definition("flaky-gate", "rg-flaky"))
+    assert failures and final["runtimeStatus"] == "Completed", final
+    assert final["output"]["results"]["succeeded"] == 2
