@@ -101,6 +101,18 @@ def _store(settings: Settings) -> RunStore:
     return work.run_store(settings)
 
 
+def _run_machine(store: RunStore, run_id: str, machine: str) -> dict[str, Any] | func.HttpResponse:
+    """The machine's row in the run, or the 404 naming what is missing (the run or the machine)."""
+    try:
+        store.get_run(run_id)
+    except RunNotFound:
+        return _run_not_found(run_id)
+    try:
+        return store.machine(run_id, machine)
+    except RunNotFound:
+        return _machine_not_found(run_id, machine)
+
+
 @bp.route(route="deployments/{name}/runs", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def list_deployment_runs(req: func.HttpRequest) -> func.HttpResponse:
     """A deployment's runs, newest first: ``?top=`` (default 20, at most 100). Runs of a deleted
@@ -164,15 +176,9 @@ def read_deployment_run_machine(req: func.HttpRequest) -> func.HttpResponse:
     run_id = req.route_params.get("runId", "")
     machine = req.route_params.get("machine", "")
     settings = load_settings()
-    store = _store(settings)
-    try:
-        store.get_run(run_id)
-    except RunNotFound:
-        return _run_not_found(run_id)
-    try:
-        row = store.machine(run_id, machine)
-    except RunNotFound:
-        return _machine_not_found(run_id, machine)
+    row = _run_machine(_store(settings), run_id, machine)
+    if isinstance(row, func.HttpResponse):
+        return row
     logs = run_log_store(settings, credential_for(settings))
     steps = _in_step_order(logs.list_steps(run_id, machine))
     outputs = []
@@ -204,15 +210,9 @@ def read_deployment_run_output(req: func.HttpRequest) -> func.HttpResponse:
     machine = req.route_params.get("machine", "")
     step = req.route_params.get("step", "")
     settings = load_settings()
-    store = _store(settings)
-    try:
-        store.get_run(run_id)
-    except RunNotFound:
-        return _run_not_found(run_id)
-    try:
-        store.machine(run_id, machine)
-    except RunNotFound:
-        return _machine_not_found(run_id, machine)
+    found = _run_machine(_store(settings), run_id, machine)
+    if isinstance(found, func.HttpResponse):
+        return found
     message = f"machine {machine} of run {run_id} has no output of step {step!r} (steps: {', '.join(STEPS)})"
     missing = error_response(404, "RunLogNotFound", message, "step")
     if step not in STEPS:

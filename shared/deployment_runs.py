@@ -47,14 +47,12 @@ from shared.rollout import (
     next_to_start,
 )
 from shared.run_results import MachineResultStatus
-from shared.storage import MAX_TRANSACTION_ENTITIES
+from shared.storage import MAX_TRANSACTION_ENTITIES, join_property, split_property
 
 RUNS_TABLE = "DeploymentRuns"
 INDEX_TABLE = "DeploymentRunIndex"
 RUN_ROW = "run"
 MACHINE_ROW_PREFIX = "m|"
-# Split long JSON over numbered properties: a Table string property holds at most 64 KiB.
-CHUNK_CHARS = 30_000
 # A claim writes the run and its batch's machine rows in one transaction of at most 100 entities
 # (Azure Table Storage limit), so a batch holds at most 99 machines; 50 keeps the rows small.
 DEPLOYMENT_BATCH_SIZE = 50
@@ -107,17 +105,6 @@ class RunWriteConflict(Exception):
 
 def machine_row_key(machine_key: str) -> str:
     return MACHINE_ROW_PREFIX + machine_key
-
-
-def _split(prefix: str, text: str) -> dict[str, Any]:
-    parts = [text[i:i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)] or [""]
-    entity: dict[str, Any] = {f"{prefix}{n}": part for n, part in enumerate(parts)}
-    entity[f"{prefix}Parts"] = len(parts)
-    return entity
-
-
-def _join(entity: Mapping[str, Any], prefix: str) -> str:
-    return "".join(str(entity[f"{prefix}{n}"]) for n in range(int(entity[f"{prefix}Parts"])))
 
 
 @dataclass(frozen=True)
@@ -187,7 +174,7 @@ class RunRecord:
 
 
 def _run_record(entity: Mapping[str, Any]) -> RunRecord:
-    definition = DeploymentDefinition.model_validate(json.loads(_join(entity, "Definition")))
+    definition = DeploymentDefinition.model_validate(json.loads(join_property(entity, "Definition")))
     return RunRecord(
         run_id=str(entity["PartitionKey"]),
         deployment_name=str(entity["DeploymentName"]),
@@ -294,9 +281,9 @@ class RunStore:
             entity["StopReason"] = reason
         if state is RunState.MISSED:
             entity["Finished"] = created
-        entity.update(_split("Definition", json.dumps(definition.to_json(), separators=(",", ":"))))
+        entity.update(split_property("Definition", json.dumps(definition.to_json(), separators=(",", ":"))))
         entity["HasFrozenMembers"] = members is not None
-        entity.update(_split("Members", json.dumps(list(members or ()), separators=(",", ":"))))
+        entity.update(split_property("Members", json.dumps(list(members or ()), separators=(",", ":"))))
         try:
             self._runs.create_entity(entity)
         except ResourceExistsError:
@@ -318,7 +305,7 @@ class RunStore:
 
     def frozen_members(self, run_id: str) -> tuple[str, ...] | None:
         entity = self._run_entity(run_id)
-        return tuple(json.loads(_join(entity, "Members"))) if entity.get("HasFrozenMembers") else None
+        return tuple(json.loads(join_property(entity, "Members"))) if entity.get("HasFrozenMembers") else None
 
     def run_ids(self, deployment_name: str) -> list[str]:
         """The deployment's run ids, newest first (run ids sort by time within a deployment)."""

@@ -25,12 +25,10 @@ from shared.arm import list_fleet
 from shared.deployment_definition import MAX_MACHINES, DefinitionError, DeploymentDefinition
 from shared.machines import Machine, parse_resource_id
 from shared.settings import Settings
+from shared.storage import join_property, split_property
 
 DEPLOYMENTS_TABLE = "Deployments"
 PARTITION = "deployment"
-# A Table string property holds at most 64 KiB (32K UTF-16 characters); longer JSON is split into
-# numbered properties. 1,000 resource ids of about 150 characters need five of them.
-CHUNK_CHARS = 30_000
 # The saved-search query must return the machines in this column (as the legacy Update tables do).
 RESOURCE_ID_COLUMN = "ResourceId"
 # Saved searches look at machines that reported recently: the last day's heartbeats are enough.
@@ -153,17 +151,6 @@ def fleet_lister(
 # --- storage ---------------------------------------------------------------------------------------
 
 
-def _split(prefix: str, text: str) -> dict[str, Any]:
-    parts = [text[i:i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)] or [""]
-    entity: dict[str, Any] = {f"{prefix}{n}": part for n, part in enumerate(parts)}
-    entity[f"{prefix}Parts"] = len(parts)
-    return entity
-
-
-def _join(entity: dict[str, Any], prefix: str) -> str:
-    return "".join(entity[f"{prefix}{n}"] for n in range(int(entity[f"{prefix}Parts"])))
-
-
 def _entity(stored_name: str, definition: DeploymentDefinition, members: Iterable[str] | None,
             created: datetime, modified: datetime) -> dict[str, Any]:
     entity: dict[str, Any] = {
@@ -178,15 +165,15 @@ def _entity(stored_name: str, definition: DeploymentDefinition, members: Iterabl
         "Modified": modified,
         "HasFrozenMembers": members is not None,
     }
-    entity.update(_split("Definition", json.dumps(definition.to_json(), separators=(",", ":"))))
-    entity.update(_split("Members", json.dumps(list(members or ()), separators=(",", ":"))))
+    entity.update(split_property("Definition", json.dumps(definition.to_json(), separators=(",", ":"))))
+    entity.update(split_property("Members", json.dumps(list(members or ()), separators=(",", ":"))))
     return entity
 
 
 def _stored(entity: Any) -> StoredDeployment:
     data = dict(entity)
-    definition = DeploymentDefinition.model_validate(json.loads(_join(data, "Definition")))
-    members = tuple(json.loads(_join(data, "Members"))) if data.get("HasFrozenMembers") else None
+    definition = DeploymentDefinition.model_validate(json.loads(join_property(data, "Definition")))
+    members = tuple(json.loads(join_property(data, "Members"))) if data.get("HasFrozenMembers") else None
     return StoredDeployment(definition, members, entity.metadata["etag"], data["Created"], data["Modified"])
 
 

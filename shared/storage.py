@@ -16,6 +16,9 @@ from azure.storage.blob import BlobServiceClient
 
 from shared.settings import Settings
 
+# A Table string property holds at most 64 KiB (32K UTF-16 characters); longer text is split over
+# numbered properties (1,000 resource ids of about 150 characters need five).
+PROPERTY_CHARS = 30_000
 # A table transaction holds at most 100 entities, all with one PartitionKey
 # (Azure Table Storage limits; Azurite does not enforce them, so we do).
 MAX_TRANSACTION_ENTITIES = 100
@@ -60,3 +63,16 @@ def upsert_in_batches(
                 ) from error
             written += len(chunk)
     return written
+
+
+def split_property(prefix: str, text: str) -> dict[str, Any]:
+    """``text`` as properties ``{prefix}0``, ``{prefix}1``, ... and ``{prefix}Parts`` (see PROPERTY_CHARS)."""
+    parts = [text[i:i + PROPERTY_CHARS] for i in range(0, len(text), PROPERTY_CHARS)] or [""]
+    entity: dict[str, Any] = {f"{prefix}{n}": part for n, part in enumerate(parts)}
+    entity[f"{prefix}Parts"] = len(parts)
+    return entity
+
+
+def join_property(entity: Mapping[str, Any], prefix: str) -> str:
+    """The text :func:`split_property` stored under ``prefix``."""
+    return "".join(str(entity[f"{prefix}{n}"]) for n in range(int(entity[f"{prefix}Parts"])))
