@@ -20,6 +20,7 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
+from functions.backoff import POLL_GROWTH, call_with_backoff
 from functions.http import error_response, require_role, run_accepted
 from functions.starters import current_slot, start_once
 from shared import assessment_run as work
@@ -45,10 +46,6 @@ bp = df.Blueprint()
 log = logging.getLogger(__name__)
 
 RUN_PREFIX = "assessment-"
-# Polls wait 1.5 times longer each time, up to AssessmentTuning.max_poll_seconds: a quick
-# assessment is seen soon, a slow one does not spend the ARM read budget (AZURE-FACTS).
-_POLL_GROWTH = 1.5
-_BACKOFF_GROWTH = 2
 
 
 def scheduled_instance_id(os_type: OsType, slot: str) -> str:
@@ -219,7 +216,7 @@ def assess_machine(context: df.DurableOrchestrationContext) -> Any:
                 )
             )
         yield context.create_timer(min(now + timedelta(seconds=wait), deadline))
-        wait = min(wait * _POLL_GROWTH, tuning.max_poll_seconds)
+        wait = min(wait * POLL_GROWTH, tuning.max_poll_seconds)
         step = yield from _with_backoff(
             context, "check_assessment", base.model_copy(update={"token": token}), tuning, deadline
         )
@@ -237,31 +234,18 @@ def _with_backoff(
     tuning: AssessmentTuning,
     deadline: datetime,
 ) -> Generator[Any, Any, dict[str, Any]]:
-    """Call an activity; on failure (transient: permanent ones come back as results) wait 30 s, 60 s, ...
-    with durable timers (RetryOptions has only a fixed interval). Gives up, recording, at the last attempt."""
-    wait = tuning.backoff_seconds
-    for attempt in range(1, tuning.max_attempts + 1):
-        payload = request.model_copy(update={"at": context.current_utc_datetime}).model_dump(mode="json")
-        try:
-            return dict((yield context.call_activity(activity, payload)))
-        except Exception as error:  # noqa: BLE001 - activities raise only transient errors
-            last_error = str(error)
-            retry_at = context.current_utc_datetime + timedelta(seconds=wait)
-            if attempt == tuning.max_attempts or retry_at >= deadline:
-                break
-            if not context.is_replaying:
-                log.warning(
-                    "%s for %s failed (attempt %d), retrying at %s: %s",
-                    activity,
-                    request.resource_id,
-                    attempt,
-                    retry_at,
-                    last_error,
-                )
-            yield context.create_timer(retry_at)
-            wait *= _BACKOFF_GROWTH
+    """Call an activity, retrying transient failures (permanent ones come back as results) on
+    growing durable timers; gives up, recording, at the last attempt."""
+    ok, value = yield from call_with_backoff(
+        context, activity,
+        lambda: request.model_copy(update={"at": context.current_utc_datetime}).model_dump(mode="json"),
+        attempts=tuning.max_attempts, first_wait_seconds=tuning.backoff_seconds, deadline=deadline,
+        subject=request.resource_id,
+    )  # fmt: skip
+    if ok:
+        return dict(value)
     result = yield from _record_failure(
-        context, request, "TransientErrorsExhausted", f"{activity} kept failing: {last_error}"[:1000]
+        context, request, "TransientErrorsExhausted", f"{activity} kept failing: {value}"[:1000]
     )
     return {"recorded": result}
 

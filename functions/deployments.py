@@ -21,6 +21,7 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
+from functions.backoff import POLL_GROWTH, call_with_backoff
 from functions.http import error_response, json_response, require_role, run_accepted
 from functions.starters import start_once
 from shared import deployment_run as work
@@ -68,9 +69,6 @@ log = logging.getLogger(__name__)
 
 RUN_PREFIX = "deploy-"
 ORCHESTRATOR = "deployment_run"
-# Polls wait 1.5 times longer each time up to DeploymentTuning.max_poll_seconds (as assessments).
-_POLL_GROWTH = 1.5
-_BACKOFF_GROWTH = 2
 # The scheduler looks back at most this far after an outage: older occurrences are long missed,
 # and listing them all would make one late firing slow.
 MAX_SCHEDULER_LOOKBACK = timedelta(days=7)
@@ -234,7 +232,7 @@ def deployment_run(context: df.DurableOrchestrationContext) -> Any:
             timer.cancel()
             pending.remove(finished)
         else:
-            refresh = min(refresh * _POLL_GROWTH, run.tuning.max_progress_seconds)
+            refresh = min(refresh * POLL_GROWTH, run.tuning.max_progress_seconds)
         progress = yield _storage(context, "read_deployment_progress", run.run_id)
         context.set_custom_status({"stage": "running", **progress})
     summary = yield _storage(context, "complete_deployment_run", {
@@ -364,7 +362,7 @@ def _step(context: df.DurableOrchestrationContext, request: MachineDeploymentInp
                 hint="Check the machine's agent and its package manager; see the step's output.",
             )
         yield context.create_timer(min(now + timedelta(seconds=wait), deadline))
-        wait = min(wait * _POLL_GROWTH, tuning.max_poll_seconds)
+        wait = min(wait * POLL_GROWTH, tuning.max_poll_seconds)
         answer = yield from _call(context, "check_machine_step", base.model_copy(update={"token": token}),
                                   tuning, deadline)
         if answer.failure is not None:
@@ -376,21 +374,16 @@ def _step(context: df.DurableOrchestrationContext, request: MachineDeploymentInp
 def _call(context: df.DurableOrchestrationContext, activity: str, request: StepInput,
           tuning: DeploymentTuning, deadline: datetime) -> Generator[Any, Any, StepAnswer]:
     """Call a step activity; transient errors (raised) are retried on growing durable timers."""
-    wait = tuning.backoff_seconds
-    last_error = ""
-    for attempt in range(1, tuning.max_attempts + 1):
-        payload = request.model_copy(update={"at": context.current_utc_datetime}).model_dump(mode="json")
-        try:
-            return StepAnswer.model_validate((yield context.call_activity(activity, payload)))
-        except Exception as error:  # noqa: BLE001 - step activities raise only transient errors
-            last_error = str(error)
-            retry_at = context.current_utc_datetime + timedelta(seconds=wait)
-            if attempt == tuning.max_attempts or retry_at >= deadline:
-                break
-            yield context.create_timer(retry_at)
-            wait *= _BACKOFF_GROWTH
+    ok, value = yield from call_with_backoff(
+        context, activity,
+        lambda: request.model_copy(update={"at": context.current_utc_datetime}).model_dump(mode="json"),
+        attempts=tuning.max_attempts, first_wait_seconds=tuning.backoff_seconds, deadline=deadline,
+        subject=request.resource_id,
+    )  # fmt: skip
+    if ok:
+        return StepAnswer.model_validate(value)
     return StepAnswer(failure=StepFailure(code="TransientErrorsExhausted",
-                                          message=f"{activity} kept failing: {last_error}"[:1000],
+                                          message=f"{activity} kept failing: {value}"[:1000],
                                           hint="Azure kept answering with throttling or server errors; "
                                           "the next run tries again."))
 

@@ -17,6 +17,7 @@ import azure.functions as func
 from functions.http import error_response, json_response, require_role
 from shared.credentials import credential_for
 from shared.deployment_definition import DefinitionError, DeploymentDefinition, validate_definition
+from shared.deployment_run import deployment_store, run_store
 from shared.deployment_runs import RunStore
 from shared.deployment_store import (
     DeploymentExists,
@@ -30,15 +31,12 @@ from shared.deployment_store import (
 from shared.principal import Role
 from shared.recurrence import next_occurrence
 from shared.settings import Settings, load_settings
-from shared.storage import table_service
 
 bp = df.Blueprint()
 
 
 def _store(settings: Settings) -> DeploymentStore:
-    store = DeploymentStore(table_service(settings, credential_for(settings)))
-    store.ensure()
-    return store
+    return deployment_store(settings)
 
 
 def _parse(req: func.HttpRequest) -> DeploymentDefinition | func.HttpResponse:
@@ -63,12 +61,6 @@ def _members(
         return error_response(502, "GroupEvaluationFailed", str(error), "targets.groups")
 
 
-def _runs(settings: Settings) -> RunStore:
-    runs = RunStore(table_service(settings, credential_for(settings)))
-    runs.ensure()
-    return runs
-
-
 def _view(stored: StoredDeployment, runs: RunStore, now: datetime) -> dict[str, Any]:
     """The definition as stored, plus when it runs next and how its last run went."""
     name = stored.definition.name
@@ -85,7 +77,7 @@ def _stored_response(stored: StoredDeployment, settings: Settings, status: int =
     headers = {"ETag": stored.etag}
     if status == 201:
         headers["Location"] = f"/api/deployments/{stored.definition.name}"
-    return json_response(_view(stored, _runs(settings), datetime.now(UTC)), status, headers=headers)
+    return json_response(_view(stored, run_store(settings), datetime.now(UTC)), status, headers=headers)
 
 
 def _not_found(name: str) -> func.HttpResponse:
@@ -118,7 +110,7 @@ def list_deployments(req: func.HttpRequest) -> func.HttpResponse:
         return allowed
     settings = load_settings()
     deployments = _store(settings).list()
-    runs, now = _runs(settings), datetime.now(UTC)
+    runs, now = run_store(settings), datetime.now(UTC)
     views = [_view(d, runs, now) for d in deployments]
     return json_response({"count": len(views), "deployments": views})
 

@@ -109,9 +109,14 @@ def list_fleet(
     return machines, failed
 
 
-def _enum_text(value: Any) -> str:
-    # SDK enums are str subclasses whose str() is the member name on 3.11: read .value.
+def enum_text(value: Any) -> str:
+    """An SDK enum's value as text: they are str subclasses whose str() is the member name on 3.11."""
     return str(getattr(value, "value", value) or "")
+
+
+def kb_digits(kb_id: str | None) -> str | None:
+    """A patch's ``kbId`` as the digits the inventory keeps ("KB5034441" -> "5034441"), or None."""
+    return (kb_id or "").upper().removeprefix("KB") or None
 
 
 def _patch_mode(os_profile: Any, os_type: OsType) -> str:
@@ -121,11 +126,11 @@ def _patch_mode(os_profile: Any, os_type: OsType) -> str:
         os_profile.windows_configuration if os_type is OsType.WINDOWS else os_profile.linux_configuration
     )
     settings = getattr(config, "patch_settings", None)
-    return _enum_text(getattr(settings, "patch_mode", None))
+    return enum_text(getattr(settings, "patch_mode", None))
 
 
 def _os_type(value: Any) -> OsType:
-    return OsType.WINDOWS if _enum_text(value).lower() == "windows" else OsType.LINUX
+    return OsType.WINDOWS if enum_text(value).lower() == "windows" else OsType.LINUX
 
 
 def _image_os_name(vm: Any) -> str:
@@ -171,7 +176,7 @@ def _last_install(instance_view: Any) -> dict[str, str]:
     modified = summary.last_modified_time
     return {
         "last_install_id": summary.installation_activity_id or "",
-        "last_install_status": _enum_text(summary.status),
+        "last_install_status": enum_text(summary.status),
         "last_install_at": modified.isoformat() if modified else "",
     }
 
@@ -194,7 +199,7 @@ def arc_to_machine(server: Any) -> Machine:
         os_type=os_type,
         os_name=props.os_name or "",
         os_version=props.os_version or "",
-        power_state=_ARC_STATUS.get(_enum_text(props.status).lower(), PowerState.UNKNOWN),
+        power_state=_ARC_STATUS.get(enum_text(props.status).lower(), PowerState.UNKNOWN),
         patch_mode=_patch_mode(props.os_profile, os_type),
         tags=dict(server.tags or {}),
     )

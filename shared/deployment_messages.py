@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field
 
 from shared.deployment_runs import DEPLOYMENT_BATCH_SIZE
-from shared.messages import Message
+from shared.messages import Message, PollingTuning
 from shared.rollout import Window
 
 # A machine's steps, in order. Installs are numbered: one call may last at most 3 h 55 min, so a
@@ -28,12 +28,9 @@ def install_step(call: int) -> Step:
     return "install1" if call == 1 else "install2"
 
 
-class DeploymentTuning(Message):
+class DeploymentTuning(PollingTuning):
     """Timing and batching of a run, fixed when it starts (orchestrators read no settings)."""
 
-    poll_seconds: int = Field(default=30, ge=1)
-    # Waits between checks grow by half up to this; ARM reads are rationed (AZURE-FACTS).
-    max_poll_seconds: int = Field(default=300, ge=1)
     # A batch with machines waiting but no free slot asks the gate again after this long.
     slot_poll_seconds: int = Field(default=60, ge=1)
     # The master refreshes its custom status from the run's counters after this long, then waits
@@ -45,8 +42,6 @@ class DeploymentTuning(Message):
     # An install still running this long after the window's end is given up: the agent stops
     # starting updates at the end, and the reboot it may still do takes minutes.
     install_grace_minutes: int = Field(default=30, ge=0)
-    max_attempts: int = Field(default=5, ge=1)
-    backoff_seconds: int = Field(default=30, ge=1)
     batch_size: int = Field(default=DEPLOYMENT_BATCH_SIZE, ge=1, le=DEPLOYMENT_BATCH_SIZE)
 
 

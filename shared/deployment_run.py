@@ -73,7 +73,7 @@ INTENT_CLOCK_SKEW = timedelta(minutes=2)
 RESTART_ONLY = "RebootOnly"
 # Errors that mean the machine could not be reached, as opposed to an update or a request failing.
 UNREACHABLE_CODES = frozenset({"VMAgentStatusCommunicationError", "HybridAgentNotResponding",
-                               "OperationNotAllowed", "MachineNotRunning", "MachineDisconnected"})
+                               "OperationNotAllowed"})
 # What an administrator can do when an install (not an assessment) is refused.
 _INSTALL_HINTS = {
     "AuthorizationFailed": (
@@ -431,33 +431,26 @@ def deployment_store(settings: Settings) -> DeploymentStore:
 # --- the machines' results in Log Analytics -------------------------------------------------------
 
 
-def record_not_started(settings: Settings, run_id: str, resource_ids: Sequence[str], at: datetime) -> int:
-    """Send the ``UpdateRunMachine_CL`` rows of machines the gate recorded as not started (error
-    budget, window closing, cancelled); :meth:`RunStore.claim` wrote them and has no Log Analytics
-    access. Returns the number of rows sent."""
-    if not resource_ids:
-        return 0
-    credential = credential_for(settings)
-    store = run_store(settings, credential)
-    run = store.get_run(run_id)
-    rows = [store.machine(run_id, machine_key(resource_id)) for resource_id in resource_ids]
-    return _send_machine_rows(settings, credential, [
-        _machine_log_row(run, row, _stored_outcome(row), row.get("FinishedAt") or at) for row in rows
-    ])  # fmt: skip
-
-
 def record_never_started(settings: Settings, run_id: str, at: datetime) -> int:
-    """At the end of a run: send the rows of every machine the gate recorded as not started.
+    """At the end of a run: send the ``UpdateRunMachine_CL`` rows of every machine the gate recorded
+    as not started (error budget, window closing, cancelled); :meth:`RunStore.claim` wrote them and
+    has no Log Analytics access. Returns the number of rows sent.
 
     Done once, when the run completes, rather than by each claim: a claim retried after its upload
     failed would no longer list those machines, and their rows would be lost. Settled machines
     (batch -1) were sent when the run resolved its targets."""
-    rows = run_store(settings).machines(run_id)
+    credential = credential_for(settings)
+    store = run_store(settings, credential)
     never = [
-        str(row["ResourceId"]) for row in rows
+        row for row in store.machines(run_id)
         if int(row.get("Batch", -1)) >= 0 and not row.get("StartedAt") and row["State"] in FINAL_STATES
     ]  # fmt: skip
-    return record_not_started(settings, run_id, never, at)
+    if not never:
+        return 0
+    run = store.get_run(run_id)
+    return _send_machine_rows(settings, credential, [
+        _machine_log_row(run, row, _stored_outcome(row), row.get("FinishedAt") or at) for row in never
+    ])  # fmt: skip
 
 
 def _send_machine_rows(settings: Settings, credential: TokenCredential,

@@ -58,16 +58,21 @@ class DiscoveryCounts(Message):
 # --- assessment (issue 3) -------------------------------------------------------------------------
 
 
-class AssessmentTuning(Message):
-    """Timing and batching of a run, fixed when it starts (orchestrators read no settings)."""
+class PollingTuning(Message):
+    """How a per-machine orchestration waits on ARM: checks of a long-running operation, and retries."""
 
     poll_seconds: int = Field(default=30, ge=1)
     # Waits grow by half each poll up to this; ARM reads are rationed (AZURE-FACTS, ARM throttling).
     max_poll_seconds: int = Field(default=300, ge=1)
-    deadline_minutes: int = Field(default=30, ge=1)
     # Transient errors (throttling, 5xx) retried this many times with growing waits before recording.
     max_attempts: int = Field(default=5, ge=1)
     backoff_seconds: int = Field(default=30, ge=1)
+
+
+class AssessmentTuning(PollingTuning):
+    """Timing and batching of a run, fixed when it starts (orchestrators read no settings)."""
+
+    deadline_minutes: int = Field(default=30, ge=1)
     # Children per batch sub-orchestration: Durable replays a whole history on every completion, so
     # 100 keeps each batch's replay short and a 10,000-machine fleet is 100 batches (AZURE-FACTS).
     batch_size: int = Field(default=100, ge=1, le=1000)

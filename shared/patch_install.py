@@ -33,12 +33,12 @@ from azure.mgmt.hybridcompute.models import LinuxParameters as ArcLinuxParameter
 from azure.mgmt.hybridcompute.models import MachineInstallPatchesParameters, MachineInstallPatchesResult
 from azure.mgmt.hybridcompute.models import WindowsParameters as ArcWindowsParameters
 
+from shared.arm import enum_text, kb_digits
 from shared.deployment_definition import KB_PATTERN, DeploymentDefinition
 from shared.install_types import InstallationState, InstallOutcome, InstallRequest, PatchInstallResult
 from shared.machines import MachineKind, OsType
+from shared.rollout import MAX_INSTALL_DURATION
 
-# Azure VMs accept at most PT3H55M per installPatches call (AZURE-FACTS, "Install parameters").
-MAX_INSTALL_DURATION = timedelta(hours=3, minutes=55)
 # The reboot settings installPatches accepts (AZURE-FACTS, "Install parameters").
 API_REBOOT_SETTINGS = frozenset({"IfRequired", "Never", "Always"})
 
@@ -171,9 +171,6 @@ def _linux_fields(request: InstallRequest) -> dict[str, Any]:
 # -- results ---------------------------------------------------------------------------------
 
 
-def _text(value: Any) -> str:
-    return str(getattr(value, "value", value) or "")
-
 
 def to_install_outcome(
     result: VirtualMachineInstallPatchesResult | MachineInstallPatchesResult,
@@ -182,9 +179,9 @@ def to_install_outcome(
     vm = isinstance(result, VirtualMachineInstallPatchesResult)
     error = result.error if isinstance(result, VirtualMachineInstallPatchesResult) else result.error_details
     return InstallOutcome(
-        status=_text(result.status),
+        status=enum_text(result.status),
         activity_id=result.installation_activity_id or "",
-        reboot_status=_text(result.reboot_status) or "Unknown",
+        reboot_status=enum_text(result.reboot_status) or "Unknown",
         maintenance_window_exceeded=bool(result.maintenance_window_exceeded),
         installed=result.installed_patch_count or 0,
         failed=result.failed_patch_count or 0,
@@ -199,9 +196,9 @@ def to_install_outcome(
 
 
 def _patch(patch: Any) -> PatchInstallResult:
-    kb = (patch.kb_id or "").upper().removeprefix("KB") or None
+    kb = kb_digits(patch.kb_id)
     try:
-        state = InstallationState(_text(patch.installation_state))
+        state = InstallationState(enum_text(patch.installation_state))
     except ValueError:
         state = InstallationState.UNKNOWN
     return PatchInstallResult(

@@ -27,7 +27,7 @@ from azure.mgmt.compute.models import VirtualMachineAssessPatchesResult, Virtual
 from azure.mgmt.core.polling.arm_polling import ARMPolling
 from azure.mgmt.hybridcompute.models import MachineAssessPatchesResult, MachineInstallPatchesResult
 
-from shared.arm import COMPUTE_API_VERSION, arm_clients
+from shared.arm import COMPUTE_API_VERSION, arm_clients, enum_text, kb_digits
 from shared.assessment_types import AssessmentFailure, AssessmentOutcome, AvailablePatch, Readiness
 from shared.install_types import InstallOutcome, InstallRequest
 from shared.machines import MachineKind, ResourceRef, parse_resource_id
@@ -248,7 +248,7 @@ class PatchOperations:
         summary = getattr(view.patch_status, "last_patch_installation_summary", None)
         if summary is None or not summary.installation_activity_id:
             return None
-        status = _text(summary.status)
+        status = enum_text(summary.status)
         finished = status not in _RUNNING_STATUSES
         reported = summary.error
         outcome = InstallOutcome(
@@ -356,9 +356,6 @@ def _deserializer(model: type[Any]) -> Any:
     return build
 
 
-def _text(value: Any) -> str:
-    return str(getattr(value, "value", value) or "")
-
 
 def to_outcome(result: VirtualMachineAssessPatchesResult | MachineAssessPatchesResult) -> AssessmentOutcome:
     """Map either SDK result to the shared contract; Arc results carry counts only (patches=None)."""
@@ -366,7 +363,7 @@ def to_outcome(result: VirtualMachineAssessPatchesResult | MachineAssessPatchesR
         return _arc_outcome(result)
     error = result.error
     return AssessmentOutcome(
-        status=_text(result.status),
+        status=enum_text(result.status),
         activity_id=result.assessment_activity_id or "",
         started_at=result.start_date_time,
         reboot_pending=bool(result.reboot_pending),
@@ -380,14 +377,14 @@ def to_outcome(result: VirtualMachineAssessPatchesResult | MachineAssessPatchesR
 
 def _patch(patch: Any) -> AvailablePatch:
     published: datetime | None = patch.published_date
-    kb = (patch.kb_id or "").upper().removeprefix("KB") or None
+    kb = kb_digits(patch.kb_id)
     return AvailablePatch(
         patch_id=patch.patch_id or patch.name or "",
         name=patch.name or "",
         classifications=tuple(patch.classifications or ()),
         kb_id=kb,
         version=patch.version,
-        reboot_behavior=_text(patch.reboot_behavior) or "Unknown",
+        reboot_behavior=enum_text(patch.reboot_behavior) or "Unknown",
         published_date=published,
     )
 
@@ -407,7 +404,7 @@ def _arc_outcome(result: MachineAssessPatchesResult) -> AssessmentOutcome:
     critical = counts.get("Critical", 0) + counts.get("Security", 0)
     details = result.error_details
     return AssessmentOutcome(
-        status=_text(result.status),
+        status=enum_text(result.status),
         activity_id=result.assessment_activity_id or "",
         started_at=result.start_date_time,
         reboot_pending=bool(result.reboot_pending),
