@@ -29,16 +29,16 @@ from local.arm.server import RequestRecord
 from local.clock import VirtualClock
 from local.durable.runner import TERMINAL_STATUSES
 from local.stack import LocalStack
-from shared.deployment_run import run_store
-from shared.deployment_runs import RunStore, counts_by_status
+from shared.deployments.runs_table import RunStore, counts_by_status
+from shared.deployments.steps import run_store
 from shared.settings import load_settings
 
-# The deployment's classifications, in each operating system's own vocabulary (shared.classification).
+# The deployment's classifications, in each operating system's own vocabulary (shared.model.classification).
 CLASSIFICATIONS = {
     "Linux": ["Critical and security updates"],
     "Windows": ["Critical Updates", "Security Updates"],
 }
-# The longest maintenance window a deployment may have (shared.deployment_definition.MAX_WINDOW_MINUTES).
+# The longest maintenance window a deployment may have (shared.deployments.definition.MAX_WINDOW_MINUTES).
 WINDOW_MINUTES = 360
 # Wall-clock limit for one run, in real seconds.
 RUN_TIMEOUT_SECONDS = 3600

@@ -12,13 +12,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from functions.deployments import ORCHESTRATOR as DEPLOYMENT_RUN_ORCHESTRATOR
 from functions.http import error_response, json_response, require_role, run_accepted
-from shared.credentials import credential_for
-from shared.inventory import MachineInventory
-from shared.machine_query import QueryError, parse_machine_query
+from shared.azure.credentials import credential_for
+from shared.azure.tables import table_service
+from shared.fleet.machine_query import QueryError, parse_machine_query
+from shared.fleet.machines_table import MachineInventory
 from shared.messages import DiscoveryRunInput
 from shared.principal import Role
 from shared.settings import SettingsError, load_settings
-from shared.storage import table_service
 
 bp = df.Blueprint()
 

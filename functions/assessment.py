@@ -23,8 +23,9 @@ import azure.functions as func
 from functions.backoff import POLL_GROWTH, call_with_backoff
 from functions.http import error_response, require_role, run_accepted
 from functions.starters import current_slot, start_once
-from shared import assessment_run as work
-from shared.machines import OsType, machine_key
+from shared.assessment import run as work
+from shared.azure.patch_operations import PermanentArmError
+from shared.fleet.scope import AssessmentScope, ScopeError
 from shared.messages import (
     AssessmentActivityInput,
     AssessmentCounts,
@@ -37,9 +38,8 @@ from shared.messages import (
     TargetListing,
     TargetListingInput,
 )
-from shared.patch_operations import PermanentArmError
+from shared.model.machines import OsType, machine_key
 from shared.principal import Role
-from shared.scope import AssessmentScope, ScopeError
 from shared.settings import Settings, load_settings
 
 bp = df.Blueprint()

@@ -2,7 +2,8 @@
 the updates its install reported, and the stored output of each step.
 
 Everything here needs the Reader role and only reads what the run's activities wrote: the run and
-machine rows (``shared.deployment_runs``) and the step outputs in Blob Storage (``shared.run_logs``).
+machine rows (``shared.deployments.runs_table``) and the step outputs in Blob Storage
+(``shared.deployments.outputs``).
 Starting and cancelling runs lives with the orchestrations in ``functions/deployments.py``.
 """
 
@@ -15,15 +16,15 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from functions.http import error_response, json_response, require_role
-from shared import deployment_run as work
-from shared.credentials import credential_for
-from shared.deployment_messages import Step
-from shared.deployment_runs import MachineState, RunNotFound, RunRecord, RunStore, machine_to_json
-from shared.deployment_store import DeploymentNotFound
-from shared.install_types import InstallationState, PatchInstallResult
+from shared.azure.credentials import credential_for
+from shared.deployments import steps as work
+from shared.deployments.definitions_table import DeploymentNotFound
+from shared.deployments.messages import Step
+from shared.deployments.outputs import RunLogNotFound, run_log_store
+from shared.deployments.results import MachineResultStatus
+from shared.deployments.runs_table import MachineState, RunNotFound, RunRecord, RunStore, machine_to_json
+from shared.model.install_outcome import InstallationState, PatchInstallResult
 from shared.principal import Role
-from shared.run_logs import RunLogNotFound, run_log_store
-from shared.run_results import MachineResultStatus
 from shared.settings import Settings, load_settings
 
 bp = df.Blueprint()
@@ -32,7 +33,7 @@ bp = df.Blueprint()
 # is capped where a workbook or a person can still read it (our choice, not an Azure limit).
 DEFAULT_RUNS_TOP = 20
 MAX_RUNS_TOP = 100
-# Steps in the order a machine goes through them (shared.deployment_messages.Step).
+# Steps in the order a machine goes through them (shared.deployments.messages.Step).
 STEPS: tuple[str, ...] = get_args(Step)
 INSTALL_STEPS = tuple(s for s in STEPS if s.startswith("install"))
 # ``?status=`` takes a machine's state: waiting, running, or one of the result statuses.

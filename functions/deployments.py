@@ -24,10 +24,12 @@ import azure.functions as func
 from functions.backoff import POLL_GROWTH, call_with_backoff
 from functions.http import error_response, json_response, require_role, run_accepted
 from functions.starters import start_once
-from shared import deployment_run as work
-from shared.credentials import credential_for
-from shared.deployment_definition import DefinitionError, DeploymentDefinition, validate_definition
-from shared.deployment_messages import (
+from shared.azure.credentials import credential_for
+from shared.azure.tables import table_service
+from shared.deployments import steps as work
+from shared.deployments.definition import DefinitionError, DeploymentDefinition, validate_definition
+from shared.deployments.definitions_table import DeploymentNotFound, StoredDeployment
+from shared.deployments.messages import (
     MAX_INSTALL_CALLS,
     POSTSCAN,
     PRESCAN,
@@ -48,21 +50,19 @@ from shared.deployment_messages import (
     StepOutcome,
     install_step,
 )
-from shared.deployment_runs import RunNotFound, RunState, RunStore
-from shared.deployment_store import DeploymentNotFound, StoredDeployment
-from shared.machines import machine_key
-from shared.principal import Principal, Role
-from shared.rollout import (
+from shared.deployments.results import MachineResultStatus
+from shared.deployments.rollout import (
     MINUTES_FOR_REBOOT,
     MINUTES_PER_UPDATE,
     OccurrenceState,
     due_occurrences,
     occurrence_instance_id,
 )
-from shared.run_results import MachineResultStatus
-from shared.scheduler_state import SchedulerState
+from shared.deployments.runs_table import RunNotFound, RunState, RunStore
+from shared.deployments.scheduler_state import SchedulerState
+from shared.model.machines import machine_key
+from shared.principal import Principal, Role
 from shared.settings import load_settings
-from shared.storage import table_service
 
 bp = df.Blueprint()
 log = logging.getLogger(__name__)

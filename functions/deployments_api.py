@@ -15,11 +15,9 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from functions.http import error_response, json_response, require_role
-from shared.credentials import credential_for
-from shared.deployment_definition import DefinitionError, DeploymentDefinition, validate_definition
-from shared.deployment_run import deployment_store, run_store
-from shared.deployment_runs import RunStore
-from shared.deployment_store import (
+from shared.azure.credentials import credential_for
+from shared.deployments.definition import DefinitionError, DeploymentDefinition, validate_definition
+from shared.deployments.definitions_table import (
     DeploymentExists,
     DeploymentNotFound,
     DeploymentStore,
@@ -28,8 +26,10 @@ from shared.deployment_store import (
     StoredDeployment,
     frozen_members,
 )
+from shared.deployments.runs_table import RunStore
+from shared.deployments.schedule import next_occurrence
+from shared.deployments.steps import deployment_store, run_store
 from shared.principal import Role
-from shared.recurrence import next_occurrence
 from shared.settings import Settings, load_settings
 
 bp = df.Blueprint()

@@ -8,7 +8,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from functions.starters import current_slot, start_once
-from shared.discovery import discover_subscription as discover_subscription_machines
+from shared.fleet.discovery import discover_subscription as discover_subscription_machines
 from shared.messages import DiscoveryCounts, DiscoveryRunInput, SubscriptionDiscoveryInput
 from shared.settings import load_settings
 

@@ -9,12 +9,12 @@ import azure.functions as func
 from azure.data.tables import TableServiceClient
 
 from functions.http import error_response, json_response, require_role
-from shared.credentials import credential_for
-from shared.inventory_views import ViewError, machine_detail, machines_needing, missing_updates
-from shared.machines import OsType
+from shared.assessment.views import ViewError, machine_detail, machines_needing, missing_updates
+from shared.azure.credentials import credential_for
+from shared.azure.tables import table_service
+from shared.model.machines import OsType
 from shared.principal import Role
 from shared.settings import load_settings
-from shared.storage import table_service
 
 bp = df.Blueprint()
 

@@ -4,7 +4,7 @@ The timer starts ``light_check_run`` (instance id from the schedule slot, so a l
 firing starts nothing new). Its activity ``find_changed_machines`` lists the fleet cheaply and
 returns the few machines to reassess; the run then starts the ordinary ``assessment_run`` with
 those machine ids as its scope, and finally stores the baseline of the machines it assessed
-(shared/light_check.py has the rules).
+(shared/assessment/light_check.py has the rules).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from functions.starters import current_slot, start_once
-from shared import light_check as work
-from shared.light_check import BaselineInput, ChangedMachines, FindChangedInput, LightCheckInput
+from shared.assessment import light_check as work
+from shared.assessment.light_check import BaselineInput, ChangedMachines, FindChangedInput, LightCheckInput
+from shared.fleet.scope import AssessmentScope
 from shared.messages import AssessmentRunInput, AssessmentTuning
-from shared.scope import AssessmentScope
 from shared.settings import load_settings
 
 bp = df.Blueprint()

@@ -9,10 +9,10 @@ import azure.functions as func
 
 from functions.deployment_runs_api import DEFAULT_RUNS_TOP, MACHINE_STATUSES, MAX_RUNS_TOP, STEPS
 from functions.http import json_response
-from shared.deployment_definition import DeploymentDefinition
-from shared.deployment_runs import RunState
-from shared.install_types import InstallationState
-from shared.run_results import MachineResultStatus
+from shared.deployments.definition import DeploymentDefinition
+from shared.deployments.results import MachineResultStatus
+from shared.deployments.runs_table import RunState
+from shared.model.install_outcome import InstallationState
 
 bp = df.Blueprint()
 

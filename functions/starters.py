@@ -7,7 +7,7 @@ from typing import Any
 
 import azure.durable_functions as df
 
-from shared.schedule import slot_id
+from shared.timer_slots import slot_id
 
 
 def current_slot(schedule: str) -> str:

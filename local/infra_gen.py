@@ -4,7 +4,7 @@
   python -m local.infra_gen --check    exit 1 if the committed file differs from what the code declares
 
 The monitoring module loads the file with ``loadJsonContent``, so the Log Analytics tables and the
-data collection rule's streams come from :mod:`shared.logschema`, as the local stand-in's do.
+data collection rule's streams come from :mod:`shared.log_tables`, as the local stand-in's do.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from shared.logschema import bicep_tables
+from shared.log_tables import bicep_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG_TABLES_JSON = ROOT / "infra" / "generated" / "log-tables.json"
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         if current != wanted:
             print(f"{relative} is out of date: run python -m local.infra_gen", file=sys.stderr)
             return 1
-        print(f"{relative} matches shared/logschema.py")
+        print(f"{relative} matches shared/log_tables.py")
         return 0
     LOG_TABLES_JSON.parent.mkdir(parents=True, exist_ok=True)
     LOG_TABLES_JSON.write_text(wanted)

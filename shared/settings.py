@@ -18,8 +18,8 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlparse
 
-from shared.classification import Classification
-from shared.schedule import is_valid_ncrontab
+from shared.model.classification import Classification
+from shared.timer_slots import is_valid_ncrontab
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 # Azure Storage task hub names: 3-45 characters, letters and digits, starting with a letter

@@ -5,10 +5,10 @@ param location string
 param tags object
 param logRetentionDays int
 
-// Tables, stream declarations and data flows generated from shared/logschema.py
+// Tables, stream declarations and data flows generated from shared/log_tables.py
 // (python -m local.infra_gen; tests/infra checks the file is current).
 var logTables = loadJsonContent('../generated/log-tables.json')
-// The destination name every generated data flow sends to (shared/logschema.py DCR_WORKSPACE_DESTINATION).
+// The destination name every generated data flow sends to (shared/log_tables.py DCR_WORKSPACE_DESTINATION).
 var workspaceDestinationName = 'workspace'
 
 resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {

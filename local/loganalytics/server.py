@@ -44,7 +44,7 @@ from local.loganalytics.store import (
     TimeRange,
 )
 from local.tls import LocalTls
-from shared.logschema import TABLES, LogTable
+from shared.log_tables import TABLES, LogTable
 
 # Logs Ingestion API: at most 1 MB per call, compressed and uncompressed ("Azure Monitor
 # service limits", Logs Ingestion API). azure-monitor-ingestion splits uploads so that the

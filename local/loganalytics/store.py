@@ -1,6 +1,6 @@
 """The Log Analytics stand-in's storage: one DuckDB database, one table per declared log table.
 
-Rows are checked against the declarations of :mod:`shared.logschema` and converted to
+Rows are checked against the declarations of :mod:`shared.log_tables` and converted to
 DuckDB values before anything is written, so a request is stored whole or not at all,
 as the Logs Ingestion API does. KQL runs through ``duckdb-kql``, which refuses what it
 cannot translate rather than answering wrongly.
@@ -29,7 +29,7 @@ import duckdb_kql
 from duckdb_kql.types import kusto_type
 
 from local.clock import Clock, RealClock
-from shared.logschema import TABLES, ColumnType, LogTable
+from shared.log_tables import TABLES, ColumnType, LogTable
 
 # Log Analytics query API: at most 500,000 rows per result ("Azure Monitor service limits",
 # Log queries); past it the service returns the first rows and a partial-result error.

@@ -35,7 +35,7 @@ __all__ = [
 def logs_runner_for(stack: LocalStack) -> LogsQueryRunner:
     """A query runner on the stack's Log Analytics, through the query endpoint the app uses."""
     from local.stack import WORKSPACE_ID
-    from shared.credentials import EmulatorCredential
+    from shared.azure.credentials import EmulatorCredential
 
     if stack.logs is None or stack.tls is None:
         raise RuntimeError("the local stack is not started: start it before serving the workbook")

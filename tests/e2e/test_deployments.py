@@ -20,17 +20,17 @@ import functions.deployments as deployments
 from local.arm.fleet import parse_fleet
 from local.clock import VirtualClock
 from local.stack import LocalStack
-from shared.credentials import EmulatorCredential
-from shared.deployment_run import run_store
-from shared.deployment_runs import RunStore
-from shared.machines import machine_key
-from shared.rollout import (
+from shared.azure.credentials import EmulatorCredential
+from shared.deployments.rollout import (
     MINUTES_FOR_REBOOT,
     MINUTES_PER_UPDATE,
     REASON_ERROR_BUDGET,
     REASON_WINDOW_CLOSING,
     occurrence_instance_id,
 )
+from shared.deployments.runs_table import RunStore
+from shared.deployments.steps import run_store
+from shared.model.machines import machine_key
 from shared.settings import load_settings
 
 pytestmark = pytest.mark.e2e
@@ -135,8 +135,8 @@ def test_rhel_run_installs_exactly_the_critical_and_security_updates_and_the_nex
 
 
 def stack_output(stack, run_id: str, group: str, name: str, step: str) -> dict[str, Any]:
-    from shared.credentials import credential_for
-    from shared.run_logs import run_log_store
+    from shared.azure.credentials import credential_for
+    from shared.deployments.outputs import run_log_store
 
     settings = load_settings()
     return run_log_store(settings, credential_for(settings)).get(run_id, machine_key(rid(group, name)), step)

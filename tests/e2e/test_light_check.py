@@ -17,9 +17,7 @@ from azure.mgmt.compute.models import LinuxParameters, VirtualMachineInstallPatc
 
 from local.arm.fleet import load_fleet
 from local.stack import DEMO_FLEET, LocalStack
-from shared.arm import COMPUTE_API_VERSION
-from shared.credentials import EmulatorCredential, credential_for
-from shared.light_check import (
+from shared.assessment.light_check import (
     BaselineInput,
     BaselineStore,
     LightCheckInput,
@@ -27,10 +25,12 @@ from shared.light_check import (
     Reason,
     record_baseline,
 )
-from shared.machines import machine_key, parse_resource_id
+from shared.assessment.updates_table import UpdateInventory
+from shared.azure.arm import COMPUTE_API_VERSION
+from shared.azure.credentials import EmulatorCredential, credential_for
+from shared.azure.tables import table_service
+from shared.model.machines import machine_key, parse_resource_id
 from shared.settings import load_settings
-from shared.storage import table_service
-from shared.update_inventory import UpdateInventory
 
 pytestmark = pytest.mark.e2e
 

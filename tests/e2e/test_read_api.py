@@ -11,9 +11,9 @@ from azure.mgmt.compute.models import LinuxParameters, VirtualMachineInstallPatc
 
 from local.arm.fleet import load_fleet
 from local.stack import DEMO_FLEET, LocalStack
-from shared.arm import COMPUTE_API_VERSION
-from shared.credentials import EmulatorCredential
-from shared.machines import parse_resource_id
+from shared.azure.arm import COMPUTE_API_VERSION
+from shared.azure.credentials import EmulatorCredential
+from shared.model.machines import parse_resource_id
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ from azure.monitor.query import LogsQueryClient, LogsQueryResult
 from local.arm.catalogue import LinuxPackage, WindowsUpdate
 from local.arm.fleet import load_fleet
 from local.stack import DEMO_FLEET, WORKSPACE_ID, LocalStack
-from shared.credentials import EmulatorCredential
+from shared.azure.credentials import EmulatorCredential
 
 pytestmark = pytest.mark.e2e
 

@@ -29,11 +29,11 @@ from local.workbook import load_workbook, logs_runner_for, run_query_item, workb
 from local.workbook.evaluate import ResultTable, resolve_parameters
 from local.workbook.model import QueryItem
 from local.workbook.parameters import substitute
-from shared.deployment_runs import STATUS_COLUMNS
-from shared.install_types import InstallationState, InstallOutcome, PatchInstallResult
-from shared.logschema import TABLES, LogTable
-from shared.rollout import REASON_CANCELLED, REASON_ERROR_BUDGET, REASON_WINDOW_CLOSING
-from shared.run_results import MachineResultStatus
+from shared.deployments.results import MachineResultStatus
+from shared.deployments.rollout import REASON_CANCELLED, REASON_ERROR_BUDGET, REASON_WINDOW_CLOSING
+from shared.deployments.runs_table import STATUS_COLUMNS
+from shared.log_tables import TABLES, LogTable
+from shared.model.install_outcome import InstallationState, InstallOutcome, PatchInstallResult
 
 pytestmark = pytest.mark.e2e
 
@@ -556,7 +556,7 @@ class _EmptyTables:
 
 def test_renaming_any_column_a_query_uses_breaks_that_query(workbook, alert_rules, stack):
     """Every declared column a query names is read from a table it queries: renamed in that table's
-    declaration (as a change in shared/logschema.py would rename it), the query is refused. A column
+    declaration (as a change in shared/log_tables.py would rename it), the query is refused. A column
     several tables declare (ComputerEnvironment, ...) must break the query in at least one of them."""
     tables = _EmptyTables()
     checked = 0

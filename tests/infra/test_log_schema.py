@@ -1,7 +1,7 @@
-"""One schema in three places: shared/logschema.py, the Bicep tables and DCR streams, the local stand-in.
+"""One schema in three places: shared/log_tables.py, the Bicep tables and DCR streams, the local stand-in.
 
 The Bicep loads infra/generated/log-tables.json (written by ``python -m local.infra_gen`` from
-shared/logschema.py); these tests check the file is current, that it says what TABLES says when read
+shared/log_tables.py); these tests check the file is current, that it says what TABLES says when read
 independently, that the monitoring module uses it whole, and that the local Log Analytics stand-in
 creates the same tables with the same columns.
 """
@@ -10,7 +10,7 @@ import json
 
 from local.infra_gen import LOG_TABLES_JSON, render_log_tables
 from local.loganalytics.store import LogStore
-from shared.logschema import DCR_WORKSPACE_DESTINATION, TABLES, ColumnType
+from shared.log_tables import DCR_WORKSPACE_DESTINATION, TABLES, ColumnType
 from tests.infra.bicep import expr, module, one
 
 # The Tables API's column type names, by DCR stream type name (which ColumnType uses).

@@ -36,7 +36,7 @@ from local.arm.server import PAGE_SIZE, ArmStandIn
 from local.arm.simulation import VM_RESTART_DURATION
 from local.clock import VirtualClock
 from local.tls import LocalTls, ensure_local_tls
-from shared.arm import COMPUTE_API_VERSION, HYBRID_COMPUTE_API_VERSION
+from shared.azure.arm import COMPUTE_API_VERSION, HYBRID_COMPUTE_API_VERSION
 
 SUB = "11111111-1111-4111-8111-111111111111"
 BULK = PAGE_SIZE + 5  # enough VMs in one group to need a second page

@@ -15,18 +15,18 @@ from local.azurite import Azurite
 from local.clock import VirtualClock
 from local.loganalytics import LogAnalyticsStandIn
 from local.tls import LocalTls, ensure_local_tls
-from shared.assessment_recording import record_assessment, record_failure
-from shared.assessment_types import AssessmentFailure, AssessmentOutcome, AvailablePatch, Readiness
-from shared.inventory import MachineInventory
-from shared.machines import Machine, MachineKind, OsType, PowerState
-from shared.settings import Settings, load_settings
-from shared.update_inventory import (
+from shared.assessment.recording import record_assessment, record_failure
+from shared.assessment.updates_table import (
     CATALOGUE_TABLE,
     HISTORY_TABLE,
     MACHINE_UPDATES_TABLE,
     UpdateInventory,
     missing_keys,
 )
+from shared.fleet.machines_table import MachineInventory
+from shared.model.assessment_outcome import AssessmentFailure, AssessmentOutcome, AvailablePatch, Readiness
+from shared.model.machines import Machine, MachineKind, OsType, PowerState
+from shared.settings import Settings, load_settings
 
 WORKSPACE = "00000000-0000-4000-8000-0000000000bb"
 DCR = "dcr-00000000000000000000000000000bbb"

@@ -22,15 +22,15 @@ import function_app
 from local.clock import VirtualClock
 from local.durable import DurableRunner
 from local.functions_host import FunctionsHost
-from shared import deployment_run as work
-from shared.deployment_definition import DeploymentDefinition, validate_definition
-from shared.deployment_messages import DeploymentRunInput
-from shared.deployment_runs import MachineOutcomeRecord, MachineTarget, RunState, RunStore
-from shared.install_types import InstallationState, InstallOutcome, PatchInstallResult
-from shared.machines import OsType, machine_key
+from shared.deployments import steps as work
+from shared.deployments.definition import DeploymentDefinition, validate_definition
+from shared.deployments.messages import DeploymentRunInput
+from shared.deployments.outputs import RunLogStore
+from shared.deployments.results import MachineResultStatus
+from shared.deployments.runs_table import MachineOutcomeRecord, MachineTarget, RunState, RunStore
+from shared.model.install_outcome import InstallationState, InstallOutcome, PatchInstallResult
+from shared.model.machines import OsType, machine_key
 from shared.principal import Role, encode_principal
-from shared.run_logs import RunLogStore
-from shared.run_results import MachineResultStatus
 from shared.settings import load_settings
 from tests.unit.test_deployment_definition import vm, windows
 

@@ -19,10 +19,10 @@ from local.clock import VirtualClock
 from local.functions_host import FunctionsHost
 from local.loganalytics import LogAnalyticsStandIn
 from local.tls import ensure_local_tls
-from shared.credentials import EmulatorCredential
-from shared.deployment_definition import validate_definition
-from shared.deployment_runs import RunState, RunStore
-from shared.logschema import HEARTBEAT
+from shared.azure.credentials import EmulatorCredential
+from shared.deployments.definition import validate_definition
+from shared.deployments.runs_table import RunState, RunStore
+from shared.log_tables import HEARTBEAT
 from shared.principal import Role, encode_principal
 from shared.settings import load_settings
 from tests.unit.test_deployment_definition import BAD_ID, linux, vm, windows

@@ -11,8 +11,8 @@ from azure.data.tables import TableServiceClient
 
 import function_app
 from local.functions_host import FunctionsHost
-from shared.inventory import MachineInventory
-from shared.machines import Machine, MachineKind, OsType, PowerState
+from shared.fleet.machines_table import MachineInventory
+from shared.model.machines import Machine, MachineKind, OsType, PowerState
 from shared.principal import Role, encode_principal
 from tests.integration.conftest import SUBSCRIPTION
 

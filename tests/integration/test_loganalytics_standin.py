@@ -23,8 +23,8 @@ from local.clock import VirtualClock
 from local.loganalytics import LogAnalyticsStandIn, LogStore
 from local.loganalytics.store import StoreBusy
 from local.tls import LocalTls, ensure_local_tls
-from shared.logschema import HEARTBEAT, Column, ColumnType, LogTable
-from shared.logsink import LogSink
+from shared.azure.log_ingestion import LogSink
+from shared.log_tables import HEARTBEAT, Column, ColumnType, LogTable
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKSPACE = "00000000-0000-4000-8000-0000000000aa"

@@ -20,16 +20,16 @@ from local.arm.server import ArmStandIn
 from local.clock import VirtualClock
 from local.loganalytics import LogAnalyticsStandIn
 from local.tls import LocalTls, ensure_local_tls
-from shared.assessment_types import AssessmentOutcome
-from shared.credentials import EmulatorCredential
-from shared.deployment_definition import DeploymentDefinition, validate_definition
-from shared.install_types import InstallationState, InstallOutcome
-from shared.logschema import UPDATE_RUN_PROGRESS
-from shared.logsink import LogSink
-from shared.machines import Machine, MachineKind, OsType, PowerState
-from shared.patch_install import install_request
-from shared.patch_operations import PatchOperations, PermanentArmError
-from shared.run_results import MachineResultStatus, machine_result_status, run_progress_rows
+from shared.azure.credentials import EmulatorCredential
+from shared.azure.log_ingestion import LogSink
+from shared.azure.patch_operations import PatchOperations, PermanentArmError
+from shared.deployments.definition import DeploymentDefinition, validate_definition
+from shared.deployments.install import install_request
+from shared.deployments.results import MachineResultStatus, machine_result_status, run_progress_rows
+from shared.log_tables import UPDATE_RUN_PROGRESS
+from shared.model.assessment_outcome import AssessmentOutcome
+from shared.model.install_outcome import InstallationState, InstallOutcome
+from shared.model.machines import Machine, MachineKind, OsType, PowerState
 
 SUB = "22222222-2222-4222-8222-222222222222"
 WORKSPACE, DCR = "ws-install", "dcr-install"

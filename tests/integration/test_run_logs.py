@@ -7,9 +7,9 @@ import uuid
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from shared.credentials import credential_for
-from shared.machines import machine_key
-from shared.run_logs import RunLogNotFound, RunLogStore, run_log_store
+from shared.azure.credentials import credential_for
+from shared.deployments.outputs import RunLogNotFound, RunLogStore, run_log_store
+from shared.model.machines import machine_key
 from shared.settings import load_settings
 
 VM = (

@@ -20,11 +20,11 @@ from azure.monitor.query import LogsQueryClient, LogsQueryResult
 from local.clock import VirtualClock
 from local.loganalytics import LogAnalyticsStandIn
 from local.tls import LocalTls
-from shared.assessment_recording import record_assessment
-from shared.classification import REQUIRED_FOR_COMPLIANCE, Classification
-from shared.credentials import EmulatorCredential
-from shared.logschema import TABLES, Column, ColumnType, LogTable
-from shared.machines import Machine, OsType
+from shared.assessment.recording import record_assessment
+from shared.azure.credentials import EmulatorCredential
+from shared.log_tables import TABLES, Column, ColumnType, LogTable
+from shared.model.classification import REQUIRED_FOR_COMPLIANCE, Classification
+from shared.model.machines import Machine, OsType
 from tests.integration.test_assessment_inventory import (  # noqa: F401 - fixtures used by name
     DAY1,
     DCR,

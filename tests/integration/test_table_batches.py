@@ -2,7 +2,7 @@ import uuid
 
 from azure.data.tables import TableServiceClient
 
-from shared.storage import MAX_TRANSACTION_ENTITIES, upsert_in_batches
+from shared.azure.tables import MAX_TRANSACTION_ENTITIES, upsert_in_batches
 
 
 class CountingTable:

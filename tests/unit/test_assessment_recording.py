@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.assessment_recording import (
+from shared.assessment.recording import (
     MachineAssessmentSummary,
     is_optional,
     kb_digits,
@@ -16,11 +16,11 @@ from shared.assessment_recording import (
     update_records,
     update_rows,
 )
-from shared.assessment_types import AssessmentOutcome, AvailablePatch, Readiness
-from shared.classification import Classification, UnknownClassification
-from shared.logschema import UPDATE, UPDATE_SUMMARY
-from shared.logsink import check_rows
-from shared.machines import Machine, MachineKind, OsType, PowerState
+from shared.azure.log_ingestion import check_rows
+from shared.log_tables import UPDATE, UPDATE_SUMMARY
+from shared.model.assessment_outcome import AssessmentOutcome, AvailablePatch, Readiness
+from shared.model.classification import Classification, UnknownClassification
+from shared.model.machines import Machine, MachineKind, OsType, PowerState
 
 AT = datetime(2026, 1, 13, 2, 0, tzinfo=UTC)
 PUBLISHED = datetime(2024, 1, 9, tzinfo=UTC)

@@ -1,7 +1,7 @@
 import pytest
 
-from shared.classification import Classification, UnknownClassification, to_api, to_display
-from shared.machines import OsType
+from shared.model.classification import Classification, UnknownClassification, to_api, to_display
+from shared.model.machines import OsType
 
 
 def test_windows_api_names_map_to_the_legacy_display_names():

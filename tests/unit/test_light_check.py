@@ -19,8 +19,7 @@ from azure.mgmt.compute.models import (
 from functions import light_check as functions_light_check
 from local.clock import VirtualClock
 from local.durable import DurableRunner
-from shared.arm import vm_to_machine
-from shared.light_check import (
+from shared.assessment.light_check import (
     AssessmentRecord,
     Baseline,
     ChangedMachines,
@@ -31,7 +30,8 @@ from shared.light_check import (
     decide,
     select,
 )
-from shared.machines import Machine, MachineKind, OsType, PowerState
+from shared.azure.arm import vm_to_machine
+from shared.model.machines import Machine, MachineKind, OsType, PowerState
 
 SUB = "00000000-0000-0000-0000-000000000001"
 ASSESSED = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

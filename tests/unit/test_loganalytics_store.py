@@ -14,7 +14,7 @@ from local.loganalytics import LogAnalyticsStandIn, LogStore, RowRejected, TimeR
 from local.loganalytics.server import BadTimespan
 from local.loganalytics.store import prepare_rows
 from local.tls import LocalTls
-from shared.logschema import Column, ColumnType, LogTable
+from shared.log_tables import Column, ColumnType, LogTable
 
 NOW = datetime(2026, 1, 13, 2, 0, tzinfo=UTC)
 T = ColumnType

@@ -3,9 +3,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.logschema import HEARTBEAT, TABLES
-from shared.logsink import RecordShapeError, check_rows, heartbeat_row, record_id
-from shared.machines import Machine, MachineKind, OsType, PowerState
+from shared.azure.log_ingestion import RecordShapeError, check_rows, heartbeat_row, record_id
+from shared.log_tables import HEARTBEAT, TABLES
+from shared.model.machines import Machine, MachineKind, OsType, PowerState
 
 MACHINE = Machine(
     "/subscriptions/abc/resourceGroups/rg/providers/Microsoft.HybridCompute/machines/db01", "db01",

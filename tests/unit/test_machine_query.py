@@ -1,6 +1,6 @@
 import pytest
 
-from shared.machine_query import DEFAULT_PAGE_SIZE, QueryError, parse_machine_query
+from shared.fleet.machine_query import DEFAULT_PAGE_SIZE, QueryError, parse_machine_query
 
 
 def test_filters_accept_any_case_and_map_to_stored_values():

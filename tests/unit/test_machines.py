@@ -1,6 +1,6 @@
 import pytest
 
-from shared.machines import (
+from shared.model.machines import (
     Environment,
     Machine,
     MachineKind,

@@ -12,17 +12,17 @@ from azure.mgmt.compute.models import (
 )
 from azure.mgmt.hybridcompute.models import MachineInstallPatchesParameters
 
-from shared.deployment_definition import DeploymentDefinition, validate_definition
-from shared.install_types import InstallationState, InstallOutcome, PatchInstallResult
-from shared.logschema import UPDATE_RUN_PROGRESS
-from shared.machines import Machine, MachineKind, OsType, PowerState
-from shared.patch_install import (
+from shared.deployments.definition import DeploymentDefinition, validate_definition
+from shared.deployments.install import (
     MAX_INSTALL_DURATION,
     InstallParameterError,
     install_parameters,
     to_install_outcome,
 )
-from shared.run_results import MachineResultStatus, machine_result_status, run_progress_rows
+from shared.deployments.results import MachineResultStatus, machine_result_status, run_progress_rows
+from shared.log_tables import UPDATE_RUN_PROGRESS
+from shared.model.install_outcome import InstallationState, InstallOutcome, PatchInstallResult
+from shared.model.machines import Machine, MachineKind, OsType, PowerState
 
 SUB = "11111111-1111-4111-8111-111111111111"
 AT = datetime(2026, 2, 10, 3, 0, tzinfo=UTC)

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
-from shared.recurrence import Schedule, next_occurrence, occurrences
+from shared.deployments.schedule import Schedule, next_occurrence, occurrences
 
 BERLIN = ZoneInfo("Europe/Berlin")
 YEAR_2026 = (datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))

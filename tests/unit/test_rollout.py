@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
-from shared.deployment_definition import Rollout
-from shared.recurrence import Schedule
-from shared.rollout import (
+from shared.deployments.definition import Rollout
+from shared.deployments.rollout import (
     MAX_INSTALL_DURATION,
     REASON_CANCELLED,
     REASON_ERROR_BUDGET,
@@ -29,6 +28,7 @@ from shared.rollout import (
     occurrence_instance_id,
     rollout_finished,
 )
+from shared.deployments.schedule import Schedule
 
 T0 = datetime(2026, 1, 16, 1, 0, tzinfo=UTC)
 

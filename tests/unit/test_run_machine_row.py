@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from shared.deployment_runs import MachineOutcomeRecord
-from shared.logschema import UPDATE_RUN_MACHINE
-from shared.logsink import check_rows
-from shared.machines import OsType, machine_key
-from shared.rollout import REASON_ERROR_BUDGET
-from shared.run_results import MachineResultStatus, run_machine_row
+from shared.azure.log_ingestion import check_rows
+from shared.deployments.results import MachineResultStatus, run_machine_row
+from shared.deployments.rollout import REASON_ERROR_BUDGET
+from shared.deployments.runs_table import MachineOutcomeRecord
+from shared.log_tables import UPDATE_RUN_MACHINE
+from shared.model.machines import OsType, machine_key
 
 SUB = "11111111-1111-4111-8111-111111111111"
 VM = f"/subscriptions/{SUB}/resourceGroups/rg-web/providers/Microsoft.Compute/virtualMachines/web-01"

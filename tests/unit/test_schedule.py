@@ -2,7 +2,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.schedule import is_valid_ncrontab, schedule_slot, slot_id
+from shared.timer_slots import is_valid_ncrontab, schedule_slot, slot_id
 
 EVERY_3_HOURS = "0 0 */3 * * *"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.machines import Machine, MachineKind, OsType, PowerState
-from shared.scope import AssessmentScope, ScopeError, TagMatch
+from shared.fleet.scope import AssessmentScope, ScopeError, TagMatch
+from shared.model.machines import Machine, MachineKind, OsType, PowerState
 
 SUB_A = "00000000-0000-0000-0000-00000000000a"
 SUB_B = "00000000-0000-0000-0000-00000000000b"

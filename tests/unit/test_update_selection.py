@@ -9,12 +9,12 @@ import pytest
 
 from local.arm.catalogue import OS_PROFILES, LinuxPackage, Update, WindowsUpdate, updates_for
 from local.arm.simulation import parse_install_request, patch_id, select
-from shared.assessment_recording import is_optional
-from shared.assessment_types import AssessmentOutcome, AvailablePatch
-from shared.deployment_definition import DeploymentDefinition, validate_definition
-from shared.machines import OsType
-from shared.patch_install import install_parameters
-from shared.update_selection import PendingEstimate, optional_kbs, pending_estimate, selected_patches
+from shared.assessment.recording import is_optional
+from shared.deployments.definition import DeploymentDefinition, validate_definition
+from shared.deployments.install import install_parameters
+from shared.deployments.selection import PendingEstimate, optional_kbs, pending_estimate, selected_patches
+from shared.model.assessment_outcome import AssessmentOutcome, AvailablePatch
+from shared.model.machines import OsType
 
 VM = (
     "/subscriptions/00000000-0000-0000-0000-0000000000aa/resourceGroups/rg"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from shared.machines import Machine, OsType, parse_resource_id
+from shared.model.machines import Machine, OsType, parse_resource_id
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 # ARM resource group names: 1-90 characters of letters, digits, '_', '-', '.', '(' and ')',

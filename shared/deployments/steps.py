@@ -21,13 +21,22 @@ from typing import Any
 from azure.core.credentials import TokenCredential
 from azure.monitor.query import LogsQueryClient
 
-from shared.arm import list_fleet
-from shared.assessment_recording import record_assessment
-from shared.assessment_run import machine_from_json, machine_to_json
-from shared.assessment_types import Readiness
-from shared.credentials import credential_for
-from shared.deployment_definition import DeploymentDefinition
-from shared.deployment_messages import (
+from shared.assessment.recording import record_assessment
+from shared.assessment.run import machine_from_json, machine_to_json
+from shared.azure.arm import list_fleet
+from shared.azure.credentials import credential_for
+from shared.azure.log_ingestion import LogSink
+from shared.azure.patch_operations import PatchOperations, PermanentArmError, failure_for
+from shared.azure.tables import table_service
+from shared.deployments.definition import DeploymentDefinition
+from shared.deployments.definitions_table import (
+    DeploymentStore,
+    GroupEvaluationError,
+    evaluate_groups,
+    saved_search_runner,
+)
+from shared.deployments.install import install_request
+from shared.deployments.messages import (
     POSTSCAN,
     PRESCAN,
     RESTART,
@@ -37,7 +46,15 @@ from shared.deployment_messages import (
     StepInput,
     StepOutcome,
 )
-from shared.deployment_runs import (
+from shared.deployments.outputs import run_log_store
+from shared.deployments.results import (
+    MachineResultStatus,
+    machine_result_status,
+    run_machine_row,
+    run_progress_rows,
+)
+from shared.deployments.rollout import may_reboot
+from shared.deployments.runs_table import (
     FINAL_STATES,
     MachineOutcomeRecord,
     MachineTarget,
@@ -45,24 +62,12 @@ from shared.deployment_runs import (
     RunState,
     RunStore,
 )
-from shared.deployment_store import (
-    DeploymentStore,
-    GroupEvaluationError,
-    evaluate_groups,
-    saved_search_runner,
-)
-from shared.install_types import InstallOutcome
-from shared.logschema import UPDATE_RUN_MACHINE, UPDATE_RUN_PROGRESS
-from shared.logsink import LogSink
-from shared.machines import Machine, MachineKind, PowerState, Support, machine_key, parse_resource_id
-from shared.patch_install import install_request
-from shared.patch_operations import PatchOperations, PermanentArmError, failure_for
-from shared.rollout import may_reboot
-from shared.run_logs import run_log_store
-from shared.run_results import MachineResultStatus, machine_result_status, run_machine_row, run_progress_rows
+from shared.deployments.selection import optional_kbs, pending_estimate
+from shared.log_tables import UPDATE_RUN_MACHINE, UPDATE_RUN_PROGRESS
+from shared.model.assessment_outcome import Readiness
+from shared.model.install_outcome import InstallOutcome
+from shared.model.machines import Machine, MachineKind, PowerState, Support, machine_key, parse_resource_id
 from shared.settings import Settings
-from shared.storage import table_service
-from shared.update_selection import optional_kbs, pending_estimate
 
 # An install followed through the VM's instance view after its continuation token was lost.
 FOLLOWED_TOKEN_PREFIX = "instanceview:"

@@ -19,7 +19,7 @@ from azure.core.exceptions import HttpResponseError, ServiceRequestError
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.hybridcompute import HybridComputeManagementClient
 
-from shared.machines import Machine, MachineKind, OsType, PowerState, parse_resource_id
+from shared.model.machines import Machine, MachineKind, OsType, PowerState, parse_resource_id
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from shared.deployment_definition import NAME_PATTERN, Rollout
-from shared.recurrence import Schedule, occurrences
+from shared.deployments.definition import NAME_PATTERN, Rollout
+from shared.deployments.schedule import Schedule, occurrences
 
 # Legacy Update Management needs about this much of the window left before it starts an update,
 # a service pack, or a reboot (AZURE-FACTS, "Maintenance windows and limits").

@@ -2,7 +2,7 @@
 
 Tables and keys, each chosen for the reads that use it:
 
-- ``Machines`` (owned by :mod:`shared.inventory`; PartitionKey = subscription id, RowKey =
+- ``Machines`` (owned by :mod:`shared.fleet.machines_table`; PartitionKey = subscription id, RowKey =
   machine key): assessments MERGE their state into the machine's entity (last assessed,
   compliance, missing counts by classification, reboot pending, readiness, last error), so
   discovery's properties stay as they are.
@@ -37,13 +37,13 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableServiceClient, UpdateMode
 
-from shared.assessment_types import AssessmentFailure, Readiness
-from shared.inventory import MACHINES_TABLE
-from shared.machines import Machine
-from shared.storage import upsert_in_batches
+from shared.azure.tables import upsert_in_batches
+from shared.fleet.machines_table import MACHINES_TABLE
+from shared.model.assessment_outcome import AssessmentFailure, Readiness
+from shared.model.machines import Machine
 
 if TYPE_CHECKING:
-    from shared.assessment_recording import MachineAssessmentSummary, UpdateRecord
+    from shared.assessment.recording import MachineAssessmentSummary, UpdateRecord
 
 MACHINE_UPDATES_TABLE = "MachineUpdates"
 UPDATE_MACHINES_TABLE = "UpdateMachines"

@@ -1,8 +1,8 @@
 """What one patch assessment of one machine produced, independent of where it came from.
 
-The ARM adapter (``shared/patch_operations.py``) turns an ``assessPatches`` result of an
+The ARM adapter (``shared/azure/patch_operations.py``) turns an ``assessPatches`` result of an
 Azure VM or an Arc-enabled server into an :class:`AssessmentOutcome`; the recorder
-(``shared/assessment_recording.py``) turns an outcome into inventory entities and Log
+(``shared/assessment/recording.py``) turns an outcome into inventory entities and Log
 Analytics rows. Neither side knows the other's details.
 """
 

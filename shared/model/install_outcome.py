@@ -2,7 +2,7 @@
 came back (:class:`InstallOutcome`), independent of the SDK and of Azure VM versus Arc server.
 
 The request is plain data so it can cross Durable boundaries (it is small: classifications,
-KB numbers and masks, never a patch list); the ARM adapter (``shared/patch_install.py``) turns it
+KB numbers and masks, never a patch list); the ARM adapter (``shared/deployments/install.py``) turns it
 into the SDK's parameters and the SDK's result into an outcome.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from shared.machines import OsType
+from shared.model.machines import OsType
 
 
 class InstallationState(StrEnum):

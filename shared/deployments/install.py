@@ -1,6 +1,6 @@
 """From a deployment definition to ``installPatches`` parameters, and from the result back to an outcome.
 
-Pure mapping, no network: :class:`shared.patch_operations.PatchOperations` sends the call
+Pure mapping, no network: :class:`shared.azure.patch_operations.PatchOperations` sends the call
 (``start_install`` / ``check_install``, the same start-then-check pair as assessments).
 
 Decisions the API leaves to us:
@@ -33,11 +33,11 @@ from azure.mgmt.hybridcompute.models import LinuxParameters as ArcLinuxParameter
 from azure.mgmt.hybridcompute.models import MachineInstallPatchesParameters, MachineInstallPatchesResult
 from azure.mgmt.hybridcompute.models import WindowsParameters as ArcWindowsParameters
 
-from shared.arm import enum_text, kb_digits
-from shared.deployment_definition import KB_PATTERN, DeploymentDefinition
-from shared.install_types import InstallationState, InstallOutcome, InstallRequest, PatchInstallResult
-from shared.machines import MachineKind, OsType
-from shared.rollout import MAX_INSTALL_DURATION
+from shared.azure.arm import enum_text, kb_digits
+from shared.deployments.definition import KB_PATTERN, DeploymentDefinition
+from shared.deployments.rollout import MAX_INSTALL_DURATION
+from shared.model.install_outcome import InstallationState, InstallOutcome, InstallRequest, PatchInstallResult
+from shared.model.machines import MachineKind, OsType
 
 # The reboot settings installPatches accepts (AZURE-FACTS, "Install parameters").
 API_REBOOT_SETTINGS = frozenset({"IfRequired", "Never", "Always"})

@@ -19,8 +19,8 @@ from typing import Any
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableServiceClient
 
-from shared.machines import Machine, machine_key, parse_resource_id
-from shared.storage import upsert_in_batches
+from shared.azure.tables import upsert_in_batches
+from shared.model.machines import Machine, machine_key, parse_resource_id
 
 MACHINES_TABLE = "Machines"
 # Table Storage returns at most 1,000 entities per query response (Table service limits).

@@ -11,9 +11,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from shared.deployment_runs import DEPLOYMENT_BATCH_SIZE
+from shared.deployments.rollout import Window
+from shared.deployments.runs_table import DEPLOYMENT_BATCH_SIZE
 from shared.messages import Message, PollingTuning
-from shared.rollout import Window
 
 # A machine's steps, in order. Installs are numbered: one call may last at most 3 h 55 min, so a
 # 6-hour window can need a second call for what the first left pending.

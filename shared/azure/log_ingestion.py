@@ -1,6 +1,6 @@
 """Sending records to Log Analytics through the Logs Ingestion API.
 
-Rows are checked against the table declarations in :mod:`shared.logschema` before
+Rows are checked against the table declarations in :mod:`shared.log_tables` before
 anything is sent, so a renamed field fails here, loudly, rather than as a 400 from
 the data collection rule. The SDK splits uploads at the 1 MB request limit and its
 retry policy honours 429 ``Retry-After`` (azure-core), so neither is redone here.
@@ -16,8 +16,8 @@ from typing import Any
 from azure.core.credentials import TokenCredential
 from azure.monitor.ingestion import LogsIngestionClient
 
-from shared.logschema import HEARTBEAT, LogTable
-from shared.machines import Machine
+from shared.log_tables import HEARTBEAT, LogTable
+from shared.model.machines import Machine
 
 
 class RecordShapeError(ValueError):
@@ -36,7 +36,7 @@ def check_rows(table: LogTable, rows: Sequence[Mapping[str, Any]]) -> None:
         if unknown:
             raise RecordShapeError(
                 f"{table.name} row {index}: column(s) {', '.join(unknown)} are not declared "
-                f"in shared/logschema.py for {table.name}"
+                f"in shared/log_tables.py for {table.name}"
             )
 
 

@@ -32,11 +32,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-from shared.classification import to_display
-from shared.install_types import InstallationState, InstallOutcome, PatchInstallResult
-from shared.logschema import UPDATE_RUN_MACHINE, UPDATE_RUN_PROGRESS
-from shared.logsink import record_id
-from shared.machines import Environment, Machine, MachineKind, OsType, machine_key, parse_resource_id
+from shared.azure.log_ingestion import record_id
+from shared.log_tables import UPDATE_RUN_MACHINE, UPDATE_RUN_PROGRESS
+from shared.model.classification import to_display
+from shared.model.install_outcome import InstallationState, InstallOutcome, PatchInstallResult
+from shared.model.machines import Environment, Machine, MachineKind, OsType, machine_key, parse_resource_id
 
 
 class MachineResultStatus(StrEnum):
@@ -121,7 +121,7 @@ def _patch_columns(os_type: OsType, patch: PatchInstallResult) -> dict[str, Any]
 
 
 class MachineRunOutcome(Protocol):
-    """What a run recorded for a machine (``shared.deployment_runs.MachineOutcomeRecord`` has this shape)."""
+    """What a run recorded for a machine (``runs_table.MachineOutcomeRecord`` has this shape)."""
 
     @property
     def status(self) -> MachineResultStatus: ...
@@ -143,7 +143,7 @@ class MachineRunOutcome(Protocol):
     def error_message(self) -> str: ...
 
 
-# ErrorMessage is kept as the run's machine row keeps it (shared.deployment_runs cuts it at 4,000).
+# ErrorMessage is kept as the run's machine row keeps it (shared.deployments.runs_table cuts it at 4,000).
 _MAX_ERROR_MESSAGE = 4000
 
 

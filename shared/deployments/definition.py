@@ -23,10 +23,10 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from shared.classification import UnknownClassification, to_api
-from shared.machines import OsType, parse_resource_id
-from shared.recurrence import Schedule
-from shared.scope import AssessmentScope, ScopeError
+from shared.deployments.schedule import Schedule
+from shared.fleet.scope import AssessmentScope, ScopeError
+from shared.model.classification import UnknownClassification, to_api
+from shared.model.machines import OsType, parse_resource_id
 
 # Legacy Update Management: at most 1,000 machines per deployment (AZURE-FACTS, limits).
 MAX_MACHINES = 1000

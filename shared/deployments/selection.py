@@ -3,13 +3,13 @@
 The install call itself decides (``installPatches`` filters on the machine); this module predicts
 that decision from a pre-scan assessment, to show what a run will do and to find the optional
 KBs the install request must exclude. The rules are those of ``installPatches`` as built by
-:func:`shared.patch_install.install_request`, and the ARM stand-in (``local/arm/simulation.py``)
+:func:`shared.deployments.install.install_request`, and the ARM stand-in (``local/arm/simulation.py``)
 applies the same ones; a unit test runs both over the stand-in catalogue so they cannot drift.
 
 - An exclusion always wins: a KB in ``kbNumbersToExclude`` (Windows) or a package matching a
   ``packagesToExclude`` mask (Linux) is never selected.
 - Windows: a KB in ``kbNumbersToInclude`` is selected whatever its classification. Optional
-  updates (see :func:`shared.assessment_recording.is_optional`) are otherwise left out, because
+  updates (see :func:`shared.assessment.recording.is_optional`) are otherwise left out, because
   the orchestration passes their KBs as ``exclude_kbs``; one named in ``kbNumbersToInclude`` is
   selected, as ``install_request`` then drops it from the exclusions.
 - Linux: a package is selected when one of its classifications is chosen or it matches a
@@ -28,11 +28,11 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from shared.assessment_recording import is_optional
-from shared.assessment_types import AssessmentOutcome, AvailablePatch
-from shared.classification import api_classes, to_display
-from shared.deployment_definition import DeploymentDefinition
-from shared.machines import OsType
+from shared.assessment.recording import is_optional
+from shared.deployments.definition import DeploymentDefinition
+from shared.model.assessment_outcome import AssessmentOutcome, AvailablePatch
+from shared.model.classification import api_classes, to_display
+from shared.model.machines import OsType
 
 SERVICE_PACK = "ServicePack"  # the patch API's classification name (AZURE-FACTS, classification enums)
 # With only the two totals, critical and security updates cannot be told apart.

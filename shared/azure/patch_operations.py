@@ -27,11 +27,11 @@ from azure.mgmt.compute.models import VirtualMachineAssessPatchesResult, Virtual
 from azure.mgmt.core.polling.arm_polling import ARMPolling
 from azure.mgmt.hybridcompute.models import MachineAssessPatchesResult, MachineInstallPatchesResult
 
-from shared.arm import COMPUTE_API_VERSION, arm_clients, enum_text, kb_digits
-from shared.assessment_types import AssessmentFailure, AssessmentOutcome, AvailablePatch, Readiness
-from shared.install_types import InstallOutcome, InstallRequest
-from shared.machines import MachineKind, ResourceRef, parse_resource_id
-from shared.patch_install import to_install_outcome, to_sdk_parameters
+from shared.azure.arm import COMPUTE_API_VERSION, arm_clients, enum_text, kb_digits
+from shared.deployments.install import to_install_outcome, to_sdk_parameters
+from shared.model.assessment_outcome import AssessmentFailure, AssessmentOutcome, AvailablePatch, Readiness
+from shared.model.install_outcome import InstallOutcome, InstallRequest
+from shared.model.machines import MachineKind, ResourceRef, parse_resource_id
 
 # Continuation tokens cross Durable boundaries; history payloads over about 45 KB spill to
 # blobs (AZURE-FACTS, Durable limits). Measured against the ARM stand-in: about 1.5 KB.

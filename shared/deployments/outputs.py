@@ -3,7 +3,7 @@
 Install and assessment results carry patch lists too long to pass between Durable functions or
 to keep in a table row, so an activity writes the operation's output here and passes the blob
 name on. Layout: ``{run_id}/{machine_key}/{step}.json`` in the container named by the
-``RUN_LOGS_CONTAINER`` setting; ``machine_key`` is :func:`shared.machines.machine_key` of the
+``RUN_LOGS_CONTAINER`` setting; ``machine_key`` is :func:`shared.model.machines.machine_key` of the
 machine and ``step`` names the operation (``prescan``, ``install-1``, ``postscan``).
 A write overwrites the blob of the same step, so a retried activity leaves one blob, not two.
 """
@@ -20,8 +20,8 @@ from azure.core.credentials import TokenCredential
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
 
+from shared.azure.tables import blob_service
 from shared.settings import Settings
-from shared.storage import blob_service
 
 # One path segment: letters, digits, '.', '_', '-' and ':' (run ids may carry an ISO time),
 # starting with a letter or digit. 255 characters is the segment limit of hierarchical-namespace

@@ -41,14 +41,14 @@ from azure.core.exceptions import (
 from azure.data.tables import TableClient, TableServiceClient
 from pydantic import Field
 
-from shared.arm import list_fleet
-from shared.assessment_types import Readiness
-from shared.credentials import credential_for
-from shared.inventory import MACHINES_TABLE
-from shared.machines import Machine, Support, machine_key, parse_resource_id
+from shared.azure.arm import list_fleet
+from shared.azure.credentials import credential_for
+from shared.azure.tables import table_service, upsert_in_batches
+from shared.fleet.machines_table import MACHINES_TABLE
 from shared.messages import AssessmentTuning, Message
+from shared.model.assessment_outcome import Readiness
+from shared.model.machines import Machine, Support, machine_key, parse_resource_id
 from shared.settings import Settings
-from shared.storage import table_service, upsert_in_batches
 
 logger = logging.getLogger(__name__)
 

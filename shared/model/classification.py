@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from enum import StrEnum
 
-from shared.machines import OsType
+from shared.model.machines import OsType
 
 
 class Classification(StrEnum):

@@ -37,8 +37,10 @@ from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
 
-from shared.deployment_definition import DeploymentDefinition
-from shared.rollout import (
+from shared.azure.tables import MAX_TRANSACTION_ENTITIES, join_property, split_property
+from shared.deployments.definition import DeploymentDefinition
+from shared.deployments.results import MachineResultStatus
+from shared.deployments.rollout import (
     REASON_CANCELLED,
     Decision,
     RolloutState,
@@ -46,8 +48,6 @@ from shared.rollout import (
     may_reboot,
     next_to_start,
 )
-from shared.run_results import MachineResultStatus
-from shared.storage import MAX_TRANSACTION_ENTITIES, join_property, split_property
 
 RUNS_TABLE = "DeploymentRuns"
 INDEX_TABLE = "DeploymentRunIndex"
@@ -207,7 +207,7 @@ class MachineTarget:
     resource_id: str
     computer: str
     batch: int
-    machine_json: str = ""  # the Machine as discovery saw it, for the recorder (shared.assessment_run)
+    machine_json: str = ""  # the Machine as discovery saw it, for the recorder (shared.assessment.run)
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.assessment_types import Readiness
-from shared.inventory import MAX_PAGE_SIZE
-from shared.machines import Environment, OsType, PowerState, Support
+from shared.fleet.machines_table import MAX_PAGE_SIZE
+from shared.model.assessment_outcome import Readiness
+from shared.model.machines import Environment, OsType, PowerState, Support
 
 DEFAULT_PAGE_SIZE = 100
 

@@ -143,7 +143,7 @@ UPDATE_SUMMARY = LogTable(
 
 # One row per machine and update an update run selected (the legacy ``UpdateRunProgress`` table).
 # InstallationStatus is lower case ("succeeded", "failed", "notStarted"), as the seed's run searches
-# compare it; the mapping from the API's installationState is in shared/run_results.py.
+# compare it; the mapping from the API's installationState is in shared/deployments/results.py.
 UPDATE_RUN_PROGRESS = LogTable(
     "UpdateRunProgress_CL",
     _cols(
@@ -170,7 +170,7 @@ UPDATE_RUN_PROGRESS = LogTable(
 # One row per machine per update run, with the machine's result: also for machines that never started
 # (skipped by the error budget or the window cut-off, cancelled), were not reachable, had nothing to
 # install, and for Arc servers (which report counts only, so have no UpdateRunProgress_CL rows).
-# Status is the MachineResultStatus value (shared/run_results.py); the counts are the machine's last
+# Status is the MachineResultStatus value (shared/deployments/results.py); the counts are the machine's last
 # install call's, zero for a machine that never installed.
 UPDATE_RUN_MACHINE = LogTable(
     "UpdateRunMachine_CL",

@@ -5,7 +5,7 @@ update, named and classified as in the legacy ``Update`` table (display classifi
 KB digits without "KB", ``UpdateState`` Needed / Not needed), and into a
 :class:`MachineAssessmentSummary`. :func:`record_assessment` and :func:`record_failure` are
 what the orchestration's activity calls: they write the inventory
-(:mod:`shared.update_inventory`) and then the Log Analytics rows. Both are idempotent: the
+(:mod:`shared.assessment.updates_table`) and then the Log Analytics rows. Both are idempotent: the
 same input writes the same entities and rows with the same ``RecordId``.
 
 Optional updates: the ARM patch API has no "optional" flag. Microsoft publishes its optional,
@@ -26,16 +26,16 @@ from typing import Any
 
 from pydantic import Field
 
-from shared.assessment_types import AssessmentFailure, AssessmentOutcome, AvailablePatch, Readiness
-from shared.classification import REQUIRED_FOR_COMPLIANCE, Classification, api_classes, to_display
-from shared.credentials import credential_for
-from shared.logschema import UPDATE, UPDATE_SUMMARY
-from shared.logsink import LogSink, record_id
-from shared.machines import Machine, OsType
+from shared.assessment.updates_table import UpdateInventory, UpdateState
+from shared.azure.credentials import credential_for
+from shared.azure.log_ingestion import LogSink, record_id
+from shared.azure.tables import table_service
+from shared.log_tables import UPDATE, UPDATE_SUMMARY
 from shared.messages import Message
+from shared.model.assessment_outcome import AssessmentFailure, AssessmentOutcome, AvailablePatch, Readiness
+from shared.model.classification import REQUIRED_FOR_COMPLIANCE, Classification, api_classes, to_display
+from shared.model.machines import Machine, OsType
 from shared.settings import Settings
-from shared.storage import table_service
-from shared.update_inventory import UpdateInventory, UpdateState
 
 OPTIONAL_TITLE_MARKER = re.compile(r"\bPreview\b")
 _KB_PREFIX = re.compile(r"^\s*KB", re.IGNORECASE)

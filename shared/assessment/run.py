@@ -17,21 +17,29 @@ from typing import Any
 from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableClient
 
-from shared.arm import list_fleet
-from shared.assessment_recording import (
+from shared.assessment.recording import (
     MachineAssessmentSummary,
     record_assessment,
     record_failure,
     record_failures,
 )
-from shared.assessment_types import AssessmentFailure, AssessmentOutcome, Readiness
-from shared.credentials import credential_for
-from shared.machines import Machine, MachineKind, OsType, PowerState, Support, machine_key, parse_resource_id
+from shared.azure.arm import list_fleet
+from shared.azure.credentials import credential_for
+from shared.azure.patch_operations import PatchOperations, failure_for
+from shared.azure.tables import table_service, upsert_in_batches
+from shared.fleet.scope import AssessmentScope
 from shared.messages import AssessmentActivityInput, MachineResult, TargetListing, TargetListingInput
-from shared.patch_operations import PatchOperations, failure_for
-from shared.scope import AssessmentScope
+from shared.model.assessment_outcome import AssessmentFailure, AssessmentOutcome, Readiness
+from shared.model.machines import (
+    Machine,
+    MachineKind,
+    OsType,
+    PowerState,
+    Support,
+    machine_key,
+    parse_resource_id,
+)
 from shared.settings import Settings
-from shared.storage import table_service, upsert_in_batches
 
 TARGETS_TABLE = "AssessmentTargets"
 
@@ -131,7 +139,7 @@ def _operations(settings: Settings, resource_id: str) -> PatchOperations:
 
 
 def start_assessment(settings: Settings, request: AssessmentActivityInput) -> str:
-    """POST assessPatches; raises TransientArmError or PermanentArmError (see shared.patch_operations)."""
+    """POST assessPatches; raises TransientArmError or PermanentArmError."""
     with _operations(settings, request.resource_id) as operations:
         return operations.start_assessment(request.resource_id)
 

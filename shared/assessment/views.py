@@ -1,6 +1,6 @@
 """Read models of the inventory for the API: a machine in detail, and the fleet's missing updates.
 
-Each view reads the table partitions laid out for it (see :mod:`shared.update_inventory`)
+Each view reads the table partitions laid out for it (see :mod:`shared.assessment.updates_table`)
 and returns plain dicts with the API's field names.
 """
 
@@ -12,9 +12,9 @@ from typing import Any
 
 from azure.data.tables import TableServiceClient
 
-from shared.classification import Classification
-from shared.inventory import MACHINES_TABLE
-from shared.update_inventory import UpdateInventory, UpdateState
+from shared.assessment.updates_table import UpdateInventory, UpdateState
+from shared.fleet.machines_table import MACHINES_TABLE
+from shared.model.classification import Classification
 
 # A machine's detail shows its most recent assessments; older ones stay in the table.
 HISTORY_SHOWN = 30

@@ -21,11 +21,11 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.data.tables import TableServiceClient, UpdateMode
 from azure.monitor.query import LogsQueryClient
 
-from shared.arm import list_fleet
-from shared.deployment_definition import MAX_MACHINES, DefinitionError, DeploymentDefinition
-from shared.machines import Machine, parse_resource_id
+from shared.azure.arm import list_fleet
+from shared.azure.tables import join_property, split_property
+from shared.deployments.definition import MAX_MACHINES, DefinitionError, DeploymentDefinition
+from shared.model.machines import Machine, parse_resource_id
 from shared.settings import Settings
-from shared.storage import join_property, split_property
 
 DEPLOYMENTS_TABLE = "Deployments"
 PARTITION = "deployment"

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections import Counter
 
-from shared.arm import list_fleet
-from shared.credentials import credential_for
-from shared.inventory import MachineInventory
-from shared.logschema import HEARTBEAT
-from shared.logsink import LogSink, heartbeat_row
-from shared.machines import Support
+from shared.azure.arm import list_fleet
+from shared.azure.credentials import credential_for
+from shared.azure.log_ingestion import LogSink, heartbeat_row
+from shared.azure.tables import table_service
+from shared.fleet.machines_table import MachineInventory
+from shared.log_tables import HEARTBEAT
 from shared.messages import DiscoveryCounts, SubscriptionDiscoveryInput
+from shared.model.machines import Support
 from shared.settings import Settings
-from shared.storage import table_service
 
 
 def discover_subscription(settings: Settings, request: SubscriptionDiscoveryInput) -> DiscoveryCounts:

@@ -1,0 +1,1 @@
+"""Update deployments: definitions, schedules, the scheduler, rollout rules, install, results, run storage."""

@@ -1,0 +1,1 @@
+"""The fleet: discovering machines, the machines table, the machine query and assessment scopes."""
