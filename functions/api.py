@@ -16,7 +16,7 @@ from shared.azure.credentials import credential_for
 from shared.azure.tables import table_service
 from shared.fleet.machine_query import QueryError, parse_machine_query
 from shared.fleet.machines_table import MachineInventory
-from shared.messages import DiscoveryRunInput
+from shared.fleet.messages import DiscoveryRunInput
 from shared.principal import Role
 from shared.settings import SettingsError, load_settings
 

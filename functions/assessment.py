@@ -24,9 +24,7 @@ from functions.backoff import POLL_GROWTH, call_with_backoff
 from functions.http import error_response, require_role, run_accepted
 from functions.starters import current_slot, start_once
 from shared.assessment import run as work
-from shared.azure.patch_operations import PermanentArmError
-from shared.fleet.scope import AssessmentScope, ScopeError
-from shared.messages import (
+from shared.assessment.messages import (
     AssessmentActivityInput,
     AssessmentCounts,
     AssessmentRunInput,
@@ -38,6 +36,8 @@ from shared.messages import (
     TargetListing,
     TargetListingInput,
 )
+from shared.azure.patch_operations import PermanentArmError
+from shared.fleet.scope import AssessmentScope, ScopeError
 from shared.model.machines import OsType, machine_key
 from shared.principal import Role
 from shared.settings import Settings, load_settings

@@ -9,7 +9,7 @@ import azure.functions as func
 
 from functions.starters import current_slot, start_once
 from shared.fleet.discovery import discover_subscription as discover_subscription_machines
-from shared.messages import DiscoveryCounts, DiscoveryRunInput, SubscriptionDiscoveryInput
+from shared.fleet.messages import DiscoveryCounts, DiscoveryRunInput, SubscriptionDiscoveryInput
 from shared.settings import load_settings
 
 bp = df.Blueprint()

@@ -18,8 +18,8 @@ import azure.functions as func
 from functions.starters import current_slot, start_once
 from shared.assessment import light_check as work
 from shared.assessment.light_check import BaselineInput, ChangedMachines, FindChangedInput, LightCheckInput
+from shared.assessment.messages import AssessmentRunInput, AssessmentTuning
 from shared.fleet.scope import AssessmentScope
-from shared.messages import AssessmentRunInput, AssessmentTuning
 from shared.settings import load_settings
 
 bp = df.Blueprint()

@@ -12,8 +12,11 @@ with only the table name suffixed with ``_CL``.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class ColumnType(StrEnum):
@@ -240,3 +243,26 @@ def bicep_tables() -> dict[str, object]:
             for table in TABLES
         ],
     }
+
+
+# --- rows ----------------------------------------------------------------------------------------
+
+
+class RecordShapeError(ValueError):
+    pass
+
+
+def record_id(*parts: str) -> str:
+    """Deterministic id for a row, so that a retried upload can be recognised."""
+    return hashlib.sha256("|".join(parts).lower().encode()).hexdigest()[:32]
+
+
+def check_rows(table: LogTable, rows: Sequence[Mapping[str, Any]]) -> None:
+    declared = set(table.column_names())
+    for index, row in enumerate(rows):
+        unknown = sorted(set(row) - declared)
+        if unknown:
+            raise RecordShapeError(
+                f"{table.name} row {index}: column(s) {', '.join(unknown)} are not declared "
+                f"in shared/log_tables.py for {table.name}"
+            )

@@ -1,4 +1,4 @@
-"""Typed messages that cross Durable Functions boundaries (orchestrator and activity inputs/outputs).
+"""The base of every message that crosses a Durable Functions boundary, and the polling tuning all share.
 
 Small by design: ids, timestamps and counts. Lists of machines and patches live in
 Table Storage and Log Analytics, never in orchestration history (payloads over about
@@ -7,55 +7,11 @@ Table Storage and Log Analytics, never in orchestration history (payloads over a
 
 from __future__ import annotations
 
-from collections import Counter
-from datetime import datetime
-from typing import Any, Literal
-
 from pydantic import BaseModel, ConfigDict, Field
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DiscoveryRunInput(Message):
-    subscription_ids: tuple[str, ...] = Field(min_length=1)
-    trigger: str = Field(description="what started the run: timer or http")
-
-
-class SubscriptionDiscoveryInput(Message):
-    run_id: str
-    subscription_id: str
-    observed_at: datetime
-
-
-class DiscoveryCounts(Message):
-    machines: int = 0
-    by_os: dict[str, int] = Field(default_factory=dict)
-    by_environment: dict[str, int] = Field(default_factory=dict)
-    by_power_state: dict[str, int] = Field(default_factory=dict)
-    not_reachable: int = 0
-    assessment_only: int = 0
-    unsupported: int = 0
-    subscriptions_failed: tuple[str, ...] = ()
-
-    def plus(self, other: DiscoveryCounts) -> DiscoveryCounts:
-        def add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
-            return dict(Counter(a) + Counter(b))
-
-        return DiscoveryCounts(
-            machines=self.machines + other.machines,
-            by_os=add(self.by_os, other.by_os),
-            by_environment=add(self.by_environment, other.by_environment),
-            by_power_state=add(self.by_power_state, other.by_power_state),
-            not_reachable=self.not_reachable + other.not_reachable,
-            assessment_only=self.assessment_only + other.assessment_only,
-            unsupported=self.unsupported + other.unsupported,
-            subscriptions_failed=self.subscriptions_failed + other.subscriptions_failed,
-        )
-
-
-# --- assessment (issue 3) -------------------------------------------------------------------------
 
 
 class PollingTuning(Message):
@@ -67,117 +23,3 @@ class PollingTuning(Message):
     # Transient errors (throttling, 5xx) retried this many times with growing waits before recording.
     max_attempts: int = Field(default=5, ge=1)
     backoff_seconds: int = Field(default=30, ge=1)
-
-
-class AssessmentTuning(PollingTuning):
-    """Timing and batching of a run, fixed when it starts (orchestrators read no settings)."""
-
-    deadline_minutes: int = Field(default=30, ge=1)
-    # Children per batch sub-orchestration: Durable replays a whole history on every completion, so
-    # 100 keeps each batch's replay short and a 10,000-machine fleet is 100 batches (AZURE-FACTS).
-    batch_size: int = Field(default=100, ge=1, le=1000)
-
-
-class AssessmentRunInput(Message):
-    trigger: str = Field(description="timer-linux, timer-windows, light-check or http")
-    scope: dict[str, Any] = Field(default_factory=dict, description="AssessmentScope JSON form")
-    subscription_ids: tuple[str, ...] = Field(min_length=1)
-    tuning: AssessmentTuning = Field(default_factory=AssessmentTuning)
-
-
-class TargetListingInput(Message):
-    run_id: str
-    scope: dict[str, Any]
-    subscription_ids: tuple[str, ...]
-    observed_at: datetime
-    batch_size: int
-
-
-class TargetListing(Message):
-    machines: int = 0  # in scope
-    to_assess: int = 0
-    batches: int = 0
-    not_assessable: int = 0
-    unsupported: int = 0
-    subscriptions_failed: tuple[str, ...] = ()
-
-
-class BatchInput(Message):
-    run_id: str
-    batch: int
-    tuning: AssessmentTuning
-
-
-class MachineAssessmentInput(Message):
-    run_id: str
-    batch: int
-    resource_id: str
-    tuning: AssessmentTuning
-
-
-class AssessmentActivityInput(Message):
-    """Input of start_assessment, check_assessment and record_assessment_failure."""
-
-    run_id: str
-    batch: int
-    resource_id: str
-    token: str | None = None
-    at: datetime | None = None
-    failure_code: str | None = None
-    failure_message: str | None = None
-
-
-class MachineResult(Message):
-    """What one machine's child orchestration ended with: a state and counts, never patch lists."""
-
-    state: Literal["assessed", "failed", "not_assessable", "unsupported", "timed_out"]
-    compliant: bool | None = None
-    missing_by_classification: dict[str, int] = Field(default_factory=dict)
-
-
-class AssessmentStep(Message):
-    """check_assessment's answer: still running, or the machine's result (already recorded)."""
-
-    in_progress: bool
-    result: MachineResult | None = None
-
-
-class AssessmentCounts(Message):
-    machines: int = 0
-    assessed: int = 0
-    failed: int = 0
-    timed_out: int = 0
-    not_assessable: int = 0
-    unsupported: int = 0
-    compliant: int = 0
-    non_compliant: int = 0
-    missing_by_classification: dict[str, int] = Field(default_factory=dict)
-
-    def plus(self, other: AssessmentCounts) -> AssessmentCounts:
-        return AssessmentCounts(
-            machines=self.machines + other.machines,
-            assessed=self.assessed + other.assessed,
-            failed=self.failed + other.failed,
-            timed_out=self.timed_out + other.timed_out,
-            not_assessable=self.not_assessable + other.not_assessable,
-            unsupported=self.unsupported + other.unsupported,
-            compliant=self.compliant + other.compliant,
-            non_compliant=self.non_compliant + other.non_compliant,
-            missing_by_classification=dict(
-                Counter(self.missing_by_classification) + Counter(other.missing_by_classification)
-            ),
-        )
-
-    @classmethod
-    def of(cls, result: MachineResult) -> AssessmentCounts:
-        return cls(
-            machines=1,
-            assessed=int(result.state == "assessed"),
-            failed=int(result.state == "failed"),
-            timed_out=int(result.state == "timed_out"),
-            not_assessable=int(result.state == "not_assessable"),
-            unsupported=int(result.state == "unsupported"),
-            compliant=int(result.compliant is True),
-            non_compliant=int(result.compliant is False),
-            missing_by_classification=dict(result.missing_by_classification),
-        )

@@ -41,11 +41,12 @@ from azure.core.exceptions import (
 from azure.data.tables import TableClient, TableServiceClient
 from pydantic import Field
 
+from shared.assessment.messages import AssessmentTuning
 from shared.azure.arm import list_fleet
 from shared.azure.credentials import credential_for
 from shared.azure.tables import table_service, upsert_in_batches
 from shared.fleet.machines_table import MACHINES_TABLE
-from shared.messages import AssessmentTuning, Message
+from shared.messages import Message
 from shared.model.assessment_outcome import Readiness
 from shared.model.machines import Machine, Support, machine_key, parse_resource_id
 from shared.settings import Settings

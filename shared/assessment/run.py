@@ -17,18 +17,19 @@ from typing import Any
 from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableClient
 
-from shared.assessment.recording import (
-    MachineAssessmentSummary,
-    record_assessment,
-    record_failure,
-    record_failures,
+from shared.assessment.messages import (
+    AssessmentActivityInput,
+    MachineResult,
+    TargetListing,
+    TargetListingInput,
 )
+from shared.assessment.recording import record_assessment, record_failure, record_failures
+from shared.assessment.records import MachineAssessmentSummary
 from shared.azure.arm import list_fleet
 from shared.azure.credentials import credential_for
 from shared.azure.patch_operations import PatchOperations, failure_for
 from shared.azure.tables import table_service, upsert_in_batches
 from shared.fleet.scope import AssessmentScope
-from shared.messages import AssessmentActivityInput, MachineResult, TargetListing, TargetListingInput
 from shared.model.assessment_outcome import AssessmentFailure, AssessmentOutcome, Readiness
 from shared.model.machines import (
     Machine,

@@ -30,20 +30,17 @@ import contextlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime, time, timedelta
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableServiceClient, UpdateMode
 
+from shared.assessment.records import MachineAssessmentSummary, UpdateRecord, UpdateState
 from shared.azure.tables import upsert_in_batches
 from shared.fleet.machines_table import MACHINES_TABLE
 from shared.model.assessment_outcome import AssessmentFailure, Readiness
 from shared.model.machines import Machine
-
-if TYPE_CHECKING:
-    from shared.assessment.recording import MachineAssessmentSummary, UpdateRecord
 
 MACHINE_UPDATES_TABLE = "MachineUpdates"
 UPDATE_MACHINES_TABLE = "UpdateMachines"
@@ -74,13 +71,6 @@ COUNT_PROPERTIES = {
 
 
 _ENSURED: set[str] = set()  # table service URLs whose tables this process has created
-
-
-class UpdateState(StrEnum):
-    """``UpdateState`` of the legacy ``Update`` table."""
-
-    NEEDED = "Needed"
-    NOT_NEEDED = "Not needed"
 
 
 def history_row_key(at: datetime) -> str:

@@ -12,7 +12,8 @@ from typing import Any
 
 from azure.data.tables import TableServiceClient
 
-from shared.assessment.updates_table import UpdateInventory, UpdateState
+from shared.assessment.records import UpdateState
+from shared.assessment.updates_table import UpdateInventory
 from shared.fleet.machines_table import MACHINES_TABLE
 from shared.model.classification import Classification
 

@@ -8,7 +8,6 @@ retry policy honours 429 ``Retry-After`` (azure-core), so neither is redone here
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -16,28 +15,7 @@ from typing import Any
 from azure.core.credentials import TokenCredential
 from azure.monitor.ingestion import LogsIngestionClient
 
-from shared.log_tables import HEARTBEAT, LogTable
-from shared.model.machines import Machine
-
-
-class RecordShapeError(ValueError):
-    pass
-
-
-def record_id(*parts: str) -> str:
-    """Deterministic id for a row, so that a retried upload can be recognised."""
-    return hashlib.sha256("|".join(parts).lower().encode()).hexdigest()[:32]
-
-
-def check_rows(table: LogTable, rows: Sequence[Mapping[str, Any]]) -> None:
-    declared = set(table.column_names())
-    for index, row in enumerate(rows):
-        unknown = sorted(set(row) - declared)
-        if unknown:
-            raise RecordShapeError(
-                f"{table.name} row {index}: column(s) {', '.join(unknown)} are not declared "
-                f"in shared/log_tables.py for {table.name}"
-            )
+from shared.log_tables import LogTable, check_rows
 
 
 class LogSink:
@@ -58,28 +36,3 @@ class LogSink:
 
 def _wire(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
-
-
-def heartbeat_row(machine: Machine, observed_at: datetime, run_id: str) -> dict[str, Any]:
-    return {
-        "TimeGenerated": observed_at,
-        "RecordId": record_id(HEARTBEAT.name, run_id, machine.resource_id),
-        "Computer": machine.computer_name,
-        "SourceComputerId": machine.key,
-        "ResourceId": machine.resource_id,
-        "SubscriptionId": machine.subscription_id,
-        "ResourceGroup": machine.resource_group,
-        "ResourceLocation": machine.location,
-        "ResourceProvider": (
-            "Microsoft.Compute" if machine.environment.value == "Azure" else "Microsoft.HybridCompute"
-        ),
-        "ComputerEnvironment": machine.environment.value,
-        "OSType": machine.os_type.value,
-        "OSName": machine.os_name,
-        "OSVersion": machine.os_version,
-        "PowerState": machine.power_state.value,
-        "PatchMode": machine.patch_mode,
-        "Category": "Azure VM" if machine.environment.value == "Azure" else "Arc-enabled server",
-        "Solutions": "updates",
-        "Tags": dict(machine.tags),
-    }

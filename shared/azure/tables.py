@@ -1,4 +1,4 @@
-"""Table and Blob clients for the inventory and run-log storage, from settings.
+"""Table Storage: the service client from settings, batched upserts, and long text split over properties.
 
 In Azure the app reaches storage with its managed identity (shared-key access is off
 on the account); the connection string is only for the local storage emulator.
@@ -12,7 +12,6 @@ from typing import Any
 
 from azure.core.credentials import TokenCredential
 from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
-from azure.storage.blob import BlobServiceClient
 
 from shared.settings import Settings
 
@@ -29,13 +28,6 @@ def table_service(settings: Settings, credential: TokenCredential) -> TableServi
         return TableServiceClient.from_connection_string(settings.storage_connection_string)
     assert settings.storage_table_endpoint  # guaranteed by load_settings
     return TableServiceClient(endpoint=settings.storage_table_endpoint, credential=credential)
-
-
-def blob_service(settings: Settings, credential: TokenCredential) -> BlobServiceClient:
-    if settings.storage_connection_string:
-        return BlobServiceClient.from_connection_string(settings.storage_connection_string)
-    assert settings.storage_blob_endpoint
-    return BlobServiceClient(account_url=settings.storage_blob_endpoint, credential=credential)
 
 
 def upsert_in_batches(

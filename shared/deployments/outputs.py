@@ -20,7 +20,7 @@ from azure.core.credentials import TokenCredential
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
 
-from shared.azure.tables import blob_service
+from shared.azure.blobs import blob_service
 from shared.settings import Settings
 
 # One path segment: letters, digits, '.', '_', '-' and ':' (run ids may carry an ISO time),

@@ -32,8 +32,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-from shared.azure.log_ingestion import record_id
-from shared.log_tables import UPDATE_RUN_MACHINE, UPDATE_RUN_PROGRESS
+from shared.log_tables import UPDATE_RUN_MACHINE, UPDATE_RUN_PROGRESS, record_id
 from shared.model.classification import to_display
 from shared.model.install_outcome import InstallationState, InstallOutcome, PatchInstallResult
 from shared.model.machines import Environment, Machine, MachineKind, OsType, machine_key, parse_resource_id

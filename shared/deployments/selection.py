@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from shared.assessment.recording import is_optional
+from shared.assessment.records import is_optional
 from shared.deployments.definition import DeploymentDefinition
 from shared.model.assessment_outcome import AssessmentOutcome, AvailablePatch
 from shared.model.classification import api_classes, to_display

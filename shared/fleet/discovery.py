@@ -6,11 +6,12 @@ from collections import Counter
 
 from shared.azure.arm import list_fleet
 from shared.azure.credentials import credential_for
-from shared.azure.log_ingestion import LogSink, heartbeat_row
+from shared.azure.log_ingestion import LogSink
 from shared.azure.tables import table_service
+from shared.fleet.heartbeats import heartbeat_row
 from shared.fleet.machines_table import MachineInventory
+from shared.fleet.messages import DiscoveryCounts, SubscriptionDiscoveryInput
 from shared.log_tables import HEARTBEAT
-from shared.messages import DiscoveryCounts, SubscriptionDiscoveryInput
 from shared.model.machines import Support
 from shared.settings import Settings
 

@@ -17,7 +17,7 @@ import pytest
 from functions import assessment
 from local.clock import VirtualClock
 from local.durable import DurableRunner
-from shared.messages import AssessmentRunInput, AssessmentStep, MachineResult, TargetListing
+from shared.assessment.messages import AssessmentRunInput, AssessmentStep, MachineResult, TargetListing
 
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
 BATCH_SIZE = 100

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.assessment.recording import (
+from shared.assessment.records import (
     MachineAssessmentSummary,
     is_optional,
     kb_digits,
@@ -16,8 +16,7 @@ from shared.assessment.recording import (
     update_records,
     update_rows,
 )
-from shared.azure.log_ingestion import check_rows
-from shared.log_tables import UPDATE, UPDATE_SUMMARY
+from shared.log_tables import UPDATE, UPDATE_SUMMARY, check_rows
 from shared.model.assessment_outcome import AssessmentOutcome, AvailablePatch, Readiness
 from shared.model.classification import Classification, UnknownClassification
 from shared.model.machines import Machine, MachineKind, OsType, PowerState

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from shared.azure.log_ingestion import check_rows
 from shared.deployments.results import MachineResultStatus, run_machine_row
 from shared.deployments.rollout import REASON_ERROR_BUDGET
 from shared.deployments.runs_table import MachineOutcomeRecord
-from shared.log_tables import UPDATE_RUN_MACHINE
+from shared.log_tables import UPDATE_RUN_MACHINE, check_rows
 from shared.model.machines import OsType, machine_key
 
 SUB = "11111111-1111-4111-8111-111111111111"

@@ -9,7 +9,7 @@ import pytest
 
 from local.arm.catalogue import OS_PROFILES, LinuxPackage, Update, WindowsUpdate, updates_for
 from local.arm.simulation import parse_install_request, patch_id, select
-from shared.assessment.recording import is_optional
+from shared.assessment.records import is_optional
 from shared.deployments.definition import DeploymentDefinition, validate_definition
 from shared.deployments.install import install_parameters
 from shared.deployments.selection import PendingEstimate, optional_kbs, pending_estimate, selected_patches

@@ -3,8 +3,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.azure.log_ingestion import RecordShapeError, check_rows, heartbeat_row, record_id
-from shared.log_tables import HEARTBEAT, TABLES
+from shared.fleet.heartbeats import heartbeat_row
+from shared.log_tables import HEARTBEAT, TABLES, RecordShapeError, check_rows, record_id
 from shared.model.machines import Machine, MachineKind, OsType, PowerState
 
 MACHINE = Machine(
