@@ -29,8 +29,7 @@ from local.arm.server import RequestRecord
 from local.clock import VirtualClock
 from local.durable.runner import TERMINAL_STATUSES
 from local.stack import LocalStack
-from shared.deployments.runs_table import RunStore, counts_by_status
-from shared.deployments.steps import run_store
+from shared.deployments.runs_table import RunStore, counts_by_status, run_store
 from shared.settings import load_settings
 
 # The deployment's classifications, in each operating system's own vocabulary (shared.model.classification).

@@ -17,12 +17,18 @@ import azure.functions as func
 
 from functions.http import error_response, json_response, require_role
 from shared.azure.credentials import credential_for
-from shared.deployments import steps as work
-from shared.deployments.definitions_table import DeploymentNotFound
+from shared.deployments.definitions_table import DeploymentNotFound, deployment_store
 from shared.deployments.messages import Step
 from shared.deployments.outputs import RunLogNotFound, run_log_store
 from shared.deployments.results import MachineResultStatus
-from shared.deployments.runs_table import MachineState, RunNotFound, RunRecord, RunStore, machine_to_json
+from shared.deployments.runs_table import (
+    MachineState,
+    RunNotFound,
+    RunRecord,
+    RunStore,
+    machine_to_json,
+    run_store,
+)
 from shared.model.install_outcome import InstallationState, PatchInstallResult
 from shared.principal import Role
 from shared.settings import Settings, load_settings
@@ -99,7 +105,7 @@ def _listed_machine(run_id: str, row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _store(settings: Settings) -> RunStore:
-    return work.run_store(settings)
+    return run_store(settings)
 
 
 def _run_machine(store: RunStore, run_id: str, machine: str) -> dict[str, Any] | func.HttpResponse:
@@ -131,7 +137,7 @@ def list_deployment_runs(req: func.HttpRequest) -> func.HttpResponse:
     run_ids = store.run_ids(name)
     if not run_ids:
         try:
-            work.deployment_store(settings).get(name)
+            deployment_store(settings).get(name)
         except DeploymentNotFound:
             message = f"no deployment named {name!r} and no runs of one"
             return error_response(404, "DeploymentNotFound", message)

@@ -26,9 +26,9 @@ from functions.http import error_response, json_response, require_role, run_acce
 from functions.starters import start_once
 from shared.azure.credentials import credential_for
 from shared.azure.tables import table_service
-from shared.deployments import steps as work
 from shared.deployments.definition import DefinitionError, DeploymentDefinition, validate_definition
-from shared.deployments.definitions_table import DeploymentNotFound, StoredDeployment
+from shared.deployments.definitions_table import DeploymentNotFound, StoredDeployment, deployment_store
+from shared.deployments.finish import finish_machine, record_never_started
 from shared.deployments.messages import (
     MAX_INSTALL_CALLS,
     POSTSCAN,
@@ -50,6 +50,7 @@ from shared.deployments.messages import (
     StepOutcome,
     install_step,
 )
+from shared.deployments.resolve import resolve
 from shared.deployments.results import MachineResultStatus
 from shared.deployments.rollout import (
     MINUTES_FOR_REBOOT,
@@ -58,8 +59,9 @@ from shared.deployments.rollout import (
     due_occurrences,
     occurrence_instance_id,
 )
-from shared.deployments.runs_table import RunNotFound, RunState, RunStore
+from shared.deployments.runs_table import RunNotFound, RunState, RunStore, run_store
 from shared.deployments.scheduler_state import SchedulerState
+from shared.deployments.steps import check_step, start_step
 from shared.model.machines import machine_key
 from shared.principal import Principal, Role
 from shared.settings import load_settings
@@ -96,8 +98,8 @@ async def schedule_deployments(timer: func.TimerRequest, client: df.DurableOrche
     state = SchedulerState(service)
     last = state.last_checked(default=now - timedelta(minutes=1))
     since = max(last, now - MAX_SCHEDULER_LOOKBACK)
-    runs = work.run_store(settings)
-    for stored in work.deployment_store(settings).list():
+    runs = run_store(settings)
+    for stored in deployment_store(settings).list():
         try:
             await _start_due(client, runs, stored, since, now)
         except Exception:  # one broken deployment must not keep the others from running
@@ -147,12 +149,12 @@ async def start_deployment_now(
     name = req.route_params.get("name", "")
     settings = load_settings()
     try:
-        stored = work.deployment_store(settings).get(name)
+        stored = deployment_store(settings).get(name)
     except DeploymentNotFound:
         return error_response(404, "DeploymentNotFound", f"no deployment named {name!r}")
     now = datetime.now(UTC)
     run_id = adhoc_run_id(stored.definition.name, now)
-    work.run_store(settings).create_run(run_id, stored.definition, "http", now, members=stored.frozen_members)
+    run_store(settings).create_run(run_id, stored.definition, "http", now, members=stored.frozen_members)
     await client.start_new(ORCHESTRATOR, run_id, _run_input(run_id, stored.definition, "http"))
     return run_accepted(run_id)
 
@@ -175,7 +177,7 @@ async def start_inline_deployment(
         return error_response(400, "InvalidField", str(error), error.field)
     now = datetime.now(UTC)
     run_id = adhoc_run_id(definition.name, now)
-    work.run_store(load_settings()).create_run(run_id, definition, "http-inline", now)
+    run_store(load_settings()).create_run(run_id, definition, "http-inline", now)
     await client.start_new(ORCHESTRATOR, run_id, _run_input(run_id, definition, "http-inline"))
     return run_accepted(run_id)
 
@@ -189,7 +191,7 @@ def cancel_deployment_run(req: func.HttpRequest) -> func.HttpResponse:
         return allowed
     principal: Principal = allowed
     run_id = req.route_params.get("runId", "")
-    store = work.run_store(load_settings())
+    store = run_store(load_settings())
     try:
         run = store.get_run(run_id)
         if run.state not in (RunState.QUEUED, RunState.RUNNING):
@@ -425,19 +427,19 @@ for _orchestrator in ORCHESTRATORS:
 @bp.activity_trigger(input_name="request")
 def resolve_deployment_run(request: dict[str, Any]) -> dict[str, Any]:
     parsed = ResolveInput.model_validate(request)
-    return work.resolve(load_settings(), parsed.run_id, parsed.at, parsed.batch_size).model_dump(mode="json")
+    return resolve(load_settings(), parsed.run_id, parsed.at, parsed.batch_size).model_dump(mode="json")
 
 
 @bp.activity_trigger(input_name="request")
 def read_deployment_batch(request: dict[str, Any]) -> list[str]:
-    return work.run_store(load_settings()).batch_machines(str(request["runId"]), int(request["batch"]))
+    return run_store(load_settings()).batch_machines(str(request["runId"]), int(request["batch"]))
 
 
 @bp.activity_trigger(input_name="request")
 def claim_deployment_machines(request: dict[str, Any]) -> dict[str, Any]:
     parsed = ClaimInput.model_validate(request)
     keys = {rid: machine_key(rid) for rid in parsed.resource_ids}
-    claim = work.run_store(load_settings()).claim(parsed.run_id, parsed.resource_ids, keys, parsed.at,
+    claim = run_store(load_settings()).claim(parsed.run_id, parsed.resource_ids, keys, parsed.at,
                                                   batch=parsed.batch)
     return ClaimResult(start=claim.start, stop_reason=claim.stop_reason,
                        not_started=claim.not_started).model_dump(mode="json")
@@ -446,25 +448,25 @@ def claim_deployment_machines(request: dict[str, Any]) -> dict[str, Any]:
 @bp.activity_trigger(input_name="request")
 def start_machine_step(request: dict[str, Any]) -> dict[str, Any]:
     """``{token}`` or ``{failure}`` (permanent); a transient error raises and the child retries."""
-    return work.start_step(load_settings(), StepInput.model_validate(request)).model_dump(mode="json")
+    return start_step(load_settings(), StepInput.model_validate(request)).model_dump(mode="json")
 
 
 @bp.activity_trigger(input_name="request")
 def check_machine_step(request: dict[str, Any]) -> dict[str, Any]:
-    return work.check_step(load_settings(), StepInput.model_validate(request)).model_dump(mode="json")
+    return check_step(load_settings(), StepInput.model_validate(request)).model_dump(mode="json")
 
 
 @bp.activity_trigger(input_name="request")
 def finish_deployment_machine(request: dict[str, Any]) -> dict[str, Any]:
     parsed = FinishInput.model_validate(request)
-    outcome = work.finish(load_settings(), parsed.run_id, parsed.resource_id,
+    outcome = finish_machine(load_settings(), parsed.run_id, parsed.resource_id,
                           MachineResultStatus(parsed.status), parsed.reason, parsed.at, parsed.failure)
     return {"status": outcome.status.value}
 
 
 @bp.activity_trigger(input_name="runId")
 def read_deployment_progress(runId: str) -> dict[str, Any]:
-    run = work.run_store(load_settings()).get_run(runId)
+    run = run_store(load_settings()).get_run(runId)
     return _progress(run.to_json())
 
 
@@ -472,8 +474,8 @@ def read_deployment_progress(runId: str) -> dict[str, Any]:
 def complete_deployment_run(request: dict[str, Any]) -> dict[str, Any]:
     at = datetime.fromisoformat(str(request["at"]))
     settings = load_settings()
-    work.record_never_started(settings, str(request["runId"]), at)
-    run = work.run_store(settings).complete(str(request["runId"]), at)
+    record_never_started(settings, str(request["runId"]), at)
+    run = run_store(settings).complete(str(request["runId"]), at)
     return _progress(run.to_json())
 
 

@@ -22,13 +22,12 @@ from shared.deployments.definitions_table import (
     DeploymentNotFound,
     DeploymentStore,
     EditConflict,
-    GroupEvaluationError,
     StoredDeployment,
-    frozen_members,
+    deployment_store,
 )
-from shared.deployments.runs_table import RunStore
+from shared.deployments.groups import GroupEvaluationError, frozen_members
+from shared.deployments.runs_table import RunStore, run_store
 from shared.deployments.schedule import next_occurrence
-from shared.deployments.steps import deployment_store, run_store
 from shared.principal import Role
 from shared.settings import Settings, load_settings
 

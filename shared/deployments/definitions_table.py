@@ -1,4 +1,4 @@
-"""Update deployment definitions in Table Storage, and the group membership frozen at creation.
+"""Update deployment definitions in Table Storage, with the group membership frozen at creation.
 
 Table ``Deployments``: one partition (a few hundred definitions at most, always listed together),
 RowKey = the name in lower case, so names are unique case-insensitively and creation is an insert
@@ -10,29 +10,22 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.credentials import TokenCredential
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableServiceClient, UpdateMode
-from azure.monitor.query import LogsQueryClient
 
-from shared.azure.arm import list_fleet
-from shared.azure.tables import join_property, split_property
-from shared.deployments.definition import MAX_MACHINES, DefinitionError, DeploymentDefinition
-from shared.model.machines import Machine, parse_resource_id
+from shared.azure.credentials import credential_for
+from shared.azure.tables import join_property, split_property, table_service
+from shared.deployments.definition import DeploymentDefinition
 from shared.settings import Settings
 
 DEPLOYMENTS_TABLE = "Deployments"
 PARTITION = "deployment"
-# The saved-search query must return the machines in this column (as the legacy Update tables do).
-RESOURCE_ID_COLUMN = "ResourceId"
-# Saved searches look at machines that reported recently: the last day's heartbeats are enough.
-SAVED_SEARCH_TIMESPAN = timedelta(days=1)
 
 
 class DeploymentExists(Exception):
@@ -47,10 +40,6 @@ class DeploymentNotFound(Exception):
 
 class EditConflict(Exception):
     """The deployment changed since the ETag the edit was based on."""
-
-
-class GroupEvaluationError(Exception):
-    """A group could not be evaluated (a query failed, a subscription could not be listed)."""
 
 
 @dataclass(frozen=True)
@@ -68,84 +57,6 @@ class StoredDeployment:
         body["created"] = self.created.isoformat()
         body["modified"] = self.modified.isoformat()
         return body
-
-
-# --- group evaluation ------------------------------------------------------------------------------
-
-
-def evaluate_groups(
-    definition: DeploymentDefinition,
-    fleet: Callable[[], Sequence[Machine]],
-    run_query: Callable[[str], Sequence[str]],
-) -> tuple[str, ...]:
-    """The machines the definition's groups hold now (explicit machines excluded), in a stable order.
-
-    The fleet is listed once, and only if a filter group needs it. The total with the explicit
-    machines is held to :data:`MAX_MACHINES`, so a group that grew too big is refused at creation.
-    """
-    os_type = definition.operating_system
-    members: dict[str, None] = {}
-    machines: Sequence[Machine] | None = None
-    for index, group in enumerate(definition.targets.groups):
-        if group.saved_search is not None:
-            for resource_id in run_query(group.saved_search.query):
-                try:
-                    parse_resource_id(resource_id)
-                except ValueError as error:
-                    raise DefinitionError(f"targets.groups.{index}.savedSearch.query", str(error)) from None
-                members.setdefault(resource_id, None)
-        else:
-            machines = fleet() if machines is None else machines
-            for machine in group.scope().filter(machines):
-                if machine.os_type is os_type:
-                    members.setdefault(machine.resource_id, None)
-    explicit = {m.lower() for m in definition.targets.machines}
-    found = tuple(m for m in members if m.lower() not in explicit)
-    if len(found) + len(explicit) > MAX_MACHINES:
-        raise DefinitionError(
-            "targets.groups",
-            f"the groups hold {len(found)} machines besides the {len(explicit)} listed; "
-            f"at most {MAX_MACHINES} per deployment (the Update Management limit)",
-        )
-    return found
-
-
-def saved_search_runner(client: Any, workspace_id: str) -> Callable[[str], list[str]]:
-    """Run a saved search through azure-monitor-query's ``LogsQueryClient``; its ``ResourceId`` column."""
-
-    def run(query: str) -> list[str]:
-        try:
-            result = client.query_workspace(workspace_id, query, timespan=SAVED_SEARCH_TIMESPAN)
-        except HttpResponseError as error:
-            raise GroupEvaluationError(f"the saved search failed: {error.message}") from error
-        tables = getattr(result, "tables", None)
-        if not tables:
-            raise GroupEvaluationError(f"the saved search returned no table (status {result.status})")
-        table = tables[0]
-        if RESOURCE_ID_COLUMN not in table.columns:
-            raise GroupEvaluationError(
-                f"the saved search must return a {RESOURCE_ID_COLUMN} column; it returned "
-                + ", ".join(table.columns)
-            )
-        column = list(table.columns).index(RESOURCE_ID_COLUMN)
-        return [str(row[column]) for row in table.rows if row[column]]
-
-    return run
-
-
-def fleet_lister(
-    credential: TokenCredential, arm_endpoint: str, subscription_ids: Sequence[str]
-) -> Callable[[], list[Machine]]:
-    """List the fleet through ARM; a subscription that cannot be listed fails the evaluation,
-    because a membership frozen from part of the fleet would be silently wrong."""
-
-    def listing() -> list[Machine]:
-        machines, failed = list_fleet(credential, arm_endpoint, subscription_ids)
-        if failed:
-            raise GroupEvaluationError(f"could not list the machines of subscriptions {', '.join(failed)}")
-        return machines
-
-    return listing
 
 
 # --- storage ---------------------------------------------------------------------------------------
@@ -231,23 +142,7 @@ class DeploymentStore:
         self._table.delete_entity(PARTITION, name.lower())
 
 
-def frozen_members(
-    definition: DeploymentDefinition, settings: Settings, credential: TokenCredential
-) -> tuple[str, ...] | None:
-    """The group membership to store with ``definition``: evaluated now when it says "create",
-    None when its groups are evaluated at each run (or it has none)."""
-    if definition.targets.evaluate_groups_at != "create" or not definition.targets.groups:
-        return None
-    fleet = fleet_lister(credential, settings.arm_endpoint, settings.target_subscription_ids)
-    query = _lazy_query(settings, credential)
-    return evaluate_groups(definition, fleet, query)
-
-
-def _lazy_query(settings: Settings, credential: TokenCredential) -> Callable[[str], list[str]]:
-    """A saved-search runner that opens its LogsQueryClient only when a saved search is run."""
-
-    def run(query: str) -> list[str]:
-        with LogsQueryClient(credential, endpoint=settings.logs_query_endpoint) as client:
-            return saved_search_runner(client, settings.log_analytics_workspace_id)(query)
-
-    return run
+def deployment_store(settings: Settings) -> DeploymentStore:
+    store = DeploymentStore(table_service(settings, credential_for(settings)))
+    store.ensure()
+    return store

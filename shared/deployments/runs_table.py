@@ -34,10 +34,12 @@ from enum import StrEnum
 from typing import Any
 
 from azure.core import MatchConditions
+from azure.core.credentials import TokenCredential
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
 
-from shared.azure.tables import MAX_TRANSACTION_ENTITIES, join_property, split_property
+from shared.azure.credentials import credential_for
+from shared.azure.tables import MAX_TRANSACTION_ENTITIES, join_property, split_property, table_service
 from shared.deployments.definition import DeploymentDefinition
 from shared.deployments.results import MachineResultStatus
 from shared.deployments.rollout import (
@@ -48,6 +50,7 @@ from shared.deployments.rollout import (
     may_reboot,
     next_to_start,
 )
+from shared.settings import Settings
 
 RUNS_TABLE = "DeploymentRuns"
 INDEX_TABLE = "DeploymentRunIndex"
@@ -615,3 +618,9 @@ def counts_by_status(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     for row in rows:
         found[str(row["State"])] = found.get(str(row["State"]), 0) + 1
     return found
+
+
+def run_store(settings: Settings, credential: TokenCredential | None = None) -> RunStore:
+    store = RunStore(table_service(settings, credential or credential_for(settings)))
+    store.ensure()
+    return store

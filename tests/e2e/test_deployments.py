@@ -28,8 +28,7 @@ from shared.deployments.rollout import (
     REASON_WINDOW_CLOSING,
     occurrence_instance_id,
 )
-from shared.deployments.runs_table import RunStore
-from shared.deployments.steps import run_store
+from shared.deployments.runs_table import RunStore, run_store
 from shared.model.machines import machine_key
 from shared.settings import load_settings
 

@@ -22,12 +22,12 @@ import function_app
 from local.clock import VirtualClock
 from local.durable import DurableRunner
 from local.functions_host import FunctionsHost
-from shared.deployments import steps as work
 from shared.deployments.definition import DeploymentDefinition, validate_definition
+from shared.deployments.definitions_table import deployment_store
 from shared.deployments.messages import DeploymentRunInput
 from shared.deployments.outputs import RunLogStore
 from shared.deployments.results import MachineResultStatus
-from shared.deployments.runs_table import MachineOutcomeRecord, MachineTarget, RunState, RunStore
+from shared.deployments.runs_table import MachineOutcomeRecord, MachineTarget, RunState, RunStore, run_store
 from shared.model.install_outcome import InstallationState, InstallOutcome, PatchInstallResult
 from shared.model.machines import OsType, machine_key
 from shared.principal import Role, encode_principal
@@ -51,7 +51,7 @@ def reader(app_settings) -> FunctionsHost:
 
 @pytest.fixture
 def runs(app_settings) -> RunStore:
-    return work.run_store(load_settings())
+    return run_store(load_settings())
 
 
 def definition(name: str | None = None) -> DeploymentDefinition:
@@ -300,7 +300,7 @@ def test_an_unknown_deployment_without_runs_is_a_404_but_a_stored_one_lists_none
     assert response.status_code == 404 and body_of(response)["error"]["code"] == "DeploymentNotFound"
 
     defined = definition()
-    work.deployment_store(load_settings()).create(defined, None, START)
+    deployment_store(load_settings()).create(defined, None, START)
     listed = body_of(reader.request("GET", f"/api/deployments/{defined.name}/runs"))
     assert listed == {"deployment": defined.name, "count": 0, "total": 0, "runs": []}
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from shared.deployments.definition import MAX_MACHINES, DefinitionError, validate_definition
-from shared.deployments.definitions_table import evaluate_groups
+from shared.deployments.groups import evaluate_groups
 from shared.model.machines import Machine, MachineKind, OsType, PowerState
 
 SUB = "00000000-0000-0000-0000-0000000000aa"
