@@ -23,15 +23,26 @@ from azure.core.credentials import TokenCredential
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 from azure.core.pipeline import PipelineResponse
 from azure.core.polling import NoPolling
-from azure.mgmt.compute.models import VirtualMachineAssessPatchesResult, VirtualMachineInstallPatchesResult
+from azure.mgmt.compute.models import LinuxParameters as VmLinuxParameters
+from azure.mgmt.compute.models import (
+    VirtualMachineAssessPatchesResult,
+    VirtualMachineInstallPatchesParameters,
+    VirtualMachineInstallPatchesResult,
+)
+from azure.mgmt.compute.models import WindowsParameters as VmWindowsParameters
 from azure.mgmt.core.polling.arm_polling import ARMPolling
-from azure.mgmt.hybridcompute.models import MachineAssessPatchesResult, MachineInstallPatchesResult
+from azure.mgmt.hybridcompute.models import LinuxParameters as ArcLinuxParameters
+from azure.mgmt.hybridcompute.models import (
+    MachineAssessPatchesResult,
+    MachineInstallPatchesParameters,
+    MachineInstallPatchesResult,
+)
+from azure.mgmt.hybridcompute.models import WindowsParameters as ArcWindowsParameters
 
 from shared.azure.arm import COMPUTE_API_VERSION, arm_clients, enum_text, kb_digits
-from shared.deployments.install import to_install_outcome, to_sdk_parameters
 from shared.model.assessment_outcome import AssessmentFailure, AssessmentOutcome, AvailablePatch, Readiness
-from shared.model.install_outcome import InstallOutcome, InstallRequest
-from shared.model.machines import MachineKind, ResourceRef, parse_resource_id
+from shared.model.install_outcome import InstallationState, InstallOutcome, InstallRequest, PatchInstallResult
+from shared.model.machines import MachineKind, OsType, ResourceRef, parse_resource_id
 
 # Continuation tokens cross Durable boundaries; history payloads over about 45 KB spill to
 # blobs (AZURE-FACTS, Durable limits). Measured against the ARM stand-in: about 1.5 KB.
@@ -414,4 +425,90 @@ def _arc_outcome(result: MachineAssessPatchesResult) -> AssessmentOutcome:
         counts_by_classification=counts,
         error_code=(details.code if details else None),
         error_message=(details.message if details else None),
+    )
+
+
+# --- installPatches: the SDK models of a request, and the result back to an outcome -----------------
+
+# What installPatches takes: the compute model for an Azure VM, the hybrid-compute one for Arc.
+InstallParameters = VirtualMachineInstallPatchesParameters | MachineInstallPatchesParameters
+
+
+def to_sdk_parameters(request: InstallRequest, kind: MachineKind) -> InstallParameters:
+    """The compute or hybrid-compute model for ``request``; Arc drops ``maintenanceRunId`` (no such field)."""
+    return _vm_parameters(request) if kind is MachineKind.AZURE_VM else _arc_parameters(request)
+
+
+def _vm_parameters(request: InstallRequest) -> VirtualMachineInstallPatchesParameters:
+    windows = VmWindowsParameters(**_windows_fields(request)) if request.os_type is OsType.WINDOWS else None
+    linux = None
+    if request.os_type is OsType.LINUX:
+        linux = VmLinuxParameters(**_linux_fields(request), maintenance_run_id=request.maintenance_run_id)
+    return VirtualMachineInstallPatchesParameters(
+        maximum_duration=request.maximum_duration, reboot_setting=request.reboot_setting,
+        windows_parameters=windows, linux_parameters=linux,
+    )  # fmt: skip
+
+
+def _arc_parameters(request: InstallRequest) -> MachineInstallPatchesParameters:
+    windows = ArcWindowsParameters(**_windows_fields(request)) if request.os_type is OsType.WINDOWS else None
+    linux = ArcLinuxParameters(**_linux_fields(request)) if request.os_type is OsType.LINUX else None
+    return MachineInstallPatchesParameters(
+        maximum_duration=request.maximum_duration, reboot_setting=request.reboot_setting,
+        windows_parameters=windows, linux_parameters=linux,
+    )  # fmt: skip
+
+
+def _windows_fields(request: InstallRequest) -> dict[str, Any]:
+    return {
+        "classifications_to_include": list(request.classifications),
+        "kb_numbers_to_include": list(request.kb_numbers_to_include) or None,
+        "kb_numbers_to_exclude": list(request.kb_numbers_to_exclude) or None,
+    }
+
+
+def _linux_fields(request: InstallRequest) -> dict[str, Any]:
+    return {
+        "classifications_to_include": list(request.classifications),
+        "package_name_masks_to_include": list(request.package_masks_to_include) or None,
+        "package_name_masks_to_exclude": list(request.package_masks_to_exclude) or None,
+    }
+
+
+def to_install_outcome(
+    result: VirtualMachineInstallPatchesResult | MachineInstallPatchesResult,
+) -> InstallOutcome:
+    """Map either SDK result to the contract; Arc results carry counts only (``patches=None``)."""
+    vm = isinstance(result, VirtualMachineInstallPatchesResult)
+    error = result.error if isinstance(result, VirtualMachineInstallPatchesResult) else result.error_details
+    return InstallOutcome(
+        status=enum_text(result.status),
+        activity_id=result.installation_activity_id or "",
+        reboot_status=enum_text(result.reboot_status) or "Unknown",
+        maintenance_window_exceeded=bool(result.maintenance_window_exceeded),
+        installed=result.installed_patch_count or 0,
+        failed=result.failed_patch_count or 0,
+        pending=result.pending_patch_count or 0,
+        excluded=result.excluded_patch_count or 0,
+        not_selected=result.not_selected_patch_count or 0,
+        started_at=result.start_date_time,
+        patches=tuple(_installed_patch(p) for p in result.patches or []) if vm else None,  # type: ignore[union-attr]
+        error_code=(error.code if error else None),
+        error_message=(error.message if error else None),
+    )
+
+
+def _installed_patch(patch: Any) -> PatchInstallResult:
+    kb = kb_digits(patch.kb_id)
+    try:
+        state = InstallationState(enum_text(patch.installation_state))
+    except ValueError:
+        state = InstallationState.UNKNOWN
+    return PatchInstallResult(
+        patch_id=patch.patch_id or patch.name or "",
+        name=patch.name or "",
+        classifications=tuple(patch.classifications or ()),
+        state=state,
+        kb_id=kb,
+        version=patch.version,
     )

@@ -1,7 +1,7 @@
-"""From a deployment definition to ``installPatches`` parameters, and from the result back to an outcome.
+"""From a deployment definition to the ``installPatches`` request of one machine.
 
-Pure mapping, no network: :class:`shared.azure.patch_operations.PatchOperations` sends the call
-(``start_install`` / ``check_install``, the same start-then-check pair as assessments).
+No network: :class:`shared.azure.patch_operations.PatchOperations` turns the request into the SDK's
+models and sends the call (``start_install`` / ``check_install``, as for assessments).
 
 Decisions the API leaves to us:
 
@@ -21,28 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any
 
-from azure.mgmt.compute.models import LinuxParameters as VmLinuxParameters
-from azure.mgmt.compute.models import (
-    VirtualMachineInstallPatchesParameters,
-    VirtualMachineInstallPatchesResult,
-)
-from azure.mgmt.compute.models import WindowsParameters as VmWindowsParameters
-from azure.mgmt.hybridcompute.models import LinuxParameters as ArcLinuxParameters
-from azure.mgmt.hybridcompute.models import MachineInstallPatchesParameters, MachineInstallPatchesResult
-from azure.mgmt.hybridcompute.models import WindowsParameters as ArcWindowsParameters
-
-from shared.azure.arm import enum_text, kb_digits
+from shared.azure.patch_operations import InstallParameters, to_sdk_parameters
 from shared.deployments.definition import KB_PATTERN, DeploymentDefinition
 from shared.deployments.rollout import MAX_INSTALL_DURATION
-from shared.model.install_outcome import InstallationState, InstallOutcome, InstallRequest, PatchInstallResult
+from shared.model.install_outcome import InstallRequest
 from shared.model.machines import MachineKind, OsType
 
 # The reboot settings installPatches accepts (AZURE-FACTS, "Install parameters").
 API_REBOOT_SETTINGS = frozenset({"IfRequired", "Never", "Always"})
-
-InstallParameters = VirtualMachineInstallPatchesParameters | MachineInstallPatchesParameters
 
 
 class InstallParameterError(ValueError):
@@ -125,87 +112,3 @@ def install_parameters(
         definition, os_type, time_left, exclude_kbs=exclude_kbs, maintenance_run_id=maintenance_run_id
     )
     return to_sdk_parameters(request, kind)
-
-
-def to_sdk_parameters(request: InstallRequest, kind: MachineKind) -> InstallParameters:
-    """The compute or hybrid-compute model for ``request``; Arc drops ``maintenanceRunId`` (no such field)."""
-    return _vm_parameters(request) if kind is MachineKind.AZURE_VM else _arc_parameters(request)
-
-
-def _vm_parameters(request: InstallRequest) -> VirtualMachineInstallPatchesParameters:
-    windows = VmWindowsParameters(**_windows_fields(request)) if request.os_type is OsType.WINDOWS else None
-    linux = None
-    if request.os_type is OsType.LINUX:
-        linux = VmLinuxParameters(**_linux_fields(request), maintenance_run_id=request.maintenance_run_id)
-    return VirtualMachineInstallPatchesParameters(
-        maximum_duration=request.maximum_duration, reboot_setting=request.reboot_setting,
-        windows_parameters=windows, linux_parameters=linux,
-    )  # fmt: skip
-
-
-def _arc_parameters(request: InstallRequest) -> MachineInstallPatchesParameters:
-    windows = ArcWindowsParameters(**_windows_fields(request)) if request.os_type is OsType.WINDOWS else None
-    linux = ArcLinuxParameters(**_linux_fields(request)) if request.os_type is OsType.LINUX else None
-    return MachineInstallPatchesParameters(
-        maximum_duration=request.maximum_duration, reboot_setting=request.reboot_setting,
-        windows_parameters=windows, linux_parameters=linux,
-    )  # fmt: skip
-
-
-def _windows_fields(request: InstallRequest) -> dict[str, Any]:
-    return {
-        "classifications_to_include": list(request.classifications),
-        "kb_numbers_to_include": list(request.kb_numbers_to_include) or None,
-        "kb_numbers_to_exclude": list(request.kb_numbers_to_exclude) or None,
-    }
-
-
-def _linux_fields(request: InstallRequest) -> dict[str, Any]:
-    return {
-        "classifications_to_include": list(request.classifications),
-        "package_name_masks_to_include": list(request.package_masks_to_include) or None,
-        "package_name_masks_to_exclude": list(request.package_masks_to_exclude) or None,
-    }
-
-
-# -- results ---------------------------------------------------------------------------------
-
-
-
-def to_install_outcome(
-    result: VirtualMachineInstallPatchesResult | MachineInstallPatchesResult,
-) -> InstallOutcome:
-    """Map either SDK result to the contract; Arc results carry counts only (``patches=None``)."""
-    vm = isinstance(result, VirtualMachineInstallPatchesResult)
-    error = result.error if isinstance(result, VirtualMachineInstallPatchesResult) else result.error_details
-    return InstallOutcome(
-        status=enum_text(result.status),
-        activity_id=result.installation_activity_id or "",
-        reboot_status=enum_text(result.reboot_status) or "Unknown",
-        maintenance_window_exceeded=bool(result.maintenance_window_exceeded),
-        installed=result.installed_patch_count or 0,
-        failed=result.failed_patch_count or 0,
-        pending=result.pending_patch_count or 0,
-        excluded=result.excluded_patch_count or 0,
-        not_selected=result.not_selected_patch_count or 0,
-        started_at=result.start_date_time,
-        patches=tuple(_patch(p) for p in result.patches or []) if vm else None,  # type: ignore[union-attr]
-        error_code=(error.code if error else None),
-        error_message=(error.message if error else None),
-    )
-
-
-def _patch(patch: Any) -> PatchInstallResult:
-    kb = kb_digits(patch.kb_id)
-    try:
-        state = InstallationState(enum_text(patch.installation_state))
-    except ValueError:
-        state = InstallationState.UNKNOWN
-    return PatchInstallResult(
-        patch_id=patch.patch_id or patch.name or "",
-        name=patch.name or "",
-        classifications=tuple(patch.classifications or ()),
-        state=state,
-        kb_id=kb,
-        version=patch.version,
-    )

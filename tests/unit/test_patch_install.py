@@ -12,13 +12,9 @@ from azure.mgmt.compute.models import (
 )
 from azure.mgmt.hybridcompute.models import MachineInstallPatchesParameters
 
+from shared.azure.patch_operations import to_install_outcome
 from shared.deployments.definition import DeploymentDefinition, validate_definition
-from shared.deployments.install import (
-    MAX_INSTALL_DURATION,
-    InstallParameterError,
-    install_parameters,
-    to_install_outcome,
-)
+from shared.deployments.install import MAX_INSTALL_DURATION, InstallParameterError, install_parameters
 from shared.deployments.results import MachineResultStatus, machine_result_status, run_progress_rows
 from shared.log_tables import UPDATE_RUN_PROGRESS
 from shared.model.install_outcome import InstallationState, InstallOutcome, PatchInstallResult
