@@ -20,9 +20,8 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
-from functions.backoff import POLL_GROWTH, call_with_backoff
+from functions.durable import POLL_GROWTH, call_with_backoff, current_slot, start_once
 from functions.http import error_response, require_role, run_accepted
-from functions.starters import current_slot, start_once
 from shared.assessment import run as work
 from shared.assessment.messages import (
     AssessmentActivityInput,
@@ -40,7 +39,7 @@ from shared.azure.patch_operations import PermanentArmError
 from shared.fleet.scope import AssessmentScope, ScopeError
 from shared.model.machines import OsType, machine_key
 from shared.principal import Role
-from shared.settings import Settings, load_settings
+from shared.settings import load_settings
 
 bp = df.Blueprint()
 log = logging.getLogger(__name__)
@@ -52,19 +51,13 @@ def scheduled_instance_id(os_type: OsType, slot: str) -> str:
     return f"{RUN_PREFIX}{os_type.value.lower()}-{slot}"
 
 
-def _tuning(settings: Settings) -> AssessmentTuning:
-    return AssessmentTuning(
-        poll_seconds=settings.assessment_poll_seconds, deadline_minutes=settings.assessment_deadline_minutes
-    )
-
-
 async def _start_scheduled(client: df.DurableOrchestrationClient, os_type: OsType) -> None:
     settings = load_settings()
     run = AssessmentRunInput(
         trigger=f"timer-{os_type.value.lower()}",
         scope=AssessmentScope(os_type=os_type).to_json(),
         subscription_ids=settings.target_subscription_ids,
-        tuning=_tuning(settings),
+        tuning=AssessmentTuning.from_settings(settings),
     )
     linux = os_type is OsType.LINUX
     schedule = settings.assessment_schedule_linux if linux else settings.assessment_schedule_windows
@@ -101,9 +94,8 @@ async def start_assessment_run(
         return error_response(400, "InvalidJson", f"request body is not JSON: {error}")
     except ScopeError as error:
         return error_response(400, "InvalidField", str(error), error.field)
-    run = AssessmentRunInput(
-        trigger="http", scope=scope.to_json(), subscription_ids=subscriptions, tuning=_tuning(settings)
-    )
+    run = AssessmentRunInput(trigger="http", scope=scope.to_json(), subscription_ids=subscriptions,
+                             tuning=AssessmentTuning.from_settings(settings))
     instance_id = await client.start_new(
         "assessment_run", f"{RUN_PREFIX}adhoc-{uuid.uuid4().hex}", run.model_dump(mode="json")
     )

@@ -1,22 +1,25 @@
-"""Read API over update-deployment runs: a deployment's runs, one run with its machines, one machine with
-the updates its install reported, and the stored output of each step.
+"""Deployment runs over HTTP: start one now (stored or inline definition), cancel one, and read them.
 
-Everything here needs the Reader role and only reads what the run's activities wrote: the run and
-machine rows (``shared.deployments.runs_table``) and the step outputs in Blob Storage
-(``shared.deployments.outputs``).
-Starting and cancelling runs lives with the orchestrations in ``functions/deployments.py``.
+Starting and cancelling need the Operator role. Reading needs the Reader role and only reads what
+the run's activities wrote: a deployment's runs, one run with its machines, one machine with the
+updates its install reported (``shared.deployments.runs_table``), and the stored output of each
+step in Blob Storage (``shared.deployments.outputs``).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any, get_args
 
 import azure.durable_functions as df
 import azure.functions as func
 
-from functions.http import error_response, json_response, require_role
+from functions.deployments import ORCHESTRATOR, adhoc_run_id, run_input
+from functions.http import error_response, json_response, require_role, run_accepted
 from shared.azure.credentials import credential_for
+from shared.deployments.definition import DefinitionError, validate_definition
 from shared.deployments.definitions_table import DeploymentNotFound, deployment_store
 from shared.deployments.messages import Step
 from shared.deployments.outputs import RunLogNotFound, run_log_store
@@ -25,12 +28,13 @@ from shared.deployments.runs_table import (
     MachineState,
     RunNotFound,
     RunRecord,
+    RunState,
     RunStore,
     machine_to_json,
     run_store,
 )
 from shared.model.install_outcome import InstallationState, PatchInstallResult
-from shared.principal import Role
+from shared.principal import Principal, Role
 from shared.settings import Settings, load_settings
 
 bp = df.Blueprint()
@@ -118,6 +122,79 @@ def _run_machine(store: RunStore, run_id: str, machine: str) -> dict[str, Any] |
         return store.machine(run_id, machine)
     except RunNotFound:
         return _machine_not_found(run_id, machine)
+
+
+# --- start now, cancel ---------------------------------------------------------------------------
+
+
+@bp.route(route="deployments/{name}/runs", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.durable_client_input(client_name="client")
+async def start_deployment_now(
+    req: func.HttpRequest, client: df.DurableOrchestrationClient
+) -> func.HttpResponse:
+    """Run a stored deployment now; its window opens when the run has resolved its machines."""
+    allowed = require_role(req, Role.OPERATOR)
+    if isinstance(allowed, func.HttpResponse):
+        return allowed
+    name = req.route_params.get("name", "")
+    settings = load_settings()
+    try:
+        stored = deployment_store(settings).get(name)
+    except DeploymentNotFound:
+        return error_response(404, "DeploymentNotFound", f"no deployment named {name!r}")
+    now = datetime.now(UTC)
+    run_id = adhoc_run_id(stored.definition.name, now)
+    run_store(settings).create_run(run_id, stored.definition, "http", now, members=stored.frozen_members)
+    await client.start_new(ORCHESTRATOR, run_id, run_input(run_id, stored.definition, "http", settings))
+    return run_accepted(run_id)
+
+
+@bp.route(route="deployment-runs", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.durable_client_input(client_name="client")
+async def start_inline_deployment(
+    req: func.HttpRequest, client: df.DurableOrchestrationClient
+) -> func.HttpResponse:
+    """Run a definition given in the body now, without storing it as a deployment; groups are evaluated
+    when the run starts."""
+    allowed = require_role(req, Role.OPERATOR)
+    if isinstance(allowed, func.HttpResponse):
+        return allowed
+    try:
+        definition = validate_definition(json.loads(req.get_body() or b"null"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return error_response(400, "InvalidJson", f"request body is not JSON: {error}")
+    except DefinitionError as error:
+        return error_response(400, "InvalidField", str(error), error.field)
+    settings = load_settings()
+    now = datetime.now(UTC)
+    run_id = adhoc_run_id(definition.name, now)
+    run_store(settings).create_run(run_id, definition, "http-inline", now)
+    await client.start_new(ORCHESTRATOR, run_id, run_input(run_id, definition, "http-inline", settings))
+    return run_accepted(run_id)
+
+
+@bp.route(route="deployment-runs/{runId}/cancel", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def cancel_deployment_run(req: func.HttpRequest) -> func.HttpResponse:
+    """Stop starting machines; those running finish (an install cannot be stopped midway), the rest are
+    recorded as cancelled."""
+    allowed = require_role(req, Role.OPERATOR)
+    if isinstance(allowed, func.HttpResponse):
+        return allowed
+    principal: Principal = allowed
+    run_id = req.route_params.get("runId", "")
+    store = run_store(load_settings())
+    try:
+        run = store.get_run(run_id)
+        if run.state not in (RunState.QUEUED, RunState.RUNNING):
+            return error_response(409, "RunFinished", f"run {run_id} is {run.state.value}; nothing to cancel")
+        run = store.request_cancel(run_id, principal.name)
+    except RunNotFound:
+        return error_response(404, "RunNotFound", f"no deployment run {run_id!r}")
+    return json_response(run.to_json(), 202, headers={"Location": f"/api/deployment-runs/{run_id}"})
+
+
+
+# --- reading runs ----------------------------------------------------------------------------------
 
 
 @bp.route(route="deployments/{name}/runs", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

@@ -1,4 +1,4 @@
-"""Update deployment runs: the scheduler timer, ad-hoc starts and cancel over HTTP, and the orchestrations.
+"""Update deployment runs: the scheduler timer, the orchestrations and their activities.
 
 ``deployment_run`` (master) resolves the run's machines through an activity that writes them to
 Table Storage in batches, then runs one ``deployment_batch`` per batch at once. A batch asks the
@@ -11,7 +11,6 @@ and records its result, which frees its slot. Only counts travel upwards.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Generator
@@ -21,13 +20,11 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
-from functions.backoff import POLL_GROWTH, call_with_backoff
-from functions.http import error_response, json_response, require_role, run_accepted
-from functions.starters import start_once
+from functions.durable import POLL_GROWTH, call_with_backoff, start_once
 from shared.azure.credentials import credential_for
 from shared.azure.tables import table_service
-from shared.deployments.definition import DefinitionError, DeploymentDefinition, validate_definition
-from shared.deployments.definitions_table import DeploymentNotFound, StoredDeployment, deployment_store
+from shared.deployments.definition import DeploymentDefinition
+from shared.deployments.definitions_table import deployment_store
 from shared.deployments.finish import finish_machine, record_never_started
 from shared.deployments.messages import (
     MAX_INSTALL_CALLS,
@@ -52,28 +49,18 @@ from shared.deployments.messages import (
 )
 from shared.deployments.resolve import resolve
 from shared.deployments.results import MachineResultStatus
-from shared.deployments.rollout import (
-    MINUTES_FOR_REBOOT,
-    MINUTES_PER_UPDATE,
-    OccurrenceState,
-    due_occurrences,
-    occurrence_instance_id,
-)
-from shared.deployments.runs_table import RunNotFound, RunState, RunStore, run_store
+from shared.deployments.rollout import MINUTES_FOR_REBOOT, MINUTES_PER_UPDATE
+from shared.deployments.runs_table import RunState, run_store
+from shared.deployments.scheduler import FIRST_LOOKBACK, RUN_PREFIX, look_since, record_occurrences
 from shared.deployments.scheduler_state import SchedulerState
 from shared.deployments.steps import check_step, start_step
 from shared.model.machines import machine_key
-from shared.principal import Principal, Role
-from shared.settings import load_settings
+from shared.settings import Settings, load_settings
 
 bp = df.Blueprint()
 log = logging.getLogger(__name__)
 
-RUN_PREFIX = "deploy-"
 ORCHESTRATOR = "deployment_run"
-# The scheduler looks back at most this far after an outage: older occurrences are long missed,
-# and listing them all would make one late firing slow.
-MAX_SCHEDULER_LOOKBACK = timedelta(days=7)
 
 
 def utc_now() -> datetime:
@@ -85,6 +72,13 @@ def adhoc_run_id(deployment: str, at: datetime) -> str:
     return f"{RUN_PREFIX}{deployment}-now-{at:%Y%m%dT%H%M%S}Z-{uuid.uuid4().hex[:6]}"
 
 
+def run_input(run_id: str, definition: DeploymentDefinition, trigger: str,
+              settings: Settings) -> dict[str, Any]:
+    """The master's input: the run's id and its tuning from the app settings (orchestrators read none)."""
+    return DeploymentRunInput(run_id=run_id, deployment=definition.name, trigger=trigger,
+                              tuning=DeploymentTuning.from_settings(settings)).model_dump(mode="json")
+
+
 # --- scheduler ------------------------------------------------------------------------------------
 
 
@@ -94,112 +88,16 @@ async def schedule_deployments(timer: func.TimerRequest, client: df.DurableOrche
     """Start every due occurrence once; record the ones missed while nothing was looking."""
     settings = load_settings()
     now = utc_now()
-    service = table_service(settings, credential_for(settings))
-    state = SchedulerState(service)
-    last = state.last_checked(default=now - timedelta(minutes=1))
-    since = max(last, now - MAX_SCHEDULER_LOOKBACK)
-    runs = run_store(settings)
-    for stored in deployment_store(settings).list():
+    state = SchedulerState(table_service(settings, credential_for(settings)))
+    since = look_since(state.last_checked(default=now - FIRST_LOOKBACK), now)
+    for due in record_occurrences(run_store(settings), deployment_store(settings).list(), since, now):
         try:
-            await _start_due(client, runs, stored, since, now)
-        except Exception:  # one broken deployment must not keep the others from running
-            log.exception("deployment %s: could not start its due occurrences", stored.definition.name)
+            if await start_once(client, ORCHESTRATOR, due.run_id, run_input(due.run_id, due.definition,
+                                                                            "schedule", settings)):
+                log.info("deployment %s: started run %s", due.definition.name, due.run_id)
+        except Exception:  # one run that cannot start must not keep the others from starting
+            log.exception("deployment %s: could not start run %s", due.definition.name, due.run_id)
     state.checked(now)
-
-
-async def _start_due(client: df.DurableOrchestrationClient, runs: RunStore, stored: StoredDeployment,
-                     since: datetime, now: datetime) -> None:
-    definition = stored.definition
-    # An occurrence before the deployment existed was never due.
-    start = max(since, stored.created)
-    if start >= now:
-        return
-    for occurrence in due_occurrences(definition.schedule, start, now, definition.maintenance_window_minutes):
-        run_id = occurrence_instance_id(definition.name, occurrence.at)
-        if occurrence.state is OccurrenceState.MISSED:
-            reason = ("the scheduler did not run while the occurrence could still start "
-                      f"(checked at {now:%Y-%m-%d %H:%M:%S} UTC)")
-            runs.create_run(run_id, definition, "schedule", now, occurrence=occurrence.at,
-                            state=RunState.MISSED, reason=reason)
-            continue
-        runs.create_run(run_id, definition, "schedule", now, occurrence=occurrence.at,
-                        members=stored.frozen_members)
-        payload = _run_input(run_id, definition, "schedule")
-        if await start_once(client, ORCHESTRATOR, run_id, payload):
-            log.info("deployment %s: started run %s", definition.name, run_id)
-
-
-def _run_input(run_id: str, definition: DeploymentDefinition, trigger: str) -> dict[str, Any]:
-    return DeploymentRunInput(run_id=run_id, deployment=definition.name, trigger=trigger,
-                              tuning=DeploymentTuning()).model_dump(mode="json")
-
-
-# --- HTTP: start now, cancel ----------------------------------------------------------------------
-
-
-@bp.route(route="deployments/{name}/runs", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
-@bp.durable_client_input(client_name="client")
-async def start_deployment_now(
-    req: func.HttpRequest, client: df.DurableOrchestrationClient
-) -> func.HttpResponse:
-    """Run a stored deployment now; its window opens when the run has resolved its machines."""
-    allowed = require_role(req, Role.OPERATOR)
-    if isinstance(allowed, func.HttpResponse):
-        return allowed
-    name = req.route_params.get("name", "")
-    settings = load_settings()
-    try:
-        stored = deployment_store(settings).get(name)
-    except DeploymentNotFound:
-        return error_response(404, "DeploymentNotFound", f"no deployment named {name!r}")
-    now = datetime.now(UTC)
-    run_id = adhoc_run_id(stored.definition.name, now)
-    run_store(settings).create_run(run_id, stored.definition, "http", now, members=stored.frozen_members)
-    await client.start_new(ORCHESTRATOR, run_id, _run_input(run_id, stored.definition, "http"))
-    return run_accepted(run_id)
-
-
-@bp.route(route="deployment-runs", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
-@bp.durable_client_input(client_name="client")
-async def start_inline_deployment(
-    req: func.HttpRequest, client: df.DurableOrchestrationClient
-) -> func.HttpResponse:
-    """Run a definition given in the body now, without storing it as a deployment; groups are evaluated
-    when the run starts."""
-    allowed = require_role(req, Role.OPERATOR)
-    if isinstance(allowed, func.HttpResponse):
-        return allowed
-    try:
-        definition = validate_definition(json.loads(req.get_body() or b"null"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        return error_response(400, "InvalidJson", f"request body is not JSON: {error}")
-    except DefinitionError as error:
-        return error_response(400, "InvalidField", str(error), error.field)
-    now = datetime.now(UTC)
-    run_id = adhoc_run_id(definition.name, now)
-    run_store(load_settings()).create_run(run_id, definition, "http-inline", now)
-    await client.start_new(ORCHESTRATOR, run_id, _run_input(run_id, definition, "http-inline"))
-    return run_accepted(run_id)
-
-
-@bp.route(route="deployment-runs/{runId}/cancel", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
-def cancel_deployment_run(req: func.HttpRequest) -> func.HttpResponse:
-    """Stop starting machines; those running finish (an install cannot be stopped midway), the rest are
-    recorded as cancelled."""
-    allowed = require_role(req, Role.OPERATOR)
-    if isinstance(allowed, func.HttpResponse):
-        return allowed
-    principal: Principal = allowed
-    run_id = req.route_params.get("runId", "")
-    store = run_store(load_settings())
-    try:
-        run = store.get_run(run_id)
-        if run.state not in (RunState.QUEUED, RunState.RUNNING):
-            return error_response(409, "RunFinished", f"run {run_id} is {run.state.value}; nothing to cancel")
-        run = store.request_cancel(run_id, principal.name)
-    except RunNotFound:
-        return error_response(404, "RunNotFound", f"no deployment run {run_id!r}")
-    return json_response(run.to_json(), 202, headers={"Location": f"/api/deployment-runs/{run_id}"})
 
 
 # --- orchestrators --------------------------------------------------------------------------------

@@ -1,15 +1,21 @@
-"""Fleet discovery: timer and orchestration that keep the machine inventory current."""
+"""Fleet discovery: the timer and ``POST /api/discoveries`` start the orchestration that keeps the
+machine inventory current."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from functions.starters import current_slot, start_once
+from functions.durable import current_slot, start_once
+from functions.http import error_response, require_role, run_accepted
 from shared.fleet.discovery import discover_subscription as discover_subscription_machines
 from shared.fleet.messages import DiscoveryCounts, DiscoveryRunInput, SubscriptionDiscoveryInput
+from shared.principal import Role
 from shared.settings import load_settings
 
 bp = df.Blueprint()
@@ -23,6 +29,11 @@ def discovery_instance_id(slot: str) -> str:
     return f"discovery-{slot}"
 
 
+class StartDiscoveryBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    subscriptionIds: list[str] | None = None
+
+
 @bp.timer_trigger(schedule="%FLEET_DISCOVERY_SCHEDULE%", arg_name="timer", run_on_startup=False)
 @bp.durable_client_input(client_name="client")
 async def discover_fleet(timer: func.TimerRequest, client: df.DurableOrchestrationClient) -> None:
@@ -31,6 +42,35 @@ async def discover_fleet(timer: func.TimerRequest, client: df.DurableOrchestrati
     instance_id = discovery_instance_id(current_slot(settings.fleet_discovery_schedule))
     run = DiscoveryRunInput(subscription_ids=settings.target_subscription_ids, trigger="timer")
     await start_once(client, "fleet_discovery_run", instance_id, run.model_dump(mode="json"))
+
+
+@bp.route(route="discoveries", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.durable_client_input(client_name="client")
+async def start_discovery(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    allowed = require_role(req, Role.OPERATOR)
+    if isinstance(allowed, func.HttpResponse):
+        return allowed
+    settings = load_settings()
+    try:
+        body = StartDiscoveryBody.model_validate(json.loads(req.get_body() or b"{}"))
+    except json.JSONDecodeError as error:
+        return error_response(400, "InvalidJson", f"request body is not JSON: {error}")
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        return error_response(400, "InvalidField", f"{field}: {first['msg']}", field)
+    requested = tuple(s.lower() for s in (body.subscriptionIds or settings.target_subscription_ids))
+    outside = sorted(set(requested) - set(settings.target_subscription_ids))
+    if outside:
+        return error_response(
+            400, "InvalidField",
+            f"subscriptionIds: {', '.join(outside)} not in TARGET_SUBSCRIPTION_IDS", "subscriptionIds",
+        )
+    run = DiscoveryRunInput(subscription_ids=requested, trigger="http")
+    instance_id = await client.start_new(
+        "fleet_discovery_run", f"discovery-adhoc-{uuid.uuid4().hex}", run.model_dump(mode="json")
+    )
+    return run_accepted(instance_id)
 
 
 @bp.orchestration_trigger(context_name="context")

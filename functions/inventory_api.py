@@ -1,8 +1,10 @@
-"""Read API over the assessment inventory: one machine in detail, the fleet's missing updates."""
+"""Read API over the inventory: the machine list, one machine in detail, the fleet's missing updates."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime
+from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
@@ -12,6 +14,8 @@ from functions.http import error_response, json_response, require_role
 from shared.assessment.views import ViewError, machine_detail, machines_needing, missing_updates
 from shared.azure.credentials import credential_for
 from shared.azure.tables import table_service
+from shared.fleet.machine_query import QueryError, parse_machine_query
+from shared.fleet.machines_table import MachineInventory
 from shared.model.machines import OsType
 from shared.principal import Role
 from shared.settings import load_settings
@@ -22,6 +26,53 @@ bp = df.Blueprint()
 def _service() -> TableServiceClient:
     settings = load_settings()
     return table_service(settings, credential_for(settings))
+
+
+@bp.route(route="machines", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def list_machines(req: func.HttpRequest) -> func.HttpResponse:
+    """Machines, filtered and paged: ``?os=&environment=&support=&powerState=&readiness=&compliant=
+    &tag=key:value&pageSize=&nextToken=``. Follow ``nextToken`` until it is null."""
+    allowed = require_role(req, Role.READER)
+    if isinstance(allowed, func.HttpResponse):
+        return allowed
+    try:
+        query = parse_machine_query(dict(req.params))
+    except QueryError as error:
+        return error_response(400, "InvalidFilter", str(error), error.field)
+    settings = load_settings()
+    inventory = MachineInventory(table_service(settings, credential_for(settings)))
+    try:
+        page = inventory.page(query.equals, query.page_size, query.next_token)
+    except ValueError as error:
+        return error_response(400, "InvalidFilter", f"nextToken: {error}", "nextToken")
+    machines = [_public_machine(e) for e in page.machines if query.matches_tags(e)]
+    return json_response({"count": len(machines), "machines": machines, "nextToken": page.next_token})
+
+
+def _public_machine(entity: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": entity["RowKey"],  # GET /api/machines/{id} for the detail
+        "resourceId": entity["ResourceId"],
+        "computerName": entity.get("ComputerName"),
+        "environment": entity.get("Environment"),
+        "osType": entity.get("OsType"),
+        "osName": entity.get("OsName"),
+        "osVersion": entity.get("OsVersion"),
+        "powerState": entity.get("PowerState"),
+        "patchMode": entity.get("PatchMode"),
+        "support": entity.get("Support"),
+        "supportReason": entity.get("SupportReason") or None,
+        "notReachableReason": entity.get("NotReachableReason") or None,
+        "tags": json.loads(entity.get("Tags") or "{}"),
+        "lastDiscovered": entity.get("LastDiscovered"),
+        # Written by assessments (absent until the machine's first one).
+        "lastAssessed": entity.get("LastAssessed"),
+        "compliant": entity.get("Compliant"),
+        "readiness": entity.get("Readiness"),
+        "lastError": entity.get("LastError") or None,
+        "lastErrorHint": entity.get("LastErrorHint") or None,
+        "rebootPending": entity.get("RebootPending"),
+    }
 
 
 @bp.route(route="machines/{machineId}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

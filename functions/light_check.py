@@ -15,7 +15,7 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
-from functions.starters import current_slot, start_once
+from functions.durable import current_slot, start_once
 from shared.assessment import light_check as work
 from shared.assessment.light_check import BaselineInput, ChangedMachines, FindChangedInput, LightCheckInput
 from shared.assessment.messages import AssessmentRunInput, AssessmentTuning
@@ -43,10 +43,7 @@ async def light_check(timer: func.TimerRequest, client: df.DurableOrchestrationC
     instance_id = instance_id_for(current_slot(settings.light_check_schedule))
     check = LightCheckInput(
         subscription_ids=settings.target_subscription_ids,
-        tuning=AssessmentTuning(
-            poll_seconds=settings.assessment_poll_seconds,
-            deadline_minutes=settings.assessment_deadline_minutes,
-        ),
+        tuning=AssessmentTuning.from_settings(settings),
     )
     await start_once(client, "light_check_run", instance_id, check.model_dump(mode="json"))
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from shared.messages import Message, PollingTuning
+from shared.settings import Settings
 
 
 class AssessmentTuning(PollingTuning):
@@ -18,6 +19,12 @@ class AssessmentTuning(PollingTuning):
     # Children per batch sub-orchestration: Durable replays a whole history on every completion, so
     # 100 keeps each batch's replay short and a 10,000-machine fleet is 100 batches (AZURE-FACTS).
     batch_size: int = Field(default=100, ge=1, le=1000)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AssessmentTuning:
+        """The tuning the app settings ask for; the rest keeps its defaults."""
+        return cls(poll_seconds=settings.assessment_poll_seconds,
+                   deadline_minutes=settings.assessment_deadline_minutes)
 
 
 class AssessmentRunInput(Message):

@@ -22,12 +22,7 @@ from shared.deployments.results import (
     MachineResultStatus,
     run_machine_row,
 )
-from shared.deployments.runs_table import (
-    FINAL_STATES,
-    MachineOutcomeRecord,
-    RunRecord,
-    run_store,
-)
+from shared.deployments.runs_table import FINAL_STATES, MachineOutcomeRecord, RunRecord, run_store
 from shared.log_tables import UPDATE_RUN_MACHINE
 from shared.model.machines import machine_key
 from shared.settings import Settings

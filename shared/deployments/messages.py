@@ -12,9 +12,12 @@ from typing import Literal
 from pydantic import Field
 
 from shared.deployments.rollout import Window
-from shared.deployments.runs_table import DEPLOYMENT_BATCH_SIZE
 from shared.messages import Message, PollingTuning
+from shared.settings import Settings
 
+# A claim writes the run and its batch's machine rows in one transaction of at most 100 entities
+# (Azure Table Storage limit), so a batch holds at most 99 machines; 50 keeps the rows small.
+DEPLOYMENT_BATCH_SIZE = 50
 # A machine's steps, in order. Installs are numbered: one call may last at most 3 h 55 min, so a
 # 6-hour window can need a second call for what the first left pending.
 PRESCAN, POSTSCAN, RESTART = "prescan", "postscan", "restart"
@@ -43,6 +46,12 @@ class DeploymentTuning(PollingTuning):
     # starting updates at the end, and the reboot it may still do takes minutes.
     install_grace_minutes: int = Field(default=30, ge=0)
     batch_size: int = Field(default=DEPLOYMENT_BATCH_SIZE, ge=1, le=DEPLOYMENT_BATCH_SIZE)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DeploymentTuning:
+        """The tuning the app settings ask for: pre- and post-scans poll and give up as assessments do."""
+        return cls(poll_seconds=settings.assessment_poll_seconds,
+                   scan_deadline_minutes=settings.assessment_deadline_minutes)
 
 
 class DeploymentRunInput(Message):

@@ -1,4 +1,4 @@
-"""The rollout rules of an update deployment: window arithmetic, the start gate, due occurrences.
+"""The rollout rules of an update deployment: window arithmetic and the start gate.
 
 Pure decisions with no I/O and no clock reads: every function takes ``now``, so the orchestrations
 can call them with ``context.current_utc_datetime`` and replay to the same answer.
@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from enum import StrEnum
+from datetime import datetime, timedelta
 
-from shared.deployments.definition import NAME_PATTERN, Rollout
-from shared.deployments.schedule import Schedule, occurrences
+from shared.deployments.definition import Rollout
+from shared.deployments.schedule import require_aware
 
 # Legacy Update Management needs about this much of the window left before it starts an update,
 # a service pack, or a reboot (AZURE-FACTS, "Maintenance windows and limits").
@@ -29,10 +28,6 @@ MINUTES_FOR_REBOOT = 10
 # installPatches accepts a maximumDuration of at most PT3H55M per call (Azure VM installPatches API;
 # the same 3 h 55 min is Azure Update Manager's longest window, AZURE-FACTS).
 MAX_INSTALL_DURATION = timedelta(hours=3, minutes=55)
-# Instance ids are stored as Azure Storage table keys (no '/', '\\', '#', '?', AZURE-FACTS);
-# NAME_PATTERN keeps deployment names to 64 safe characters, so an id stays under 100.
-INSTANCE_ID_TIME_FORMAT = "%Y%m%dT%H%MZ"
-MAX_INSTANCE_ID_LENGTH = 100
 
 # Why a machine did not start: recorded as each such machine's reason by the master orchestration.
 REASON_ERROR_BUDGET = "error budget spent"
@@ -44,11 +39,6 @@ REASON_OK = "ok"
 
 # Reboot settings (DeploymentDefinition.reboot_setting) under which no reboot time must be kept.
 _NO_REBOOT_SETTINGS = frozenset({"Never"})
-
-
-def _require_aware(value: datetime, name: str) -> None:
-    if value.tzinfo is None:
-        raise ValueError(f"{name} must be an aware datetime (UTC), got naive {value.isoformat()}")
 
 
 def may_reboot(reboot_setting: str) -> bool:
@@ -77,7 +67,7 @@ class Window:
     minutes: int
 
     def __post_init__(self) -> None:
-        _require_aware(self.start, "start")
+        require_aware(self.start, "start")
         if self.minutes <= 0:
             raise ValueError(f"minutes must be positive, got {self.minutes}")
 
@@ -102,7 +92,7 @@ class Window:
 
     def time_left(self, now: datetime) -> timedelta:
         """Time until the end, never negative and never more than the window (before it opens)."""
-        _require_aware(now, "now")
+        require_aware(now, "now")
         left = self.end - max(now, self.start)
         return max(left, timedelta(0))
 
@@ -124,7 +114,7 @@ class Window:
     def can_start(self, now: datetime, pending_updates: int, has_service_pack: bool = False,
                   may_reboot: bool = True) -> StartDecision:
         """Whether a machine may start installing at ``now``, and if not, the reason to record."""
-        _require_aware(now, "now")
+        require_aware(now, "now")
         if pending_updates == 0:
             return StartDecision(False, REASON_NOTHING_PENDING)
         if now < self.start:
@@ -194,7 +184,7 @@ def next_to_start(state: RolloutState, rollout: Rollout, window: Window, now: da
     window closing; otherwise starts as many queued machines as the concurrency limit leaves room
     for. Machines already running may still fail after the budget is spent, as with AWS MaxErrors.
     """
-    _require_aware(now, "now")
+    require_aware(now, "now")
     if len(queue) > state.total - state.started:
         raise ValueError(
             f"queue ({len(queue)}) must not exceed total - started ({state.total - state.started})"
@@ -216,51 +206,6 @@ def rollout_finished(state: RolloutState, decision: Decision, queue: Sequence[st
     return state.running == 0 and (decision.stopped or not queue)
 
 
-class OccurrenceState(StrEnum):
-    DUE = "due"
-    MISSED = "missed"
-
-
-@dataclass(frozen=True)
-class Occurrence:
-    at: datetime
-    state: OccurrenceState
-
-
-def due_occurrences(schedule: Schedule, last_checked: datetime, now: datetime,
-                    window_minutes: int) -> list[Occurrence]:
-    """Occurrences in ``(last_checked, now]``, each ``due`` or ``missed``.
-
-    Rule: an occurrence is due while ``now`` is at or before the moment one update (15 minutes,
-    no reboot) still fits in its window, i.e. ``now <= at + window - 15 min``; later it is missed,
-    recorded as such and never run outside its window. After a timer outage the older occurrences
-    come back missed and the latest may still be due.
-    """
-    _require_aware(last_checked, "last_checked")
-    _require_aware(now, "now")
-    if last_checked > now:
-        raise ValueError(
-            f"last_checked ({last_checked.isoformat()}) must not be after now ({now.isoformat()})"
-        )
-    found = []
-    for at in occurrences(schedule, last_checked, now):
-        cutoff = Window(at, window_minutes).cutoff_for(1, has_service_pack=False, may_reboot=False)
-        state = OccurrenceState.DUE if now <= cutoff else OccurrenceState.MISSED
-        found.append(Occurrence(at, state))
-    return found
-
-
-def occurrence_instance_id(deployment_name: str, occurrence_at: datetime) -> str:
-    """``deploy-{name}-{yyyymmddThhmmZ}``: one Durable instance per occurrence, so a doubled or late
-    timer finds the run already there instead of starting it twice."""
-    if not NAME_PATTERN.match(deployment_name):
-        raise ValueError(f"deployment_name {deployment_name!r} is not a valid deployment name")
-    _require_aware(occurrence_at, "occurrence_at")
-    instance_id = f"deploy-{deployment_name}-{occurrence_at.astimezone(UTC):{INSTANCE_ID_TIME_FORMAT}}"
-    assert len(instance_id) <= MAX_INSTANCE_ID_LENGTH
-    return instance_id
-
-
 __all__ = [
     "MAX_INSTALL_DURATION",
     "MINUTES_FOR_REBOOT",
@@ -273,15 +218,11 @@ __all__ = [
     "REASON_WINDOW_CLOSING",
     "REASON_WINDOW_NOT_OPEN",
     "Decision",
-    "Occurrence",
-    "OccurrenceState",
     "RolloutState",
     "StartDecision",
     "Window",
-    "due_occurrences",
     "iso_duration",
     "may_reboot",
     "next_to_start",
-    "occurrence_instance_id",
     "rollout_finished",
 ]

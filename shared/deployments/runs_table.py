@@ -41,6 +41,7 @@ from azure.data.tables import TableClient, TableServiceClient, TableTransactionE
 from shared.azure.credentials import credential_for
 from shared.azure.tables import MAX_TRANSACTION_ENTITIES, join_property, split_property, table_service
 from shared.deployments.definition import DeploymentDefinition
+from shared.deployments.messages import DEPLOYMENT_BATCH_SIZE
 from shared.deployments.results import MachineResultStatus
 from shared.deployments.rollout import (
     REASON_CANCELLED,
@@ -56,9 +57,7 @@ RUNS_TABLE = "DeploymentRuns"
 INDEX_TABLE = "DeploymentRunIndex"
 RUN_ROW = "run"
 MACHINE_ROW_PREFIX = "m|"
-# A claim writes the run and its batch's machine rows in one transaction of at most 100 entities
-# (Azure Table Storage limit), so a batch holds at most 99 machines; 50 keeps the rows small.
-DEPLOYMENT_BATCH_SIZE = 50
+# A claim writes the run and its batch's machine rows in one transaction (DEPLOYMENT_BATCH_SIZE).
 assert DEPLOYMENT_BATCH_SIZE < MAX_TRANSACTION_ENTITIES
 # Optimistic-concurrency retries: every batch and every finishing machine of a run writes the run
 # row, so a writer may lose a few races; each retry re-reads and waits a little longer.

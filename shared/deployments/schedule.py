@@ -221,8 +221,8 @@ def to_utc(wall: datetime, zone: ZoneInfo) -> datetime:
 
 def occurrences(schedule: Schedule, after: datetime, until: datetime) -> Iterator[datetime]:
     """Occurrences as aware UTC datetimes, in order, strictly after ``after`` and at most ``until``."""
-    _require_aware(after, "after")
-    _require_aware(until, "until")
+    require_aware(after, "after")
+    require_aware(until, "until")
     zone = schedule.zone
     end = until.astimezone(UTC)
     if schedule.expiry_time is not None:
@@ -243,7 +243,7 @@ def next_occurrence(schedule: Schedule, after: datetime) -> datetime | None:
     return next(occurrences(schedule, after, after + NEXT_OCCURRENCE_HORIZON), None)
 
 
-def _require_aware(value: datetime, name: str) -> None:
+def require_aware(value: datetime, name: str) -> None:
     if value.tzinfo is None:
         raise ValueError(f"{name} must be an aware datetime (UTC), got naive {value.isoformat()}")
 
@@ -339,5 +339,6 @@ __all__ = [
     "next_occurrence",
     "nth_weekday",
     "occurrences",
+    "require_aware",
     "to_utc",
 ]

@@ -37,10 +37,7 @@ from shared.deployments.results import (
     machine_result_status,
     run_progress_rows,
 )
-from shared.deployments.runs_table import (
-    RunStore,
-    run_store,
-)
+from shared.deployments.runs_table import RunStore, run_store
 from shared.deployments.selection import optional_kbs, pending_estimate
 from shared.log_tables import UPDATE_RUN_PROGRESS
 from shared.model.assessment_outcome import Readiness

@@ -26,9 +26,9 @@ from shared.deployments.rollout import (
     MINUTES_PER_UPDATE,
     REASON_ERROR_BUDGET,
     REASON_WINDOW_CLOSING,
-    occurrence_instance_id,
 )
 from shared.deployments.runs_table import RunStore, run_store
+from shared.deployments.scheduler import occurrence_instance_id
 from shared.model.machines import machine_key
 from shared.settings import load_settings
 

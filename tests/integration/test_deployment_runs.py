@@ -12,12 +12,7 @@ from azure.data.tables import TableServiceClient
 from shared.deployments.definition import validate_definition
 from shared.deployments.results import MachineResultStatus
 from shared.deployments.rollout import REASON_CANCELLED, REASON_ERROR_BUDGET, REASON_WINDOW_CLOSING
-from shared.deployments.runs_table import (
-    MachineOutcomeRecord,
-    MachineTarget,
-    RunState,
-    RunStore,
-)
+from shared.deployments.runs_table import MachineOutcomeRecord, MachineTarget, RunState, RunStore
 
 SUB = "33333333-3333-4333-8333-333333333333"
 START = datetime(2026, 3, 10, 2, 0, tzinfo=UTC)

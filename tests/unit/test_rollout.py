@@ -18,17 +18,15 @@ from shared.deployments.rollout import (
     REASON_WINDOW_CLOSING,
     REASON_WINDOW_NOT_OPEN,
     Decision,
-    OccurrenceState,
     RolloutState,
     Window,
-    due_occurrences,
     iso_duration,
     may_reboot,
     next_to_start,
-    occurrence_instance_id,
     rollout_finished,
 )
 from shared.deployments.schedule import Schedule
+from shared.deployments.scheduler import OccurrenceState, due_occurrences, occurrence_instance_id
 
 T0 = datetime(2026, 1, 16, 1, 0, tzinfo=UTC)
 

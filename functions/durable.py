@@ -1,6 +1,9 @@
-"""Calling an activity from an orchestrator, retrying failures on growing durable timers.
+"""Durable plumbing shared by the blueprints: starting a run once, and calling an activity with backoff.
 
-``RetryOptions`` retries at a fixed interval only; here the waits double (30 s, 60 s, ...), so a
+Starting: a scheduled run's instance id is derived from its schedule occurrence, so a late or
+doubled timer firing finds it there and starts nothing.
+
+Calling: ``RetryOptions`` retries at a fixed interval only; here the waits double (30 s, 60 s, ...), so a
 throttled or briefly failing service gets room, and no retry is scheduled at or past a deadline.
 Deterministic: the same history gives the same timers.
 """
@@ -9,10 +12,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Generator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import azure.durable_functions as df
+
+from shared.timer_slots import slot_id
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +56,19 @@ def call_with_backoff(
             yield context.create_timer(retry_at)
             wait *= BACKOFF_GROWTH
     return False, last_error
+
+
+def current_slot(schedule: str) -> str:
+    """The occurrence of ``schedule`` this firing serves: late and doubled firings give the same id."""
+    return slot_id(schedule, datetime.now(UTC))
+
+
+async def start_once(
+    client: df.DurableOrchestrationClient, orchestrator: str, instance_id: str, payload: Any
+) -> bool:
+    """Start ``orchestrator`` unless ``instance_id`` exists already; True when this call started it."""
+    existing = await client.get_status(instance_id)
+    if existing and existing.runtime_status is not None:
+        return False
+    await client.start_new(orchestrator, instance_id, payload)
+    return True

@@ -1,0 +1,56 @@
+"""Health and run status over HTTP: ``/api/health`` and ``/api/runs/{runId}`` for any run the API started."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from functions.deployments import ORCHESTRATOR as DEPLOYMENT_RUN_ORCHESTRATOR
+from functions.http import error_response, json_response, require_role
+from shared.principal import Role
+from shared.settings import SettingsError, load_settings
+
+bp = df.Blueprint()
+
+# Durable run ids the API hands out start with these; anything else is not ours to show.
+_RUN_PREFIXES = ("discovery-", "assessment-", "lightcheck-", "deploy-")
+
+
+@bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    """Liveness plus a configuration check; names every bad setting, reveals no values."""
+    try:
+        load_settings()
+    except SettingsError as error:
+        return json_response({"status": "misconfigured", "problems": error.problems}, 503)
+    return json_response({"status": "ok"})
+
+
+@bp.route(route="runs/{runId}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.durable_client_input(client_name="client")
+async def read_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    allowed = require_role(req, Role.READER)
+    if isinstance(allowed, func.HttpResponse):
+        return allowed
+    run_id = req.route_params.get("runId", "")
+    if not run_id.startswith(_RUN_PREFIXES):
+        return error_response(404, "RunNotFound", f"no run {run_id!r}")
+    status = await client.get_status(run_id)
+    if not status or status.runtime_status is None:
+        return error_response(404, "RunNotFound", f"no run {run_id!r}")
+    body: dict[str, Any] = {
+        "runId": run_id,
+        "kind": status.name,
+        "status": status.runtime_status.value,
+        "progress": status.custom_status,
+        "result": status.output,
+        "createdTime": status.created_time,
+        "lastUpdatedTime": status.last_updated_time,
+    }
+    # An update-deployment run (not one of its batch or machine sub-orchestrations, which share the
+    # prefix) has its machines and results at /api/deployment-runs/{id}.
+    if status.name == DEPLOYMENT_RUN_ORCHESTRATOR:
+        body["details"] = f"/api/deployment-runs/{run_id}"
+    return json_response(body)
