@@ -60,16 +60,19 @@ _ROW_STATUS: dict[InstallationState, str] = {
 _REBOOT_FAILED = "Failed"
 
 
-def machine_result_status(outcome: InstallOutcome) -> MachineResultStatus:
-    """The machine's result per the rules in the module docstring."""
+def machine_result_status(outcome: InstallOutcome, installed_before: int = 0) -> MachineResultStatus:
+    """The machine's result per the rules in the module docstring. ``installed_before`` counts what
+    earlier install calls of the same run installed on the machine (a capped first call), so that
+    the result is the machine's and not only the last call's."""
+    installed = installed_before + outcome.installed
     failed = outcome.failed > 0 or outcome.reboot_status == _REBOOT_FAILED
     if failed:
-        return MachineResultStatus.PARTIALLY_SUCCEEDED if outcome.installed else MachineResultStatus.FAILED
+        return MachineResultStatus.PARTIALLY_SUCCEEDED if installed else MachineResultStatus.FAILED
     if outcome.status == "Failed":
         return MachineResultStatus.FAILED
     if outcome.maintenance_window_exceeded or outcome.pending:
         return MachineResultStatus.WINDOW_EXCEEDED
-    if not outcome.installed:
+    if not installed:
         return MachineResultStatus.NOT_NEEDED
     return MachineResultStatus.SUCCEEDED
 

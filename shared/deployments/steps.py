@@ -225,8 +225,8 @@ def _installed(settings: Settings, credential: TokenCredential, request: StepInp
     followed = bool(request.token and request.token.startswith(FOLLOWED_TOKEN_PREFIX))
     source = {"source": "instanceView" if followed else "installPatches"}
     _keep_output(settings, credential, store, request, row, asdict(outcome) | source)
-    status = machine_result_status(outcome)
     installed_before = int(row.get("Installed", 0)) if request.step != "install1" else 0
+    status = machine_result_status(outcome, installed_before)
     store.update_machine(request.run_id, key, {
         "Installed": installed_before + outcome.installed, "FailedUpdates": outcome.failed,
         "Pending": outcome.pending, "Excluded": outcome.excluded, "NotSelected": outcome.not_selected,

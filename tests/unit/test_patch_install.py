@@ -159,6 +159,14 @@ def test_machine_result_status_rules(counts: dict[str, Any], expected: MachineRe
     assert machine_result_status(outcome(**counts)) == expected
 
 
+def test_a_second_install_call_is_judged_with_what_the_first_installed():
+    # A capped first call installed 20; the second call's own counts alone would say failed / not needed.
+    partial = machine_result_status(outcome(failed=5, status="Failed"), 20)
+    assert partial == MachineResultStatus.PARTIALLY_SUCCEEDED
+    assert machine_result_status(outcome(), 20) == MachineResultStatus.SUCCEEDED
+    assert machine_result_status(outcome(pending=1), 20) == MachineResultStatus.WINDOW_EXCEEDED
+
+
 def linux_machine() -> Machine:
     rid = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/rhel01"
     return Machine(rid, "rhel01", "rhel01.corp", MachineKind.AZURE_VM, SUB, "rg", "westeurope",
