@@ -14,14 +14,14 @@ import json
 import logging
 import uuid
 from collections.abc import Generator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
 
-from functions.durable import POLL_GROWTH, call_with_backoff, current_slot, start_once
-from functions.http import error_response, require_role, run_accepted
+from functions.durable import current_slot, poll_operation, start_once
+from functions.http import error_response, requires, run_accepted
 from shared.assessment import run as work
 from shared.assessment.messages import (
     AssessmentActivityInput,
@@ -79,13 +79,11 @@ async def assess_windows_fleet(timer: func.TimerRequest, client: df.DurableOrche
 
 @bp.route(route="assessments", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 @bp.durable_client_input(client_name="client")
+@requires(Role.OPERATOR)
 async def start_assessment_run(
     req: func.HttpRequest, client: df.DurableOrchestrationClient
 ) -> func.HttpResponse:
     """On-demand assessment of a scope; 202 with the run id and where to follow it."""
-    allowed = require_role(req, Role.OPERATOR)
-    if isinstance(allowed, func.HttpResponse):
-        return allowed
     settings = load_settings()
     try:
         scope = AssessmentScope.parse(json.loads(req.get_body() or b"{}"))
@@ -191,55 +189,27 @@ def assess_machine(context: df.DurableOrchestrationContext) -> Any:
         run_id=request.run_id, batch=request.batch, resource_id=request.resource_id
     )
 
-    started = yield from _with_backoff(context, "start_assessment", base, tuning, deadline)
-    if "recorded" in started:
-        return started["recorded"]
-    token = started["token"]
-    wait = float(tuning.poll_seconds)
-    while True:
-        now = context.current_utc_datetime
-        if now >= deadline:
-            return (
-                yield from _record_failure(
-                    context,
-                    base,
-                    "AssessmentTimedOut",
-                    f"no result within {tuning.deadline_minutes} minutes (ASSESSMENT_DEADLINE_MINUTES)",
-                )
-            )
-        yield context.create_timer(min(now + timedelta(seconds=wait), deadline))
-        wait = min(wait * POLL_GROWTH, tuning.max_poll_seconds)
-        step = yield from _with_backoff(
-            context, "check_assessment", base.model_copy(update={"token": token}), tuning, deadline
-        )
-        if "recorded" in step:
-            return step["recorded"]
-        parsed = AssessmentStep.model_validate(step)
-        if not parsed.in_progress and parsed.result is not None:
-            return parsed.result.model_dump(mode="json")
-
-
-def _with_backoff(
-    context: df.DurableOrchestrationContext,
-    activity: str,
-    request: AssessmentActivityInput,
-    tuning: AssessmentTuning,
-    deadline: datetime,
-) -> Generator[Any, Any, dict[str, Any]]:
-    """Call an activity, retrying transient failures (permanent ones come back as results) on
-    growing durable timers; gives up, recording, at the last attempt."""
-    ok, value = yield from call_with_backoff(
-        context, activity,
-        lambda: request.model_copy(update={"at": context.current_utc_datetime}).model_dump(mode="json"),
-        attempts=tuning.max_attempts, first_wait_seconds=tuning.backoff_seconds, deadline=deadline,
-        subject=request.resource_id,
+    polled = yield from poll_operation(
+        context, "start_assessment", "check_assessment", base, done=_assessed,
+        tuning=tuning, deadline=deadline, subject=request.resource_id,
     )  # fmt: skip
-    if ok:
-        return dict(value)
-    result = yield from _record_failure(
-        context, request, "TransientErrorsExhausted", f"{activity} kept failing: {value}"[:1000]
-    )
-    return {"recorded": result}
+    if polled.failing is not None:  # recorded with the request of the call that kept failing
+        failed_call = base.model_copy(update={"token": polled.token})
+        return (yield from _record_failure(context, failed_call, "TransientErrorsExhausted",
+                                           polled.failing[:1000]))
+    if polled.timed_out:
+        message = f"no result within {tuning.deadline_minutes} minutes (ASSESSMENT_DEADLINE_MINUTES)"
+        return (yield from _record_failure(context, base, "AssessmentTimedOut", message))
+    if "recorded" in polled.answer:  # start_assessment recorded a permanent error
+        return polled.answer["recorded"]
+    result = AssessmentStep.model_validate(polled.answer).result
+    assert result is not None
+    return result.model_dump(mode="json")
+
+
+def _assessed(answer: dict[str, Any]) -> bool:
+    step = AssessmentStep.model_validate(answer)
+    return not step.in_progress and step.result is not None
 
 
 def _record_failure(

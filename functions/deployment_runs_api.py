@@ -17,8 +17,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from functions.deployments import ORCHESTRATOR, adhoc_run_id, run_input
-from functions.http import error_response, json_response, require_role, run_accepted
-from shared.azure.credentials import credential_for
+from functions.http import error_response, json_response, requires, run_accepted
 from shared.deployments.definition import DefinitionError, validate_definition
 from shared.deployments.definitions_table import DeploymentNotFound, deployment_store
 from shared.deployments.messages import Step
@@ -129,13 +128,11 @@ def _run_machine(store: RunStore, run_id: str, machine: str) -> dict[str, Any] |
 
 @bp.route(route="deployments/{name}/runs", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 @bp.durable_client_input(client_name="client")
+@requires(Role.OPERATOR)
 async def start_deployment_now(
     req: func.HttpRequest, client: df.DurableOrchestrationClient
 ) -> func.HttpResponse:
     """Run a stored deployment now; its window opens when the run has resolved its machines."""
-    allowed = require_role(req, Role.OPERATOR)
-    if isinstance(allowed, func.HttpResponse):
-        return allowed
     name = req.route_params.get("name", "")
     settings = load_settings()
     try:
@@ -151,14 +148,12 @@ async def start_deployment_now(
 
 @bp.route(route="deployment-runs", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 @bp.durable_client_input(client_name="client")
+@requires(Role.OPERATOR)
 async def start_inline_deployment(
     req: func.HttpRequest, client: df.DurableOrchestrationClient
 ) -> func.HttpResponse:
     """Run a definition given in the body now, without storing it as a deployment; groups are evaluated
     when the run starts."""
-    allowed = require_role(req, Role.OPERATOR)
-    if isinstance(allowed, func.HttpResponse):
-        return allowed
     try:
         definition = validate_definition(json.loads(req.get_body() or b"null"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -174,13 +169,10 @@ async def start_inline_deployment(
 
 
 @bp.route(route="deployment-runs/{runId}/cancel", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
-def cancel_deployment_run(req: func.HttpRequest) -> func.HttpResponse:
+@requires(Role.OPERATOR)
+def cancel_deployment_run(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
     """Stop starting machines; those running finish (an install cannot be stopped midway), the rest are
     recorded as cancelled."""
-    allowed = require_role(req, Role.OPERATOR)
-    if isinstance(allowed, func.HttpResponse):
-        return allowed
-    principal: Principal = allowed
     run_id = req.route_params.get("runId", "")
     store = run_store(load_settings())
     try:
@@ -198,12 +190,10 @@ def cancel_deployment_run(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.route(route="deployments/{name}/runs", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@requires(Role.READER)
 def list_deployment_runs(req: func.HttpRequest) -> func.HttpResponse:
     """A deployment's runs, newest first: ``?top=`` (default 20, at most 100). Runs of a deleted
     deployment stay listable."""
-    allowed = require_role(req, Role.READER)
-    if isinstance(allowed, func.HttpResponse):
-        return allowed
     top = _parse_top(req.params.get("top"))
     if top is None:
         message = f"top: must be a whole number from 1 to {MAX_RUNS_TOP}"
@@ -228,11 +218,9 @@ def list_deployment_runs(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.route(route="deployment-runs/{runId}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@requires(Role.READER)
 def read_deployment_run(req: func.HttpRequest) -> func.HttpResponse:
     """One run and its machines; ``?status=failed`` (or several, comma-separated) keeps those machines."""
-    allowed = require_role(req, Role.READER)
-    if isinstance(allowed, func.HttpResponse):
-        return allowed
     statuses = _parse_statuses(req.params.get("status"))
     if statuses is None:
         message = f"status: must be one or more (comma-separated) of {', '.join(MACHINE_STATUSES)}"
@@ -252,18 +240,16 @@ def read_deployment_run(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.route(route="deployment-runs/{runId}/machines/{machine}", methods=["GET"],
           auth_level=func.AuthLevel.ANONYMOUS)
+@requires(Role.READER)
 def read_deployment_run_machine(req: func.HttpRequest) -> func.HttpResponse:
     """One machine of a run: its result, the updates its install reported, and links to its step outputs."""
-    allowed = require_role(req, Role.READER)
-    if isinstance(allowed, func.HttpResponse):
-        return allowed
     run_id = req.route_params.get("runId", "")
     machine = req.route_params.get("machine", "")
     settings = load_settings()
     row = _run_machine(_store(settings), run_id, machine)
     if isinstance(row, func.HttpResponse):
         return row
-    logs = run_log_store(settings, credential_for(settings))
+    logs = run_log_store(settings)
     steps = _in_step_order(logs.list_steps(run_id, machine))
     outputs = []
     for step in (s for s in steps if s in INSTALL_STEPS):
@@ -285,11 +271,9 @@ def read_deployment_run_machine(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.route(route="deployment-runs/{runId}/machines/{machine}/outputs/{step}", methods=["GET"],
           auth_level=func.AuthLevel.ANONYMOUS)
+@requires(Role.READER)
 def read_deployment_run_output(req: func.HttpRequest) -> func.HttpResponse:
     """The document a step stored, as it was stored (an assessment or an install result)."""
-    allowed = require_role(req, Role.READER)
-    if isinstance(allowed, func.HttpResponse):
-        return allowed
     run_id = req.route_params.get("runId", "")
     machine = req.route_params.get("machine", "")
     step = req.route_params.get("step", "")
@@ -302,7 +286,7 @@ def read_deployment_run_output(req: func.HttpRequest) -> func.HttpResponse:
     if step not in STEPS:
         return missing
     try:
-        return json_response(run_log_store(settings, credential_for(settings)).get(run_id, machine, step))
+        return json_response(run_log_store(settings).get(run_id, machine, step))
     except RunLogNotFound:
         return missing
 

@@ -20,8 +20,7 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
-from functions.durable import POLL_GROWTH, call_with_backoff, start_once
-from shared.azure.credentials import credential_for
+from functions.durable import POLL_GROWTH, poll_operation, start_once
 from shared.azure.tables import table_service
 from shared.deployments.definition import DeploymentDefinition
 from shared.deployments.definitions_table import deployment_store
@@ -88,7 +87,7 @@ async def schedule_deployments(timer: func.TimerRequest, client: df.DurableOrche
     """Start every due occurrence once; record the ones missed while nothing was looking."""
     settings = load_settings()
     now = utc_now()
-    state = SchedulerState(table_service(settings, credential_for(settings)))
+    state = SchedulerState(table_service(settings))
     since = look_since(state.last_checked(default=now - FIRST_LOOKBACK), now)
     for due in record_occurrences(run_store(settings), deployment_store(settings).list(), since, now):
         try:
@@ -247,45 +246,30 @@ def _restart_only(context: df.DurableOrchestrationContext, request: MachineDeplo
 def _step(context: df.DurableOrchestrationContext, request: MachineDeploymentInput, step: str,
           deadline: datetime) -> Generator[Any, Any, StepOutcome | StepFailure]:
     """Start a step, then check it on durable timers until it is done, it fails, or the deadline passes."""
-    tuning = request.tuning
     base = StepInput(run_id=request.run_id, resource_id=request.resource_id, step=step)  # type: ignore[arg-type]
-    started = yield from _call(context, "start_machine_step", base, tuning, deadline)
-    if started.failure is not None:
-        return started.failure
-    token = started.token
-    wait = float(tuning.poll_seconds)
-    while True:
-        now = context.current_utc_datetime
-        if now >= deadline:
-            return StepFailure(
-                code=f"{step.capitalize()}TimedOut", message=f"no result by {deadline:%Y-%m-%d %H:%M} UTC",
-                hint="Check the machine's agent and its package manager; see the step's output.",
-            )
-        yield context.create_timer(min(now + timedelta(seconds=wait), deadline))
-        wait = min(wait * POLL_GROWTH, tuning.max_poll_seconds)
-        answer = yield from _call(context, "check_machine_step", base.model_copy(update={"token": token}),
-                                  tuning, deadline)
-        if answer.failure is not None:
-            return answer.failure
-        if not answer.in_progress and answer.outcome is not None:
-            return answer.outcome
-
-
-def _call(context: df.DurableOrchestrationContext, activity: str, request: StepInput,
-          tuning: DeploymentTuning, deadline: datetime) -> Generator[Any, Any, StepAnswer]:
-    """Call a step activity; transient errors (raised) are retried on growing durable timers."""
-    ok, value = yield from call_with_backoff(
-        context, activity,
-        lambda: request.model_copy(update={"at": context.current_utc_datetime}).model_dump(mode="json"),
-        attempts=tuning.max_attempts, first_wait_seconds=tuning.backoff_seconds, deadline=deadline,
-        subject=request.resource_id,
+    polled = yield from poll_operation(
+        context, "start_machine_step", "check_machine_step", base, done=_step_done,
+        tuning=request.tuning, deadline=deadline, subject=request.resource_id,
     )  # fmt: skip
-    if ok:
-        return StepAnswer.model_validate(value)
-    return StepAnswer(failure=StepFailure(code="TransientErrorsExhausted",
-                                          message=f"{activity} kept failing: {value}"[:1000],
-                                          hint="Azure kept answering with throttling or server errors; "
-                                          "the next run tries again."))
+    if polled.failing is not None:
+        return StepFailure(code="TransientErrorsExhausted", message=polled.failing[:1000],
+                           hint="Azure kept answering with throttling or server errors; "
+                           "the next run tries again.")
+    if polled.timed_out:
+        return StepFailure(
+            code=f"{step.capitalize()}TimedOut", message=f"no result by {deadline:%Y-%m-%d %H:%M} UTC",
+            hint="Check the machine's agent and its package manager; see the step's output.",
+        )
+    answer = StepAnswer.model_validate(polled.answer)
+    if answer.failure is not None:
+        return answer.failure
+    assert answer.outcome is not None
+    return answer.outcome
+
+
+def _step_done(answer: dict[str, Any]) -> bool:
+    parsed = StepAnswer.model_validate(answer)
+    return parsed.failure is not None or (not parsed.in_progress and parsed.outcome is not None)
 
 
 def _failed_status(failure: StepFailure) -> MachineResultStatus:

@@ -1,4 +1,4 @@
-"""Update deployment definitions over HTTP (create, list, get, edit, delete) and the OpenAPI document.
+"""Update deployment definitions over HTTP: create, list, get, edit, delete (`/api/deployments`).
 
 Reading needs the Reader role, writing the Operator role. Every invalid field is a 400 naming the
 field; nothing is stored from an invalid request. Edits carry an ETag: the request's ``If-Match``
@@ -14,7 +14,7 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
-from functions.http import error_response, json_response, require_role
+from functions.http import error_response, json_response, requires
 from shared.azure.credentials import credential_for
 from shared.deployments.definition import DefinitionError, DeploymentDefinition, validate_definition
 from shared.deployments.definitions_table import (
@@ -84,10 +84,8 @@ def _not_found(name: str) -> func.HttpResponse:
 
 
 @bp.route(route="deployments", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@requires(Role.OPERATOR)
 def create_deployment(req: func.HttpRequest) -> func.HttpResponse:
-    allowed = require_role(req, Role.OPERATOR)
-    if isinstance(allowed, func.HttpResponse):
-        return allowed
     definition = _parse(req)
     if isinstance(definition, func.HttpResponse):
         return definition
@@ -103,10 +101,8 @@ def create_deployment(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.route(route="deployments", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@requires(Role.READER)
 def list_deployments(req: func.HttpRequest) -> func.HttpResponse:
-    allowed = require_role(req, Role.READER)
-    if isinstance(allowed, func.HttpResponse):
-        return allowed
     settings = load_settings()
     deployments = _store(settings).list()
     runs, now = run_store(settings), datetime.now(UTC)
@@ -115,10 +111,8 @@ def list_deployments(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.route(route="deployments/{name}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@requires(Role.READER)
 def read_deployment(req: func.HttpRequest) -> func.HttpResponse:
-    allowed = require_role(req, Role.READER)
-    if isinstance(allowed, func.HttpResponse):
-        return allowed
     name = req.route_params.get("name", "")
     try:
         settings = load_settings()
@@ -128,11 +122,9 @@ def read_deployment(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.route(route="deployments/{name}", methods=["PUT"], auth_level=func.AuthLevel.ANONYMOUS)
+@requires(Role.OPERATOR)
 def edit_deployment(req: func.HttpRequest) -> func.HttpResponse:
     """Replace a definition. Group membership frozen at creation is kept unless the targets change."""
-    allowed = require_role(req, Role.OPERATOR)
-    if isinstance(allowed, func.HttpResponse):
-        return allowed
     name = req.route_params.get("name", "")
     definition = _parse(req)
     if isinstance(definition, func.HttpResponse):
@@ -163,10 +155,8 @@ def edit_deployment(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.route(route="deployments/{name}", methods=["DELETE"], auth_level=func.AuthLevel.ANONYMOUS)
+@requires(Role.OPERATOR)
 def delete_deployment(req: func.HttpRequest) -> func.HttpResponse:
-    allowed = require_role(req, Role.OPERATOR)
-    if isinstance(allowed, func.HttpResponse):
-        return allowed
     name = req.route_params.get("name", "")
     try:
         _store(load_settings()).delete(name)

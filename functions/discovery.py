@@ -1,5 +1,4 @@
-"""Fleet discovery: the timer and ``POST /api/discoveries`` start the orchestration that keeps the
-machine inventory current."""
+"""Fleet discovery: the timer and ``POST /api/discoveries`` start the run that keeps the inventory current."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import azure.functions as func
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from functions.durable import current_slot, start_once
-from functions.http import error_response, require_role, run_accepted
+from functions.http import error_response, requires, run_accepted
 from shared.fleet.discovery import discover_subscription as discover_subscription_machines
 from shared.fleet.messages import DiscoveryCounts, DiscoveryRunInput, SubscriptionDiscoveryInput
 from shared.principal import Role
@@ -46,10 +45,8 @@ async def discover_fleet(timer: func.TimerRequest, client: df.DurableOrchestrati
 
 @bp.route(route="discoveries", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 @bp.durable_client_input(client_name="client")
+@requires(Role.OPERATOR)
 async def start_discovery(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    allowed = require_role(req, Role.OPERATOR)
-    if isinstance(allowed, func.HttpResponse):
-        return allowed
     settings = load_settings()
     try:
         body = StartDiscoveryBody.model_validate(json.loads(req.get_body() or b"{}"))

@@ -1,22 +1,31 @@
-"""Durable plumbing shared by the blueprints: starting a run once, and calling an activity with backoff.
+"""Durable plumbing shared by the blueprints: starting a run once, calling an activity with backoff, and
+polling a long-running operation.
 
 Starting: a scheduled run's instance id is derived from its schedule occurrence, so a late or
 doubled timer firing finds it there and starts nothing.
 
 Calling: ``RetryOptions`` retries at a fixed interval only; here the waits double (30 s, 60 s, ...), so a
 throttled or briefly failing service gets room, and no retry is scheduled at or past a deadline.
-Deterministic: the same history gives the same timers.
+
+Polling: a per-machine orchestrator starts an ARM operation through one activity and checks it
+through another, on durable timers that grow, until it is done or its deadline passes.
+
+Deterministic: time only from the orchestration context, waits only through durable timers, so the
+same history gives the same timers.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import azure.durable_functions as df
+from pydantic import BaseModel
 
+from shared.messages import PollingTuning
 from shared.timer_slots import slot_id
 
 log = logging.getLogger(__name__)
@@ -56,6 +65,67 @@ def call_with_backoff(
             yield context.create_timer(retry_at)
             wait *= BACKOFF_GROWTH
     return False, last_error
+
+
+@dataclass(frozen=True)
+class Polled:
+    """How polling an operation ended: with the ``answer`` that ended it, at the deadline (``timed_out``),
+    or with an activity that kept failing (``failing``: what failed and its last error). ``token`` is
+    the operation's, once it started."""
+
+    answer: Any = None
+    timed_out: bool = False
+    failing: str | None = None
+    token: str | None = None
+
+
+def poll_operation(
+    context: df.DurableOrchestrationContext,
+    start_activity: str,
+    check_activity: str,
+    request: BaseModel,
+    *,
+    done: Callable[[Any], bool],
+    tuning: PollingTuning,
+    deadline: datetime,
+    subject: str,
+) -> Generator[Any, Any, Polled]:
+    """Start an operation, then check it with waits growing by ``POLL_GROWTH`` up to
+    ``tuning.max_poll_seconds``, until a check's answer is ``done``, the deadline passes, or an
+    activity still fails after ``tuning.max_attempts`` calls (see :func:`call_with_backoff`).
+
+    Both activities get ``request`` with ``at`` (the orchestration's time at each call) and ``token``:
+    none for the start, whose ``{"token": ...}`` answer is then given to every check. A start answer
+    without a token (a permanent failure the activity recorded) ends the poll at once.
+    """
+
+    def call(activity: str, token: str | None) -> Generator[Any, Any, tuple[bool, Any]]:
+        return (yield from call_with_backoff(
+            context, activity,
+            lambda: request.model_copy(update={"token": token, "at": context.current_utc_datetime})
+            .model_dump(mode="json"),
+            attempts=tuning.max_attempts, first_wait_seconds=tuning.backoff_seconds, deadline=deadline,
+            subject=subject,
+        ))  # fmt: skip
+
+    ok, started = yield from call(start_activity, None)
+    if not ok:
+        return Polled(failing=f"{start_activity} kept failing: {started}")
+    token = dict(started).get("token")
+    if token is None:
+        return Polled(answer=started)
+    wait = float(tuning.poll_seconds)
+    while True:
+        now = context.current_utc_datetime
+        if now >= deadline:
+            return Polled(timed_out=True, token=token)
+        yield context.create_timer(min(now + timedelta(seconds=wait), deadline))
+        wait = min(wait * POLL_GROWTH, tuning.max_poll_seconds)
+        ok, answer = yield from call(check_activity, token)
+        if not ok:
+            return Polled(failing=f"{check_activity} kept failing: {answer}", token=token)
+        if done(answer):
+            return Polled(answer=answer, token=token)
 
 
 def current_slot(schedule: str) -> str:

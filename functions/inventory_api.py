@@ -10,9 +10,8 @@ import azure.durable_functions as df
 import azure.functions as func
 from azure.data.tables import TableServiceClient
 
-from functions.http import error_response, json_response, require_role
+from functions.http import error_response, json_response, requires
 from shared.assessment.views import ViewError, machine_detail, machines_needing, missing_updates
-from shared.azure.credentials import credential_for
 from shared.azure.tables import table_service
 from shared.fleet.machine_query import QueryError, parse_machine_query
 from shared.fleet.machines_table import MachineInventory
@@ -25,22 +24,20 @@ bp = df.Blueprint()
 
 def _service() -> TableServiceClient:
     settings = load_settings()
-    return table_service(settings, credential_for(settings))
+    return table_service(settings)
 
 
 @bp.route(route="machines", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@requires(Role.READER)
 def list_machines(req: func.HttpRequest) -> func.HttpResponse:
     """Machines, filtered and paged: ``?os=&environment=&support=&powerState=&readiness=&compliant=
     &tag=key:value&pageSize=&nextToken=``. Follow ``nextToken`` until it is null."""
-    allowed = require_role(req, Role.READER)
-    if isinstance(allowed, func.HttpResponse):
-        return allowed
     try:
         query = parse_machine_query(dict(req.params))
     except QueryError as error:
         return error_response(400, "InvalidFilter", str(error), error.field)
     settings = load_settings()
-    inventory = MachineInventory(table_service(settings, credential_for(settings)))
+    inventory = MachineInventory(table_service(settings))
     try:
         page = inventory.page(query.equals, query.page_size, query.next_token)
     except ValueError as error:
@@ -76,12 +73,10 @@ def _public_machine(entity: dict[str, Any]) -> dict[str, Any]:
 
 
 @bp.route(route="machines/{machineId}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@requires(Role.READER)
 def read_machine(req: func.HttpRequest) -> func.HttpResponse:
     """One machine: its missing updates with the age of each gap, and its recent assessments.
     ``?on=YYYY-MM-DD`` also answers whether it was compliant on that day."""
-    allowed = require_role(req, Role.READER)
-    if isinstance(allowed, func.HttpResponse):
-        return allowed
     on = req.params.get("on")
     try:
         day = date.fromisoformat(on) if on else None
@@ -96,11 +91,9 @@ def read_machine(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.route(route="updates/missing", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@requires(Role.READER)
 def list_missing_updates(req: func.HttpRequest) -> func.HttpResponse:
     """Updates missing anywhere in the fleet, with how many machines need each: ``?os=&classification=``."""
-    allowed = require_role(req, Role.READER)
-    if isinstance(allowed, func.HttpResponse):
-        return allowed
     os_type = req.params.get("os")
     if os_type is not None and os_type.lower() not in {o.value.lower() for o in OsType}:
         return error_response(400, "InvalidParameter", "os: must be Windows or Linux", "os")
@@ -112,10 +105,8 @@ def list_missing_updates(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.route(route="updates/{os}/{update}/machines", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@requires(Role.READER)
 def list_machines_needing_update(req: func.HttpRequest) -> func.HttpResponse:
-    allowed = require_role(req, Role.READER)
-    if isinstance(allowed, func.HttpResponse):
-        return allowed
     os_name = req.route_params.get("os", "")
     canonical = {o.value.lower(): o.value for o in OsType}.get(os_name.lower())
     if canonical is None:

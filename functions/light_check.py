@@ -4,7 +4,7 @@ The timer starts ``light_check_run`` (instance id from the schedule slot, so a l
 firing starts nothing new). Its activity ``find_changed_machines`` lists the fleet cheaply and
 returns the few machines to reassess; the run then starts the ordinary ``assessment_run`` with
 those machine ids as its scope, and finally stores the baseline of the machines it assessed
-(shared/assessment/light_check.py has the rules).
+(shared/assessment/light_check.py has the rules, baselines_table.py the tables).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from functions.durable import current_slot, start_once
-from shared.assessment import light_check as work
+from shared.assessment import baselines_table as work
 from shared.assessment.light_check import BaselineInput, ChangedMachines, FindChangedInput, LightCheckInput
 from shared.assessment.messages import AssessmentRunInput, AssessmentTuning
 from shared.fleet.scope import AssessmentScope

@@ -8,7 +8,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from functions.deployments import ORCHESTRATOR as DEPLOYMENT_RUN_ORCHESTRATOR
-from functions.http import error_response, json_response, require_role
+from functions.http import error_response, json_response, requires
 from shared.principal import Role
 from shared.settings import SettingsError, load_settings
 
@@ -30,10 +30,8 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.route(route="runs/{runId}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 @bp.durable_client_input(client_name="client")
+@requires(Role.READER)
 async def read_run(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    allowed = require_role(req, Role.READER)
-    if isinstance(allowed, func.HttpResponse):
-        return allowed
     run_id = req.route_params.get("runId", "")
     if not run_id.startswith(_RUN_PREFIXES):
         return error_response(404, "RunNotFound", f"no run {run_id!r}")

@@ -18,42 +18,25 @@ install change; any other restart waits for the scheduled assessment.
 Arc servers: the hybrid-compute machine resource carries no patch status, so for them only
 "never assessed" and "started again" apply.
 
-Table ``LightCheckBaseline``: PartitionKey subscription id, RowKey machine key (as ``Machines``),
-the installation activity id and last-modified time seen. It is written only for machines whose
-light-check assessment succeeded, so a failed one is picked up again by the next check.
+The baseline is written only for machines whose light-check assessment succeeded, so a failed one
+is picked up again by the next check. These rules do no I/O; the tables are read and written in
+:mod:`shared.assessment.baselines_table`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
 
-from azure.core.exceptions import (
-    ResourceExistsError,
-    ResourceNotFoundError,
-)
-from azure.data.tables import TableClient, TableServiceClient
 from pydantic import Field
 
 from shared.assessment.messages import AssessmentTuning
-from shared.azure.arm import list_fleet
-from shared.azure.credentials import credential_for
-from shared.azure.tables import table_service, upsert_in_batches
-from shared.fleet.machines_table import MACHINES_TABLE
 from shared.messages import Message
 from shared.model.assessment_outcome import Readiness
-from shared.model.machines import Machine, Support, machine_key, parse_resource_id
-from shared.settings import Settings
+from shared.model.machines import Machine, Support, parse_resource_id
 
-logger = logging.getLogger(__name__)
-
-BASELINE_TABLE = "LightCheckBaseline"
 # Machines reassessed by one check. The ids travel in orchestration messages (and the scope of
 # the assessment run), which spill to blobs over about 45 KB (AZURE-FACTS, Durable limits): 100
 # ids of about 200 bytes stay near 20 KB. The rest keep their old baseline, so the next check
@@ -174,7 +157,7 @@ class BaselineInput(Message):
     machines: tuple[Observed, ...]
 
 
-# --- the work behind the activities -----------------------------------------------------------------
+# --- choosing the machines -------------------------------------------------------------------------
 
 
 def select(
@@ -203,116 +186,3 @@ def select(
     order = list(Reason)
     chosen.sort(key=lambda o: (order.index(o.reason), o.resource_id.lower()))
     return chosen[:limit], adopt, len(chosen)
-
-
-def find_changed(settings: Settings, request: FindChangedInput) -> ChangedMachines:
-    """List the fleet, decide, store the baselines of machines seen assessed for the first time."""
-    service = table_service(settings, credential_for(settings))
-    store = BaselineStore(service)
-    store.ensure()
-    machines, failed = list_fleet(credential_for(settings), settings.arm_endpoint, request.subscription_ids)
-    baselines: dict[str, Baseline] = {}
-    records: dict[str, AssessmentRecord] = {}
-    for subscription_id in sorted({m.subscription_id for m in machines}):
-        baselines |= store.read(subscription_id)
-        records |= assessment_records(service, subscription_id)
-    chosen, adopt, changed = select(machines, baselines, records)
-    store.write((m.resource_id, m.last_install_id, m.last_install_at) for m in adopt)
-    by_reason = Counter(o.reason.value for o in chosen)
-    if changed > len(chosen):
-        logger.warning(
-            "light check %s: %d machines changed, reassessing the first %d (MAX_REASSESS_PER_CHECK)",
-            request.check_id,
-            changed,
-            len(chosen),
-        )
-    return ChangedMachines(
-        machines=tuple(chosen),
-        listed=len(machines),
-        changed=changed,
-        adopted=len(adopt),
-        by_reason=dict(by_reason),
-        subscriptions_failed=tuple(failed),
-    )
-
-
-def record_baseline(settings: Settings, request: BaselineInput) -> int:
-    """Store the install each machine was seen with, for the machines ``request.run_id`` assessed.
-
-    A machine whose assessment failed keeps its old baseline (or none) and is chosen again."""
-    service = table_service(settings, credential_for(settings))
-    store = BaselineStore(service)
-    store.ensure()
-    machines = service.get_table_client(MACHINES_TABLE)
-    assessed = [m for m in request.machines if _last_run(machines, m.resource_id) == request.run_id]
-    return store.write((m.resource_id, m.install_id, m.install_at) for m in assessed)
-
-
-def _last_run(machines: TableClient, resource_id: str) -> str:
-    ref = parse_resource_id(resource_id)
-    try:
-        entity = machines.get_entity(
-            ref.subscription_id, machine_key(resource_id), select=["LastAssessmentRun"]
-        )
-    except ResourceNotFoundError:
-        return ""
-    return str(entity.get("LastAssessmentRun") or "")
-
-
-
-def assessment_records(service: TableServiceClient, subscription_id: str) -> dict[str, AssessmentRecord]:
-    """The assessment columns of a subscription's ``Machines`` rows, by machine key (one query)."""
-    table = service.get_table_client(MACHINES_TABLE)
-    try:
-        entities = list(
-            table.query_entities(
-                "PartitionKey eq @pk",
-                parameters={"pk": subscription_id},
-                select=["RowKey", "LastAssessed", "Readiness", "LastErrorAt"],
-            )
-        )
-    except ResourceNotFoundError:  # nothing discovered or assessed yet
-        return {}
-    return {str(e["RowKey"]): _record(e) for e in entities}
-
-
-def _record(entity: Mapping[str, Any]) -> AssessmentRecord:
-    last, failed = entity.get("LastAssessed"), entity.get("LastErrorAt")
-    return AssessmentRecord(
-        last_assessed=last if isinstance(last, datetime) else None,
-        readiness=str(entity.get("Readiness") or ""),
-        failed_at=failed if isinstance(failed, datetime) else None,
-    )
-
-
-class BaselineStore:
-    """The ``LightCheckBaseline`` table (see the module docstring)."""
-
-    def __init__(self, service: TableServiceClient) -> None:
-        self._table = service.get_table_client(BASELINE_TABLE)
-
-    def ensure(self) -> None:
-        with contextlib.suppress(ResourceExistsError):
-            self._table.create_table()
-
-    def read(self, subscription_id: str) -> dict[str, Baseline]:
-        entities = self._table.query_entities("PartitionKey eq @pk", parameters={"pk": subscription_id})
-        return {
-            str(e["RowKey"]): Baseline(str(e.get("InstallId") or ""), str(e.get("InstallAt") or ""))
-            for e in entities
-        }
-
-    def write(self, seen: Iterable[tuple[str, str, str]]) -> int:
-        """Upsert (resource id, installation activity id, last-modified time) rows; idempotent."""
-        return upsert_in_batches(self._table, _baseline_entities(seen))
-
-
-def _baseline_entities(seen: Iterable[tuple[str, str, str]]) -> Iterator[dict[str, Any]]:
-    for resource_id, install_id, install_at in seen:
-        yield {
-            "PartitionKey": parse_resource_id(resource_id).subscription_id,
-            "RowKey": machine_key(resource_id),
-            "ResourceId": resource_id,
-            "InstallId": install_id,
-            "InstallAt": install_at,
-        }

@@ -44,19 +44,15 @@ def record_assessment(
     updates this very assessment closed, read back from the inventory)."""
     records = update_records(machine, outcome, assessed_at)
     summary = summarize(machine, outcome, records, assessed_at, settings.compliance_classifications)
-    credential = credential_for(settings)
-    inventory = UpdateInventory(table_service(settings, credential))
+    inventory = UpdateInventory(table_service(settings))
     inventory.ensure()
     closed = [
         record_from_entity(entity, assessed_at)
         for entity in inventory.record_assessment(machine, records, summary, run_id, outcome_error(outcome))
     ]
-    sink = LogSink(credential, settings.logs_ingestion_endpoint, settings.logs_dcr_immutable_id)
-    try:
-        sink.send(UPDATE, update_rows(machine, [*records, *closed], run_id))
-        sink.send(UPDATE_SUMMARY, [summary_row(machine, summary, run_id, outcome_error(outcome))])
-    finally:
-        sink.close()
+    sink = LogSink(credential_for(settings), settings.logs_ingestion_endpoint, settings.logs_dcr_immutable_id)
+    sink.send(UPDATE, update_rows(machine, [*records, *closed], run_id))
+    sink.send(UPDATE_SUMMARY, [summary_row(machine, summary, run_id, outcome_error(outcome))])
     return summary
 
 
@@ -73,8 +69,7 @@ def record_failures(
     """:func:`record_failure` for many machines: one set of clients and one upload for all of them."""
     if not failures:
         return []
-    credential = credential_for(settings)
-    inventory = UpdateInventory(table_service(settings, credential))
+    inventory = UpdateInventory(table_service(settings))
     inventory.ensure()
     summaries, rows = [], []
     for machine, failure in failures:
@@ -82,9 +77,6 @@ def record_failures(
         summary = failure_summary(machine, failure, at)
         summaries.append(summary)
         rows.append(summary_row(machine, summary, run_id, f"{failure.code}: {failure.message}"))
-    sink = LogSink(credential, settings.logs_ingestion_endpoint, settings.logs_dcr_immutable_id)
-    try:
-        sink.send(UPDATE_SUMMARY, rows)
-    finally:
-        sink.close()
+    sink = LogSink(credential_for(settings), settings.logs_ingestion_endpoint, settings.logs_dcr_immutable_id)
+    sink.send(UPDATE_SUMMARY, rows)
     return summaries

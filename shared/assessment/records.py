@@ -28,10 +28,10 @@ from shared.log_tables import UPDATE, UPDATE_SUMMARY, record_id
 from shared.messages import Message
 from shared.model.assessment_outcome import AssessmentFailure, AssessmentOutcome, AvailablePatch, Readiness
 from shared.model.classification import REQUIRED_FOR_COMPLIANCE, Classification, api_classes, to_display
+from shared.model.kb import kb_digits
 from shared.model.machines import Machine, OsType
 
 OPTIONAL_TITLE_MARKER = re.compile(r"\bPreview\b")
-_KB_PREFIX = re.compile(r"^\s*KB", re.IGNORECASE)
 # Table Storage keys may not hold / \ # ? or control characters (Table service data model).
 _KEY_FORBIDDEN = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 # Linux distributions as Azure reports them (osName), shown as their vendors name them.
@@ -99,16 +99,6 @@ class MachineAssessmentSummary(Message):
 
 
 # -- normalisation ---------------------------------------------------------------------------
-
-
-def kb_digits(kb_id: str | None) -> str | None:
-    """"KB5034441" or "5034441" -> "5034441"; anything else is refused naming the value."""
-    if not kb_id or not kb_id.strip():
-        return None
-    digits = _KB_PREFIX.sub("", kb_id).strip()
-    if not digits.isdigit():
-        raise ValueError(f"kbId {kb_id!r} must be digits, optionally prefixed with 'KB'")
-    return digits
 
 
 def is_optional(os_type: OsType, title: str) -> bool:

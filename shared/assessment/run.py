@@ -8,13 +8,9 @@ Every write is an upsert keyed by run and machine, so an activity that runs twic
 
 from __future__ import annotations
 
-import contextlib
-import json
 from collections.abc import Iterator
-from dataclasses import asdict
 from typing import Any
 
-from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableClient
 
 from shared.assessment.messages import (
@@ -28,16 +24,16 @@ from shared.assessment.records import MachineAssessmentSummary
 from shared.azure.arm import list_fleet
 from shared.azure.credentials import credential_for
 from shared.azure.patch_operations import PatchOperations, failure_for
-from shared.azure.tables import table_service, upsert_in_batches
+from shared.azure.tables import ensure_table, table_service, upsert_in_batches
 from shared.fleet.scope import AssessmentScope
 from shared.model.assessment_outcome import AssessmentFailure, AssessmentOutcome, Readiness
 from shared.model.machines import (
     Machine,
-    MachineKind,
-    OsType,
     PowerState,
     Support,
+    machine_from_json,
     machine_key,
+    machine_to_json,
     parse_resource_id,
 )
 from shared.settings import Settings
@@ -50,24 +46,7 @@ def batch_partition(run_id: str, batch: int) -> str:
 
 
 def _targets(settings: Settings) -> TableClient:
-    table = table_service(settings, credential_for(settings)).get_table_client(TARGETS_TABLE)
-    with contextlib.suppress(ResourceExistsError):
-        table.create_table()
-    return table
-
-
-def machine_to_json(machine: Machine) -> str:
-    return json.dumps(asdict(machine), sort_keys=True)
-
-
-def machine_from_json(text: str) -> Machine:
-    data = json.loads(text)
-    return Machine(**{
-        **data,
-        "kind": MachineKind(data["kind"]),
-        "os_type": OsType(data["os_type"]),
-        "power_state": PowerState(data["power_state"]),
-    })
+    return ensure_table(table_service(settings), TARGETS_TABLE)
 
 
 def skip_reason(machine: Machine) -> AssessmentFailure | None:
@@ -141,15 +120,13 @@ def _operations(settings: Settings, resource_id: str) -> PatchOperations:
 
 def start_assessment(settings: Settings, request: AssessmentActivityInput) -> str:
     """POST assessPatches; raises TransientArmError or PermanentArmError."""
-    with _operations(settings, request.resource_id) as operations:
-        return operations.start_assessment(request.resource_id)
+    return _operations(settings, request.resource_id).start_assessment(request.resource_id)
 
 
 def check_assessment(settings: Settings, request: AssessmentActivityInput) -> MachineResult | None:
     """One status check; once finished, records the assessment and returns the machine's small result."""
     assert request.token and request.at, "check_assessment needs the continuation token and the time"
-    with _operations(settings, request.resource_id) as operations:
-        outcome = operations.check_assessment(request.resource_id, request.token)
+    outcome = _operations(settings, request.resource_id).check_assessment(request.resource_id, request.token)
     if outcome is None:
         return None
     machine = load_target(settings, request.run_id, request.batch, request.resource_id)

@@ -26,7 +26,6 @@ Everything is idempotent: recording the same assessment again writes the same en
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime, time, timedelta
@@ -37,7 +36,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import TableServiceClient, UpdateMode
 
 from shared.assessment.records import MachineAssessmentSummary, UpdateRecord, UpdateState
-from shared.azure.tables import upsert_in_batches
+from shared.azure.tables import ensure_table, upsert_in_batches
 from shared.fleet.machines_table import MACHINES_TABLE
 from shared.model.assessment_outcome import AssessmentFailure, Readiness
 from shared.model.machines import Machine
@@ -70,9 +69,6 @@ COUNT_PROPERTIES = {
 }
 
 
-_ENSURED: set[str] = set()  # table service URLs whose tables this process has created
-
-
 def history_row_key(at: datetime) -> str:
     millis = int(at.timestamp() * 1000)
     return f"{_INVERTED_BASE_MS - millis:014d}"
@@ -89,16 +85,13 @@ class UpdateInventory:
         self._index = service.get_table_client(UPDATE_MACHINES_TABLE)
         self._catalogue = service.get_table_client(CATALOGUE_TABLE)
         self._history = service.get_table_client(HISTORY_TABLE)
-        self._account = service.url
+        self._service = service
 
     def ensure(self) -> None:
-        """Create the tables once per process and account (every activity calls this)."""
-        if self._account in _ENSURED:
-            return
-        for table in (self._machines, self._updates, self._index, self._catalogue, self._history):
-            with contextlib.suppress(ResourceExistsError):
-                table.create_table()
-        _ENSURED.add(self._account)
+        """Create the tables if missing (asked once per process and account: see ensure_table)."""
+        for name in (MACHINES_TABLE, MACHINE_UPDATES_TABLE, UPDATE_MACHINES_TABLE, CATALOGUE_TABLE,
+                     HISTORY_TABLE):
+            ensure_table(self._service, name)
 
     # -- writes --------------------------------------------------------------------------
 

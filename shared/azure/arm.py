@@ -19,6 +19,7 @@ from azure.core.exceptions import HttpResponseError, ServiceRequestError
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.hybridcompute import HybridComputeManagementClient
 
+from shared.azure.clients import shared_client
 from shared.model.machines import Machine, MachineKind, OsType, PowerState, parse_resource_id
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,17 @@ HYBRID_COMPUTE_API_VERSION = "2024-07-10"
 def arm_clients(
     credential: TokenCredential, arm_endpoint: str, subscription_id: str
 ) -> tuple[ComputeManagementClient, HybridComputeManagementClient]:
-    """The compute and hybrid-compute clients for one subscription, scoped to ``arm_endpoint``."""
+    """The compute and hybrid-compute clients for one subscription, scoped to ``arm_endpoint``: the
+    process's pair for this endpoint, subscription and credential (shared.azure.clients), never closed."""
+    return shared_client(
+        ("arm", arm_endpoint, subscription_id, credential),
+        lambda: _new_arm_clients(credential, arm_endpoint, subscription_id),
+    )
+
+
+def _new_arm_clients(
+    credential: TokenCredential, arm_endpoint: str, subscription_id: str
+) -> tuple[ComputeManagementClient, HybridComputeManagementClient]:
     scopes = [arm_endpoint.rstrip("/") + "/.default"]
     compute = ComputeManagementClient(
         credential, subscription_id, base_url=arm_endpoint, credential_scopes=scopes
@@ -70,10 +81,6 @@ class MachineDirectory:
         for server in self._hybrid.machines.list_by_subscription():
             yield arc_to_machine(server)
 
-    def close(self) -> None:
-        self._compute.close()
-        self._hybrid.close()
-
 
 def _power_state(instance_view: Any) -> PowerState:
     for status in getattr(instance_view, "statuses", None) or []:
@@ -104,19 +111,12 @@ def list_fleet(
         except (HttpResponseError, ServiceRequestError) as error:
             logger.warning("listing the machines of subscription %s failed: %s", subscription_id, error)
             failed.append(subscription_id)
-        finally:
-            directory.close()
     return machines, failed
 
 
 def enum_text(value: Any) -> str:
     """An SDK enum's value as text: they are str subclasses whose str() is the member name on 3.11."""
     return str(getattr(value, "value", value) or "")
-
-
-def kb_digits(kb_id: str | None) -> str | None:
-    """A patch's ``kbId`` as the digits the inventory keeps ("KB5034441" -> "5034441"), or None."""
-    return (kb_id or "").upper().removeprefix("KB") or None
 
 
 def _patch_mode(os_profile: Any, os_type: OsType) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 from azure.core.credentials import AccessToken, TokenCredential
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 
+from shared.azure.clients import shared_client
 from shared.settings import AuthMode, Settings
 
 _EMULATOR_TOKEN_LIFETIME_SECONDS = 3600
@@ -28,8 +29,15 @@ class EmulatorCredential:
 
 
 def credential_for(settings: Settings) -> TokenCredential:
-    if settings.azure_auth_mode is AuthMode.EMULATOR:
+    """The app's credential, one per process for the same auth mode and client id, so its token
+    cache serves every invocation (a new credential asks for a new token)."""
+    mode, client_id = settings.azure_auth_mode, settings.azure_client_id
+    return shared_client(("credential", mode, client_id), lambda: _new_credential(mode, client_id))
+
+
+def _new_credential(mode: AuthMode, client_id: str | None) -> TokenCredential:
+    if mode is AuthMode.EMULATOR:
         return EmulatorCredential()
-    if settings.azure_auth_mode is AuthMode.DEFAULT_CREDENTIAL:
+    if mode is AuthMode.DEFAULT_CREDENTIAL:
         return DefaultAzureCredential()
-    return ManagedIdentityCredential(client_id=settings.azure_client_id)
+    return ManagedIdentityCredential(client_id=client_id)

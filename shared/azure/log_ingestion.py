@@ -15,12 +15,17 @@ from typing import Any
 from azure.core.credentials import TokenCredential
 from azure.monitor.ingestion import LogsIngestionClient
 
+from shared.azure.clients import shared_client
 from shared.log_tables import LogTable, check_rows
 
 
 class LogSink:
     def __init__(self, credential: TokenCredential, endpoint: str, dcr_immutable_id: str) -> None:
-        self._client = LogsIngestionClient(endpoint=endpoint, credential=credential)
+        # The process's client for this endpoint and credential (shared.azure.clients); never closed here.
+        self._client = shared_client(
+            ("ingestion", endpoint, credential),
+            lambda: LogsIngestionClient(endpoint=endpoint, credential=credential),
+        )
         self._rule_id = dcr_immutable_id
 
     def send(self, table: LogTable, rows: Sequence[Mapping[str, Any]]) -> int:
@@ -29,9 +34,6 @@ class LogSink:
         check_rows(table, rows)
         self._client.upload(rule_id=self._rule_id, stream_name=table.stream, logs=[_wire(r) for r in rows])
         return len(rows)
-
-    def close(self) -> None:
-        self._client.close()
 
 
 def _wire(row: Mapping[str, Any]) -> dict[str, Any]:

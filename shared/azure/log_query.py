@@ -9,6 +9,8 @@ from azure.core.credentials import TokenCredential
 from azure.core.exceptions import HttpResponseError
 from azure.monitor.query import LogsQueryClient
 
+from shared.azure.clients import shared_client
+
 
 class LogQueryError(Exception):
     """The query failed, returned no table, or lacks the column asked for."""
@@ -34,10 +36,13 @@ def column_values(client: LogsQueryClient, workspace_id: str, query: str, column
 
 def column_reader(credential: TokenCredential, endpoint: str, workspace_id: str, column: str,
                   timespan: timedelta) -> Callable[[str], list[str]]:
-    """A runner of :func:`column_values` that opens its client only when a query is run."""
+    """A runner of :func:`column_values` on the process's client for ``endpoint`` and ``credential``
+    (shared.azure.clients), taken only when a query is run."""
 
     def run(query: str) -> list[str]:
-        with LogsQueryClient(credential, endpoint=endpoint) as client:
-            return column_values(client, workspace_id, query, column, timespan)
+        client = shared_client(
+            ("query", endpoint, credential), lambda: LogsQueryClient(credential, endpoint=endpoint)
+        )
+        return column_values(client, workspace_id, query, column, timespan)
 
     return run

@@ -39,9 +39,10 @@ from azure.mgmt.hybridcompute.models import (
 )
 from azure.mgmt.hybridcompute.models import WindowsParameters as ArcWindowsParameters
 
-from shared.azure.arm import COMPUTE_API_VERSION, arm_clients, enum_text, kb_digits
+from shared.azure.arm import COMPUTE_API_VERSION, arm_clients, enum_text
 from shared.model.assessment_outcome import AssessmentFailure, AssessmentOutcome, AvailablePatch, Readiness
 from shared.model.install_outcome import InstallationState, InstallOutcome, InstallRequest, PatchInstallResult
+from shared.model.kb import kb_digits
 from shared.model.machines import MachineKind, OsType, ResourceRef, parse_resource_id
 
 # Continuation tokens cross Durable boundaries; history payloads over about 45 KB spill to
@@ -161,17 +162,8 @@ class PatchOperations:
 
     def __init__(self, credential: TokenCredential, arm_endpoint: str, subscription_id: str) -> None:
         self._endpoint = arm_endpoint
+        # The process's clients (shared.azure.clients): cheap to build per call, and never closed here.
         self._compute, self._hybrid = arm_clients(credential, arm_endpoint, subscription_id)
-
-    def close(self) -> None:
-        self._compute.close()
-        self._hybrid.close()
-
-    def __enter__(self) -> PatchOperations:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def start_assessment(self, resource_id: str) -> str:
         """POST assessPatches without polling; returns the continuation token to check it with."""

@@ -1,4 +1,5 @@
-"""Table Storage: the service client from settings, batched upserts, and long text split over properties.
+"""Table Storage: the service client from settings, tables made sure of, batched upserts, and long text
+split over properties.
 
 In Azure the app reaches storage with its managed identity (shared-key access is off
 on the account); the connection string is only for the local storage emulator.
@@ -6,13 +7,17 @@ on the account); the connection string is only for the local storage emulator.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from itertools import islice
 from typing import Any
 
 from azure.core.credentials import TokenCredential
+from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
 
+from shared.azure.clients import once, shared_client
+from shared.azure.credentials import credential_for
 from shared.settings import Settings
 
 # A Table string property holds at most 64 KiB (32K UTF-16 characters); longer text is split over
@@ -23,11 +28,33 @@ PROPERTY_CHARS = 30_000
 MAX_TRANSACTION_ENTITIES = 100
 
 
-def table_service(settings: Settings, credential: TokenCredential) -> TableServiceClient:
-    if settings.storage_connection_string:
-        return TableServiceClient.from_connection_string(settings.storage_connection_string)
-    assert settings.storage_table_endpoint  # guaranteed by load_settings
-    return TableServiceClient(endpoint=settings.storage_table_endpoint, credential=credential)
+def table_service(settings: Settings, credential: TokenCredential | None = None) -> TableServiceClient:
+    """The account's service client, one per process for the same connection string, or the same
+    endpoint and credential (by default the app's, :func:`credential_for`)."""
+    connection = settings.storage_connection_string
+    if connection:
+        return shared_client(
+            ("tables", connection), lambda: TableServiceClient.from_connection_string(connection)
+        )
+    endpoint = settings.storage_table_endpoint
+    assert endpoint  # guaranteed by load_settings
+    signer = credential or credential_for(settings)
+    return shared_client(
+        ("tables", endpoint, signer), lambda: TableServiceClient(endpoint=endpoint, credential=signer)
+    )
+
+
+def ensure_table(service: TableServiceClient, name: str) -> TableClient:
+    """The client of table ``name``, created first if it is missing. The service is asked once per
+    process and account (table names are case-insensitive); every store and activity calls this."""
+    table = service.get_table_client(name)
+    once(("table", service.url, name.lower()), lambda: _create_table(table))
+    return table
+
+
+def _create_table(table: TableClient) -> None:
+    with contextlib.suppress(ResourceExistsError):
+        table.create_table()
 
 
 def upsert_in_batches(

@@ -26,6 +26,7 @@ from pydantic.alias_generators import to_camel
 from shared.deployments.schedule import Schedule
 from shared.fleet.scope import AssessmentScope, ScopeError
 from shared.model.classification import UnknownClassification, to_api
+from shared.model.kb import parse_kb
 from shared.model.machines import OsType, parse_resource_id
 
 # Legacy Update Management: at most 1,000 machines per deployment (AZURE-FACTS, limits).
@@ -36,8 +37,6 @@ MAX_WINDOW_MINUTES = 360
 # Letters, digits, '-', '_' and '.', starting with a letter or digit; 64 characters keeps the
 # name usable inside Durable instance ids and Table keys (which refuse '/', '\\', '#', '?').
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-# KB article numbers are 4 to 8 digits; "KB" in front is accepted and dropped.
-KB_PATTERN = re.compile(r"^(?:KB)?(\d{4,8})$", re.IGNORECASE)
 # Package masks: what package names and versions are made of plus the '*' and '?' wildcards,
 # the characters the install API and the ARM stand-in (local/arm/simulation.py) match.
 PACKAGE_MASK_PATTERN = re.compile(r"^[A-Za-z0-9._+:~*?-]{1,256}$")
@@ -220,13 +219,7 @@ class DeploymentDefinition(_Model):
     def _kb_numbers(cls, value: list[str], info: ValidationInfo) -> list[str]:
         if value and info.data.get("operating_system") is OsType.LINUX:
             raise ValueError("KB numbers apply to Windows only; use packagesToInclude/packagesToExclude")
-        numbers = []
-        for kb in value:
-            match = KB_PATTERN.match(kb.strip())
-            if not match:
-                raise ValueError(f"{kb!r} is not a KB number (4-8 digits, optionally prefixed with KB)")
-            numbers.append(match[1])
-        return list(dict.fromkeys(numbers))
+        return list(dict.fromkeys(parse_kb(kb) for kb in value))
 
     @field_validator("packages_to_include", "packages_to_exclude")
     @classmethod

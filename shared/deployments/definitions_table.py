@@ -8,7 +8,6 @@ it was created (``evaluateGroupsAt: "create"``), and a few columns for listing.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,8 +18,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableServiceClient, UpdateMode
 
-from shared.azure.credentials import credential_for
-from shared.azure.tables import join_property, split_property, table_service
+from shared.azure.tables import ensure_table, join_property, split_property, table_service
 from shared.deployments.definition import DeploymentDefinition
 from shared.settings import Settings
 
@@ -90,11 +88,11 @@ def _stored(entity: Any) -> StoredDeployment:
 
 class DeploymentStore:
     def __init__(self, service: TableServiceClient) -> None:
+        self._service = service
         self._table = service.get_table_client(DEPLOYMENTS_TABLE)
 
     def ensure(self) -> None:
-        with contextlib.suppress(ResourceExistsError):
-            self._table.create_table()
+        ensure_table(self._service, DEPLOYMENTS_TABLE)
 
     def create(self, definition: DeploymentDefinition, members: Iterable[str] | None,
                now: datetime) -> StoredDeployment:
@@ -143,6 +141,6 @@ class DeploymentStore:
 
 
 def deployment_store(settings: Settings) -> DeploymentStore:
-    store = DeploymentStore(table_service(settings, credential_for(settings)))
+    store = DeploymentStore(table_service(settings))
     store.ensure()
     return store

@@ -12,7 +12,6 @@ from typing import Any
 
 from azure.core.credentials import TokenCredential
 
-from shared.assessment.run import machine_from_json
 from shared.azure.credentials import credential_for
 from shared.azure.log_ingestion import LogSink
 from shared.deployments.messages import (
@@ -24,7 +23,7 @@ from shared.deployments.results import (
 )
 from shared.deployments.runs_table import FINAL_STATES, MachineOutcomeRecord, RunRecord, run_store
 from shared.log_tables import UPDATE_RUN_MACHINE
-from shared.model.machines import machine_key
+from shared.model.machines import machine_from_json, machine_key
 from shared.settings import Settings
 
 # --- finishing ------------------------------------------------------------------------------------
@@ -86,10 +85,7 @@ def record_never_started(settings: Settings, run_id: str, at: datetime) -> int:
 def send_machine_rows(settings: Settings, credential: TokenCredential,
                        rows: Sequence[dict[str, Any]]) -> int:
     sink = LogSink(credential, settings.logs_ingestion_endpoint, settings.logs_dcr_immutable_id)
-    try:
-        return sink.send(UPDATE_RUN_MACHINE, rows)
-    finally:
-        sink.close()
+    return sink.send(UPDATE_RUN_MACHINE, rows)
 
 
 def _machine_log_row(run: RunRecord, row: Mapping[str, Any], outcome: MachineOutcomeRecord,

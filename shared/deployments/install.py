@@ -23,9 +23,10 @@ from collections.abc import Iterable
 from datetime import timedelta
 
 from shared.azure.patch_operations import InstallParameters, to_sdk_parameters
-from shared.deployments.definition import KB_PATTERN, DeploymentDefinition
+from shared.deployments.definition import DeploymentDefinition
 from shared.deployments.rollout import MAX_INSTALL_DURATION
 from shared.model.install_outcome import InstallRequest
+from shared.model.kb import parse_kb
 from shared.model.machines import MachineKind, OsType
 
 # The reboot settings installPatches accepts (AZURE-FACTS, "Install parameters").
@@ -70,7 +71,10 @@ def install_request(
             maintenance_run_id=maintenance_run_id,
         )  # fmt: skip
     include = tuple(definition.kb_numbers_to_include)
-    optional = [kb for kb in _kb_digits(exclude_kbs) if kb not in include]
+    try:
+        optional = [kb for kb in map(parse_kb, exclude_kbs) if kb not in include]
+    except ValueError as error:
+        raise InstallParameterError("excludeKbs", str(error)) from None
     return InstallRequest(
         os_type, duration, definition.reboot_setting, tuple(definition.classifications),
         kb_numbers_to_include=include,
@@ -84,18 +88,6 @@ def _duration(time_left: timedelta) -> timedelta:
     if seconds <= 0:
         raise InstallParameterError("timeLeft", f"{time_left} leaves no time in the maintenance window")
     return timedelta(seconds=seconds)
-
-
-def _kb_digits(kbs: Iterable[str]) -> list[str]:
-    digits = []
-    for kb in kbs:
-        match = KB_PATTERN.match(kb.strip())
-        if not match:
-            raise InstallParameterError(
-                "excludeKbs", f"{kb!r} is not a KB number (4-8 digits, optionally prefixed with KB)"
-            )
-        digits.append(match[1])
-    return digits
 
 
 def install_parameters(

@@ -10,17 +10,16 @@ A write overwrites the blob of the same step, so a retried activity leaves one b
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from azure.core.credentials import TokenCredential
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
 
-from shared.azure.blobs import blob_service
+from shared.azure.blobs import blob_service, ensure_container
 from shared.settings import Settings
 
 # One path segment: letters, digits, '.', '_', '-' and ':' (run ids may carry an ISO time),
@@ -62,13 +61,13 @@ class RunLogStore:
     """Run logs in one Blob Storage container."""
 
     def __init__(self, service: BlobServiceClient, container: str) -> None:
+        self._service = service
         self._container: ContainerClient = service.get_container_client(container)
         self.container = container
 
     def ensure(self) -> None:
-        """Create the container if it does not exist yet (safe to call at every start)."""
-        with contextlib.suppress(ResourceExistsError):
-            self._container.create_container()
+        """Create the container if missing (asked once per process and account: see ensure_container)."""
+        ensure_container(self._service, self.container)
 
     def put(self, run_id: str, machine_key: str, step: str, document: Mapping[str, Any]) -> str:
         """Write ``document`` as UTF-8 JSON, replacing an earlier write of the same step; returns the name."""
@@ -108,6 +107,6 @@ class RunLogStore:
         return sorted(steps)
 
 
-def run_log_store(settings: Settings, credential: TokenCredential) -> RunLogStore:
+def run_log_store(settings: Settings, credential: TokenCredential | None = None) -> RunLogStore:
     """The store in the ``RUN_LOGS_CONTAINER`` container of the app's storage account."""
     return RunLogStore(blob_service(settings, credential), settings.run_logs_container)

@@ -11,7 +11,6 @@ from typing import Any
 
 from azure.core.credentials import TokenCredential
 
-from shared.assessment.run import machine_to_json
 from shared.azure.arm import list_fleet
 from shared.azure.credentials import credential_for
 from shared.deployments.definition import DeploymentDefinition
@@ -33,7 +32,15 @@ from shared.deployments.runs_table import (
     RunStore,
     run_store,
 )
-from shared.model.machines import Machine, MachineKind, PowerState, Support, machine_key, parse_resource_id
+from shared.model.machines import (
+    Machine,
+    MachineKind,
+    PowerState,
+    Support,
+    machine_key,
+    machine_to_json,
+    parse_resource_id,
+)
 from shared.settings import Settings
 
 # The reboot setting that restarts machines without installing (legacy "Reboot only").

@@ -23,7 +23,6 @@ lists the runs of a deployment without scanning every run.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import time
@@ -38,8 +37,13 @@ from azure.core.credentials import TokenCredential
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
 
-from shared.azure.credentials import credential_for
-from shared.azure.tables import MAX_TRANSACTION_ENTITIES, join_property, split_property, table_service
+from shared.azure.tables import (
+    MAX_TRANSACTION_ENTITIES,
+    ensure_table,
+    join_property,
+    split_property,
+    table_service,
+)
 from shared.deployments.definition import DeploymentDefinition
 from shared.deployments.messages import DEPLOYMENT_BATCH_SIZE
 from shared.deployments.results import MachineResultStatus
@@ -88,11 +92,6 @@ BUDGET_STATUSES = frozenset({MachineResultStatus.FAILED, MachineResultStatus.PAR
 STATUS_COLUMNS: dict[MachineResultStatus, str] = {
     status: "".join(word.capitalize() for word in status.value.split()) for status in MachineResultStatus
 }
-
-
-# Tables this process has created or found (by URL), so a store built per activity call does not
-# ask the service again each time.
-_ENSURED: set[str] = set()
 
 
 class RunNotFound(Exception):
@@ -244,19 +243,15 @@ def _status_for_stop(reason: str) -> MachineResultStatus:
 
 class RunStore:
     def __init__(self, service: TableServiceClient, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        self._service = service
         self._runs: TableClient = service.get_table_client(RUNS_TABLE)
         self._index: TableClient = service.get_table_client(INDEX_TABLE)
         self._sleep = sleep
 
     def ensure(self) -> None:
-        """Create the tables once per process and account (activities build a store per call)."""
-        for table in (self._runs, self._index):
-            name = f"{table.url}/{table.table_name}"
-            if name in _ENSURED:
-                continue
-            with contextlib.suppress(ResourceExistsError):
-                table.create_table()
-            _ENSURED.add(name)
+        """Create the tables if missing (asked once per process and account: see ensure_table)."""
+        for name in (RUNS_TABLE, INDEX_TABLE):
+            ensure_table(self._service, name)
 
     # --- creating and reading runs -------------------------------------------------------------
 
@@ -620,6 +615,6 @@ def counts_by_status(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
 
 
 def run_store(settings: Settings, credential: TokenCredential | None = None) -> RunStore:
-    store = RunStore(table_service(settings, credential or credential_for(settings)))
+    store = RunStore(table_service(settings, credential))
     store.ensure()
     return store

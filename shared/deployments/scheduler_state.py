@@ -7,11 +7,12 @@ down, by the first firing after the outage (which finds it due or missed, never 
 
 from __future__ import annotations
 
-import contextlib
 from datetime import datetime
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableServiceClient, UpdateMode
+
+from shared.azure.tables import ensure_table
 
 STATE_TABLE = "SchedulerState"
 _PARTITION, _ROW = "scheduler", "deployments"
@@ -19,9 +20,7 @@ _PARTITION, _ROW = "scheduler", "deployments"
 
 class SchedulerState:
     def __init__(self, service: TableServiceClient) -> None:
-        self._table = service.get_table_client(STATE_TABLE)
-        with contextlib.suppress(ResourceExistsError):
-            self._table.create_table()
+        self._table = ensure_table(service, STATE_TABLE)
 
     def last_checked(self, default: datetime) -> datetime:
         """When the scheduler last looked; ``default`` the first time it runs."""

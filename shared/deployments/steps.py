@@ -17,7 +17,6 @@ from typing import Any
 from azure.core.credentials import TokenCredential
 
 from shared.assessment.recording import record_assessment
-from shared.assessment.run import machine_from_json
 from shared.azure.credentials import credential_for
 from shared.azure.log_ingestion import LogSink
 from shared.azure.patch_operations import PatchOperations, PermanentArmError, failure_for
@@ -42,7 +41,7 @@ from shared.deployments.selection import optional_kbs, pending_estimate
 from shared.log_tables import UPDATE_RUN_PROGRESS
 from shared.model.assessment_outcome import Readiness
 from shared.model.install_outcome import InstallOutcome
-from shared.model.machines import machine_key, parse_resource_id
+from shared.model.machines import machine_from_json, machine_key, parse_resource_id
 from shared.settings import Settings
 
 # An install followed through the VM's instance view after its continuation token was lost.
@@ -60,10 +59,6 @@ _INSTALL_HINTS = {
         "(Microsoft.Compute/virtualMachines/installPatches/action or the HybridCompute equivalent)."
     ),
 }
-
-
-# Run-log containers this process has created or found, so each step does not ask again.
-_CONTAINERS_ENSURED: set[str] = set()
 
 
 def step_column(step: str) -> str:
@@ -96,23 +91,23 @@ def start_step(settings: Settings, request: StepInput) -> StepAnswer:
     if kept:
         return StepAnswer(token=str(kept))
     try:
-        with _operations(settings, credential, request.resource_id) as operations:
-            if request.step in (PRESCAN, POSTSCAN):
-                token = operations.start_assessment(request.resource_id)
-            elif request.step == RESTART:
-                token = operations.start_restart(request.resource_id)
-            else:
-                followed = _install_started_before(store, operations, request, row)
-                if followed is not None:
-                    store.update_machine(request.run_id, key, {step_column(request.step): followed})
-                    return StepAnswer(token=followed)
-                run = store.get_run(request.run_id)
-                machine = machine_from_json(str(row["Machine"]))
-                install = install_request(
-                    run.definition, machine.os_type, run.window.install_duration(request.at),
-                    exclude_kbs=json.loads(row.get("OptionalKbs") or "[]"),
-                )  # fmt: skip
-                token = operations.start_install(request.resource_id, install)
+        operations = _operations(settings, credential, request.resource_id)
+        if request.step in (PRESCAN, POSTSCAN):
+            token = operations.start_assessment(request.resource_id)
+        elif request.step == RESTART:
+            token = operations.start_restart(request.resource_id)
+        else:
+            followed = _install_started_before(store, operations, request, row)
+            if followed is not None:
+                store.update_machine(request.run_id, key, {step_column(request.step): followed})
+                return StepAnswer(token=followed)
+            run = store.get_run(request.run_id)
+            machine = machine_from_json(str(row["Machine"]))
+            install = install_request(
+                run.definition, machine.os_type, run.window.install_duration(request.at),
+                exclude_kbs=json.loads(row.get("OptionalKbs") or "[]"),
+            )  # fmt: skip
+            token = operations.start_install(request.resource_id, install)
     except PermanentArmError as error:
         return StepAnswer(failure=_failure(error, request.step))
     store.update_machine(request.run_id, key, {step_column(request.step): token})
@@ -163,23 +158,23 @@ def check_step(settings: Settings, request: StepInput) -> StepAnswer:
     assert request.at is not None and request.token, "a check needs the time and the token"
     credential = credential_for(settings)
     try:
-        with _operations(settings, credential, request.resource_id) as operations:
-            if request.step in (PRESCAN, POSTSCAN):
-                scan = operations.check_assessment(request.resource_id, request.token)
-                if scan is None:
-                    return StepAnswer(in_progress=True)
-                return StepAnswer(outcome=_scanned(settings, credential, request, scan))
-            if request.step == RESTART:
-                if not operations.check_restart(request.resource_id, request.token):
-                    return StepAnswer(in_progress=True)
-                return StepAnswer(outcome=_restarted(settings, credential, request))
-            if request.token.startswith(FOLLOWED_TOKEN_PREFIX):
-                install = _followed_install(operations, request)
-            else:
-                install = operations.check_install(request.resource_id, request.token)
-            if install is None:
+        operations = _operations(settings, credential, request.resource_id)
+        if request.step in (PRESCAN, POSTSCAN):
+            scan = operations.check_assessment(request.resource_id, request.token)
+            if scan is None:
                 return StepAnswer(in_progress=True)
-            return StepAnswer(outcome=_installed(settings, credential, request, install))
+            return StepAnswer(outcome=_scanned(settings, credential, request, scan))
+        if request.step == RESTART:
+            if not operations.check_restart(request.resource_id, request.token):
+                return StepAnswer(in_progress=True)
+            return StepAnswer(outcome=_restarted(settings, credential, request))
+        if request.token.startswith(FOLLOWED_TOKEN_PREFIX):
+            install = _followed_install(operations, request)
+        else:
+            install = operations.check_install(request.resource_id, request.token)
+        if install is None:
+            return StepAnswer(in_progress=True)
+        return StepAnswer(outcome=_installed(settings, credential, request, install))
     except PermanentArmError as error:
         return StepAnswer(failure=_failure(error, request.step))
 
@@ -216,11 +211,9 @@ def _installed(settings: Settings, credential: TokenCredential, request: StepInp
     machine = machine_from_json(str(row["Machine"]))
     run = store.get_run(request.run_id)
     rows = run_progress_rows(machine, outcome, run.deployment_name, request.run_id, request.at)
-    sink = LogSink(credential, settings.logs_ingestion_endpoint, settings.logs_dcr_immutable_id)
-    try:
-        sink.send(UPDATE_RUN_PROGRESS, rows)
-    finally:
-        sink.close()
+    LogSink(credential, settings.logs_ingestion_endpoint, settings.logs_dcr_immutable_id).send(
+        UPDATE_RUN_PROGRESS, rows
+    )
     # Where the result came from: the install operation, or (token lost) the VM's patch status.
     followed = bool(request.token and request.token.startswith(FOLLOWED_TOKEN_PREFIX))
     source = {"source": "instanceView" if followed else "installPatches"}
@@ -253,11 +246,7 @@ def _keep_output(settings: Settings, credential: TokenCredential, store: RunStor
     """The step's whole result in Blob Storage, and its name in the machine's list of outputs."""
     key = machine_key(request.resource_id)
     logs = run_log_store(settings, credential)
-    account = settings.storage_blob_endpoint or settings.storage_connection_string
-    container = f"{account}|{settings.run_logs_container}"
-    if container not in _CONTAINERS_ENSURED:
-        logs.ensure()
-        _CONTAINERS_ENSURED.add(container)
+    logs.ensure()
     logs.put(request.run_id, key, request.step, json.loads(json.dumps(document, default=str)))
     outputs = json.loads(row.get("Outputs") or "[]")
     if request.step not in outputs:

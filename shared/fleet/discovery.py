@@ -23,14 +23,11 @@ def discover_subscription(settings: Settings, request: SubscriptionDiscoveryInpu
     machines, failed = list_fleet(credential, settings.arm_endpoint, [request.subscription_id])
     if failed:
         return DiscoveryCounts(subscriptions_failed=tuple(failed))
-    inventory = MachineInventory(table_service(settings, credential))
+    inventory = MachineInventory(table_service(settings))
     inventory.ensure()
     inventory.record(machines, request.observed_at)
     sink = LogSink(credential, settings.logs_ingestion_endpoint, settings.logs_dcr_immutable_id)
-    try:
-        sink.send(HEARTBEAT, [heartbeat_row(m, request.observed_at, request.run_id) for m in machines])
-    finally:
-        sink.close()
+    sink.send(HEARTBEAT, [heartbeat_row(m, request.observed_at, request.run_id) for m in machines])
     return DiscoveryCounts(
         machines=len(machines),
         by_os=dict(Counter(m.os_type.value for m in machines)),

@@ -11,11 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.fleet.machines_table import MAX_PAGE_SIZE
 from shared.model.assessment_outcome import Readiness
 from shared.model.machines import Environment, OsType, PowerState, Support
 
 DEFAULT_PAGE_SIZE = 100
+# Table Storage returns at most 1,000 entities per query response (Table service limits).
+MAX_PAGE_SIZE = 1000
 
 
 class QueryError(ValueError):

@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableServiceClient
 
-from shared.azure.tables import upsert_in_batches
+from shared.azure.tables import ensure_table, upsert_in_batches
+from shared.fleet.machine_query import MAX_PAGE_SIZE
 from shared.model.machines import Machine, machine_key, parse_resource_id
 
 MACHINES_TABLE = "Machines"
-# Table Storage returns at most 1,000 entities per query response (Table service limits).
-MAX_PAGE_SIZE = 1000
 
 
 def machine_entity(machine: Machine, discovered_at: datetime) -> dict[str, Any]:
@@ -54,11 +52,11 @@ def machine_entity(machine: Machine, discovered_at: datetime) -> dict[str, Any]:
 
 class MachineInventory:
     def __init__(self, service: TableServiceClient) -> None:
+        self._service = service
         self._table = service.get_table_client(MACHINES_TABLE)
 
     def ensure(self) -> None:
-        with contextlib.suppress(ResourceExistsError):
-            self._table.create_table()
+        ensure_table(self._service, MACHINES_TABLE)
 
     def record(self, machines: Iterable[Machine], discovered_at: datetime) -> int:
         return upsert_in_batches(self._table, (machine_entity(m, discovered_at) for m in machines))

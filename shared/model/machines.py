@@ -10,8 +10,9 @@ stage reads one answer.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
 
@@ -164,3 +165,20 @@ class Machine:
         if self.power_state is PowerState.DISCONNECTED:
             return "Arc agent is disconnected; check the Connected Machine agent on the server"
         return ""
+
+
+# --- the JSON a machine is kept as between activities (a run's machine rows) ------------------------
+
+
+def machine_to_json(machine: Machine) -> str:
+    return json.dumps(asdict(machine), sort_keys=True)
+
+
+def machine_from_json(text: str) -> Machine:
+    data = json.loads(text)
+    return Machine(**{
+        **data,
+        "kind": MachineKind(data["kind"]),
+        "os_type": OsType(data["os_type"]),
+        "power_state": PowerState(data["power_state"]),
+    })

@@ -17,17 +17,11 @@ from azure.mgmt.compute.models import LinuxParameters, VirtualMachineInstallPatc
 
 from local.arm.fleet import load_fleet
 from local.stack import DEMO_FLEET, LocalStack
-from shared.assessment.light_check import (
-    BaselineInput,
-    BaselineStore,
-    LightCheckInput,
-    Observed,
-    Reason,
-    record_baseline,
-)
+from shared.assessment.baselines_table import BaselineStore, record_baseline
+from shared.assessment.light_check import BaselineInput, LightCheckInput, Observed, Reason
 from shared.assessment.updates_table import UpdateInventory
 from shared.azure.arm import COMPUTE_API_VERSION
-from shared.azure.credentials import EmulatorCredential, credential_for
+from shared.azure.credentials import EmulatorCredential
 from shared.azure.tables import table_service
 from shared.model.machines import machine_key, parse_resource_id
 from shared.settings import load_settings
@@ -94,7 +88,7 @@ def _reassessed(stack, check_id):
 
 
 def _gaps(resource_id):
-    service = table_service(load_settings(), credential_for(load_settings()))
+    service = table_service(load_settings())
     return {e["RowKey"]: dict(e) for e in UpdateInventory(service).machine_updates(machine_key(resource_id))}
 
 
@@ -162,7 +156,7 @@ def test_an_install_and_a_new_machine_are_picked_up_and_the_install_closes_the_g
     assert _get(stack, f"/api/machines/{machine_key(newcomer.resource_id)}")["lastAssessed"]
 
     # The baseline now holds the install the ARM stand-in reports, so the next check is quiet.
-    service = table_service(load_settings(), credential_for(load_settings()))
+    service = table_service(load_settings())
     baseline = BaselineStore(service).read(ref.subscription_id)[machine_key(target.resource_id)]
     reported = stack.arm.simulation.machine(target.resource_id).installation_summary
     assert reported and baseline.install_id == reported["installationActivityId"]
@@ -176,6 +170,6 @@ def test_the_baseline_is_written_only_for_machines_the_named_run_assessed(stack,
         load_settings(), BaselineInput(run_id="lightcheck-never-ran-assessment", machines=(observed,))
     )
     assert written == 0
-    service = table_service(load_settings(), credential_for(load_settings()))
+    service = table_service(load_settings())
     baseline = BaselineStore(service).read(parse_resource_id(target.resource_id).subscription_id)
     assert baseline[machine_key(target.resource_id)].install_id != "other"

@@ -403,7 +403,6 @@ def test_heartbeats_sent_by_the_app_adapter_answer_the_onboarding_query(server, 
             heartbeat("db1", "Linux", "Non-Azure", NOW - timedelta(minutes=15)),
         ],
     )
-    sink.close()
 
     kql = (
         "Heartbeat_CL | summarize arg_max(TimeGenerated, *) by SourceComputerId "

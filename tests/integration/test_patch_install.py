@@ -82,11 +82,8 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> LocalTls:
 @pytest.fixture
 def operations(tls: LocalTls, monkeypatch: pytest.MonkeyPatch) -> Iterator[PatchOperations]:
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_file))  # as the local host does for the app
-    with (
-        ArmStandIn(_fleet(), VirtualClock(NOW), tls, auto_advance=True) as arm,
-        PatchOperations(EmulatorCredential(), arm.base_url, SUB) as ops,
-    ):
-        yield ops
+    with ArmStandIn(_fleet(), VirtualClock(NOW), tls, auto_advance=True) as arm:
+        yield PatchOperations(EmulatorCredential(), arm.base_url, SUB)
 
 
 @pytest.fixture
@@ -202,11 +199,7 @@ def test_the_seed_run_searches_answer_from_the_rows(operations, loganalytics, tl
         *run_progress_rows(machine("slow-01"), install(operations, "slow-01", timedelta(minutes=45)),
                            "other-run", "r2", at),
     ]  # fmt: skip
-    sink = LogSink(EmulatorCredential(), loganalytics.base_url, DCR)
-    try:
-        sink.send(UPDATE_RUN_PROGRESS, rows)
-    finally:
-        sink.close()
+    LogSink(EmulatorCredential(), loganalytics.base_url, DCR).send(UPDATE_RUN_PROGRESS, rows)
     failed = loganalytics.query(
         'UpdateRunProgress_CL | where InstallationStatus == "failed" '
         "| summarize AggregatedValue = count() by Computer, Title, UpdateRunName"

@@ -10,13 +10,12 @@ import pytest
 from shared.assessment.records import (
     MachineAssessmentSummary,
     is_optional,
-    kb_digits,
     summarize,
     summary_row,
     update_records,
     update_rows,
 )
-from shared.log_tables import UPDATE, UPDATE_SUMMARY, check_rows
+from shared.log_tables import UPDATE, UPDATE_SUMMARY, check_rows, record_id
 from shared.model.assessment_outcome import AssessmentOutcome, AvailablePatch, Readiness
 from shared.model.classification import Classification, UnknownClassification
 from shared.model.machines import Machine, MachineKind, OsType, PowerState
@@ -210,11 +209,16 @@ def test_arc_outcomes_have_counts_only_and_no_records():
     assert summary.missing_by_classification["Tools"] == 0
 
 
-def test_unknown_classifications_and_malformed_kbs_are_refused_naming_the_value():
+def test_unknown_classifications_are_refused_naming_the_value():
     with pytest.raises(UnknownClassification, match="'Bogus'"):
-        update_records(WINDOWS, outcome(win("KB1", "t", "Bogus")), AT)
-    with pytest.raises(ValueError, match="kbId 'Q12345'"):
-        kb_digits("Q12345")
+        update_records(WINDOWS, outcome(win("KB5034441", "t", "Bogus")), AT)
+
+
+def test_a_patch_whose_kb_id_is_not_a_kb_number_is_kept_under_its_patch_id():
+    records = update_records(WINDOWS, outcome(win("Q12345", "Odd update", "Security")), AT)
+
+    key = "id-" + record_id("id-Q12345")  # win() names the patch "id-<kb>"
+    assert [(r.update_key, r.kb_id, r.title) for r in records] == [(key, None, "Odd update")]
 
 
 def test_rows_match_the_declared_tables_and_their_ids_are_deterministic():

@@ -1,0 +1,145 @@
+"""The light check's Table Storage: the ``LightCheckBaseline`` store, and the activities' reads and writes."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
+from typing import Any
+
+from azure.core.exceptions import ResourceNotFoundError
+from azure.data.tables import TableClient, TableServiceClient
+
+from shared.assessment.light_check import (
+    AssessmentRecord,
+    Baseline,
+    BaselineInput,
+    ChangedMachines,
+    FindChangedInput,
+    select,
+)
+from shared.azure.arm import list_fleet
+from shared.azure.credentials import credential_for
+from shared.azure.tables import ensure_table, table_service, upsert_in_batches
+from shared.fleet.machines_table import MACHINES_TABLE
+from shared.model.machines import machine_key, parse_resource_id
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+BASELINE_TABLE = "LightCheckBaseline"
+
+
+def find_changed(settings: Settings, request: FindChangedInput) -> ChangedMachines:
+    """List the fleet, decide, store the baselines of machines seen assessed for the first time."""
+    service = table_service(settings)
+    store = BaselineStore(service)
+    store.ensure()
+    machines, failed = list_fleet(credential_for(settings), settings.arm_endpoint, request.subscription_ids)
+    baselines: dict[str, Baseline] = {}
+    records: dict[str, AssessmentRecord] = {}
+    for subscription_id in sorted({m.subscription_id for m in machines}):
+        baselines |= store.read(subscription_id)
+        records |= assessment_records(service, subscription_id)
+    chosen, adopt, changed = select(machines, baselines, records)
+    store.write((m.resource_id, m.last_install_id, m.last_install_at) for m in adopt)
+    by_reason = Counter(o.reason.value for o in chosen)
+    if changed > len(chosen):
+        logger.warning(
+            "light check %s: %d machines changed, reassessing the first %d (MAX_REASSESS_PER_CHECK)",
+            request.check_id,
+            changed,
+            len(chosen),
+        )
+    return ChangedMachines(
+        machines=tuple(chosen),
+        listed=len(machines),
+        changed=changed,
+        adopted=len(adopt),
+        by_reason=dict(by_reason),
+        subscriptions_failed=tuple(failed),
+    )
+
+
+def record_baseline(settings: Settings, request: BaselineInput) -> int:
+    """Store the install each machine was seen with, for the machines ``request.run_id`` assessed.
+
+    A machine whose assessment failed keeps its old baseline (or none) and is chosen again."""
+    service = table_service(settings)
+    store = BaselineStore(service)
+    store.ensure()
+    machines = service.get_table_client(MACHINES_TABLE)
+    assessed = [m for m in request.machines if _last_run(machines, m.resource_id) == request.run_id]
+    return store.write((m.resource_id, m.install_id, m.install_at) for m in assessed)
+
+
+def _last_run(machines: TableClient, resource_id: str) -> str:
+    ref = parse_resource_id(resource_id)
+    try:
+        entity = machines.get_entity(
+            ref.subscription_id, machine_key(resource_id), select=["LastAssessmentRun"]
+        )
+    except ResourceNotFoundError:
+        return ""
+    return str(entity.get("LastAssessmentRun") or "")
+
+
+def assessment_records(service: TableServiceClient, subscription_id: str) -> dict[str, AssessmentRecord]:
+    """The assessment columns of a subscription's ``Machines`` rows, by machine key (one query)."""
+    table = service.get_table_client(MACHINES_TABLE)
+    try:
+        entities = list(
+            table.query_entities(
+                "PartitionKey eq @pk",
+                parameters={"pk": subscription_id},
+                select=["RowKey", "LastAssessed", "Readiness", "LastErrorAt"],
+            )
+        )
+    except ResourceNotFoundError:  # nothing discovered or assessed yet
+        return {}
+    return {str(e["RowKey"]): _record(e) for e in entities}
+
+
+def _record(entity: Mapping[str, Any]) -> AssessmentRecord:
+    last, failed = entity.get("LastAssessed"), entity.get("LastErrorAt")
+    return AssessmentRecord(
+        last_assessed=last if isinstance(last, datetime) else None,
+        readiness=str(entity.get("Readiness") or ""),
+        failed_at=failed if isinstance(failed, datetime) else None,
+    )
+
+
+class BaselineStore:
+    """Table ``LightCheckBaseline``: PartitionKey subscription id, RowKey machine key (as ``Machines``),
+    the installation activity id and last-modified time seen. It is written only for machines whose
+    light-check assessment succeeded, so a failed one is picked up again by the next check."""
+
+    def __init__(self, service: TableServiceClient) -> None:
+        self._service = service
+        self._table = service.get_table_client(BASELINE_TABLE)
+
+    def ensure(self) -> None:
+        ensure_table(self._service, BASELINE_TABLE)
+
+    def read(self, subscription_id: str) -> dict[str, Baseline]:
+        entities = self._table.query_entities("PartitionKey eq @pk", parameters={"pk": subscription_id})
+        return {
+            str(e["RowKey"]): Baseline(str(e.get("InstallId") or ""), str(e.get("InstallAt") or ""))
+            for e in entities
+        }
+
+    def write(self, seen: Iterable[tuple[str, str, str]]) -> int:
+        """Upsert (resource id, installation activity id, last-modified time) rows; idempotent."""
+        return upsert_in_batches(self._table, _baseline_entities(seen))
+
+
+def _baseline_entities(seen: Iterable[tuple[str, str, str]]) -> Iterator[dict[str, Any]]:
+    for resource_id, install_id, install_at in seen:
+        yield {
+            "PartitionKey": parse_resource_id(resource_id).subscription_id,
+            "RowKey": machine_key(resource_id),
+            "ResourceId": resource_id,
+            "InstallId": install_id,
+            "InstallAt": install_at,
+        }
