@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Generator
 from datetime import timedelta
 from typing import Any
@@ -20,7 +19,14 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
-from functions.durable import current_slot, poll_operation, start_once
+from functions.durable import (
+    adhoc_instance_id,
+    batch_instance_id,
+    current_slot,
+    machine_instance_id,
+    poll_operation,
+    start_once,
+)
 from functions.http import error_response, requires, run_accepted
 from shared.assessment import run as work
 from shared.assessment.messages import (
@@ -37,7 +43,7 @@ from shared.assessment.messages import (
 )
 from shared.azure.patch_operations import PermanentArmError
 from shared.fleet.scope import AssessmentScope, ScopeError
-from shared.model.machines import OsType, machine_key
+from shared.model.machines import OsType
 from shared.principal import Role
 from shared.settings import load_settings
 
@@ -95,7 +101,7 @@ async def start_assessment_run(
     run = AssessmentRunInput(trigger="http", scope=scope.to_json(), subscription_ids=subscriptions,
                              tuning=AssessmentTuning.from_settings(settings))
     instance_id = await client.start_new(
-        "assessment_run", f"{RUN_PREFIX}adhoc-{uuid.uuid4().hex}", run.model_dump(mode="json")
+        "assessment_run", adhoc_instance_id(RUN_PREFIX), run.model_dump(mode="json")
     )
     return run_accepted(instance_id)
 
@@ -116,6 +122,7 @@ def assessment_run(context: df.DurableOrchestrationContext) -> Any:
                     subscription_ids=run.subscription_ids,
                     observed_at=context.current_utc_datetime,
                     batch_size=run.tuning.batch_size,
+                    machine_ids_stored=run.machine_ids_stored,
                 ).model_dump(mode="json"),
             )
         )
@@ -129,7 +136,7 @@ def assessment_run(context: df.DurableOrchestrationContext) -> Any:
         context.call_sub_orchestrator(
             "assessment_batch",
             BatchInput(run_id=context.instance_id, batch=n, tuning=run.tuning).model_dump(mode="json"),
-            f"{context.instance_id}-b{n:05d}",
+            batch_instance_id(context.instance_id, n),
         )
         for n in range(listing.batches)
     ]
@@ -170,7 +177,7 @@ def assessment_batch(context: df.DurableOrchestrationContext) -> Any:
             MachineAssessmentInput(
                 run_id=batch.run_id, batch=batch.batch, resource_id=resource_id, tuning=batch.tuning
             ).model_dump(mode="json"),
-            f"{batch.run_id}-{machine_key(resource_id)}",
+            machine_instance_id(batch.run_id, resource_id),
         )
         for resource_id in resource_ids
     ]

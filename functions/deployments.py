@@ -20,7 +20,7 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
-from functions.durable import POLL_GROWTH, poll_operation, start_once
+from functions.durable import POLL_GROWTH, batch_instance_id, machine_instance_id, poll_operation, start_once
 from shared.azure.tables import table_service
 from shared.deployments.definition import DeploymentDefinition
 from shared.deployments.definitions_table import deployment_store
@@ -116,7 +116,7 @@ def deployment_run(context: df.DurableOrchestrationContext) -> Any:
         context.call_sub_orchestrator("deployment_batch", DeploymentBatchInput(
             run_id=run.run_id, batch=n, window_start=plan.window_start, window_minutes=plan.window_minutes,
             reboot=plan.reboot, restart_only=plan.restart_only, tuning=run.tuning,
-        ).model_dump(mode="json"), f"{run.run_id}-b{n:05d}")
+        ).model_dump(mode="json"), batch_instance_id(run.run_id, n))
         for n in range(plan.batches)
     ]  # fmt: skip
     progress = yield _storage(context, "read_deployment_progress", run.run_id)
@@ -162,7 +162,7 @@ def deployment_batch(context: df.DurableOrchestrationContext) -> Any:
                     run_id=batch.run_id, resource_id=resource_id, window_start=batch.window_start,
                     window_minutes=batch.window_minutes, reboot=batch.reboot, restart_only=batch.restart_only,
                     tuning=batch.tuning,
-                ).model_dump(mode="json"), f"{batch.run_id}-{machine_key(resource_id)}")  # fmt: skip
+                ).model_dump(mode="json"), machine_instance_id(batch.run_id, resource_id))  # fmt: skip
                 running[child] = resource_id
             if claim.not_started:
                 stopped = claim.stop_reason or "not started"
@@ -253,8 +253,8 @@ def _step(context: df.DurableOrchestrationContext, request: MachineDeploymentInp
     )  # fmt: skip
     if polled.failing is not None:
         return StepFailure(code="TransientErrorsExhausted", message=polled.failing[:1000],
-                           hint="Azure kept answering with throttling or server errors; "
-                           "the next run tries again.")
+                           hint="Azure kept answering with throttling, server errors or 409 while "
+                           "another patch operation ran on the machine; the next run tries again.")
     if polled.timed_out:
         return StepFailure(
             code=f"{step.capitalize()}TimedOut", message=f"no result by {deadline:%Y-%m-%d %H:%M} UTC",

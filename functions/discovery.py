@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from functions.durable import current_slot, start_once
+from functions.durable import adhoc_instance_id, current_slot, start_once
 from functions.http import error_response, requires, run_accepted
 from shared.fleet.discovery import discover_subscription as discover_subscription_machines
 from shared.fleet.messages import DiscoveryCounts, DiscoveryRunInput, SubscriptionDiscoveryInput
@@ -65,7 +64,7 @@ async def start_discovery(req: func.HttpRequest, client: df.DurableOrchestration
         )
     run = DiscoveryRunInput(subscription_ids=requested, trigger="http")
     instance_id = await client.start_new(
-        "fleet_discovery_run", f"discovery-adhoc-{uuid.uuid4().hex}", run.model_dump(mode="json")
+        "fleet_discovery_run", adhoc_instance_id("discovery-"), run.model_dump(mode="json")
     )
     return run_accepted(instance_id)
 

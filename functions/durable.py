@@ -17,6 +17,7 @@ same history gives the same timers.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ import azure.durable_functions as df
 from pydantic import BaseModel
 
 from shared.messages import PollingTuning
+from shared.model.machines import machine_key
 from shared.timer_slots import slot_id
 
 log = logging.getLogger(__name__)
@@ -142,3 +144,23 @@ async def start_once(
         return False
     await client.start_new(orchestrator, instance_id, payload)
     return True
+
+
+# Instance ids other than the schedule slots' are built here. Azure refuses an id over 256 characters,
+# with '/', '\\', '#', '?' or a control character, or starting with '@' (local/durable/limits.py);
+# tests/unit/test_instance_ids.py checks every kind the product builds.
+
+
+def adhoc_instance_id(prefix: str) -> str:
+    """``{prefix}adhoc-{32 hex digits}``: a run started on request (by a starter, never an orchestrator)."""
+    return f"{prefix}adhoc-{uuid.uuid4().hex}"
+
+
+def batch_instance_id(run_id: str, batch: int) -> str:
+    """``{run}-b{nnnnn}``: one batch sub-orchestration of a run."""
+    return f"{run_id}-b{batch:05d}"
+
+
+def machine_instance_id(run_id: str, resource_id: str) -> str:
+    """``{run}-{machine key}``: a run's sub-orchestration for one machine (a resource id holds '/')."""
+    return f"{run_id}-{machine_key(resource_id)}"

@@ -2,8 +2,9 @@
 
 The timer starts ``light_check_run`` (instance id from the schedule slot, so a late or doubled
 firing starts nothing new). Its activity ``find_changed_machines`` lists the fleet cheaply and
-returns the few machines to reassess; the run then starts the ordinary ``assessment_run`` with
-those machine ids as its scope, and finally stores the baseline of the machines it assessed
+stores the machines to reassess in Table Storage, as the scope of the check's assessment run; the
+run then starts the ordinary ``assessment_run``, which reads that scope, and finally stores the
+baseline of the machines it assessed. Only counts travel through the orchestration
 (shared/assessment/light_check.py has the rules, baselines_table.py the tables).
 """
 
@@ -51,12 +52,13 @@ async def light_check(timer: func.TimerRequest, client: df.DurableOrchestrationC
 def light_check_run(context: df.DurableOrchestrationContext) -> Any:
     check = LightCheckInput.model_validate(context.get_input())
     context.set_custom_status({"stage": "checking"})
+    run_id = assessment_instance_id(context.instance_id)
     found = ChangedMachines.model_validate(
         (
             yield context.call_activity(
                 "find_changed_machines",
                 FindChangedInput(
-                    check_id=context.instance_id, subscription_ids=check.subscription_ids
+                    check_id=context.instance_id, run_id=run_id, subscription_ids=check.subscription_ids
                 ).model_dump(mode="json"),
             )
         )
@@ -65,19 +67,19 @@ def light_check_run(context: df.DurableOrchestrationContext) -> Any:
         "stage": "done",
         "listed": found.listed,
         "changed": found.changed,
-        "reassessed": len(found.machines),
+        "reassessed": found.reassess,
         "adopted": found.adopted,
         "byReason": dict(found.by_reason),
         "subscriptionsFailed": list(found.subscriptions_failed),
     }
-    if not found.machines:
+    if not found.reassess:
         context.set_custom_status(summary)
         return summary
     context.set_custom_status({**summary, "stage": "assessing"})
-    run_id = assessment_instance_id(context.instance_id)
     run = AssessmentRunInput(
         trigger="light-check",
-        scope=AssessmentScope(machine_ids=tuple(m.resource_id for m in found.machines)).to_json(),
+        scope=AssessmentScope().to_json(),
+        machine_ids_stored=True,  # find_changed_machines stored them under run_id
         subscription_ids=found.subscription_ids,
         tuning=check.tuning,
     )
@@ -91,7 +93,7 @@ def light_check_run(context: df.DurableOrchestrationContext) -> Any:
             log.warning("light check %s: assessment run %s failed: %s", context.instance_id, run_id, error)
     summary["baselined"] = yield context.call_activity(
         "record_light_check_baseline",
-        BaselineInput(run_id=run_id, machines=found.machines).model_dump(mode="json"),
+        BaselineInput(run_id=run_id).model_dump(mode="json"),
     )
     context.set_custom_status(summary)
     if not context.is_replaying:

@@ -60,6 +60,7 @@ def _serve(fleet_file: Path) -> int:
         print(f"Workbook     {serve_workbook(stack)}  (Update Management views over the local data)")
         print(f"ARM          {stack.arm.base_url if stack.arm else ''}")
         print(f"Log Analytics {stack.logs.base_url if stack.logs else ''}")
+        print(f"Resource Graph {stack.graph.base_url if stack.graph else ''}")
         print("Ctrl-C stops everything.", flush=True)
         try:
             while True:

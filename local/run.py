@@ -89,10 +89,10 @@ def run(fleet_file: Path = DEMO_FLEET, state_dir: Path = DEFAULT_STATE_DIR) -> i
     _say("")
     _say(f"State kept in {state_dir}. Next:")
     _say("  .venv/bin/python -m local query \\")
-    _say("    'UpdateRunProgress_CL | where InstallationStatus == \"failed\" "
+    _say("    'UpdateRunProgress | where InstallationStatus == \"failed\" "
          "| summarize count() by Computer, Title, UpdateRunName'")
     _say("  .venv/bin/python -m local query \\")
-    _say("    'Update_CL | where UpdateState == \"Needed\" and Optional == false "
+    _say("    'Update | where UpdateState == \"Needed\" and Optional == false "
          "| summarize count() by Classification'")
     _say("  .venv/bin/python -m local serve    # the whole host, with the API on a local port")
     return 0

@@ -1,8 +1,8 @@
 """The whole product on one machine: every stand-in started, wired, and the app pointed at them.
 
 :class:`LocalStack` starts Azurite, the ARM stand-in (with a fleet), the Log Analytics
-stand-in, the Durable runner with its client API, and the Functions runner; then it
-sets the app settings the code reads (the same names as in Azure) in this process's
+stand-in, the Resource Graph stand-in, the Durable runner with its client API, and the Functions
+runner; then it sets the app settings the code reads (the same names as in Azure) in this process's
 environment, so the functions run unchanged. Tests use it in memory; ``make run`` and
 ``python -m local serve`` keep state under ``.local-state/``.
 """
@@ -23,6 +23,7 @@ from local.clock import Clock, VirtualClock
 from local.durable import DurableRunner
 from local.functions_host import FunctionsHost
 from local.loganalytics import LogAnalyticsStandIn
+from local.resourcegraph import ResourceGraphStandIn
 from local.tls import LocalTls, ensure_local_tls
 from shared.principal import Role, encode_principal
 
@@ -50,6 +51,7 @@ class LocalStack:
     azurite: Azurite | None = None
     arm: ArmStandIn | None = None
     logs: LogAnalyticsStandIn | None = None
+    graph: ResourceGraphStandIn | None = None
     durable: DurableRunner | None = None
     functions: FunctionsHost | None = None
     api_base_url: str | None = None
@@ -75,6 +77,9 @@ class LocalStack:
             work.mkdir(parents=True, exist_ok=True)
         self.tls = ensure_local_tls(work / "tls")
         self.azurite = start_azurite(None if self.state_dir is None else work / "azurite")
+        # In memory, like the ARM simulation whose operations fill it (through ``self.graph.feed``).
+        self.graph = ResourceGraphStandIn(self.tls, clock=self.clock).start()
+        self.graph.feed.machines_added(self.fleet.machines)
         self.arm = ArmStandIn(self.fleet, self.clock, self.tls)
         self.arm.start()
         self.logs = LogAnalyticsStandIn(
@@ -103,12 +108,13 @@ class LocalStack:
             self.api_base_url = self.functions.serve()
 
     def app_settings(self) -> dict[str, str]:
-        assert self.arm and self.logs and self.azurite and self.tls
+        assert self.arm and self.logs and self.graph and self.azurite and self.tls
         return {
             "DURABLE_TASK_HUB": TASK_HUB,
             "AZURE_AUTH_MODE": "emulator",
             "TARGET_SUBSCRIPTION_IDS": ",".join(self.fleet.subscription_ids()),
             "ARM_ENDPOINT": self.arm.base_url,
+            "RESOURCE_GRAPH_ENDPOINT": self.graph.base_url,
             "STORAGE_CONNECTION_STRING": self.azurite.connection_string,
             "LOGS_INGESTION_ENDPOINT": self.logs.base_url,
             "LOGS_DCR_IMMUTABLE_ID": DCR_IMMUTABLE_ID,
@@ -125,10 +131,10 @@ class LocalStack:
             os.environ[key] = value
 
     def stop(self) -> None:
-        for component in (self.functions, self.durable, self.logs, self.arm, self.azurite):
+        for component in (self.functions, self.durable, self.graph, self.logs, self.arm, self.azurite):
             if component is not None:
                 component.stop()
-        self.functions = self.durable = self.logs = self.arm = self.azurite = None
+        self.functions = self.durable = self.graph = self.logs = self.arm = self.azurite = None
         for key, value in self._saved_env.items():
             if value is None:
                 os.environ.pop(key, None)

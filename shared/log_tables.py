@@ -6,8 +6,10 @@ are checked against these declarations, the local Log Analytics stand-in enforce
 them, and the Bicep table and stream declarations are compared with them by tests.
 
 Column names follow the legacy Update Management tables (``Heartbeat``, ``Update``,
-``UpdateSummary``, ``UpdateRunProgress``) so that the well-known log searches work
-with only the table name suffixed with ``_CL``.
+``UpdateSummary``, ``UpdateRunProgress``), except where Log Analytics refuses the legacy name
+in a custom table: the legacy ``Title`` is ``UpdateTitle`` here. :data:`FUNCTIONS` declares the
+workspace functions named after the legacy tables that present the legacy column names again,
+so the well-known log searches run unchanged (``Update | ... | project Computer, Title, ...``).
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ UPDATE = LogTable(
         ("OSType", S),
         ("OSName", S),
         ("OSVersion", S),
-        ("Title", S),
+        ("UpdateTitle", S),  # the legacy Title: a reserved column name in custom tables
         ("KBID", S),  # digits only, as the legacy table and the deployment form's exclusions
         ("PackageName", S),
         ("PackageVersion", S),
@@ -155,7 +157,7 @@ UPDATE_RUN_PROGRESS = LogTable(
         ("Computer", S),
         ("ComputerEnvironment", S),
         ("OSType", S),
-        ("Title", S),
+        ("UpdateTitle", S),  # the legacy Title, as Update_CL
         ("KBID", S),
         ("PackageName", S),
         ("PackageVersion", S),
@@ -205,6 +207,44 @@ UPDATE_RUN_MACHINE = LogTable(
 TABLES: tuple[LogTable, ...] = (HEARTBEAT, UPDATE, UPDATE_SUMMARY, UPDATE_RUN_PROGRESS, UPDATE_RUN_MACHINE)
 TABLES_BY_STREAM: dict[str, LogTable] = {t.stream: t for t in TABLES}
 
+
+@dataclass(frozen=True)
+class LogFunction:
+    """A workspace function (a saved search with a function alias) presenting ``table`` under a legacy name.
+
+    ``legacy_columns`` pairs each legacy column name with the table's column that holds it; the
+    function renames those and passes every other column through unchanged.
+    """
+
+    alias: str
+    table: LogTable
+    legacy_columns: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def query(self) -> str:
+        if not self.legacy_columns:
+            return self.table.name
+        renames = ", ".join(f"{legacy} = {column}" for legacy, column in self.legacy_columns)
+        return f"{self.table.name}\n| project-rename {renames}"
+
+    def column_names(self) -> tuple[str, ...]:
+        legacy = {column: name for name, column in self.legacy_columns}
+        return tuple(legacy.get(c, c) for c in self.table.column_names())
+
+
+# Named after the legacy tables, so the seed's log searches run as written (``Update | where ...``). A
+# stored function wins over a table of the same name ("Tables", Kusto documentation), so these also
+# shadow the Microsoft ``Update`` / ``UpdateSummary`` / ``UpdateRunProgress`` tables in the workspace,
+# which the Log Analytics agent (retired in 2024) filled. Heartbeat gets none: Azure Monitor Agent still
+# fills the Microsoft Heartbeat table, which a function of that name would hide.
+FUNCTIONS: tuple[LogFunction, ...] = (
+    LogFunction("Update", UPDATE, (("Title", "UpdateTitle"),)),
+    LogFunction("UpdateSummary", UPDATE_SUMMARY),
+    LogFunction("UpdateRunProgress", UPDATE_RUN_PROGRESS, (("Title", "UpdateTitle"),)),
+)
+# The saved searches' category (the portal's "Legacy category"), under which the functions are listed.
+FUNCTION_CATEGORY = "Update Management"
+
 # The data collection rule's name for its one Log Analytics destination; every data flow sends there.
 DCR_WORKSPACE_DESTINATION = "workspace"
 # The Tables API spells the date-time column type "dateTime"; DCR stream declarations spell it "datetime"
@@ -243,6 +283,23 @@ def bicep_tables() -> dict[str, object]:
             for table in TABLES
         ],
     }
+
+
+def bicep_functions() -> list[dict[str, str]]:
+    """The workspace functions as the monitoring module declares them (saved searches, plain JSON).
+
+    ``python -m local.infra_gen`` writes this to ``infra/generated/log-functions.json``.
+    """
+    return [
+        {
+            "name": function.alias,
+            "functionAlias": function.alias,
+            "category": FUNCTION_CATEGORY,
+            "displayName": f"{function.alias}: {function.table.name} with the legacy column names",
+            "query": function.query,
+        }
+        for function in FUNCTIONS
+    ]
 
 
 # --- rows ----------------------------------------------------------------------------------------

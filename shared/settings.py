@@ -150,6 +150,10 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 _guid_list),
     SettingSpec("ARM_ENDPOINT", "Azure Resource Manager endpoint", _url,
                 default="https://management.azure.com"),
+    # Resource Graph is an ARM resource provider (POST {ARM}/providers/Microsoft.ResourceGraph/resources):
+    # empty means ARM_ENDPOINT, which is right in every Azure cloud; set it to reach a local stand-in.
+    SettingSpec("RESOURCE_GRAPH_ENDPOINT", "Azure Resource Graph endpoint (ARM_ENDPOINT when empty)", _url,
+                required=False),
     SettingSpec("STORAGE_TABLE_ENDPOINT", "Table service URI of the inventory storage account",
                 _url, required=False),
     SettingSpec("STORAGE_BLOB_ENDPOINT", "Blob service URI of the run-log storage account",
@@ -201,6 +205,7 @@ class Settings:
     azure_client_id: str | None
     target_subscription_ids: tuple[str, ...]
     arm_endpoint: str
+    resource_graph_endpoint: str  # ARM_ENDPOINT when the setting is empty
     storage_table_endpoint: str | None
     storage_blob_endpoint: str | None
     storage_connection_string: str | None
@@ -240,6 +245,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     problems.extend(_cross_checks(values))
     if problems:
         raise SettingsError(problems)
+    values["resource_graph_endpoint"] = values["resource_graph_endpoint"] or values["arm_endpoint"]
     return Settings(**values)
 
 
@@ -253,7 +259,8 @@ def _cross_checks(values: dict[str, Any]) -> list[str]:
             "(or STORAGE_CONNECTION_STRING for the local storage emulator)"
         )
     if values.get("azure_auth_mode") == AuthMode.EMULATOR:
-        for name in ("arm_endpoint", "logs_ingestion_endpoint", "logs_query_endpoint"):
+        for name in ("arm_endpoint", "resource_graph_endpoint", "logs_ingestion_endpoint",
+                     "logs_query_endpoint"):
             url = values.get(name)
             if url and not _is_loopback(url):
                 problems.append(

@@ -27,6 +27,11 @@ resource authSettings 'Microsoft.Web/sites/config@2024-04-01' = {
       requireAuthentication: true
       // An API: callers get 401 rather than a redirect to a sign-in page.
       unauthenticatedClientAction: 'Return401'
+      // A health probe needs no sign-in; the answer says only whether the app settings are valid
+      // (the names of bad settings, never a value).
+      excludedPaths: [
+        '/api/health'
+      ]
     }
     httpSettings: {
       requireHttps: true

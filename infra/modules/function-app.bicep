@@ -81,6 +81,7 @@ var appSettings = {
   AZURE_CLIENT_ID: identity.properties.clientId
   TARGET_SUBSCRIPTION_IDS: join(targetSubscriptionIds, ',')
   ARM_ENDPOINT: environment().resourceManager
+  RESOURCE_GRAPH_ENDPOINT: environment().resourceManager
   STORAGE_TABLE_ENDPOINT: storage.properties.primaryEndpoints.table
   STORAGE_BLOB_ENDPOINT: storage.properties.primaryEndpoints.blob
   LOGS_INGESTION_ENDPOINT: dataCollectionEndpoint.properties.logsIngestion.endpoint

@@ -8,6 +8,10 @@ param logRetentionDays int
 // Tables, stream declarations and data flows generated from shared/log_tables.py
 // (python -m local.infra_gen; tests/infra checks the file is current).
 var logTables = loadJsonContent('../generated/log-tables.json')
+// Workspace functions named after the legacy tables (Update, UpdateSummary, UpdateRunProgress) that present
+// the legacy column names (Title) over the tables above, so the classic log searches run as written.
+// Generated from shared/log_tables.py FUNCTIONS, which the local Log Analytics expands too.
+var logFunctions = loadJsonContent('../generated/log-functions.json')
 // The destination name every generated data flow sends to (shared/log_tables.py DCR_WORKSPACE_DESTINATION).
 var workspaceDestinationName = 'workspace'
 
@@ -39,6 +43,24 @@ resource tables 'Microsoft.OperationalInsights/workspaces/tables@2022-10-01' = [
       columns: table.columns
     }
   }
+}]
+
+resource legacyFunctions 'Microsoft.OperationalInsights/workspaces/savedSearches@2023-09-01' = [for legacyFunction in logFunctions: {
+  parent: workspace
+  name: legacyFunction.name
+  // "*" overwrites the saved search on a redeploy (SavedSearch.etag in the REST API specification).
+  etag: '*'
+  properties: {
+    category: legacyFunction.category
+    displayName: legacyFunction.displayName
+    query: legacyFunction.query
+    functionAlias: legacyFunction.functionAlias
+    version: 2
+  }
+  // A function's query names its table, which must exist first.
+  dependsOn: [
+    tables
+  ]
 }]
 
 resource dataCollectionEndpoint 'Microsoft.Insights/dataCollectionEndpoints@2023-03-11' = {

@@ -15,7 +15,13 @@ resource workbook 'Microsoft.Insights/workbooks@2023-06-01' = {
     displayName: displayName
     category: 'workbook'
     sourceId: workspaceId
-    serializedData: loadTextContent('../workbooks/update-management.json')
+    // The workspace as the workbook's fallback resource, so that it also opens with its data from the
+    // Workbooks gallery or a shared link, outside the workspace's own blade.
+    serializedData: string(union(loadJsonContent('../workbooks/update-management.json'), {
+      fallbackResourceIds: [
+        workspaceId
+      ]
+    }))
   }
 }
 

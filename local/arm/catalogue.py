@@ -17,15 +17,35 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-# Classification enums of the patch API (AZURE-FACTS, "Classification enums").
+# A Windows update's class is written as the request enum of the patch API (AZURE-FACTS,
+# "Classification enums"), which is what an install request filters on; results carry Windows
+# Update's own category name for it (WINDOWS_UPDATE_CATEGORIES).
 WindowsClassification = Literal[
     "Critical", "Security", "UpdateRollUp", "FeaturePack", "ServicePack", "Definition", "Tools", "Updates"
 ]
-LinuxClassification = Literal["Critical", "Security", "Other"]
+# A Linux package's class as the Linux patch extension reports it (Azure/LinuxPatchExtension
+# Constants.PackageClassification): the request enum plus Security-ESM (Ubuntu Pro) and Unclassified.
+LinuxClassification = Literal["Critical", "Security", "Other", "Security-ESM", "Unclassified"]
 RebootBehavior = Literal["Unknown", "NeverReboots", "AlwaysRequiresReboot", "CanRequestReboot"]
 WINDOWS_CLASSIFICATIONS: frozenset[str] = frozenset(WindowsClassification.__args__)  # type: ignore[attr-defined]
 LINUX_CLASSIFICATIONS: frozenset[str] = frozenset(LinuxClassification.__args__)  # type: ignore[attr-defined]
-CRITICAL_OR_SECURITY = frozenset({"Critical", "Security"})
+# What classificationsToInclude accepts (VMGuestPatchClassificationWindows / ...Linux).
+WINDOWS_REQUEST_CLASSIFICATIONS = WINDOWS_CLASSIFICATIONS
+LINUX_REQUEST_CLASSIFICATIONS = frozenset({"Critical", "Security", "Other"})
+# What the Linux extension counts as critical-and-security (StatusHandler: Critical, Security, Security-ESM).
+CRITICAL_OR_SECURITY = frozenset({"Critical", "Security", "Security-ESM"})
+# Windows Update's category names, as patches in assessPatches / installPatches results carry them
+# (the VirtualMachine_AssessPatches / _InstallPatches examples of the Compute REST API specification).
+WINDOWS_UPDATE_CATEGORIES: dict[str, str] = {
+    "Critical": "Critical Updates",
+    "Security": "Security Updates",
+    "UpdateRollUp": "Update Rollups",
+    "FeaturePack": "Feature Packs",
+    "ServicePack": "Service Packs",
+    "Definition": "Definition Updates",
+    "Tools": "Tools",
+    "Updates": "Updates",
+}
 
 
 class WireModel(BaseModel):
@@ -252,6 +272,8 @@ def _pkg(
 _SEC = ("Security",)
 _CRIT = ("Critical",)
 _OTHER = ("Other",)
+_ESM = ("Security-ESM",)  # a fix from Ubuntu Pro's esm-apps / esm-infra archive
+_UNCLASSIFIED = ("Unclassified",)
 _ALWAYS = "AlwaysRequiresReboot"
 _NEVER = "NeverReboots"
 
@@ -501,6 +523,8 @@ _LINUX: dict[str, list[LinuxPackage]] = {
         _pkg("tzdata", "2024a-0ubuntu0.22.04", _OTHER, "2024-02-06"),
         _pkg("snapd", "2.61.3+22.04", _OTHER, "2024-02-20"),
         _pkg("apt", "2.4.12", _OTHER, "2024-01-26"),
+        _pkg("imagemagick", "8:6.9.11.60+dfsg-1.3ubuntu0.22.04.3+esm4", _ESM, "2024-02-08"),
+        _pkg("ubuntu-advantage-tools", "31.2~22.04", _UNCLASSIFIED, "2024-02-14"),
     ],
     "ubuntu-20.04": [
         _pkg("openssl", "1.1.1f-1ubuntu2.21", _SEC, "2024-01-30"),
@@ -510,12 +534,15 @@ _LINUX: dict[str, list[LinuxPackage]] = {
         _pkg("sudo", "1.8.31-1ubuntu1.5", _SEC, "2023-07-04"),
         _pkg("tzdata", "2024a-0ubuntu0.20.04", _OTHER, "2024-02-06"),
         _pkg("cloud-init", "23.4.3-0ubuntu0~20.04.1", _OTHER, "2024-02-15"),
+        _pkg("python3-pil", "7.0.0-4ubuntu0.9+esm2", _ESM, "2024-01-25"),
+        _pkg("ubuntu-advantage-tools", "31.2~20.04", _UNCLASSIFIED, "2024-02-14"),
     ],
     "ubuntu-18.04": [
         _pkg("openssl", "1.1.1-1ubuntu2.1~18.04.23", _SEC, "2023-10-30"),
         _pkg("linux-image-4.15.0-213-generic", "4.15.0-213.224", _SEC, "2023-06-12", _ALWAYS),
         _pkg("libc6", "2.27-3ubuntu1.6", _SEC, "2022-07-14"),
         _pkg("tzdata", "2023c-0ubuntu0.18.04", _OTHER, "2023-04-03"),
+        _pkg("curl", "7.58.0-2ubuntu3.24+esm3", _ESM, "2024-01-31"),
     ],
     "ubuntu-16.04": [
         _pkg("openssl", "1.0.2g-1ubuntu4.20", _SEC, "2021-08-24"),
@@ -575,7 +602,7 @@ def updates_for(key: str) -> list[WindowsUpdate] | list[LinuxPackage]:
 
 def lookup(key: str, ref: str) -> Update | None:
     """Find ``ref`` for OS ``key``: ``KB5034129`` or ``5034129`` on Windows, ``name`` or ``name_version``
-    on Linux."""
+    on Linux (the catalogue's own id, not a package mask)."""
     if key in _WINDOWS:
         digits = ref[2:] if ref.upper().startswith("KB") else ref
         return next((u for u in _WINDOWS[key] if u.kb_id == digits), None)

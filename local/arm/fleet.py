@@ -93,6 +93,9 @@ class Behaviours(WireModel):
     reboot_pending: bool = False
     throttle: Throttle | None = None
     transient_errors: int = Field(default=0, ge=0)
+    # Another patch operation (the platform's periodic assessment, Azure Update Manager) runs on the
+    # machine for this long from the start: patch operations answer 409 until it ends.
+    busy_seconds: int = Field(default=0, ge=0)
 
 
 class Subscription(WireModel):

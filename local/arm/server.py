@@ -380,7 +380,7 @@ class ArmStandIn:
             "running": ("PowerState/running", "VM running"),
             "stopped": ("PowerState/stopped", "VM stopped"),
             "deallocated": ("PowerState/deallocated", "VM deallocated"),
-        }[machine.power_state]
+        }[state.power_state]
         view: dict[str, Any] = {
             "statuses": [
                 {
@@ -394,10 +394,11 @@ class ArmStandIn:
         }
         if state.running:
             agent_ready = not machine.behaviours.unreachable
+            # The guest agent reports the OS it runs: the fleet file's name and version, as written.
             view |= {
                 "computerName": machine.host_name,
-                "osName": machine.os_profile.os_name,
-                "osVersion": machine.os_profile.os_version,
+                "osName": machine.os_name,
+                "osVersion": machine.os_version,
             }
             view["vmAgent"] = {
                 "vmAgentVersion": "2.10.0.8" if agent_ready else "Unknown",
@@ -445,9 +446,11 @@ class ArmStandIn:
             "agentVersion": "1.38.02628.1186",
             "displayName": machine.host_name,
             "machineFqdn": machine.host_name,
-            "osName": machine.os_profile.os_name,
-            "osVersion": machine.os_profile.os_version,
-            "osSku": machine.os_profile.os_name,
+            # Arc's osName is the OS family and osSku the product ("windows", "Windows Server 2022
+            # Datacenter"), as Resource Graph rows of Arc servers show; the spec's example leaves both null.
+            "osName": machine.os_type.lower(),
+            "osVersion": machine.os_version,
+            "osSku": machine.os_name,
             "osType": machine.os_type.lower(),
             "vmId": _stable_uuid(machine.resource_id),
             "osProfile": {

@@ -18,18 +18,21 @@ return the typed result of an install with a failed patch.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 from local.arm.catalogue import (
     CRITICAL_OR_SECURITY,
-    LINUX_CLASSIFICATIONS,
-    WINDOWS_CLASSIFICATIONS,
+    LINUX_REQUEST_CLASSIFICATIONS,
+    WINDOWS_REQUEST_CLASSIFICATIONS,
+    WINDOWS_UPDATE_CATEGORIES,
     Update,
     WindowsUpdate,
 )
@@ -53,6 +56,32 @@ DELETE_DURATION = timedelta(seconds=10)
 # Assessments are current for a day (AZURE-FACTS: periodic assessment every 24 h); the fleet
 # starts as if the last periodic one ran this long ago.
 PREVIOUS_ASSESSMENT_AGE = timedelta(hours=20)
+# A patch list the Linux agent reports is cut to fit its status file: 126 KB for the whole file
+# (Azure/LinuxPatchExtension Constants.StatusTruncationConfig.INTERNAL_FILE_SIZE_LIMIT_IN_BYTES),
+# always keeping the first 5 assessment patches. The stand-in applies the 126 KB to the patch list
+# alone, measured as the agent measures it (JSON inside JSON), and to Windows lists too: the Windows
+# agent's bound is not published, so the Linux one stands in for it.
+PATCH_LIST_LIMIT_BYTES = 126 * 1024
+MIN_PATCHES_KEPT = 5
+# The id the Linux agent gives the records that stand for what it cut, and the warning it reports
+# (StatusHandler; Constants.PatchOperationErrorCodes.TRUNCATION, StatusTruncationConfig). How Azure
+# wraps that warning in the ARM result is not documented: the stand-in passes it as the error.
+TRUNCATED_PATCH_ID = "Truncated_patch_list_id"
+TRUNCATION_ERROR_CODE = "PACKAGE_LIST_TRUNCATED"
+TRUNCATION_WARNING_MESSAGE = (
+    "Package lists were truncated to limit reporting data volume. In-VM logs contain complete lists."
+)
+# The Linux agent's order when it reports (and so truncates) a list: most urgent first
+# (Constants.PackageClassificationOrderInStatusReporting).
+_LINUX_REPORT_ORDER = {"Critical": 1, "Security": 2, "Security-ESM": 3, "Other": 4, "Unclassified": 5}
+# The architecture suffixes the Linux agent strips before matching a mask (PackageFilter).
+_ARCHITECTURES = (".x86_64", ".noarch", ".i686")
+# What the Linux agent reports when asked for Other with only one of Critical and Security
+# (PackageManager.get_updates_for_classification; error code PACKAGE_MANAGER_FAILURE).
+INVALID_COMBINATION_MESSAGE = (
+    "Invalid classification combination selection detected. Please edit the update deployment "
+    "configuration, unselect + reselect the desired classifications and save."
+)
 
 RebootSetting = Literal["IfRequired", "Never", "Always"]
 Selection = Literal["Selected", "Excluded", "NotSelected"]
@@ -93,12 +122,22 @@ def parse_duration(text: str, field_name: str = "maximumDuration") -> timedelta:
     return timedelta(days=parts["d"], hours=parts["h"], minutes=parts["m"], seconds=parts["s"])
 
 
-def mask_matches(mask: str, name: str, version: str = "", *, ignore_case: bool = False) -> bool:
-    """``*`` and ``?`` wildcards against ``name`` or, for a versioned mask, ``name_version``."""
+def mask_matches(mask: str, name: str, version: str | None = None) -> bool:
+    """A Linux package mask as Azure's agent applies it (Azure/LinuxPatchExtension PackageFilter):
+    ``name`` or ``name=version``, fnmatch wildcards, case-sensitive, against the name with or without
+    its architecture suffix; the version part is checked only when ``version`` is given (the agent
+    checks exclusions by name alone)."""
+    name_mask, versioned, version_mask = mask.partition("=")
+    bare = next((name.removesuffix(arch) for arch in _ARCHITECTURES if name.endswith(arch)), name)
+    if not (fnmatchcase(name, name_mask.strip()) or fnmatchcase(bare, name_mask.strip())):
+        return False
+    return not versioned or version is None or fnmatchcase(version, version_mask.strip())
+
+
+def title_matches(mask: str, title: str) -> bool:
+    """A Windows ``patchNameMasksTo...`` mask: ``*``/``?`` wildcards over the whole title, any case."""
     pattern = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in mask)
-    flags = re.IGNORECASE if ignore_case else 0
-    candidates = (name, f"{name}_{version}") if version else (name,)
-    return any(re.fullmatch(pattern, candidate, flags) for candidate in candidates)
+    return re.fullmatch(pattern, title, re.IGNORECASE) is not None
 
 
 @dataclass(frozen=True)
@@ -114,6 +153,8 @@ class InstallRequest:
     max_patch_publish_date: datetime | None = None
     masks_include: tuple[str, ...] = ()
     masks_exclude: tuple[str, ...] = ()
+    # Set when the agent would refuse the request once on the machine (ARM itself accepts it).
+    agent_error: str | None = None
 
 
 def _string_list(params: dict[str, Any], key: str, prefix: str) -> list[str]:
@@ -149,10 +190,11 @@ def _windows_request(body: dict[str, Any], duration: timedelta, reboot: RebootSe
     prefix = "windowsParameters"
     classes = _string_list(params, "classificationsToInclude", prefix)
     for index, value in enumerate(classes):
-        if value not in WINDOWS_CLASSIFICATIONS:
+        if value not in WINDOWS_REQUEST_CLASSIFICATIONS:
             raise _invalid(
                 f"{prefix}.classificationsToInclude[{index}]",
-                f"{value!r} is not a Windows classification ({', '.join(sorted(WINDOWS_CLASSIFICATIONS))})",
+                f"{value!r} is not a Windows classification "
+                f"({', '.join(sorted(WINDOWS_REQUEST_CLASSIFICATIONS))})",
             )
     kbs: dict[str, list[str]] = {}
     for key in ("kbNumbersToInclude", "kbNumbersToExclude"):
@@ -190,10 +232,11 @@ def _linux_request(body: dict[str, Any], duration: timedelta, reboot: RebootSett
     prefix = "linuxParameters"
     classes = _string_list(params, "classificationsToInclude", prefix)
     for index, value in enumerate(classes):
-        if value not in LINUX_CLASSIFICATIONS:
+        if value not in LINUX_REQUEST_CLASSIFICATIONS:
             raise _invalid(
                 f"{prefix}.classificationsToInclude[{index}]",
-                f"{value!r} is not a Linux classification ({', '.join(sorted(LINUX_CLASSIFICATIONS))})",
+                f"{value!r} is not a Linux classification "
+                f"({', '.join(sorted(LINUX_REQUEST_CLASSIFICATIONS))})",
             )
     include = _string_list(params, "packageNameMasksToInclude", prefix)
     if not classes and not include:
@@ -201,12 +244,15 @@ def _linux_request(body: dict[str, Any], duration: timedelta, reboot: RebootSett
             f"{prefix}.classificationsToInclude",
             "name at least one classification or package name mask to include",
         )
+    chosen = set(classes)
+    invalid = "Other" in chosen and len(chosen & {"Critical", "Security"}) == 1
     return InstallRequest(
         duration,
         reboot,
         frozenset(classes),
         masks_include=tuple(include),
         masks_exclude=tuple(_string_list(params, "packageNameMasksToExclude", prefix)),
+        agent_error=INVALID_COMBINATION_MESSAGE if invalid else None,
     )
 
 
@@ -214,19 +260,26 @@ def select(update: Update, request: InstallRequest) -> Selection:
     """Whether an install with ``request`` takes ``update``; exclusions win over inclusions."""
     if isinstance(update, WindowsUpdate):
         return _select_windows(update, request)
-    if any(mask_matches(m, update.name, update.version) for m in request.masks_exclude):
+    if any(mask_matches(m, update.name) for m in request.masks_exclude):
         return "Excluded"
-    if set(update.classifications) & request.classifications or any(
+    if _linux_group(update.classifications) & _linux_group(request.classifications) or any(
         mask_matches(m, update.name, update.version) for m in request.masks_include
     ):
         return "Selected"
     return "NotSelected"
 
 
+def _linux_group(classes: tuple[str, ...] | frozenset[str]) -> set[str]:
+    """The Linux agent installs by two groups: asked for Critical or Security it takes every
+    critical-and-security update (Security-ESM too), asked for Other everything else
+    (PackageManager.get_updates_for_classification: security updates, or all less security)."""
+    return {"critical-and-security" if c in CRITICAL_OR_SECURITY else "other" for c in classes}
+
+
 def _select_windows(update: WindowsUpdate, request: InstallRequest) -> Selection:
     if (
         update.kb_id in request.kb_exclude
-        or any(mask_matches(m, update.title, ignore_case=True) for m in request.masks_exclude)
+        or any(title_matches(m, update.title) for m in request.masks_exclude)
         or (request.exclude_kbs_requiring_reboot and update.requires_reboot)
     ):
         return "Excluded"
@@ -238,7 +291,7 @@ def _select_windows(update: WindowsUpdate, request: InstallRequest) -> Selection
     if request.max_patch_publish_date and update.published_date > request.max_patch_publish_date:
         return "NotSelected"
     if set(update.classifications) & request.classifications or any(
-        mask_matches(m, update.title, ignore_case=True) for m in request.masks_include
+        title_matches(m, update.title) for m in request.masks_include
     ):
         return "Selected"
     return "NotSelected"
@@ -257,13 +310,14 @@ class InstallOutcome:
     window_exceeded: bool
     reboot_status: str
     reboot_pending_after: bool
+    agent_error: str | None = None  # the agent refused the request on the machine: nothing ran
 
     def count(self, state: str) -> int:
         return sum(1 for _, s in self.states if s == state)
 
     @property
     def status(self) -> str:
-        if self.count("Failed"):
+        if self.count("Failed") or self.agent_error:
             return "Failed"
         return "CompletedWithWarnings" if self.window_exceeded else "Succeeded"
 
@@ -277,6 +331,10 @@ def plan_install(
     reboot_pending: bool,
 ) -> InstallOutcome:
     """Install patch by patch until the window cannot hold the next one (the rest stay Pending)."""
+    if request.agent_error:
+        # The agent raises before it sets any patch's state: an empty list and the error.
+        reboot = "Required" if reboot_pending else "NotNeeded"
+        return InstallOutcome([], timedelta(seconds=1), False, reboot, reboot_pending, request.agent_error)
     choices = [(u, select(u, request)) for u in available]
     selected = [u for u, choice in choices if choice == "Selected"]
     per_patch = timedelta(seconds=seconds_per_patch)
@@ -313,13 +371,15 @@ def patch_id(update: Update) -> str:
     return f"{update.name}_{update.version}"
 
 
-def _patch_wire(update: Update) -> dict[str, Any]:
+def patch_wire(update: Update) -> dict[str, Any]:
+    """A patch as results list it: Windows patches under Windows Update's category names."""
     if isinstance(update, WindowsUpdate):
         return {
             "patchId": patch_id(update),
             "name": update.title,
+            "version": "",
             "kbId": update.kb_id,
-            "classifications": list(update.classifications),
+            "classifications": [WINDOWS_UPDATE_CATEGORIES[c] for c in update.classifications],
         }
     return {
         "patchId": patch_id(update),
@@ -341,11 +401,72 @@ def _arc_counts(updates: list[Update]) -> dict[str, int]:
         "Tools": "tools",
         "Updates": "updates",
         "Other": "other",
+        # Arc's counts have no key for these two; the Linux agent counts Security-ESM as security.
+        "Security-ESM": "security",
+        "Unclassified": "other",
     }
     counts = dict.fromkeys(keys.values(), 0)
     for update in updates:
         counts[keys[update.classifications[0]]] += 1
     return counts
+
+
+def _wire_size(patches: list[dict[str, Any]]) -> int:
+    # How the agent measures a list for its status file: JSON, written again as a JSON string.
+    return len(json.dumps(json.dumps(patches)).encode())
+
+
+def truncate_patches(
+    patches: list[dict[str, Any]], os_type: str, *, installation: bool = False
+) -> list[dict[str, Any]]:
+    """A result's patch list cut to PATCH_LIST_LIMIT_BYTES as the Linux agent cuts it: the first
+    MIN_PATCHES_KEPT always stay, then as many as fit, in order; on Linux what was cut is stood for by
+    records with patchId TRUNCATED_PATCH_ID (one per classification for an assessment, except
+    Unclassified; one for an installation). The result's counts are not touched: they stay the truth."""
+    if _wire_size(patches) <= PATCH_LIST_LIMIT_BYTES:
+        return patches
+    kept = patches[:MIN_PATCHES_KEPT]
+    used = _wire_size(kept)
+    budget = PATCH_LIST_LIMIT_BYTES - 1024  # room for the placeholders
+    for patch in patches[MIN_PATCHES_KEPT:]:
+        used += _wire_size([patch])  # about what one more item adds (its brackets pay for the comma)
+        if used > budget:
+            break
+        kept.append(patch)
+    cut = patches[len(kept):]
+    if os_type != "Linux":
+        return kept
+    if installation:
+        placeholder = {
+            "patchId": TRUNCATED_PATCH_ID, "name": "Truncated_patch_list", "version": "0.0.0",
+            "classifications": ["Other"], "installationState": "NotSelected",
+        }  # fmt: skip
+        return [*kept, placeholder]
+    by_class: dict[str, int] = {}
+    for patch in cut:
+        first = patch["classifications"][0]
+        by_class[first] = by_class.get(first, 0) + 1
+    placeholders = [
+        {
+            "patchId": TRUNCATED_PATCH_ID,
+            "name": f"{count} additional updates of classification {name} reported",
+            "version": "0.0.0",
+            "classifications": [name],
+        }
+        for name, count in by_class.items()
+        if name != "Unclassified"
+    ]
+    return [*kept, *placeholders]
+
+
+def report_order(updates: list[Update]) -> list[Update]:
+    """The order the Linux agent reports packages in, most urgent class first (stable within a class);
+    Windows lists stay as the catalogue has them."""
+    return sorted(
+        updates,
+        key=lambda u: 0 if isinstance(u, WindowsUpdate)
+        else min(_LINUX_REPORT_ORDER.get(c, 9) for c in u.classifications),
+    )
 
 
 @dataclass
@@ -361,10 +482,14 @@ class MachineState:
     available_summary: dict[str, Any] | None = None
     installation_summary: dict[str, Any] | None = None
     busy_with: str | None = None
+    power_state: str = ""  # the fleet file's, until someone stops or starts the machine (set_power_state)
+
+    def __post_init__(self) -> None:
+        self.power_state = self.power_state or self.spec.power_state
 
     @property
     def running(self) -> bool:
-        return self.spec.power_state == "running"
+        return self.power_state == "running"
 
 
 @dataclass
@@ -431,7 +556,10 @@ class Simulation:
             self._add(machine)
 
     def _add(self, machine: Machine) -> None:
-        self.machines[machine.resource_id.lower()] = self._initial_state(machine)
+        state = self._initial_state(machine)
+        self.machines[machine.resource_id.lower()] = state
+        if machine.behaviours.busy_seconds and state.running:
+            self._platform_assessment(state, timedelta(seconds=machine.behaviours.busy_seconds))
         if machine.kind == "azure-vm":
             created = self.clock.now() - timedelta(days=90)
             self.resources[os_disk_id(machine).lower()] = _os_disk(machine, created)
@@ -498,7 +626,52 @@ class Simulation:
             state_or_target.busy_with = op.id
         return op
 
+    def set_power_state(self, resource_id: str, power_state: str, at: datetime | None = None) -> None:
+        """Someone (or an auto-shutdown schedule) stops, deallocates or starts a machine while the host
+        runs, now or when the clock reaches ``at``. A "stopped" Arc server is one whose agent disconnected."""
+        with self.lock:
+            state = self.machine(resource_id)
+            allowed = ("running", "stopped", "deallocated") if state.spec.kind == "azure-vm" else (
+                "running", "stopped")
+            if power_state not in allowed:
+                raise ValueError(f"power state {power_state!r}: a {state.spec.kind} is one of {allowed}")
+            now = self.clock.now()
+            if at is None or at <= now:
+                state.power_state = power_state
+                return
+
+            def finish(op: Operation) -> None:
+                state.power_state = power_state
+
+            machine = state.spec
+            self._new_operation(  # a target id, not the state: the machine is not busy with it
+                self._provider(machine), machine.resource_id, machine.subscription, machine.location,
+                at - now, finish,
+            )
+
     # ----- patch operations
+
+    def start_platform_assessment(self, resource_id: str, duration: timedelta) -> None:
+        """An assessment the product did not ask for (the platform's periodic assessment, Azure Update
+        Manager) starts on a running machine and runs for ``duration``: patch operations answer 409
+        until it ends. The fleet file's ``busySeconds`` starts one when the fleet loads."""
+        with self.lock:
+            self.settle()
+            state = self.machine(resource_id)
+            if not state.running:
+                raise ValueError(f"{resource_id} is {state.power_state}: nothing runs on it")
+            self._platform_assessment(state, duration)
+
+    def _platform_assessment(self, state: MachineState, duration: timedelta) -> None:
+        activity = str(uuid.uuid4())
+
+        def finish(op: Operation) -> None:
+            state.available_summary = self._assessment_summary(state, activity, op.start, op.end)
+
+        machine = state.spec
+        self._new_operation(
+            self._provider(machine), state, machine.subscription, machine.location, duration, finish
+        )
 
     def _check_can_operate(self, state: MachineState, action: str) -> None:
         machine = state.spec
@@ -514,12 +687,15 @@ class Simulation:
                 409,
                 "OperationNotAllowed",
                 f"Operation '{action}' is not allowed on VM '{machine.name}' since the VM is "
-                f"{machine.power_state}. Start the VM and retry.",
+                f"{state.power_state}. Start the VM and retry.",
             )
         if state.busy_with and not self.operations[state.busy_with].done:
+            # Azure does not document the code of this 409 (AZURE-FACTS, issue 10): Compute's broad
+            # OperationNotAllowed is used here, the same code as for a stopped VM, so that only the
+            # machine's power state can tell the two apart, as the product must.
             raise ArmError(
                 409,
-                "Conflict",
+                "OperationNotAllowed",
                 f"Operation '{action}' is not allowed on '{machine.name}' because another patch "
                 f"operation ({state.busy_with}) is in progress.",
             )
@@ -603,8 +779,8 @@ class Simulation:
                 "osType": machine.os_type,
             }
         patches = []
-        for update in state.available:
-            entry = _patch_wire(update) | {
+        for update in report_order(state.available):
+            entry = patch_wire(update) | {
                 "rebootBehavior": update.reboot_behavior,
                 "assessmentState": "Available",
                 "activityId": activity,
@@ -613,15 +789,21 @@ class Simulation:
             if update.published_date:
                 entry["publishedDate"] = iso(update.published_date)
             patches.append(entry)
-        return {
+        listed = truncate_patches(patches, machine.os_type)
+        output: dict[str, Any] = {
             "status": "Succeeded",
             "assessmentActivityId": activity,
             "rebootPending": state.reboot_pending,
             "criticalAndSecurityPatchCount": summary["criticalAndSecurityPatchCount"],
             "otherPatchCount": summary["otherPatchCount"],
             "startDateTime": iso(start),
-            "availablePatches": patches,
+            "availablePatches": listed,
         }
+        if listed is not patches:
+            # The agent turns a cut report into a warning (StatusHandler.__recompose_truncated_status_file).
+            output["status"] = "CompletedWithWarnings"
+            output["error"] = {"code": TRUNCATION_ERROR_CODE, "message": TRUNCATION_WARNING_MESSAGE}
+        return output
 
     def start_install(self, resource_id: str, body: Any) -> Operation:
         self.settle()
@@ -682,7 +864,9 @@ class Simulation:
             "startTime": iso(start),
             "lastModifiedTime": iso(end),
         }
-        if outcome.count("Failed"):
+        if outcome.agent_error:
+            summary["error"] = {"code": "PACKAGE_MANAGER_FAILURE", "message": outcome.agent_error}
+        elif outcome.count("Failed"):
             summary["error"] = {
                 "code": "PatchInstallationFailed",
                 "message": f"{outcome.count('Failed')} patch(es) failed to install.",
@@ -717,7 +901,11 @@ class Simulation:
                 "patchServiceUsed": machine.os_profile.patch_service,
                 **({"errorDetails": summary["error"]} if "error" in summary else {}),
             }
-        output["patches"] = [_patch_wire(u) | {"installationState": s} for u, s in outcome.states]
+        patches = [patch_wire(u) | {"installationState": s} for u, s in outcome.states]
+        # A cut list keeps what was done (Failed, Installed) before what was left alone, as the Linux
+        # agent's truncation does (StatusHandler.__start_truncation_process).
+        done_first = sorted(patches, key=lambda p: p["installationState"] not in ("Failed", "Installed"))
+        output["patches"] = truncate_patches(done_first, machine.os_type, installation=True)
         return output
 
     # ----- restart
@@ -752,7 +940,7 @@ class Simulation:
                 409,
                 "OperationNotAllowed",
                 f"Operation 'runCommand' is not allowed on VM '{machine.name}' since the VM is "
-                f"{machine.power_state}.",
+                f"{state.power_state}.",
             )
         if not isinstance(body, dict) or not isinstance(body.get("commandId"), str):
             raise _invalid("commandId", "is required (for example RunShellScript or RunPowerShellScript)")

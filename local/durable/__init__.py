@@ -8,6 +8,7 @@ from local.durable.runner import (
     InstanceAlreadyRunning,
     InstanceGone,
     InstanceNotFound,
+    InvalidInstanceId,
     NonDeterminismError,
     UnknownFunction,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "InstanceAlreadyRunning",
     "InstanceGone",
     "InstanceNotFound",
+    "InvalidInstanceId",
     "NonDeterminismError",
     "UnknownFunction",
 ]

@@ -56,6 +56,7 @@ from local.durable.history import (
     read_handle_result,
     replay_view,
 )
+from local.durable.limits import custom_status_problem, instance_id_problem, spill_reason
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,10 @@ class InstanceGone(DurableRunnerError):
 
 class UnknownFunction(DurableRunnerError, ValueError):
     pass
+
+
+class InvalidInstanceId(DurableRunnerError, ValueError):
+    """An instance id Azure refuses (local/durable/limits.py); the client API answers 400, as Azure does."""
 
 
 @dataclass
@@ -263,6 +268,10 @@ class DurableRunner:
                 f"no orchestrator function named {orchestrator_name!r}; "
                 f"orchestrators: {', '.join(sorted(self._orchestrators)) or 'none'}"
             )
+        if instance_id:
+            problem = instance_id_problem(instance_id)
+            if problem is not None:
+                raise InvalidInstanceId(f"instance id {instance_id!r} is not valid: {problem}")
         instance_id = instance_id or uuid.uuid4().hex
         with self._cond:
             existing = self._instances.get(instance_id)
@@ -291,6 +300,7 @@ class DurableRunner:
         if not name:
             raise ValueError("event name must be a non-empty string")
         payload = json.dumps(data)
+        _warn_if_spills(instance_id, f"the data of event {name!r}", payload)
         with self._cond:
             instance = self._require(instance_id)
             if instance.status not in LIVE_STATUSES:
@@ -541,6 +551,11 @@ class DurableRunner:
         execution.history.extend(batch)
         result = self._invoke(instance)
         instance.last_updated = now
+        # Azure sets the custom status before it looks at anything else the episode returned.
+        status_problem = custom_status_problem(result.state.get("customStatus"))
+        if status_problem is not None:
+            self._fail_orchestrator(instance, status_problem)
+            return
         if "customStatus" in result.state or result.error is None:
             instance.custom_status = result.state.get("customStatus")
         try:
@@ -557,6 +572,10 @@ class DurableRunner:
             message = f"the local Durable runner does not support {unsupported[0].action_type.name} actions"
             self._finish(instance, FAILED, message, failure=message)
             return
+        id_problem = self._sub_orchestration_id_problem(instance, actions[len(execution.actions):])
+        if id_problem is not None:
+            self._fail_orchestrator(instance, id_problem)
+            return
         if not result.done:
             # The SDK numbered a retry's timer or re-attempt before any task the code yielded after it.
             if batch:
@@ -567,6 +586,28 @@ class DurableRunner:
         execution.history.append(new_event(EventType.ORCHESTRATOR_COMPLETED, now))
         if result.done:
             self._complete(instance, actions, result)
+
+    @staticmethod
+    def _sub_orchestration_id_problem(instance: _Instance, new_actions: list[ActionSpec]) -> str | None:
+        """Why a sub-orchestration the code now asks for cannot start. The extension refuses, in the
+        orchestrator, an id starting with '@' or equal to the caller's or its parent's
+        (DurableOrchestrationContext.CallDurableTaskFunctionAsync); the other rules of instance ids are
+        applied too, since such an id cannot be queried or managed through the HTTP API."""
+        family = {instance.instance_id.lower()}
+        if instance.parent is not None:
+            family.add(instance.parent.instance_id.lower())
+        for spec in new_actions:
+            if spec.action_type not in SUB_ORCHESTRATOR_ACTIONS or not spec.instance_id:
+                continue
+            if spec.instance_id.lower() in family:
+                return (
+                    f"The instance ID of a sub-orchestration must be different than the instance ID of a "
+                    f"parent orchestration ({spec.instance_id!r})."
+                )
+            problem = instance_id_problem(spec.instance_id)
+            if problem is not None:
+                return f"sub-orchestration {spec.name!r}: id {spec.instance_id!r} is not valid: {problem}"
+        return None
 
     def _take_batch(self, instance: _Instance) -> list[dict[str, Any]]:
         """New events for one episode. An event of a with-retry task only ever comes first: the SDK
@@ -662,6 +703,7 @@ class DurableRunner:
         """Record and start one attempt of an activity or sub-orchestration."""
         history = instance.execution.history
         if spec.action_type in ACTIVITY_ACTIONS:
+            _warn_if_spills(instance.instance_id, f"the input of activity {spec.name!r}", spec.input)
             history.append(
                 new_event(EventType.TASK_SCHEDULED, now, task_id, Name=spec.name, Input=spec.input)
             )
@@ -724,6 +766,7 @@ class DurableRunner:
     def _run_activity(self, run: _ActivityRun) -> None:
         try:
             event = self._call_activity(run.task_id, run.name, run.input_text)
+            _warn_if_spills(run.instance_id, f"the result of activity {run.name!r}", event["Result"])
         except BaseException as error:  # noqa: BLE001 - even a SystemExit in an activity is a task failure
             reason = f"Activity function '{run.name}' failed"
             event = self._failure_event(EventType.TASK_FAILED, run.task_id, reason, error)
@@ -766,6 +809,7 @@ class DurableRunner:
         now = self.clock.now()
         execution = _Execution(execution_id=uuid.uuid4().hex, input_text=input_text)
         instance = _Instance(instance_id, name, execution, created=now, last_updated=now, parent=parent)
+        _warn_if_spills(instance_id, f"the input of orchestration {name!r}", input_text)
         self._instances[instance_id] = instance
         self._post(instance, self._execution_started(instance, now))
         return instance
@@ -800,11 +844,16 @@ class DurableRunner:
     def _complete(self, instance: _Instance, actions: list[ActionSpec], result: OrchestratorResult) -> None:
         continue_as_new = next((a for a in actions if a.action_type == ActionType.CONTINUE_AS_NEW), None)
         if continue_as_new is None:
-            self._finish(instance, COMPLETED, result.state.get("output"))
+            output = result.state.get("output")
+            _warn_if_spills(instance.instance_id, f"the output of orchestration {instance.name!r}",
+                            json.dumps(output))
+            self._finish(instance, COMPLETED, output)
             return
         # A new execution: fresh history, same id. Events that reached the instance but not yet an
         # episode are messages to the instance and go to the new execution; completions do not.
         now = self.clock.now()
+        _warn_if_spills(instance.instance_id, f"the input {instance.name!r} continues as new with",
+                        continue_as_new.input)
         carried = [e for e in instance.inbox if e["EventType"] == EventType.EVENT_RAISED]
         instance.execution = _Execution(execution_id=uuid.uuid4().hex, input_text=continue_as_new.input)
         instance.status = CONTINUED_AS_NEW
@@ -869,6 +918,17 @@ def _index(app: Any) -> tuple[dict[str, Callable[[str], Any]], dict[str, tuple[C
             elif binding.type == "activityTrigger":
                 activities[function.get_function_name()] = (function.get_user_function(), binding.name)
     return orchestrators, activities
+
+
+def _warn_if_spills(instance_id: str, what: str, text: str | None) -> None:
+    """Log a payload Azure would move to a blob (local/durable/limits.py): it works there, slowly."""
+    reason = spill_reason(text)
+    if reason is not None:
+        log.warning(
+            "instance %s: %s is %s; Azure Storage keeps such a payload in a blob, compressed, and reads it "
+            "back on every replay (slow): pass ids and counts, keep lists in storage",
+            instance_id, what, reason,
+        )
 
 
 def _task_id_of(event: dict[str, Any]) -> int:

@@ -5,7 +5,14 @@ See :mod:`local.loganalytics.server` for the wire formats and
 """
 
 from local.loganalytics.server import Counters, LogAnalyticsStandIn, parse_timespan
-from local.loganalytics.store import MAX_QUERY_ROWS, KqlQueryError, LogStore, RowRejected, TimeRange
+from local.loganalytics.store import (
+    MAX_QUERY_ROWS,
+    KqlQueryError,
+    LogStore,
+    RowRejected,
+    TableRejected,
+    TimeRange,
+)
 
 __all__ = [
     "MAX_QUERY_ROWS",
@@ -14,6 +21,7 @@ __all__ = [
     "LogAnalyticsStandIn",
     "LogStore",
     "RowRejected",
+    "TableRejected",
     "TimeRange",
     "parse_timespan",
 ]

@@ -44,7 +44,7 @@ from local.loganalytics.store import (
     TimeRange,
 )
 from local.tls import LocalTls
-from shared.log_tables import TABLES, LogTable
+from shared.log_tables import TABLES, LogFunction, LogTable
 
 # Logs Ingestion API: at most 1 MB per call, compressed and uncompressed ("Azure Monitor
 # service limits", Logs Ingestion API). azure-monitor-ingestion splits uploads so that the
@@ -106,13 +106,14 @@ class LogAnalyticsStandIn:
         workspace_id: str,
         dcr_immutable_id: str,
         tables: tuple[LogTable, ...] | list[LogTable] = TABLES,
+        functions: tuple[LogFunction, ...] | list[LogFunction] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Clock | None = None,
         row_limit: int = MAX_QUERY_ROWS,
     ) -> None:
         self._clock: Clock = clock or RealClock()
-        self.store = LogStore(db_path, tables, clock=self._clock, row_limit=row_limit)
+        self.store = LogStore(db_path, tables, functions=functions, clock=self._clock, row_limit=row_limit)
         self._tls = tls
         self.workspace_id = workspace_id
         self.dcr_immutable_id = dcr_immutable_id
@@ -189,7 +190,7 @@ class LogAnalyticsStandIn:
 
     def _ingest(self, rule: str, stream: str, headers: Mapping[str, str], body: bytes) -> Reply:
         self._count(ingestion_requests=1)
-        reply = self._ingest_checked(rule, stream, headers, body)
+        reply = _with_error_code_header(self._ingest_checked(rule, stream, headers, body))
         if reply.status == 429:
             self._count(throttled_requests=1)
         elif 400 <= reply.status < 500:
@@ -327,8 +328,18 @@ def _decode_rows(body: bytes, headers: Mapping[str, str]) -> list[Any]:
     return rows
 
 
+def _with_error_code_header(reply: Reply) -> Reply:
+    """The ingestion API names its error code in the ``x-ms-error-code`` header as well as the body
+    (Upload's error response in the REST API specification;
+    tests/fixtures/azure/logs_ingestion_errors.json)."""
+    if reply.status < 400 or not isinstance(reply.body, Mapping):
+        return reply
+    return replace(reply, headers={**(reply.headers or {}), "x-ms-error-code": reply.body["error"]["code"]})
+
+
 def _too_large(detail: str) -> Reply:
-    message = f"{detail}; the limit is {MAX_REQUEST_BYTES} bytes per call"
+    # The service's own wording, from a recorded call (tests/fixtures/azure/logs_ingestion_errors.json).
+    message = f"Maximum allowed content length: {MAX_REQUEST_BYTES} bytes (1 MB). {detail}"
     return _error(413, "ContentLengthLimitExceeded", message)
 
 

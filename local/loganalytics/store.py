@@ -3,7 +3,9 @@
 Rows are checked against the declarations of :mod:`shared.log_tables` and converted to
 DuckDB values before anything is written, so a request is stored whole or not at all,
 as the Logs Ingestion API does. KQL runs through ``duckdb-kql``, which refuses what it
-cannot translate rather than answering wrongly.
+cannot translate rather than answering wrongly. A table declaration Log Analytics would refuse
+(a reserved or malformed column name) is refused here too, and the workspace functions of
+:mod:`shared.log_tables` run where a query names them, as stored functions do in Log Analytics.
 
 File locking: DuckDB lets one process write a file, or any number read it, never both.
 A file-backed store therefore opens the file for each operation and closes it straight
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -25,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import duckdb_kql
-from duckdb_kql.types import kusto_type
+from duckdb_kql.stored_functions import ResolvedFunctions, parse_functions
 
 from local.clock import Clock, RealClock
-from shared.log_tables import TABLES, ColumnType, LogTable
+from local.kql import KqlQueryError as KqlQueryError  # re-exported: callers catch it from this module
+from local.kql import run_kql
+from shared.log_tables import FUNCTIONS, TABLES, ColumnType, LogFunction, LogTable
 
 # Log Analytics query API: at most 500,000 rows per result ("Azure Monitor service limits",
 # Log queries); past it the service returns the first rows and a partial-result error.
@@ -49,13 +53,39 @@ DUCKDB_TYPES: dict[ColumnType, str] = {
 _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
 
+# Column names a custom table may not declare, and the shape of one it may: "Add or delete tables and
+# columns in Azure Monitor Logs" (column name rules) and "Logs Ingestion API in Azure Monitor" (supported
+# tables), MicrosoftDocs/azure-monitor-docs. Case is not documented, so any case is refused here.
+RESERVED_COLUMN_NAMES = frozenset(
+    {
+        "id",
+        "BilledSize",
+        "IsBillable",
+        "InvalidTimeGenerated",
+        "TenantId",
+        "Title",
+        "Type",
+        "UniqueId",
+        "_ItemId",
+        "_ResourceGroup",
+        "_ResourceId",
+        "_SubscriptionId",
+        "_TimeReceived",
+    }
+)
+_RESERVED_FOLDED = frozenset(n.casefold() for n in RESERVED_COLUMN_NAMES)
+_COLUMN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{1,44}")
+# A function name "may not include a space or any special characters ... may not start with an
+# underscore" ("Functions in Azure Monitor log queries", MicrosoftDocs/azure-monitor-docs).
+_FUNCTION_ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
 
 class RowRejected(ValueError):
     """A row does not fit its table's declaration; the message names row, column and rule."""
 
 
-class KqlQueryError(ValueError):
-    """The engine refused the query (syntax, unsupported construct, unknown table or column)."""
+class TableRejected(ValueError):
+    """A table or function declaration Log Analytics would refuse; the message names it and the rule."""
 
 
 class StoreBusy(RuntimeError):
@@ -91,13 +121,19 @@ class QueryResult:
 
 
 class LogStore:
-    """Declared log tables in DuckDB: validated inserts and KQL queries."""
+    """Declared log tables in DuckDB: validated inserts and KQL queries.
+
+    ``functions`` are the workspace functions a query may call by name; by default those of
+    :data:`shared.log_tables.FUNCTIONS` whose table is declared here. A query naming one runs its
+    body, as Log Analytics expands a stored function where it is called.
+    """
 
     def __init__(
         self,
         db_path: Path | None,
         tables: Sequence[LogTable] = TABLES,
         *,
+        functions: Sequence[LogFunction] | None = None,
         clock: Clock | None = None,
         read_only: bool = False,
         row_limit: int = MAX_QUERY_ROWS,
@@ -106,6 +142,11 @@ class LogStore:
             raise ValueError("a read-only store needs a db_path: an in-memory database starts empty")
         if row_limit < 1:
             raise ValueError(f"row_limit must be at least 1, got {row_limit}")
+        for table in tables:
+            check_table_declaration(table)
+        if functions is None:
+            functions = [f for f in FUNCTIONS if f.table.name in {t.name for t in tables}]
+        self._functions = stored_functions(functions, tables)
         self._path = db_path
         self._tables = {t.name: t for t in tables}
         self._by_stream = {t.stream: t for t in tables}
@@ -163,15 +204,10 @@ class LogStore:
         with self._connect() as con:
             if timespan is not None:
                 self._restrict_to(con, timespan)
-            try:
-                cursor = duckdb_kql.execute(con, kql, query_now=self._clock.now(), allow_write=False)
-                description = cursor.description or []
-                rows = cursor.fetchmany(self._row_limit + 1)
-            except (duckdb_kql.KqlError, duckdb.Error) as exc:
-                raise KqlQueryError(str(exc)) from exc
-        columns = tuple((str(d[0]), kusto_type(d[1])) for d in description)
-        truncated = len(rows) > self._row_limit
-        return QueryResult(columns, rows[: self._row_limit], truncated)
+            found = run_kql(
+                con, kql, now=self._clock.now(), max_rows=self._row_limit, functions=self._functions
+            )
+        return QueryResult(found.columns, found.rows, found.truncated)
 
     def query(self, kql: str, timespan: TimeRange | None = None) -> list[dict[str, Any]]:
         """Rows as dicts, for the local CLI and tests that need no HTTP."""
@@ -204,7 +240,9 @@ class LogStore:
             raise
 
     def _create_tables(self) -> None:
-        """Create missing tables; add columns a declaration gained since the file was written."""
+        """Create missing tables; add columns a declaration gained since the file was written and drop
+        those it lost, as a table PUT with the whole schema does in Azure ("Add or delete tables and
+        columns in Azure Monitor Logs")."""
         with self._connect() as con:
             for table in self._tables.values():
                 columns = ", ".join(f"{_quote(c.name)} {DUCKDB_TYPES[c.type]}" for c in table.columns)
@@ -223,6 +261,8 @@ class LogStore:
                             f"ALTER TABLE {_quote(table.name)} ADD COLUMN "
                             f"{_quote(column.name)} {DUCKDB_TYPES[column.type]}"
                         )
+                for name in sorted(existing - set(table.column_names())):
+                    con.execute(f"ALTER TABLE {_quote(table.name)} DROP COLUMN {_quote(name)}")
 
     def _restrict_to(self, con: duckdb.DuckDBPyConnection, span: TimeRange) -> None:
         """Shadow each table with a temporary view of its rows inside ``span``.
@@ -242,6 +282,40 @@ class LogStore:
                 f"TIMESTAMP '{start.isoformat(sep=' ')}' AND {_quote(TIME_COLUMN)} < "
                 f"TIMESTAMP '{end.isoformat(sep=' ')}'"
             )
+
+
+# -- declarations ----------------------------------------------------------------------------
+
+
+def check_table_declaration(table: LogTable) -> None:
+    """Refuse a table Log Analytics would not create: a reserved or malformed column name."""
+    for column in table.columns:
+        if column.name.casefold() in _RESERVED_FOLDED:
+            raise TableRejected(
+                f"table {table.name}: column {column.name} is a reserved column name in Log Analytics "
+                f"(reserved: {', '.join(sorted(RESERVED_COLUMN_NAMES))})"
+            )
+        if not _COLUMN_NAME.fullmatch(column.name):
+            raise TableRejected(
+                f"table {table.name}: column name {column.name!r} must start with a letter, hold only "
+                "letters, digits and underscores, and be 2 to 45 characters long"
+            )
+
+
+def stored_functions(functions: Sequence[LogFunction], tables: Sequence[LogTable]) -> ResolvedFunctions:
+    """The functions as the KQL engine's stored functions, after the checks Log Analytics makes."""
+    definitions = []
+    for function in functions:
+        if not _FUNCTION_ALIAS.fullmatch(function.alias):
+            raise TableRejected(
+                f"function {function.alias!r}: a function name starts with a letter and holds only "
+                "letters, digits and underscores"
+            )
+        if function.table.name not in {t.name for t in tables}:
+            raise TableRejected(f"function {function.alias}: its table {function.table.name} is not declared")
+        definitions.append(f"function {function.alias}() {{ {function.query} }}")
+    resolved = parse_functions(definitions)
+    return resolved if resolved is not None else {}
 
 
 # -- row validation --------------------------------------------------------------------------

@@ -1,9 +1,12 @@
-"""The light check's Table Storage: the ``LightCheckBaseline`` store, and the activities' reads and writes."""
+"""The light check's Table Storage: the ``LightCheckBaseline`` store, and the activities' reads and writes.
+
+The machines a check chooses are stored as its assessment run's scope (``AssessmentTargets``,
+:func:`shared.assessment.run.store_scope`) with the install each was seen with, so neither the
+orchestration's messages nor its history grow with them."""
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -17,8 +20,11 @@ from shared.assessment.light_check import (
     BaselineInput,
     ChangedMachines,
     FindChangedInput,
+    Observed,
+    Reason,
     select,
 )
+from shared.assessment.run import store_scope, stored_scope
 from shared.azure.arm import list_fleet
 from shared.azure.credentials import credential_for
 from shared.azure.tables import ensure_table, table_service, upsert_in_batches
@@ -32,7 +38,8 @@ BASELINE_TABLE = "LightCheckBaseline"
 
 
 def find_changed(settings: Settings, request: FindChangedInput) -> ChangedMachines:
-    """List the fleet, decide, store the baselines of machines seen assessed for the first time."""
+    """List the fleet, decide, store the machines to reassess as the scope of run ``request.run_id``, and
+    the baselines of machines seen assessed for the first time."""
     service = table_service(settings)
     store = BaselineStore(service)
     store.ensure()
@@ -43,8 +50,8 @@ def find_changed(settings: Settings, request: FindChangedInput) -> ChangedMachin
         baselines |= store.read(subscription_id)
         records |= assessment_records(service, subscription_id)
     chosen, adopt, changed = select(machines, baselines, records)
+    store_scope(settings, request.run_id, (_scope_row(o) for o in chosen))
     store.write((m.resource_id, m.last_install_id, m.last_install_at) for m in adopt)
-    by_reason = Counter(o.reason.value for o in chosen)
     if changed > len(chosen):
         logger.warning(
             "light check %s: %d machines changed, reassessing the first %d (MAX_REASSESS_PER_CHECK)",
@@ -52,25 +59,44 @@ def find_changed(settings: Settings, request: FindChangedInput) -> ChangedMachin
             changed,
             len(chosen),
         )
-    return ChangedMachines(
-        machines=tuple(chosen),
-        listed=len(machines),
-        changed=changed,
-        adopted=len(adopt),
-        by_reason=dict(by_reason),
-        subscriptions_failed=tuple(failed),
+    return ChangedMachines.of(
+        chosen, listed=len(machines), changed=changed, adopted=len(adopt), subscriptions_failed=failed
     )
 
 
+def _scope_row(observed: Observed) -> dict[str, Any]:
+    return {
+        "ResourceId": observed.resource_id,
+        "Reason": observed.reason.value,
+        "InstallId": observed.install_id,
+        "InstallAt": observed.install_at,
+    }
+
+
+def _observed(row: Mapping[str, Any]) -> Observed:
+    return Observed(
+        resource_id=str(row["ResourceId"]),
+        reason=Reason(str(row["Reason"])),
+        install_id=str(row.get("InstallId") or ""),
+        install_at=str(row.get("InstallAt") or ""),
+    )
+
+
+def chosen_machines(settings: Settings, run_id: str) -> list[Observed]:
+    """The machines a check stored as the scope of its assessment run ``run_id``."""
+    return [_observed(row) for row in stored_scope(settings, run_id)]
+
+
 def record_baseline(settings: Settings, request: BaselineInput) -> int:
-    """Store the install each machine was seen with, for the machines ``request.run_id`` assessed.
+    """Store the install each machine was seen with, for the chosen machines ``request.run_id`` assessed.
 
     A machine whose assessment failed keeps its old baseline (or none) and is chosen again."""
     service = table_service(settings)
     store = BaselineStore(service)
     store.ensure()
     machines = service.get_table_client(MACHINES_TABLE)
-    assessed = [m for m in request.machines if _last_run(machines, m.resource_id) == request.run_id]
+    chosen = chosen_machines(settings, request.run_id)
+    assessed = [m for m in chosen if _last_run(machines, m.resource_id) == request.run_id]
     return store.write((m.resource_id, m.install_id, m.install_at) for m in assessed)
 
 

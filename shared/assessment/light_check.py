@@ -21,11 +21,17 @@ Arc servers: the hybrid-compute machine resource carries no patch status, so for
 The baseline is written only for machines whose light-check assessment succeeded, so a failed one
 is picked up again by the next check. These rules do no I/O; the tables are read and written in
 :mod:`shared.assessment.baselines_table`.
+
+The machines chosen travel through Table Storage, not through the orchestration: they are stored as
+the scope of the check's assessment run (:func:`shared.assessment.run.store_scope`), with the install
+each was seen with, and read back by that run and by the baseline's writer. Only counts and
+subscription ids cross Durable boundaries, however many machines changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -37,10 +43,9 @@ from shared.messages import Message
 from shared.model.assessment_outcome import Readiness
 from shared.model.machines import Machine, Support, parse_resource_id
 
-# Machines reassessed by one check. The ids travel in orchestration messages (and the scope of
-# the assessment run), which spill to blobs over about 45 KB (AZURE-FACTS, Durable limits): 100
-# ids of about 200 bytes stay near 20 KB. The rest keep their old baseline, so the next check
-# (15 minutes later) takes them.
+# Machines reassessed by one check: 100 assessPatches calls stay within ARM's burst of 200 writes
+# per principal (AZURE-FACTS, ARM throttling), leaving room for deployments running meanwhile. The
+# rest keep their old baseline, so the next check (15 minutes later) takes them.
 MAX_REASSESS_PER_CHECK = 100
 # The summary's status while an install runs; its end changes the summary again.
 INSTALL_IN_PROGRESS = "InProgress"
@@ -123,6 +128,7 @@ class LightCheckInput(Message):
 
 class FindChangedInput(Message):
     check_id: str
+    run_id: str = Field(description="the assessment run whose scope the chosen machines are stored as")
     subscription_ids: tuple[str, ...] = Field(min_length=1)
 
 
@@ -136,25 +142,37 @@ class Observed(Message):
 
 
 class ChangedMachines(Message):
-    """``find_changed_machines``'s answer: at most :data:`MAX_REASSESS_PER_CHECK` machines, and counts."""
+    """``find_changed_machines``'s answer: counts, and the subscriptions of the machines it stored as the
+    assessment run's scope (at most :data:`MAX_REASSESS_PER_CHECK` machines)."""
 
-    machines: tuple[Observed, ...] = ()
+    reassess: int = 0
+    subscription_ids: tuple[str, ...] = ()
     listed: int = 0
     changed: int = 0  # before the cap
     adopted: int = 0
     by_reason: dict[str, int] = Field(default_factory=dict)
     subscriptions_failed: tuple[str, ...] = ()
 
-    @property
-    def subscription_ids(self) -> tuple[str, ...]:
-        return tuple(sorted({parse_resource_id(m.resource_id).subscription_id for m in self.machines}))
+    @classmethod
+    def of(cls, chosen: Sequence[Observed], *, listed: int, changed: int, adopted: int,
+           subscriptions_failed: Sequence[str] = ()) -> ChangedMachines:
+        """The answer for the machines ``chosen`` (stored apart): how many, why, in which subscriptions."""
+        subscriptions = sorted({parse_resource_id(o.resource_id).subscription_id for o in chosen})
+        return cls(
+            reassess=len(chosen),
+            subscription_ids=tuple(subscriptions),
+            listed=listed,
+            changed=changed,
+            adopted=adopted,
+            by_reason=dict(Counter(o.reason.value for o in chosen)),
+            subscriptions_failed=tuple(subscriptions_failed),
+        )
 
 
 class BaselineInput(Message):
-    """Write the baseline of the machines that ``assessment_run`` (instance ``run_id``) assessed."""
+    """Write the baseline of the stored machines that ``assessment_run`` (instance ``run_id``) assessed."""
 
     run_id: str
-    machines: tuple[Observed, ...]
 
 
 # --- choosing the machines -------------------------------------------------------------------------

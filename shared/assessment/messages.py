@@ -32,6 +32,11 @@ class AssessmentRunInput(Message):
     scope: dict[str, Any] = Field(default_factory=dict, description="AssessmentScope JSON form")
     subscription_ids: tuple[str, ...] = Field(min_length=1)
     tuning: AssessmentTuning = Field(default_factory=AssessmentTuning)
+    machine_ids_stored: bool = Field(
+        default=False,
+        description="the scope's machine ids are in AssessmentTargets under the run's id (run.store_scope), "
+        "written before the run starts, so the input stays small however many there are",
+    )
 
 
 class TargetListingInput(Message):
@@ -40,6 +45,7 @@ class TargetListingInput(Message):
     subscription_ids: tuple[str, ...]
     observed_at: datetime
     batch_size: int
+    machine_ids_stored: bool = False
 
 
 class TargetListing(Message):

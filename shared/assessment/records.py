@@ -27,7 +27,14 @@ from pydantic import Field
 from shared.log_tables import UPDATE, UPDATE_SUMMARY, record_id
 from shared.messages import Message
 from shared.model.assessment_outcome import AssessmentFailure, AssessmentOutcome, AvailablePatch, Readiness
-from shared.model.classification import REQUIRED_FOR_COMPLIANCE, Classification, api_classes, to_display
+from shared.model.classification import (
+    REQUIRED_FOR_COMPLIANCE,
+    Classification,
+    api_classes,
+    catch_all,
+    read_class,
+    to_display,
+)
 from shared.model.kb import kb_digits
 from shared.model.machines import Machine, OsType
 
@@ -196,6 +203,11 @@ def summarize(
                 optional += 1
             else:
                 counts[record.classification] += 1
+        # A truncated list: what the totals count beyond it is missing too (the counts are the truth),
+        # critical-and-security under Security as with Arc's totals, the rest under the catch-all.
+        critical, other = unlisted_counts(machine.os_type, outcome)
+        counts[Classification.SECURITY] += critical
+        counts[catch_all(machine.os_type)] += other
     return MachineAssessmentSummary(
         resource_id=machine.resource_id,
         readiness=Readiness.READY,
@@ -213,16 +225,29 @@ def _arc_counts(os_type: OsType, outcome: AssessmentOutcome) -> Counter[Classifi
     # Arc's count object has the same fields for both systems (Windows' eight and "other"):
     # a non-zero count outside the machine's own classes goes to its catch-all class.
     counts: Counter[Classification] = Counter()
-    known = api_classes(os_type)
-    for api_name, count in outcome.counts_by_classification.items():
+    for name, count in outcome.counts_by_classification.items():
         if count:
-            counts[known[api_name] if api_name in known else to_display(os_type, [])] += count
+            counts[read_class(os_type, name)] += count
     if not outcome.counts_by_classification:
         # Only the two totals: critical and security cannot be told apart, so the pair is
         # counted as security (it makes the machine non-compliant either way).
         counts[Classification.SECURITY] += outcome.critical_and_security_count
-        counts[to_display(os_type, [])] += outcome.other_count
+        counts[catch_all(os_type)] += outcome.other_count
     return counts
+
+
+def unlisted_counts(os_type: OsType, outcome: AssessmentOutcome) -> tuple[int, int]:
+    """(critical-and-security, other) updates a truncated list leaves out: the result's totals less
+    what the list shows. Zero for a complete list, and for counts-only (Arc) outcomes."""
+    if not outcome.truncated or outcome.patches is None:
+        return 0, 0
+    urgent = {Classification.CRITICAL, Classification.SECURITY}
+    listed_urgent = sum(1 for p in outcome.patches if to_display(os_type, p.classifications) in urgent)
+    listed_other = len(outcome.patches) - listed_urgent
+    return (
+        max(0, outcome.critical_and_security_count - listed_urgent),
+        max(0, outcome.other_count - listed_other),
+    )
 
 
 def failure_summary(machine: Machine, failure: AssessmentFailure, at: datetime) -> MachineAssessmentSummary:
@@ -258,7 +283,7 @@ def update_rows(machine: Machine, records: Iterable[UpdateRecord], run_id: str) 
             "RecordId": record_id(
                 UPDATE.name, run_id, machine.resource_id, r.update_key, r.assessed_at.isoformat()
             ),
-            "Title": r.title,
+            "UpdateTitle": r.title,
             "KBID": r.kb_id,
             "PackageName": r.package_name,
             "PackageVersion": r.package_version,

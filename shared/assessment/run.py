@@ -4,11 +4,15 @@ A run's machine list lives in Table Storage (``AssessmentTargets``), never in or
 history: PartitionKey ``{run}|{batch:05d}`` (one batch reads one partition), RowKey the machine
 key, and the machine itself as JSON so the recorder gets the same :class:`Machine` discovery saw.
 Every write is an upsert keyed by run and machine, so an activity that runs twice changes nothing.
+
+A run may also be given its scope's machine ids in the same table (PartitionKey ``{run}|scope``),
+written before it starts, when they are too many to travel in its input: the light check does so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 from azure.data.tables import TableClient
@@ -45,6 +49,10 @@ def batch_partition(run_id: str, batch: int) -> str:
     return f"{run_id}|{batch:05d}"
 
 
+def scope_partition(run_id: str) -> str:
+    return f"{run_id}|scope"
+
+
 def _targets(settings: Settings) -> TableClient:
     return ensure_table(table_service(settings), TARGETS_TABLE)
 
@@ -68,8 +76,13 @@ def skip_reason(machine: Machine) -> AssessmentFailure | None:
 def list_targets(settings: Settings, request: TargetListingInput) -> TargetListing:
     """List the scope's machines, record the ones that cannot be assessed, and store the rest in batches."""
     scope = AssessmentScope.parse(request.scope)
+    if request.machine_ids_stored:
+        stored = tuple(str(row["ResourceId"]) for row in stored_scope(settings, request.run_id))
+        scope = replace(scope, machine_ids=stored)
     machines, failed = list_fleet(credential_for(settings), settings.arm_endpoint, request.subscription_ids)
     in_scope = sorted(scope.filter(machines), key=lambda m: m.resource_id.lower())
+    if request.machine_ids_stored and not scope.machine_ids:
+        in_scope = []  # an empty stored list is no machine, not "no restriction"
     to_assess: list[Machine] = []
     skipped: list[tuple[Machine, AssessmentFailure]] = []
     for machine in in_scope:
@@ -98,6 +111,25 @@ def _target_entities(run_id: str, machines: list[Machine], batch_size: int) -> I
             "ResourceId": machine.resource_id,
             "Machine": machine_to_json(machine),
         }
+
+
+def store_scope(settings: Settings, run_id: str, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Keep the machines run ``run_id`` is to cover, before it starts (``machine_ids_stored``). Each row
+    has ``ResourceId`` and any columns its writer reads back later. Upserts, so a second delivery of the
+    writing activity rewrites the same rows (if the fleet changed in between, the run covers both sets)."""
+    entities = (
+        {**row, "PartitionKey": scope_partition(run_id), "RowKey": machine_key(str(row["ResourceId"]))}
+        for row in rows
+    )
+    return upsert_in_batches(_targets(settings), entities)
+
+
+def stored_scope(settings: Settings, run_id: str) -> list[dict[str, Any]]:
+    """The rows :func:`store_scope` kept for ``run_id`` (none when it kept none)."""
+    entities = _targets(settings).query_entities(
+        "PartitionKey eq @pk", parameters={"pk": scope_partition(run_id)}
+    )
+    return sorted((dict(e) for e in entities), key=lambda e: str(e["ResourceId"]).lower())
 
 
 def batch_targets(settings: Settings, run_id: str, batch: int) -> list[str]:

@@ -82,7 +82,8 @@ class MachineDirectory:
             yield arc_to_machine(server)
 
 
-def _power_state(instance_view: Any) -> PowerState:
+def vm_power_state(instance_view: Any) -> PowerState:
+    """A VM's power state from its instance view's ``PowerState/...`` status."""
     for status in getattr(instance_view, "statuses", None) or []:
         code = (status.code or "").lower()
         if code.startswith("powerstate/"):
@@ -142,6 +143,15 @@ def _image_os_name(vm: Any) -> str:
     return f"{image.offer} {image.sku or ''}".strip()
 
 
+def _image_urn(vm: Any) -> str:
+    """The marketplace image as ``publisher:offer:sku`` (the URN without its version); empty for a VM
+    made from a custom image or a disk, whose reference has an id instead."""
+    image = vm.storage_profile.image_reference if vm.storage_profile else None
+    if image is None or not (image.publisher or image.offer or image.sku):
+        return ""
+    return ":".join(part or "" for part in (image.publisher, image.offer, image.sku))
+
+
 def vm_to_machine(vm: Any, instance_view: Any) -> Machine:
     ref = parse_resource_id(vm.id)
     os_disk = vm.storage_profile.os_disk if vm.storage_profile else None
@@ -161,7 +171,8 @@ def vm_to_machine(vm: Any, instance_view: Any) -> Machine:
         os_type=os_type,
         os_name=getattr(instance_view, "os_name", None) or _image_os_name(vm),
         os_version=getattr(instance_view, "os_version", None) or "",
-        power_state=_power_state(instance_view),
+        image=_image_urn(vm),
+        power_state=vm_power_state(instance_view),
         patch_mode=_patch_mode(vm.os_profile, os_type),
         tags=dict(vm.tags or {}),
         **_last_install(instance_view),
@@ -184,6 +195,11 @@ def _last_install(instance_view: Any) -> dict[str, str]:
 _ARC_STATUS = {"connected": PowerState.RUNNING, "disconnected": PowerState.DISCONNECTED}
 
 
+def arc_power_state(server: Any) -> PowerState:
+    """An Arc-enabled server's status (Connected, Disconnected, Error) as a power state."""
+    return _ARC_STATUS.get(enum_text(server.properties.status).lower(), PowerState.UNKNOWN)
+
+
 def arc_to_machine(server: Any) -> Machine:
     ref = parse_resource_id(server.id)
     props = server.properties
@@ -197,9 +213,10 @@ def arc_to_machine(server: Any) -> Machine:
         resource_group=ref.resource_group,
         location=server.location,
         os_type=os_type,
-        os_name=props.os_name or "",
+        # osSku is the product ("Windows Server 2022 Datacenter"); osName may be the family ("windows").
+        os_name=props.os_sku or props.os_name or "",
         os_version=props.os_version or "",
-        power_state=_ARC_STATUS.get(enum_text(props.status).lower(), PowerState.UNKNOWN),
+        power_state=arc_power_state(server),
         patch_mode=_patch_mode(props.os_profile, os_type),
         tags=dict(server.tags or {}),
     )

@@ -10,10 +10,12 @@ status URL, the final GET and the error format are the SDK's.
 Errors are sorted into two kinds: :class:`TransientArmError` (throttling, 5xx, connection
 trouble, another operation in progress: retry later) and :class:`PermanentArmError`, which
 carries the :class:`AssessmentFailure` to record, with a hint an administrator can act on.
+A 409 is sorted by the machine, not by its code: see :func:`classify`.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,11 +41,13 @@ from azure.mgmt.hybridcompute.models import (
 )
 from azure.mgmt.hybridcompute.models import WindowsParameters as ArcWindowsParameters
 
-from shared.azure.arm import COMPUTE_API_VERSION, arm_clients, enum_text
+from shared.azure.arm import COMPUTE_API_VERSION, arc_power_state, arm_clients, enum_text, vm_power_state
 from shared.model.assessment_outcome import AssessmentFailure, AssessmentOutcome, AvailablePatch, Readiness
 from shared.model.install_outcome import InstallationState, InstallOutcome, InstallRequest, PatchInstallResult
 from shared.model.kb import kb_digits
-from shared.model.machines import MachineKind, OsType, ResourceRef, parse_resource_id
+from shared.model.machines import MachineKind, OsType, PowerState, ResourceRef, parse_resource_id
+
+logger = logging.getLogger(__name__)
 
 # Continuation tokens cross Durable boundaries; history payloads over about 45 KB spill to
 # blobs (AZURE-FACTS, Durable limits). Measured against the ARM stand-in: about 1.5 KB.
@@ -59,9 +63,6 @@ _HINTS: dict[str, str] = {
         "Check that the Azure Connected Machine agent (himds) is running on the server "
         "('azcmagent show') and can reach the Azure Arc endpoints."
     ),
-    "OperationNotAllowed": (
-        "Start the machine (or reconnect its Arc agent); it is assessed when it runs again."
-    ),
     "AuthorizationFailed": (
         "Grant the app's managed identity the assessPatches action on this machine "
         "(Microsoft.Compute/virtualMachines/assessPatches/action or the HybridCompute equivalent)."
@@ -75,10 +76,24 @@ _HINTS: dict[str, str] = {
         "The assessment did not finish in time; check the machine's agent and its package manager "
         "(for example a locked dpkg or a hung Windows Update service)."
     ),
+    "TransientErrorsExhausted": (
+        "Azure kept answering with throttling, server errors or 409 while another patch operation ran "
+        "on the machine (the platform's periodic assessment, Azure Update Manager); the next run tries again."
+    ),
 }
 _GENERIC_HINT = "See the error message; the next scheduled assessment tries again."
-# 409 codes that mean "not now", not "never": another patch operation is running on the machine.
-_RETRYABLE_CONFLICTS = frozenset({"Conflict", "OperationPreempted"})
+# Which 409 code ARM answers while another patch operation runs on a machine is undocumented
+# (AZURE-FACTS; Conflict and OperationPreempted are seen, and Compute answers OperationNotAllowed for a
+# deallocated VM as well), so the code decides nothing. A 409 is sorted by the machine's power state,
+# read right after it: not running means not assessable; running (or not known) means busy, retried.
+_NOT_RUNNING_HINTS: dict[PowerState, str] = {
+    PowerState.STOPPED: "The VM is stopped: start it; it is assessed and patched when it runs again.",
+    PowerState.DEALLOCATED: "The VM is deallocated: start it; it is assessed and patched when it runs again.",
+    PowerState.DISCONNECTED: (
+        "The Arc-enabled server is disconnected: check the Connected Machine agent ('azcmagent show'); "
+        "it is assessed and patched when it is connected again."
+    ),
+}
 
 
 # patchStatus summary states of an installation that has not ended (Azure VM PatchOperationStatus).
@@ -111,9 +126,13 @@ def failure_for(code: str, message: str, readiness: Readiness = Readiness.FAILED
     return AssessmentFailure(readiness, code, message, _HINTS.get(code, _GENERIC_HINT))
 
 
-def classify(error: Exception) -> TransientArmError | PermanentArmError:
+def classify(
+    error: Exception, power_state: Callable[[], PowerState] | None = None
+) -> TransientArmError | PermanentArmError:
     """Sort an SDK error. azure-core has already retried 429 (honouring Retry-After) and 5xx
-    within the call; what reaches here is what those retries could not fix."""
+    within the call; what reaches here is what those retries could not fix.
+
+    A 409 asks ``power_state`` (read only then) whether the machine runs: see :func:`_conflict`."""
     if isinstance(error, (ServiceRequestError, ServiceResponseError)):
         return TransientArmError(f"connection to ARM failed: {error}")
     if not isinstance(error, HttpResponseError):
@@ -121,15 +140,34 @@ def classify(error: Exception) -> TransientArmError | PermanentArmError:
     status = error.status_code or 0
     code = _error_code(error)
     message = _error_message(error)
-    if status == 429 or status >= 500 or (status == 409 and code in _RETRYABLE_CONFLICTS):
+    if status == 429 or status >= 500:
         return TransientArmError(f"HTTP {status} {code}: {message}")
-    if status == 409 and code == "OperationNotAllowed":
-        return PermanentArmError(failure_for(code, message, Readiness.NOT_ASSESSABLE))
+    if status == 409:
+        return _conflict(code, message, power_state)
     if status in (401, 403):
         return PermanentArmError(failure_for("AuthorizationFailed", f"{code}: {message}"))
     if status == 404:
         return PermanentArmError(failure_for("ResourceNotFound", f"{code}: {message}"))
     return PermanentArmError(failure_for(code, message))
+
+
+def _conflict(
+    code: str, message: str, power_state: Callable[[], PowerState] | None
+) -> TransientArmError | PermanentArmError:
+    """A 409 from a patch operation, whatever its code: not assessable if the machine is not running
+    (the raw code and message are kept), else busy with another operation (retried, the raw code named)."""
+    state = PowerState.UNKNOWN
+    if power_state is not None:
+        try:
+            state = power_state()
+        except Exception as error:  # noqa: BLE001 - an unread state leaves the machine to the retries
+            logger.warning("reading the power state after HTTP 409 %s failed: %s", code, error)
+    hint = _NOT_RUNNING_HINTS.get(state)
+    if hint is not None:
+        return PermanentArmError(AssessmentFailure(Readiness.NOT_ASSESSABLE, code, message, hint))
+    return TransientArmError(
+        f"HTTP 409 {code}: {message} (the machine is {state.value}: busy with another operation)"
+    )
 
 
 def _error_code(error: HttpResponseError) -> str:
@@ -170,11 +208,13 @@ class PatchOperations:
         ref = parse_resource_id(resource_id)
         if ref.kind is MachineKind.AZURE_VM:
             return self.start(
+                resource_id,
                 lambda: self._compute.virtual_machines.begin_assess_patches(
                     ref.resource_group, ref.name, polling=_StartOnly(), api_version=COMPUTE_API_VERSION
                 )
             )
         return self.start(
+            resource_id,
             lambda: self._hybrid.machines.begin_assess_patches(
                 ref.resource_group, ref.name, polling=_StartOnly()
             )
@@ -196,12 +236,14 @@ class PatchOperations:
         parameters: Any = to_sdk_parameters(request, ref.kind)
         if ref.kind is MachineKind.AZURE_VM:
             return self.start(
+                resource_id,
                 lambda: self._compute.virtual_machines.begin_install_patches(
                     ref.resource_group, ref.name, parameters, polling=_StartOnly(),
                     api_version=COMPUTE_API_VERSION,
                 )
             )
         return self.start(
+            resource_id,
             lambda: self._hybrid.machines.begin_install_patches(
                 ref.resource_group, ref.name, parameters, polling=_StartOnly()
             )
@@ -223,6 +265,7 @@ class PatchOperations:
         Raises :class:`PermanentArmError` (``RestartNotSupported``) for an Arc-enabled server."""
         ref = _restartable(resource_id)
         return self.start(
+            resource_id,
             lambda: self._compute.virtual_machines.begin_restart(
                 ref.resource_group, ref.name, polling=_StartOnly(), api_version=COMPUTE_API_VERSION
             )
@@ -265,14 +308,28 @@ class PatchOperations:
         )  # fmt: skip
         return InstallationSeen(summary.installation_activity_id, summary.start_time, finished, outcome)
 
-    def start(self, begin: Callable[[], Any]) -> str:
+    def power_state(self, resource_id: str) -> PowerState:
+        """The machine's power state now (one GET): a VM's instance view, an Arc server's status."""
+        ref = parse_resource_id(resource_id)
+        if ref.kind is MachineKind.AZURE_VM:
+            view = self._compute.virtual_machines.instance_view(
+                ref.resource_group, ref.name, api_version=COMPUTE_API_VERSION
+            )
+            return vm_power_state(view)
+        return arc_power_state(self._hybrid.machines.get(ref.resource_group, ref.name))
+
+    def _classify(self, resource_id: str, error: Exception) -> TransientArmError | PermanentArmError:
+        """:func:`classify` with this machine's power state to sort a 409."""
+        return classify(error, lambda: self.power_state(resource_id))
+
+    def start(self, resource_id: str, begin: Callable[[], Any]) -> str:
         """Send one long-running POST (``begin`` passes ``polling=_StartOnly()``); its continuation token.
 
         Shared by every patch operation (assess, install, restart) so each starts and fails the same way."""
         try:
             token = str(begin().continuation_token())
         except Exception as error:
-            raise classify(error) from error
+            raise self._classify(resource_id, error) from error
         if len(token) > MAX_TOKEN_CHARS:
             raise PermanentArmError(
                 failure_for("ContinuationTokenTooLarge", f"{len(token)} characters > {MAX_TOKEN_CHARS}")
@@ -301,7 +358,7 @@ class PatchOperations:
         except HttpResponseError as error:
             if error.status_code in (None, 200) and method.finished():
                 raise PermanentArmError(failure_for(_error_code(error), _error_message(error))) from error
-            raise classify(error) from error
+            raise self._classify(resource_id, error) from error
         except (ServiceRequestError, ServiceResponseError) as error:
             raise classify(error) from error
         if result is not None:
@@ -360,21 +417,40 @@ def _deserializer(model: type[Any]) -> Any:
 
 
 
+# The id the Linux agent gives the placeholder records that stand for the patches it cut from a list
+# too long for its status file ("20 additional updates of classification Security reported";
+# Azure/LinuxPatchExtension StatusHandler, Constants.StatusTruncationConfig). Not a patch.
+TRUNCATED_PATCH_ID = "Truncated_patch_list_id"
+
+
+def _is_placeholder(patch: Any) -> bool:
+    return (patch.patch_id or "") == TRUNCATED_PATCH_ID
+
+
 def to_outcome(result: VirtualMachineAssessPatchesResult | MachineAssessPatchesResult) -> AssessmentOutcome:
-    """Map either SDK result to the shared contract; Arc results carry counts only (patches=None)."""
+    """Map either SDK result to the shared contract; Arc results carry counts only (patches=None).
+
+    Classification names are kept as Azure wrote them (Windows Update's "Security Updates", ...).
+    A list the agent truncated loses its placeholders and is marked ``truncated``: its two totals are
+    the truth."""
     if isinstance(result, MachineAssessPatchesResult):
         return _arc_outcome(result)
     error = result.error
+    listed = list(result.available_patches or [])
+    patches = tuple(_patch(p) for p in listed if not _is_placeholder(p))
+    critical = result.critical_and_security_patch_count or 0
+    other = result.other_patch_count or 0
     return AssessmentOutcome(
         status=enum_text(result.status),
         activity_id=result.assessment_activity_id or "",
         started_at=result.start_date_time,
         reboot_pending=bool(result.reboot_pending),
-        critical_and_security_count=result.critical_and_security_patch_count or 0,
-        other_count=result.other_patch_count or 0,
-        patches=tuple(_patch(p) for p in result.available_patches or []),
+        critical_and_security_count=critical,
+        other_count=other,
+        patches=patches,
         error_code=(error.code if error else None),
         error_message=(error.message if error else None),
+        truncated=len(patches) < len(listed) or len(patches) < critical + other,
     )
 
 
@@ -484,7 +560,10 @@ def to_install_outcome(
         excluded=result.excluded_patch_count or 0,
         not_selected=result.not_selected_patch_count or 0,
         started_at=result.start_date_time,
-        patches=tuple(_installed_patch(p) for p in result.patches or []) if vm else None,  # type: ignore[union-attr]
+        patches=(
+            tuple(_installed_patch(p) for p in result.patches or [] if not _is_placeholder(p))  # type: ignore[union-attr]
+            if vm else None
+        ),
         error_code=(error.code if error else None),
         error_message=(error.message if error else None),
     )

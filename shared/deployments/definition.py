@@ -25,7 +25,7 @@ from pydantic.alias_generators import to_camel
 
 from shared.deployments.schedule import Schedule
 from shared.fleet.scope import AssessmentScope, ScopeError
-from shared.model.classification import UnknownClassification, to_api
+from shared.model.classification import UnknownClassification, linux_combination_error, to_api
 from shared.model.kb import parse_kb
 from shared.model.machines import OsType, parse_resource_id
 
@@ -38,8 +38,10 @@ MAX_WINDOW_MINUTES = 360
 # name usable inside Durable instance ids and Table keys (which refuse '/', '\\', '#', '?').
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # Package masks: what package names and versions are made of plus the '*' and '?' wildcards,
-# the characters the install API and the ARM stand-in (local/arm/simulation.py) match.
+# the characters the install API and the ARM stand-in (local/arm/simulation.py) match. An include
+# mask may pin a version as "name=version" (Azure/LinuxPatchExtension PackageFilter splits on '=').
 PACKAGE_MASK_PATTERN = re.compile(r"^[A-Za-z0-9._+:~*?-]{1,256}$")
+MAX_PACKAGE_MASK_CHARS = 256
 PERCENT_PATTERN = re.compile(r"^(\d{1,3})%$")
 # A saved search's KQL is sent in the query API's JSON body; 10,000 characters is plenty for a
 # machine list and keeps the stored definition small.
@@ -150,6 +152,25 @@ def _count_or_percent(value: Any, low: int, rule: str) -> int | str:
     raise ValueError(rule)
 
 
+def _check_package_mask(mask: str, exclude: bool) -> None:
+    """A Linux package mask as Azure's agent reads it: ``name`` or, in an include mask only,
+    ``name=version``, each part with the ``*``/``?`` wildcards (Azure/LinuxPatchExtension PackageFilter)."""
+    name, equals, version = mask.partition("=")
+    if equals and exclude:
+        raise ValueError(
+            f"{mask!r} names a version, and an exclude mask cannot: Azure's Linux patch agent ignores the "
+            f"version of an exclusion and excludes every version of {name!r}. Exclude {name!r} (every "
+            f"version), or name the versions to install in packagesToInclude as '{name}=<version>'"
+        )
+    if len(mask) > MAX_PACKAGE_MASK_CHARS or not PACKAGE_MASK_PATTERN.match(name) or (
+        equals and not PACKAGE_MASK_PATTERN.match(version)
+    ):
+        raise ValueError(
+            f"{mask!r} is not a package mask: a name, or name=version, of letters, digits, . _ - + : ~ and "
+            "the wildcards * ?"
+        )
+
+
 def _resolve(value: int | str, total: int) -> int:
     if isinstance(value, int):
         return value
@@ -210,9 +231,13 @@ class DeploymentDefinition(_Model):
         if os_type is None:  # operatingSystem itself is invalid and reported
             return value
         try:
-            return list(to_api(os_type, value))
+            chosen = list(to_api(os_type, value))
         except UnknownClassification as error:
             raise ValueError(str(error)) from None
+        refused = linux_combination_error(chosen) if os_type is OsType.LINUX else None
+        if refused:
+            raise ValueError(refused)
+        return chosen
 
     @field_validator("kb_numbers_to_include", "kb_numbers_to_exclude")
     @classmethod
@@ -227,10 +252,7 @@ class DeploymentDefinition(_Model):
         if value and info.data.get("operating_system") is OsType.WINDOWS:
             raise ValueError("package masks apply to Linux only; use kbNumbersToInclude/kbNumbersToExclude")
         for mask in value:
-            if not PACKAGE_MASK_PATTERN.match(mask):
-                raise ValueError(
-                    f"{mask!r} is not a package mask (letters, digits, . _ - + : ~ and the wildcards * ?)"
-                )
+            _check_package_mask(mask, exclude=info.field_name == "packages_to_exclude")
         return value
 
     @field_validator("maintenance_window_minutes", mode="before")

@@ -114,7 +114,7 @@ def run_progress_rows(
 def _patch_columns(os_type: OsType, patch: PatchInstallResult) -> dict[str, Any]:
     linux = os_type is OsType.LINUX
     return {
-        "Title": patch.name,
+        "UpdateTitle": patch.name,
         "KBID": None if linux else patch.kb_id,
         "PackageName": patch.name if linux else None,
         "PackageVersion": patch.version if linux else None,

@@ -12,31 +12,42 @@ applies the same ones; a unit test runs both over the stand-in catalogue so they
   updates (see :func:`shared.assessment.recording.is_optional`) are otherwise left out, because
   the orchestration passes their KBs as ``exclude_kbs``; one named in ``kbNumbersToInclude`` is
   selected, as ``install_request`` then drops it from the exclusions.
-- Linux: a package is selected when one of its classifications is chosen or it matches a
-  ``packagesToInclude`` mask.
+- Linux: a package is selected when its classification group is chosen or it matches a
+  ``packagesToInclude`` mask. Azure's Linux agent installs by two groups, critical-and-security
+  (``Critical``, ``Security``, ``Security-ESM``) and other (``Other``, ``Unclassified``): choosing
+  ``Critical`` or ``Security`` takes the whole first group (Azure/LinuxPatchExtension,
+  ``PackageManager.get_updates_for_classification``).
 - Anything else is selected when one of its classifications is among the definition's.
 
-Package masks use ``*`` (any run of characters, also none) and ``?`` (one character), are
-case-sensitive and match the whole package name or, for a mask naming a version,
-``name_version`` (``openssl_1:1.0.2k*``).
+Classification names are read through :mod:`shared.model.classification`: results carry Windows
+Update's names ("Security Updates"), definitions the request enum ("Security").
+
+Package masks are read as the Linux agent reads them (``PackageFilter``): ``fnmatch`` wildcards
+(``*`` any run of characters, also none; ``?`` one character), case-sensitive, against the whole
+package name with or without its architecture suffix (``.x86_64``, ``.noarch``, ``.i686``). An include
+mask may pin versions as ``name=version`` (``openssl=3.0.2*``; the version may hold wildcards too);
+an exclusion never looks at a version (definitions refuse one there).
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 
-from shared.assessment.records import is_optional
+from shared.assessment.records import is_optional, unlisted_counts
 from shared.deployments.definition import DeploymentDefinition
 from shared.model.assessment_outcome import AssessmentOutcome, AvailablePatch
-from shared.model.classification import api_classes, to_display
+from shared.model.classification import catch_all, read_class, request_classes, to_display, to_request
 from shared.model.machines import OsType
 
 SERVICE_PACK = "ServicePack"  # the patch API's classification name (AZURE-FACTS, classification enums)
 # With only the two totals, critical and security updates cannot be told apart.
 _CRITICAL_OR_SECURITY = ("Security", "Critical")
+# The architecture suffixes the Linux agent strips from a package name before matching a mask
+# (Azure/LinuxPatchExtension PackageFilter.get_product_name_without_arch).
+_ARCHITECTURES = (".x86_64", ".noarch", ".i686")
 
 
 @dataclass(frozen=True)
@@ -56,17 +67,38 @@ class PendingEstimate:
 
 
 def mask_matches(mask: str, name: str, version: str | None = None) -> bool:
-    """``mask`` (``*``/``?`` wildcards) against the whole ``name`` or ``name_version``."""
-    pattern = re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in mask))
-    candidates = (name, f"{name}_{version}") if version else (name,)
-    return any(pattern.fullmatch(candidate) for candidate in candidates)
+    """Whether a package mask takes package ``name`` at ``version``, as the Linux agent decides it.
+
+    ``mask`` is ``name`` or ``name=version`` (wildcards in either part). The name part is matched
+    against the name with and without its architecture suffix; the version part only when a
+    ``version`` is given: without one (the agent's exclusion check) a versioned mask matches by name."""
+    name_mask, versioned, version_mask = mask.partition("=")
+    name_mask = name_mask.strip()
+    bare = next((name.removesuffix(arch) for arch in _ARCHITECTURES if name.endswith(arch)), name)
+    if not (fnmatchcase(name, name_mask) or fnmatchcase(bare, name_mask)):
+        return False
+    return not versioned or version is None or fnmatchcase(version, version_mask.strip())
+
+
+def _linux_groups(request_names: Iterable[str]) -> set[str]:
+    """The agent's install groups these request classes fall in: critical-and-security, other."""
+    return {"critical-and-security" if n in _CRITICAL_OR_SECURITY else "other" for n in request_names}
+
+
+def _chosen_by_class(definition: DeploymentDefinition, patch: AvailablePatch) -> bool:
+    os_type = definition.operating_system
+    classes = request_classes(os_type, patch.classifications)
+    if os_type is OsType.LINUX:
+        return not _linux_groups(classes).isdisjoint(_linux_groups(definition.classifications))
+    return not classes.isdisjoint(definition.classifications)
 
 
 def is_selected(definition: DeploymentDefinition, patch: AvailablePatch) -> bool:
     """Whether an install built from ``definition`` takes ``patch`` (rules in the module docstring)."""
-    chosen = not set(patch.classifications).isdisjoint(definition.classifications)
+    chosen = _chosen_by_class(definition, patch)
     if definition.operating_system is OsType.LINUX:
-        if any(mask_matches(m, patch.name, patch.version) for m in definition.packages_to_exclude):
+        # The agent checks exclusions by name only, inclusions by name and version.
+        if any(mask_matches(m, patch.name) for m in definition.packages_to_exclude):
             return False
         named = any(mask_matches(m, patch.name, patch.version) for m in definition.packages_to_include)
         return chosen or named
@@ -100,9 +132,12 @@ def pending_estimate(definition: DeploymentDefinition, outcome: AssessmentOutcom
     if outcome.patches is not None:
         selected = selected_patches(definition, outcome.patches)
         counts = Counter(_shown_class(os_type, p.classifications) for p in selected)
+        if outcome.truncated:
+            counts.update(_unlisted(os_type, outcome, set(definition.classifications)))
         return PendingEstimate(
-            updates=len(selected),
-            has_service_pack=any(SERVICE_PACK in p.classifications for p in selected),
+            updates=sum(counts.values()),
+            has_service_pack=counts[SERVICE_PACK] > 0
+            or any(SERVICE_PACK in request_classes(os_type, p.classifications) for p in selected),
             by_classification=dict(counts),
         )
     chosen = set(definition.classifications)
@@ -118,26 +153,39 @@ def pending_estimate(definition: DeploymentDefinition, outcome: AssessmentOutcom
 
 def _catch_all(os_type: OsType) -> str:
     """The API class of an update listed under none of the OS's classes ("Updates" / "Other")."""
-    display = to_display(os_type, [])
-    return next(api for api, shown in api_classes(os_type).items() if shown is display)
+    return to_request(os_type, catch_all(os_type))
 
 
 def _shown_class(os_type: OsType, classifications: Sequence[str]) -> str:
     """One API class per update, the most urgent, as the inventory shows it."""
-    display = to_display(os_type, classifications)
-    return next(api for api, shown in api_classes(os_type).items() if shown is display)
+    return to_request(os_type, to_display(os_type, classifications))
 
 
 def _arc_counts(os_type: OsType, outcome: AssessmentOutcome, chosen: set[str]) -> Counter[str]:
-    # A count outside the OS's own classes belongs to its catch-all class, as the recorder reads it.
-    known = api_classes(os_type)
+    # Every count is read by the one classification reader, as the recorder reads it: a name outside
+    # the OS's own classes belongs to its catch-all class.
     counts: Counter[str] = Counter()
     for name, count in outcome.counts_by_classification.items():
-        counts[name if name in known else _catch_all(os_type)] += count
+        counts[to_request(os_type, read_class(os_type, name))] += count
     if not outcome.counts_by_classification:
         # Only the two totals: the pair goes under whichever of the two classes is chosen, so
         # the estimate stays an upper bound when a deployment chooses just one of them.
         pair_class = next((c for c in _CRITICAL_OR_SECURITY if c in chosen), _CRITICAL_OR_SECURITY[0])
         counts[pair_class] += outcome.critical_and_security_count
         counts[_catch_all(os_type)] += outcome.other_count
+    return counts
+
+
+def _unlisted(os_type: OsType, outcome: AssessmentOutcome, chosen: set[str]) -> Counter[str]:
+    """Updates a truncated list left out, as an upper bound over the chosen classes: the result's two
+    totals are the truth, so what they count beyond the list is added where the definition could
+    take it (filters cannot be applied to updates nobody named)."""
+    critical, other = unlisted_counts(os_type, outcome)
+    counts: Counter[str] = Counter()
+    pair_class = next((c for c in _CRITICAL_OR_SECURITY if c in chosen), None)
+    if pair_class and critical:
+        counts[pair_class] += critical
+    other_class = next((c for c in chosen if c not in _CRITICAL_OR_SECURITY), None)
+    if other_class and other:
+        counts[other_class] += other
     return counts

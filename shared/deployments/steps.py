@@ -49,9 +49,10 @@ FOLLOWED_TOKEN_PREFIX = "instanceview:"
 # ARM's clock and the orchestration's may differ a little; an installation that started this much
 # before the intent was kept is still taken as the one the lost attempt started.
 INTENT_CLOCK_SKEW = timedelta(minutes=2)
-# Errors that mean the machine could not be reached, as opposed to an update or a request failing.
-UNREACHABLE_CODES = frozenset({"VMAgentStatusCommunicationError", "HybridAgentNotResponding",
-                               "OperationNotAllowed"})
+# Errors that mean the machine's agent could not be reached, as opposed to an update or a request failing.
+# A machine that is not running is told by its readiness (PatchOperations reads the power state on a 409),
+# never by a code: OperationNotAllowed also comes from running machines.
+UNREACHABLE_CODES = frozenset({"VMAgentStatusCommunicationError", "HybridAgentNotResponding"})
 # What an administrator can do when an install (not an assessment) is refused.
 _INSTALL_HINTS = {
     "AuthorizationFailed": (
@@ -127,7 +128,7 @@ def _install_started_before(store: RunStore, operations: PatchOperations, reques
     the token. If the VM reports an installation started since the intent, that one is followed
     through the instance view (its token is ``instanceview:<activity id>``) instead of posting
     again. Otherwise, or for an Arc server (no patch status on its resource), the POST is sent:
-    an install still running answers 409 Conflict, which is retried later.
+    an install still running answers 409 on a running machine, which is retried later.
     """
     assert request.at is not None
     intent = row.get(intent_column(request.step))

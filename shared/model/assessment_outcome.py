@@ -24,7 +24,9 @@ class Readiness(StrEnum):
 
 @dataclass(frozen=True)
 class AvailablePatch:
-    """One update the machine is missing, as the patch API lists it (API classification names)."""
+    """One update the machine is missing, as the patch API lists it: classification names as Azure
+    wrote them (Windows Update's "Security Updates", Linux "Security-ESM", ...; read them through
+    :mod:`shared.model.classification`)."""
 
     patch_id: str
     name: str  # Windows: the update title; Linux: the package name
@@ -49,6 +51,8 @@ class AssessmentOutcome:
     counts_by_classification: dict[str, int] = field(default_factory=dict)  # API names; Arc
     error_code: str | None = None
     error_message: str | None = None
+    # The agent cut the patch list (a status-size limit): ``patches`` is a part, the counts the truth.
+    truncated: bool = False
 
 
 @dataclass(frozen=True)

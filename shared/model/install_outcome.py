@@ -51,7 +51,7 @@ class PatchInstallResult:
 
     patch_id: str
     name: str  # Windows: the update title; Linux: the package name
-    classifications: tuple[str, ...]  # API names
+    classifications: tuple[str, ...]  # as Azure wrote them ("Security Updates"); see model.classification
     state: InstallationState
     kb_id: str | None = None  # Windows, digits only
     version: str | None = None  # Linux package version

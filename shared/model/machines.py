@@ -58,7 +58,8 @@ class SupportVerdict:
 
 # Windows client editions and Nano Server are outside Update Management's scope, and
 # Windows Server 2008 / 2008 R2 RTM can be assessed but not patched (Update Management
-# supported-OS table).
+# supported-OS table). Nano Server is told by the OS name or by the image's SKU (2016-Nano-Server):
+# the guest agent may name it only "Windows Server 2016 Datacenter".
 _WINDOWS_CLIENT = re.compile(r"\bwindows\s+(7|8|8\.1|10|11)\b", re.IGNORECASE)
 _NANO = re.compile(r"nano", re.IGNORECASE)
 _SERVER_2008 = re.compile(r"windows\s+server\s+2008", re.IGNORECASE)
@@ -66,16 +67,20 @@ _SP1_OR_LATER = re.compile(r"\bsp1\b|service\s+pack\s+1", re.IGNORECASE)
 _R2_SP1_BUILD = "6.1.7601"  # Windows Server 2008 R2 SP1's build number
 
 
-def support_for(os_type: OsType, os_name: str, os_version: str) -> SupportVerdict:
-    """Decide from the OS whether a machine is patched, only assessed, or left alone."""
+def support_for(os_type: OsType, os_name: str, os_version: str, image: str = "") -> SupportVerdict:
+    """Decide from the OS whether a machine is patched, only assessed, or left alone.
+
+    ``image`` is an Azure VM's marketplace image as ``publisher:offer:sku`` (empty for Arc servers)."""
     described = f"{os_name} {os_version}".strip()
     if os_type is OsType.WINDOWS:
         if _WINDOWS_CLIENT.search(described):
             return SupportVerdict(
                 Support.UNSUPPORTED, f"Windows client operating systems are not supported ({described})"
             )
-        if _NANO.search(described):
-            return SupportVerdict(Support.UNSUPPORTED, f"Nano Server is not supported ({described})")
+        image_sku = image.rsplit(":", 1)[-1]
+        if _NANO.search(described) or _NANO.search(image_sku):
+            shown = f"{described}, image {image}" if image else described
+            return SupportVerdict(Support.UNSUPPORTED, f"Nano Server is not supported ({shown})")
         r2_sp1 = "r2" in os_name.lower() and (
             _SP1_OR_LATER.search(described) or os_version.startswith(_R2_SP1_BUILD)
         )
@@ -144,6 +149,8 @@ class Machine:
     last_install_id: str = ""
     last_install_status: str = ""
     last_install_at: str = ""
+    # An Azure VM's marketplace image, ``publisher:offer:sku``; empty for Arc servers and custom images.
+    image: str = ""
 
     @property
     def environment(self) -> Environment:
@@ -155,7 +162,7 @@ class Machine:
 
     @property
     def support(self) -> SupportVerdict:
-        return support_for(self.os_type, self.os_name, self.os_version)
+        return support_for(self.os_type, self.os_name, self.os_version, self.image)
 
     @property
     def reachable_reason(self) -> str:

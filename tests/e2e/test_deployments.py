@@ -191,13 +191,13 @@ def test_an_error_budget_of_two_stops_the_rollout_after_the_second_failed_machin
     with LogsQueryClient(EmulatorCredential(), endpoint=stack.logs.base_url + "/v1") as client:
         failed = client.query_workspace(
             load_settings().log_analytics_workspace_id,
-            'UpdateRunProgress_CL | where InstallationStatus == "failed" and UpdateRunName == "budget-two" '
+            'UpdateRunProgress | where InstallationStatus == "failed" and UpdateRunName == "budget-two" '
             "| summarize AggregatedValue = count() by Computer, Title, UpdateRunName",
             timespan=timedelta(days=30),
         ).tables[0]
         updated = client.query_workspace(
             load_settings().log_analytics_workspace_id,
-            'UpdateRunProgress_CL | where UpdateRunName == "budget-two" '
+            'UpdateRunProgress | where UpdateRunName == "budget-two" '
             "| summarize AggregatedValue = count() by Computer",
             timespan=timedelta(days=30),
         ).tables[0]

@@ -17,8 +17,9 @@ from azure.mgmt.compute.models import LinuxParameters, VirtualMachineInstallPatc
 
 from local.arm.fleet import load_fleet
 from local.stack import DEMO_FLEET, LocalStack
-from shared.assessment.baselines_table import BaselineStore, record_baseline
+from shared.assessment.baselines_table import BaselineStore, chosen_machines, record_baseline
 from shared.assessment.light_check import BaselineInput, LightCheckInput, Observed, Reason
+from shared.assessment.run import store_scope
 from shared.assessment.updates_table import UpdateInventory
 from shared.azure.arm import COMPUTE_API_VERSION
 from shared.azure.credentials import EmulatorCredential
@@ -142,6 +143,11 @@ def test_an_install_and_a_new_machine_are_picked_up_and_the_install_closes_the_g
     assert output["byReason"] == {Reason.INSTALL_CHANGED.value: 1, Reason.NEVER_ASSESSED.value: 1}
     assert _reassessed(stack, "lightcheck-e2e-second") == sorted([target.name, newcomer.name])
     assert output["assessment"]["assessed"] == 2 and output["baselined"] == 2
+    # The machines went through Table Storage: the assessment run's input names none of them.
+    run_input = stack.durable.get_status("lightcheck-e2e-second-assessment")["input"]
+    assert run_input["machine_ids_stored"] is True and run_input["scope"]["machineIds"] == []
+    stored = chosen_machines(load_settings(), "lightcheck-e2e-second-assessment")
+    assert sorted(o.resource_id for o in stored) == sorted([target.resource_id, newcomer.resource_id])
 
     after = _gaps(target.resource_id)
     closed = {k for k, g in after.items() if g["State"] == "Not needed"}
@@ -165,11 +171,14 @@ def test_an_install_and_a_new_machine_are_picked_up_and_the_install_closes_the_g
 
 def test_the_baseline_is_written_only_for_machines_the_named_run_assessed(stack, first_check):
     target = _plain_linux_vm(stack)
-    observed = Observed(resource_id=target.resource_id, reason=Reason.INSTALL_CHANGED, install_id="other")
-    written = record_baseline(
-        load_settings(), BaselineInput(run_id="lightcheck-never-ran-assessment", machines=(observed,))
-    )
-    assert written == 0
+    run_id = "lightcheck-never-ran-assessment"
+    store_scope(load_settings(), run_id, [
+        {"ResourceId": target.resource_id, "Reason": Reason.INSTALL_CHANGED.value, "InstallId": "other"}
+    ])
+    assert chosen_machines(load_settings(), run_id) == [
+        Observed(resource_id=target.resource_id, reason=Reason.INSTALL_CHANGED, install_id="other")
+    ]
+    assert record_baseline(load_settings(), BaselineInput(run_id=run_id)) == 0
     service = table_service(load_settings())
     baseline = BaselineStore(service).read(parse_resource_id(target.resource_id).subscription_id)
     assert baseline[machine_key(target.resource_id)].install_id != "other"

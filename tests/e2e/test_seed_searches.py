@@ -1,6 +1,7 @@
 """Done-when of the assessment issue: after one assessment of the demo fleet through the local
-host, the classic Update Management searches (table names suffixed ``_CL``) return exactly the
-machines and updates the fleet file says, through the real LogsQueryClient."""
+host, the classic Update Management searches, as the seed writes them (``Update`` is the workspace
+function over ``Update_CL`` that presents the legacy ``Title``), return exactly the machines and
+updates the fleet file says, through the real LogsQueryClient."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ import json
 import pytest
 from azure.monitor.query import LogsQueryClient, LogsQueryResult
 
-from local.arm.catalogue import LinuxPackage, WindowsUpdate
+from local.arm.catalogue import CRITICAL_OR_SECURITY, LinuxPackage, WindowsUpdate
 from local.arm.fleet import load_fleet
 from local.stack import DEMO_FLEET, WORKSPACE_ID, LocalStack
 from shared.azure.credentials import EmulatorCredential
 
 pytestmark = pytest.mark.e2e
 
-REQUIRED = {"Critical", "Security"}
+# What counts as critical or security on Linux, Security-ESM (Ubuntu Pro) included, as the agent counts it.
+REQUIRED = CRITICAL_OR_SECURITY
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def _identity(update) -> str:
 
 def test_all_computers_with_missing_updates(search, expected):
     rows = search(
-        'Update_CL | where UpdateState == "Needed" and Optional == false '
+        'Update | where UpdateState == "Needed" and Optional == false '
         "| project Computer, Title, KBID, Classification, PublishedDate, PackageName"
     )
     got = {(r["Computer"], r["KBID"] or r["PackageName"]) for r in rows}
@@ -74,7 +76,7 @@ def test_all_computers_with_missing_updates(search, expected):
     }
     assert want and got == want
     windows_only = search(
-        'Update_CL | where UpdateState == "Needed" and Optional == false and OSType != "Linux"'
+        'Update | where UpdateState == "Needed" and Optional == false and OSType != "Linux"'
     )
     assert {r["Computer"] for r in windows_only} == {
         c for c, updates in expected.items() if any(isinstance(u, WindowsUpdate) for u in updates)
@@ -84,14 +86,14 @@ def test_all_computers_with_missing_updates(search, expected):
 def test_one_computers_missing_updates(search, expected):
     computer = sorted(expected)[0]
     rows = search(
-        f'Update_CL | where UpdateState == "Needed" and Optional == false | where Computer == "{computer}" '
+        f'Update | where UpdateState == "Needed" and Optional == false | where Computer == "{computer}" '
         "| project Computer, Title, KBID, Product, PublishedDate"
     )
     assert len(rows) == len([u for u in expected[computer] if not getattr(u, "optional", False)])
 
 
 def test_distinct_missing_updates(search, expected):
-    rows = search('Update_CL | where UpdateState == "Needed" and Optional == false | distinct Title')
+    rows = search('Update | where UpdateState == "Needed" and Optional == false | distinct Title')
     want_windows = {
         u.title
         for updates in expected.values()
@@ -106,7 +108,7 @@ def test_distinct_missing_updates(search, expected):
 
 def test_linux_machines_with_critical_or_security_updates(search, expected):
     rows = search(
-        'Update_CL | where OSType == "Linux" '
+        'Update | where OSType == "Linux" '
         '| where UpdateState != "Not needed" and (Classification == "Critical Updates" '
         'or Classification == "Security Updates") | summarize AggregatedValue = count() by Computer'
     )

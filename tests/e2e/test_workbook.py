@@ -244,7 +244,7 @@ EXPECTED_COLUMNS = {
         "RestartPending",
     ],
     "missing-updates": [
-        "Title",
+        "UpdateTitle",
         "KBID",
         "Classification",
         "OSType",
@@ -254,7 +254,7 @@ EXPECTED_COLUMNS = {
     ],
     "missing-by-machine": [
         "Computer",
-        "Title",
+        "UpdateTitle",
         "KBID",
         "PackageName",
         "PackageVersion",
@@ -292,7 +292,7 @@ EXPECTED_COLUMNS = {
     "failed-updates": [
         "UpdateRunName",
         "Computer",
-        "Title",
+        "UpdateTitle",
         "KBID",
         "PackageVersion",
         "Classification",
@@ -345,7 +345,7 @@ def test_machines_view_has_every_machine_with_readiness_error_and_counts(results
 
 def test_missing_updates_list_the_machines_that_need_each(results, missing):
     got = {
-        (r["OSType"], r["Title"]): (r["Machines"], set(r["Computers"]))
+        (r["OSType"], r["UpdateTitle"]): (r["Machines"], set(r["Computers"]))
         for r in results["missing-updates"].as_dicts()
     }
     want = {(u["osType"], u["title"]): (u["machinesNeeding"], u["computers"]) for u in missing}
@@ -395,7 +395,7 @@ def test_deployment_views_show_every_machine_of_the_run_with_its_result(results,
 
 
 def test_failed_updates_view_lists_each_failed_update(results, update_run):
-    failed = {(r["Computer"], r["Title"]) for r in results["failed-updates"].as_dicts()}
+    failed = {(r["Computer"], r["UpdateTitle"]) for r in results["failed-updates"].as_dicts()}
     outcomes = update_run.outcomes
     assert failed == {(c, p.name) for c, o in outcomes.items() for p in o.patches or ()
                       if p.state.value == "Failed"}
@@ -451,7 +451,7 @@ def test_overdue_critical_and_security_updates_alert(stack, alert_rules, fired, 
         if u["classification"] in REQUIRED_CLASSIFICATIONS and _when(u["publishedDate"]) < cutoff
         for computer in u["computers"]
     }
-    got = {(r["Computer"], r["Title"]) for r in fired[rule["name"]].as_dicts()}
+    got = {(r["Computer"], r["UpdateTitle"]) for r in fired[rule["name"]].as_dicts()}
     assert want and got == want and _fires(rule, fired[rule["name"]])
 
 

@@ -124,6 +124,7 @@ def test_azure_endpoints_come_from_the_deployed_resources():
     assert bicep["AZURE_AUTH_MODE"] == "managed-identity"
     assert bicep["AZURE_CLIENT_ID"] == "identity.properties.clientId"
     assert bicep["ARM_ENDPOINT"] == "environment().resourceManager"
+    assert bicep["RESOURCE_GRAPH_ENDPOINT"] == "environment().resourceManager"  # an ARM resource provider
     assert bicep["STORAGE_TABLE_ENDPOINT"] == "storage.properties.primaryEndpoints.table"
     assert bicep["STORAGE_BLOB_ENDPOINT"] == "storage.properties.primaryEndpoints.blob"
     assert bicep["LOGS_INGESTION_ENDPOINT"] == "dataCollectionEndpoint.properties.logsIngestion.endpoint"

@@ -146,6 +146,8 @@ def test_app_service_authentication_requires_entra_sign_in_without_a_secret():
     assert properties["globalValidation"] == {
         "requireAuthentication": True,
         "unauthenticatedClientAction": "Return401",
+        # A health probe reaches /api/health without signing in, and nothing else does.
+        "excludedPaths": ["/api/health"],
     }
     assert properties["httpSettings"]["requireHttps"] is True
     entra = properties["identityProviders"]["azureActiveDirectory"]

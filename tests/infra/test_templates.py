@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from tests.infra.bicep import INFRA, ROOT, bicep_files, expr, template
+from tests.infra.bicep import INFRA, ROOT, bicep_files, expr, one, template
 
 _LOADERS = ("loadJsonContent", "loadTextContent")
 
@@ -101,3 +101,36 @@ def test_alert_rules_file_has_every_field_the_alerts_module_reads():
     for rule in rules:
         assert read <= set(rule), f"{rule.get('name')}: lacks {sorted(read - set(rule))}"
         assert 0 <= rule["severity"] <= 4, rule["name"]
+
+
+def test_alert_rules_skip_query_validation_as_their_tables_come_in_the_same_deployment():
+    # Validation of a log search query fails while the custom tables it reads do not exist yet.
+    rules = one("Microsoft.Insights/scheduledQueryRules")
+    assert rules.properties["skipQueryValidation"] is True
+
+
+def test_the_workbook_falls_back_to_the_workspace_outside_its_blade():
+    workbook = one("Microsoft.Insights/workbooks")
+    assert expr(workbook.properties["sourceId"]) == "workspaceId"
+    data = expr(workbook.properties["serializedData"])
+    assert data == (
+        "string(union(loadJsonContent(../workbooks/update-management.json), "
+        "{fallbackResourceIds: [workspaceId]}))"
+    )
+    assert "workspaceId" in template(INFRA / "modules" / "workbook.bicep")["parameters"]
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def test_azure_yaml_requires_an_azd_that_honours_funcignore():
+    # azd 1.18.0 (Azure/azure-dev #5383) is the first to leave .funcignore's files (.venv, node_modules,
+    # tests) out of a Python function app's package.
+    project = yaml.safe_load((ROOT / "azure.yaml").read_text())
+    required = project["requiredVersions"]["azd"]
+    match = re.fullmatch(r">=\s*(\d+\.\d+\.\d+)", required)
+    assert match, f"requiredVersions.azd {required!r} is not a minimum version"
+    assert _version(match[1]) >= (1, 18, 0)
+    ignored = (ROOT / ".funcignore").read_text().split()
+    assert {".venv/", "node_modules/", "tests/"} <= set(ignored)

@@ -174,6 +174,26 @@ def test_get_with_instance_view_shows_power_os_patch_mode_and_patch_status(compu
     assert off.os_name is None  # no guest agent reports while deallocated
 
 
+def test_the_os_name_and_version_are_the_fleet_files(tls, clock):
+    fleet = parse_fleet({"subscriptions": [{"id": SUB}], "machines": [
+        _vm("std-01", "ws2019", osName="Windows Server 2019 Standard", osVersion="10.0.17763.6054"),
+        _vm("arc-std-01", "ws2019", kind="arc-server", osName="Windows Server 2019 Standard",
+            osVersion="10.0.17763.6054"),
+    ]})  # fmt: skip
+    with ArmStandIn(fleet, clock, tls) as server:
+        options = _client_options(server, tls)
+        with ComputeManagementClient(FakeCredential(), SUB, **options) as compute:
+            view = compute.virtual_machines.instance_view("rg-app", "std-01", **V)
+        with HybridComputeManagementClient(
+            FakeCredential(), SUB, api_version=HYBRID_COMPUTE_API_VERSION, **options
+        ) as hybrid:
+            arc = hybrid.machines.get("rg-app", "arc-std-01").properties
+    # Not the catalogue's "Windows Server 2019 Datacenter" 10.0.17763.5329, whose updates both use.
+    assert (view.os_name, view.os_version) == ("Windows Server 2019 Standard", "10.0.17763.6054")
+    assert (arc.os_sku, arc.os_version, arc.os_name) == ("Windows Server 2019 Standard", "10.0.17763.6054",
+                                                         "windows")
+
+
 def test_a_missing_vm_is_resource_not_found(compute):
     with pytest.raises(ResourceNotFoundError) as caught:
         compute.virtual_machines.get("rg-app", "nope", **V)
@@ -199,7 +219,11 @@ def test_assessment_returns_the_typed_result_with_the_available_patches(compute)
     assert result.status == "Succeeded" and result.assessment_activity_id
     assert (result.critical_and_security_patch_count, result.other_patch_count) == (2, 2)
     cumulative = next(p for p in result.available_patches if p.kb_id == "5034768")
-    assert cumulative.classifications == ["Security"] and cumulative.reboot_behavior == "AlwaysRequiresReboot"
+    # Results carry Windows Update's category names, not the request enum (VirtualMachine_AssessPatches).
+    assert cumulative.classifications == ["Security Updates"]
+    assert cumulative.reboot_behavior == "AlwaysRequiresReboot"
+    defender = next(p for p in result.available_patches if p.kb_id == "2267602")
+    assert defender.classifications == ["Definition Updates"]
     assert cumulative.assessment_state == "Available" and cumulative.published_date.year == 2024
 
 
@@ -264,6 +288,39 @@ def test_a_failing_patch_fails_the_install_and_stays_available(compute):
     assert result.error and result.error.code == "PatchInstallationFailed"
     again = compute.virtual_machines.begin_assess_patches("rg-app", "broken-01", **V).result()
     assert "sudo" in [p.name for p in again.available_patches]
+
+
+def test_a_request_naming_a_windows_update_category_instead_of_the_enum_is_a_400(compute):
+    params = VirtualMachineInstallPatchesParameters(
+        maximum_duration=timedelta(hours=2), reboot_setting="Never",
+        windows_parameters=WindowsParameters(classifications_to_include=["Security Updates"]),
+    )  # fmt: skip
+    with pytest.raises(HttpResponseError) as caught:
+        compute.virtual_machines.begin_install_patches("rg-app", "win-01", params, **V)
+    assert _error(caught) == (400, "InvalidParameter", "windowsParameters.classificationsToInclude[0]")
+
+
+def test_an_include_mask_pins_a_version_and_an_exclusion_ignores_the_version(compute):
+    # Azure/LinuxPatchExtension PackageFilter: "name=version" in an include mask; an exclusion by name.
+    pinned = _linux_install(classifications_to_include=["Other"], package_name_masks_to_include=[
+        "openssl=3.0.2*", "sudo=0.*"], package_name_masks_to_exclude=["tzdata=1999*", "snapd"])
+    result = compute.virtual_machines.begin_install_patches("rg-app", "web-01", pinned, **V).result()
+    states = {p.name: p.installation_state for p in result.patches}
+    assert states == {
+        "openssl": "Installed",  # 3.0.2-0ubuntu1.15 matches the pinned version
+        "sudo": "NotSelected",  # 1.9.9-... does not
+        "libc6": "NotSelected",
+        "tzdata": "Excluded",  # every version: the "=1999*" is ignored, as the agent ignores it
+        "snapd": "Excluded",
+    }
+
+
+def test_the_linux_agent_refuses_other_with_half_of_critical_and_security(compute):
+    half = _linux_install(classifications_to_include=["Other", "Security"])
+    result = compute.virtual_machines.begin_install_patches("rg-app", "web-01", half, **V).result()
+    # ARM takes the request; the agent on the machine refuses it and installs nothing.
+    assert result.status == "Failed" and result.installed_patch_count == 0
+    assert result.error and "Invalid classification combination" in result.error.message
 
 
 def test_bad_install_parameters_are_a_400_naming_the_field(compute):
@@ -450,11 +507,10 @@ def test_arc_servers_are_listed_read_and_assessed_by_counts(arm, hybrid):
     assert set(listed) == {"arc-01", "arc-02"}
     assert listed["arc-02"].properties.status == "Disconnected"
     server = hybrid.machines.get("rg-dc1", "arc-01")
-    assert (server.properties.os_name, server.properties.os_type, server.properties.status) == (
-        "redhat",
-        "linux",
-        "Connected",
-    )
+    props = server.properties
+    # Arc's osName is the family, osSku the OS (see local.arm.server).
+    assert (props.os_sku, props.os_name, props.os_type) == ("redhat", "linux", "linux")
+    assert props.status == "Connected"
     assert server.properties.os_profile.linux_configuration.patch_settings.patch_mode == "ImageDefault"
     result = hybrid.machines.begin_assess_patches("rg-dc1", "arc-01").result()
     assert type(result).__name__ == "MachineAssessPatchesResult"

@@ -107,6 +107,21 @@ def test_invalid_definitions_get_400_naming_the_field_and_store_nothing(operator
     assert count(operator) == before
 
 
+def test_a_version_in_an_exclude_mask_is_refused_with_the_reason(operator):
+    # Azure's Linux agent ignores an exclusion's version and excludes every version of the name.
+    before = count(operator)
+    body = {**unique(linux()), "packagesToExclude": ["openssl=3.0.2*"]}
+    response = operator.request("POST", "/api/deployments", body=body)
+    assert response.status_code == 400
+    error = body_of(response)["error"]
+    assert (error["code"], error["field"]) == ("InvalidField", "packagesToExclude")
+    assert "excludes every version of 'openssl'" in error["message"]
+    assert "packagesToInclude" in error["message"]  # says what to do instead
+    assert count(operator) == before
+    # The same mask is a version pin where Azure reads one: in packagesToInclude.
+    assert validate_definition({**linux(), "packagesToInclude": ["openssl=3.0.2*"]})
+
+
 def test_invalid_json_and_roles(app_settings):
     operator = FunctionsHost(function_app.app, signed_in_principal=encode_principal("o", [Role.OPERATOR]))
     response = operator.request("POST", "/api/deployments", body="{not json")

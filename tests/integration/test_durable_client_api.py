@@ -81,6 +81,27 @@ def test_starter_calls_terminate_purge_and_duplicate_start(runner):
     assert runner.get_status("api-2") is None
 
 
+def test_an_instance_id_azure_refuses_is_answered_400_and_raised_by_the_sdk(runner):
+    client = df.DurableOrchestrationClient(runner.client_binding_json())
+
+    async def scenario():
+        for bad, rule in (("@entity@key", "must not start with '@'"), ("x" * 257, "must not exceed 256")):
+            with pytest.raises(Exception, match=rule):  # the SDK raises the 400's ExceptionMessage
+                await client.start_new("with_status", bad)
+
+    run(scenario())
+    request = urllib.request.Request(
+        client_origin(runner) + "durabletask/orchestrators/with_status/@entity@key", data=b"", method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request)
+    assert refused.value.code == 400
+    body = json.loads(refused.value.read())
+    assert body["Message"] == "One or more of the arguments submitted is incorrect"  # the extension's words
+    assert "must not start with '@'" in body["ExceptionMessage"]
+    assert runner.list_instances() == []
+
+
 def test_check_status_response_links_work_over_http(runner):
     client = df.DurableOrchestrationClient(runner.client_binding_json())
     instance_id = run(client.start_new("sleeper", None, 1))

@@ -21,12 +21,14 @@ from azure.monitor.query import LogsQueryClient, LogsQueryPartialResult, LogsQue
 
 from local.clock import VirtualClock
 from local.loganalytics import LogAnalyticsStandIn, LogStore
-from local.loganalytics.store import StoreBusy
+from local.loganalytics.store import StoreBusy, TableRejected
 from local.tls import LocalTls, ensure_local_tls
 from shared.azure.log_ingestion import LogSink
 from shared.log_tables import HEARTBEAT, Column, ColumnType, LogTable
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The Logs Ingestion API's error shape and its one error on record (source in the file's _source).
+INGESTION_ERRORS = json.loads((REPO_ROOT / "tests/fixtures/azure/logs_ingestion_errors.json").read_text())
 WORKSPACE = "00000000-0000-4000-8000-0000000000aa"
 DCR = "dcr-00000000000000000000000000000aaa"
 NOW = datetime(2026, 1, 13, 2, 0, tzinfo=UTC)
@@ -38,7 +40,7 @@ UPDATE = LogTable(
         for n, t in (
             ("TimeGenerated", D),
             ("Computer", S),
-            ("Title", S),
+            ("UpdateTitle", S),
             ("KBID", S),
             ("Classification", S),
             ("UpdateState", S),
@@ -96,7 +98,7 @@ def update(
     row = {
         "TimeGenerated": (NOW - timedelta(hours=hours_ago)).isoformat(),
         "Computer": computer,
-        "Title": f"Update {kb}",
+        "UpdateTitle": f"Update {kb}",
         "KBID": kb,
         "Classification": "Security Updates" if kb.endswith("1") else "Critical Updates",
         "UpdateState": state,
@@ -140,7 +142,7 @@ def test_uploaded_rows_come_back_with_their_types(ingest, logs):
     assert types == {
         "TimeGenerated": "datetime",
         "Computer": "string",
-        "Title": "string",
+        "UpdateTitle": "string",
         "KBID": "string",
         "Classification": "string",
         "UpdateState": "string",
@@ -217,7 +219,7 @@ def test_requests_without_a_bearer_token_are_401(server, tls):
 
 
 def test_more_than_a_megabyte_is_split_by_the_sdk_and_every_row_lands(server, ingest, logs):
-    rows = [update(f"vm{i:05}", f"KB{i:07}", Title="x" * 400) for i in range(5_000)]  # about 2.5 MB
+    rows = [update(f"vm{i:05}", f"KB{i:07}", UpdateTitle="x" * 400) for i in range(5_000)]  # about 2.5 MB
 
     ingest.upload(DCR, UPDATE.stream, rows)
 
@@ -227,13 +229,42 @@ def test_more_than_a_megabyte_is_split_by_the_sdk_and_every_row_lands(server, in
 
 
 def test_a_single_call_over_one_megabyte_is_413(ingest, logs):
-    body = json.dumps([update(f"vm{i}", "KB1", Title="x" * 500) for i in range(3_000)]).encode()
+    body = json.dumps([update(f"vm{i}", "KB1", UpdateTitle="x" * 500) for i in range(3_000)]).encode()
 
     with pytest.raises(HttpResponseError) as failure:
         ingest.upload(DCR, UPDATE.stream, io.BytesIO(body))  # a stream is sent as-is, not split
 
     assert failure.value.status_code == 413
+    example = INGESTION_ERRORS["examples"]["contentTooLarge"]
+    assert failure.value.status_code == example["status"]
+    assert failure.value.error is not None and failure.value.error.code == example["body"]["error"]["code"]
+    assert failure.value.error.message.startswith(example["body"]["error"]["message"])
+    assert failure.value.response.headers["x-ms-error-code"] == example["headers"]["x-ms-error-code"]
     assert run(logs, "Update_CL | count") == [{"Count": 0}]
+
+
+def test_every_ingestion_error_has_the_documented_shape(server):
+    shape = INGESTION_ERRORS["shape"]
+    auth = {"Authorization": "Bearer t"}
+    stream = f"/dataCollectionRules/{DCR}/streams/{UPDATE.stream}"
+    other_rule = f"/dataCollectionRules/dcr-x/streams/{UPDATE.stream}"
+    other_stream = f"/dataCollectionRules/{DCR}/streams/Custom-X_CL"
+    server.throttle_next(1)
+    replies = {
+        "throttled": server.handle("POST", stream, auth, b"[]"),
+        "unknown rule": server.handle("POST", other_rule, auth, b"[]"),
+        "unknown stream": server.handle("POST", other_stream, auth, b"[]"),
+        "not json": server.handle("POST", stream, auth, b"{"),
+        "undeclared column": server.handle("POST", stream, auth, json.dumps([{"Colour": "blue"}]).encode()),
+        "too large": server.handle("POST", stream, auth, b"[" + b" " * (1024 * 1024) + b"]"),
+    }
+    for name, reply in replies.items():
+        assert reply.status >= 400, name
+        assert set(shape["body"]["required"]) <= set(reply.body) <= set(shape["body"]["allowed"]), name
+        error = reply.body["error"]
+        assert set(shape["error"]["required"]) <= set(error) <= set(shape["error"]["allowed"]), name
+        assert all(isinstance(error[k], str) and error[k] for k in shape["error"]["required"]), name
+        assert reply.headers and reply.headers[shape["errorCodeHeader"]] == error["code"], name
 
 
 def test_429_retry_after_is_honoured_by_the_sdk(server, ingest, logs):
@@ -315,6 +346,23 @@ def test_a_bad_query_raises_with_the_engine_message(logs):
 
     with pytest.raises(HttpResponseError, match="could not parse KQL"):
         logs.query_workspace(WORKSPACE, "Update_CL | wherex", timespan=None)
+
+
+@pytest.mark.usefixtures("sample")
+def test_the_update_function_presents_the_legacy_title_to_the_query_client(logs):
+    """The seed's "distinct missing updates" search as written: ``Update`` runs the function's body."""
+    rows = run(logs, 'Update | where UpdateState == "Needed" and Optional == false | distinct Title')
+    assert sorted(r["Title"] for r in rows) == ["Update KB501", "Update KB502"]
+    with pytest.raises(HttpResponseError) as failure:
+        logs.query_workspace(WORKSPACE, "Update_CL | project Title", timespan=None)
+    assert failure.value.status_code == 400
+
+
+def test_a_table_declaring_a_reserved_column_is_refused_as_log_analytics_does(tls):
+    legacy = LogTable("Update_CL", (Column("TimeGenerated", D), Column("Title", S)))
+
+    with pytest.raises(TableRejected, match="Title is a reserved column name"):
+        LogAnalyticsStandIn(None, tls, workspace_id=WORKSPACE, dcr_immutable_id=DCR, tables=(legacy,))
 
 
 def test_an_unknown_workspace_is_404(logs):
@@ -461,7 +509,7 @@ def test_while_another_process_writes_the_file_ingestion_is_503_and_retried_late
             path = f"/dataCollectionRules/{DCR}/streams/{UPDATE.stream}"
             reply = standin.handle("POST", path, {"Authorization": "Bearer t"}, body)
             assert reply.status == 503
-            assert reply.headers == {"Retry-After": "1"}
+            assert reply.headers is not None and reply.headers["Retry-After"] == "1"
             with pytest.raises(StoreBusy):
                 LogStore.open_read_only(db, (UPDATE,)).query("Update_CL | count")
         finally:

@@ -1,6 +1,6 @@
 """Installing and restarting through ``PatchOperations`` (real azure-mgmt clients, HTTPS) on the ARM
-stand-in, and the ``UpdateRunProgress_CL`` rows answering the seed's two run searches through the Log
-Analytics stand-in.
+stand-in, and the ``UpdateRunProgress_CL`` rows answering the seed's two run searches (through the
+``UpdateRunProgress`` workspace function, as the seed writes them) in the Log Analytics stand-in.
 
 The ARM stand-in runs with ``auto_advance=True`` on a virtual clock: checking an unfinished
 install moves the clock to its end, so hours of simulated patching take milliseconds.
@@ -201,14 +201,14 @@ def test_the_seed_run_searches_answer_from_the_rows(operations, loganalytics, tl
     ]  # fmt: skip
     LogSink(EmulatorCredential(), loganalytics.base_url, DCR).send(UPDATE_RUN_PROGRESS, rows)
     failed = loganalytics.query(
-        'UpdateRunProgress_CL | where InstallationStatus == "failed" '
+        'UpdateRunProgress | where InstallationStatus == "failed" '
         "| summarize AggregatedValue = count() by Computer, Title, UpdateRunName"
     )
     assert [(r["Computer"], r["Title"], r["UpdateRunName"], r["AggregatedValue"]) for r in failed] == [
         ("broken-01", "sudo", "rhel-critical", 1)
     ]
     updated = loganalytics.query(
-        'UpdateRunProgress_CL | where UpdateRunName == "rhel-critical" '
+        'UpdateRunProgress | where UpdateRunName == "rhel-critical" '
         "| summarize AggregatedValue = count() by Computer"
     )
     counts = sorted((r["Computer"], r["AggregatedValue"]) for r in updated)

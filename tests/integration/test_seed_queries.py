@@ -1,9 +1,11 @@
-"""The legacy Update Management sample log searches, with table names suffixed ``_CL``, answered
-from rows the recorder wrote, through the real LogsQueryClient against the Log Analytics stand-in.
+"""The legacy Update Management sample log searches, as the seed writes them, answered from rows the
+recorder wrote, through the real LogsQueryClient against the Log Analytics stand-in. ``Update`` is the
+workspace function over ``Update_CL`` (shared/log_tables.py FUNCTIONS) that presents ``UpdateTitle``
+as the legacy ``Title``.
 
 The "error events" search reads the legacy ``Event`` table (Windows event log entries). This
 product does not collect event logs, so ``Event_CL`` is declared here, by the test, and filled
-with rows the test writes: what is checked is that the ``Update_CL`` half of the query selects
+with rows the test writes: what is checked is that the ``Update`` half of the query selects
 the right computers.
 """
 
@@ -144,7 +146,7 @@ def required_missing(fleet: dict[str, Machine], os_filter: OsType | None = None)
     }
 
 
-NEEDED = 'Update_CL | where UpdateState == "Needed" and Optional == false'
+NEEDED = 'Update | where UpdateState == "Needed" and Optional == false'
 
 
 def test_all_computers_with_missing_updates(logs, fleet):
@@ -191,7 +193,7 @@ def test_distinct_missing_updates_across_all_computers(logs, fleet):
 def test_linux_machines_with_critical_or_security_updates_available(logs, fleet):
     rows = run(
         logs,
-        'Update_CL | where OSType == "Linux" '
+        'Update | where OSType == "Linux" '
         '| where UpdateState != "Not needed" and (Classification == "Critical Updates" '
         'or Classification == "Security Updates") | summarize AggregatedValue = count() by Computer',
     )
@@ -229,7 +231,7 @@ def test_error_events_for_machines_missing_critical_or_security_updates(
 
     rows = run(
         logs,
-        'Event_CL | where EventLevelName == "error" and Computer in ((Update_CL '
+        'Event_CL | where EventLevelName == "error" and Computer in ((Update '
         '| where (Classification == "Security Updates" or Classification == "Critical Updates") '
         '| where UpdateState == "Needed" and Optional == false | distinct Computer)) | project Computer',
     )

@@ -267,3 +267,26 @@ def paced_fan_out(context: df.DurableOrchestrationContext) -> Any:
 @app.orchestration_trigger(context_name="context")
 def gated_child(context: df.DurableOrchestrationContext) -> Any:
     return (yield context.call_activity("counted_gated", context.get_input()))
+
+
+# --- Azure's limits -------------------------------------------------------------------------------
+
+@app.orchestration_trigger(context_name="context")
+def with_big_status(context: df.DurableOrchestrationContext) -> Any:
+    context.set_custom_status({"blob": "x" * context.get_input()})
+    return "status set"
+
+
+@app.orchestration_trigger(context_name="context")
+def child_with_id(context: df.DurableOrchestrationContext) -> Any:
+    return (yield context.call_sub_orchestrator("double_child", 1, context.get_input()))
+
+
+@app.orchestration_trigger(context_name="context")
+def echo_through_activity(context: df.DurableOrchestrationContext) -> Any:
+    return (yield context.call_activity("echo", context.get_input()))
+
+
+@app.activity_trigger(input_name="text")
+def echo(text: str) -> str:
+    return text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -158,19 +159,30 @@ def test_the_demo_fleet_holds_every_case_the_product_must_handle():
     assert any(m.os_key == "windows-server-2008-r2" and m.power_state == "running" for m in machines)
     assert any(m.os_key == "windows-10" and m.power_state == "running" for m in machines)
     assert sum(m.kind == "arc-server" for m in machines) >= 5
+    # Ubuntu machines carry the Linux extension's own classes, as Azure reports them.
+    ubuntu = [u for m in machines if m.os_name == "ubuntu" for u in m.resolved(m.available_updates)]
+    assert {"Security-ESM", "Unclassified"} <= {c for u in ubuntu for c in u.classifications}
 
 
 # ----- masks and selection
 
 
-def test_masks_match_names_and_name_version_with_star_and_question_mark():
+def test_masks_match_as_the_linux_agent_reads_them():
+    # Azure/LinuxPatchExtension PackageFilter: fnmatch on the name, with or without the architecture
+    # suffix; "name=version" pins versions (wildcards allowed); the old "name_version" form was never
+    # the agent's and matches only a package of that whole name.
     assert mask_matches("redhat-release-server*", "redhat-release-server", "7.9-8.el7_9")
     assert not mask_matches("redhat-release-server*", "redhat-release", "8.9-0.1.el8")
     assert mask_matches("kernel", "kernel", "3.10.0-1160.108.1.el7")
-    assert mask_matches("openssl_3.0.2-0ubuntu1.1?", "openssl", "3.0.2-0ubuntu1.15")
-    assert not mask_matches("openssl_3.0.2-0ubuntu1.1?", "openssl", "3.0.2-0ubuntu1.150")
+    assert mask_matches("kernel", "kernel.x86_64", "3.10.0-1160.108.1.el7")  # architecture stripped
+    assert mask_matches("kernel.x86_64", "kernel.x86_64") and not mask_matches("kernel.i686", "kernel.x86_64")
+    assert mask_matches("openssl=3.0.2-0ubuntu1.1?", "openssl", "3.0.2-0ubuntu1.15")
+    assert not mask_matches("openssl=3.0.2-0ubuntu1.1?", "openssl", "3.0.2-0ubuntu1.150")
+    assert mask_matches("openssl=3.0.2*", "openssl")  # no version given: the exclusion check, by name
+    assert not mask_matches("openssl_3.0.2*", "openssl", "3.0.2-0ubuntu1.15")
     assert mask_matches("lib?ssl*", "libossl3") and not mask_matches("lib?ssl*", "libssl3")
     assert mask_matches("libc6", "libc6") and not mask_matches("libc", "libc6")  # a mask is the whole name
+    assert not mask_matches("Kernel", "kernel")  # case-sensitive, as fnmatch on Linux
 
 
 def _request(**overrides: object) -> InstallRequest:
@@ -212,6 +224,12 @@ def test_linux_selection_rules():
     assert select(kernel, everything) == "Selected"
     assert select(release, _request(masks_include=("redhat-*",))) == "Selected"
     assert select(release, _request(classifications=frozenset({"Security"}))) == "NotSelected"
+    # Critical alone takes every critical-and-security update, as the agent installs them as one group.
+    assert select(kernel, _request(classifications=frozenset({"Critical"}))) == "Selected"
+    # An include mask may pin a version; an exclusion looks at the name only.
+    assert select(release, _request(masks_include=("redhat-release-server=7.9-*",))) == "Selected"
+    assert select(release, _request(masks_include=("redhat-release-server=8.*",))) == "NotSelected"
+    assert select(kernel, replace(everything, masks_exclude=("kernel=9.9",))) == "Excluded"
 
 
 # ----- planning an install
@@ -364,7 +382,7 @@ def test_an_install_changes_the_machine_only_when_the_clock_reaches_its_end():
     assert sim.operation(op.id).status_body()["status"] == "InProgress"
     with pytest.raises(ArmError) as busy:
         sim.start_assessment(vm_id)
-    assert (busy.value.status, busy.value.code) == (409, "Conflict")
+    assert (busy.value.status, busy.value.code) == (409, "OperationNotAllowed")
     assert [u.ref for u in sim.machine(vm_id).available][:1] == ["openssl_3.0.2-0ubuntu1.15"]
     clock.advance(op.end - clock.now())
     body = sim.operation(op.id).status_body()
@@ -372,3 +390,37 @@ def test_an_install_changes_the_machine_only_when_the_clock_reaches_its_end():
     state = sim.machine(vm_id)
     assert [u.ref for u in state.available] == ["tzdata_2024a-0ubuntu0.22.04"]
     assert state.installation_summary and state.installation_summary["installedPatchCount"] == 2
+
+
+def test_a_machine_busy_with_an_operation_nobody_here_started_refuses_until_it_ends():
+    clock = VirtualClock()
+    fleet = parse_fleet(_fleet_data(_machine(behaviours={"busySeconds": 300}), _machine(name="web-02")))
+    sim = Simulation(fleet, clock)
+    busy, idle = (m.resource_id for m in fleet.machines)
+    with pytest.raises(ArmError) as refused:
+        sim.start_assessment(busy)
+    assert (refused.value.status, refused.value.code) == (409, "OperationNotAllowed")
+    assert "another patch operation" in refused.value.message
+    sim.start_assessment(idle)  # only the busy machine refuses
+    clock.advance(timedelta(seconds=300))
+    assert sim.start_assessment(busy).target == busy  # the platform's assessment has ended
+
+
+def test_a_machine_can_be_stopped_now_or_later_and_then_refuses_with_its_state():
+    clock = VirtualClock()
+    arc = _machine(name="arc-01", kind="arc-server")
+    fleet = parse_fleet(_fleet_data(_machine(), arc))
+    sim = Simulation(fleet, clock)
+    vm_id, arc_id = (m.resource_id for m in fleet.machines)
+    sim.set_power_state(vm_id, "deallocated", at=clock.now() + timedelta(minutes=1))
+    sim.set_power_state(arc_id, "stopped")
+    with pytest.raises(ArmError, match="status is Disconnected"):
+        sim.start_assessment(arc_id)
+    assessment = sim.start_assessment(vm_id)  # still running: the shutdown is a minute away
+    clock.advance(assessment.end - clock.now() + timedelta(minutes=1))
+    with pytest.raises(ArmError, match="since the VM is deallocated") as refused:
+        sim.start_install(vm_id, {"maximumDuration": "PT1H", "rebootSetting": "Never",
+                                  "linuxParameters": {"classificationsToInclude": ["Security"]}})
+    assert refused.value.code == "OperationNotAllowed"
+    with pytest.raises(ValueError, match="arc-server"):
+        sim.set_power_state(arc_id, "deallocated")

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 
-import pytest
-
 from shared.assessment.records import (
     MachineAssessmentSummary,
     is_optional,
@@ -17,7 +15,7 @@ from shared.assessment.records import (
 )
 from shared.log_tables import UPDATE, UPDATE_SUMMARY, check_rows, record_id
 from shared.model.assessment_outcome import AssessmentOutcome, AvailablePatch, Readiness
-from shared.model.classification import Classification, UnknownClassification
+from shared.model.classification import Classification
 from shared.model.machines import Machine, MachineKind, OsType, PowerState
 
 AT = datetime(2026, 1, 13, 2, 0, tzinfo=UTC)
@@ -209,9 +207,74 @@ def test_arc_outcomes_have_counts_only_and_no_records():
     assert summary.missing_by_classification["Tools"] == 0
 
 
-def test_unknown_classifications_are_refused_naming_the_value():
-    with pytest.raises(UnknownClassification, match="'Bogus'"):
-        update_records(WINDOWS, outcome(win("KB5034441", "t", "Bogus")), AT)
+def test_windows_update_names_from_real_results_are_recorded_with_the_legacy_names():
+    # Azure's results carry Windows Update's category names, not the request enum (the Compute REST
+    # specification's VirtualMachine_AssessPatches example): "Definition Updates", "Update Rollups".
+    real = outcome(
+        win("KB5034127", "2024-01 Cumulative Update (KB5034127)", "Security Updates"),
+        win("KB2267602", "Security Intelligence Update for Defender (KB2267602)", "Definition Updates"),
+        win("KB890830", "Windows Malicious Software Removal Tool (KB890830)", "Update Rollups"),
+        win("KB5034862", "2024-02 Servicing Stack Update (KB5034862)", "critical updates"),  # any case
+        win("KB5040001", "Contoso - Printer - 1.2.3", "Drivers"),
+    )
+    records = by_key(update_records(WINDOWS, real, AT))
+    assert {k: r.classification for k, r in records.items()} == {
+        "KB5034127": Classification.SECURITY,
+        "KB2267602": Classification.DEFINITION,
+        "KB890830": Classification.UPDATE_ROLLUPS,
+        "KB5034862": Classification.CRITICAL,
+        "KB5040001": Classification.UPDATES,  # a Windows Update category with no request enum member
+    }
+    summary = summarize(WINDOWS, real, records.values(), AT)
+    assert summary.compliant is False
+    assert summary.missing_by_classification["Definition Updates"] == 1
+    assert summary.missing_by_classification["Security Updates"] == 1
+
+
+def test_security_esm_counts_as_security_and_unclassified_as_other():
+    ubuntu = outcome(
+        pkg("imagemagick", "8:6.9.11.60+dfsg-1.3ubuntu0.22.04.3+esm4", "Security-ESM"),
+        pkg("ubuntu-advantage-tools", "31.2~22.04", "Unclassified"),
+    )
+    records = by_key(update_records(LINUX, ubuntu, AT))
+    assert records["imagemagick"].classification is Classification.SECURITY
+    assert records["ubuntu-advantage-tools"].classification is Classification.OTHER
+    summary = summarize(LINUX, ubuntu, records.values(), AT)
+    assert summary.compliant is False
+    assert summary.missing_by_classification == {
+        "Critical Updates": 0, "Security Updates": 1, "Other Updates": 1,
+    }
+
+
+def test_an_unknown_classification_goes_to_the_catch_all_class_and_is_logged_once(caplog):
+    strange = outcome(
+        win("KB5034441", "t", "Quantum Updates"),
+        win("KB5034442", "u", "Quantum Updates"),
+    )
+    with caplog.at_level("WARNING", logger="shared.model.classification"):
+        records = update_records(WINDOWS, strange, AT)
+        update_records(WINDOWS, strange, AT)
+    assert {r.classification for r in records} == {Classification.UPDATES}
+    assert [m for m in caplog.messages if "Quantum Updates" in m] == [
+        "unknown Windows classification 'Quantum Updates' in an Azure result: counted as Updates"
+    ]
+    linux = update_records(LINUX, outcome(pkg("vim", "9.0", "Whatever")), AT)
+    assert linux[0].classification is Classification.OTHER
+
+
+def test_a_truncated_list_counts_what_the_totals_say():
+    # The agent cut the list to two; the totals count 5 critical-and-security and 3 other updates.
+    cut = replace(
+        outcome(pkg("openssl", "3.0.2-0ubuntu1.15", "Security"), pkg("tzdata", "2024a", "Other")),
+        critical_and_security_count=5, other_count=3, truncated=True,
+    )
+    records = update_records(LINUX, cut, AT)
+    assert len(records) == 2  # only what was listed becomes a record
+    summary = summarize(LINUX, cut, records, AT)
+    assert summary.missing_total == 8
+    assert summary.missing_by_classification == {
+        "Critical Updates": 0, "Security Updates": 5, "Other Updates": 3,
+    }
 
 
 def test_a_patch_whose_kb_id_is_not_a_kb_number_is_kept_under_its_patch_id():

@@ -9,8 +9,15 @@ from datetime import timedelta
 import pytest
 
 from local.clock import VirtualClock
-from local.durable import DurableRunner, DurableRunnerError, InstanceAlreadyRunning, InstanceGone
+from local.durable import (
+    DurableRunner,
+    DurableRunnerError,
+    InstanceAlreadyRunning,
+    InstanceGone,
+    InvalidInstanceId,
+)
 from local.durable.history import EventType
+from local.durable.limits import TABLE_PROPERTY_SPILL_BYTES, instance_id_problem, spill_reason
 from tests.unit import durable_app
 
 HOUR = timedelta(hours=1)
@@ -192,6 +199,82 @@ def test_unknown_orchestrator_and_purge(runner):
     runner.terminate(instance_id, "done")
     assert runner.purge(instance_id) is True
     assert runner.get_status(instance_id) is None
+
+
+# --- Azure's limits -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("instance_id, rule", [
+    ("run/1", "must not contain"),
+    ("run\\1", "must not contain"),
+    ("run#1", "must not contain"),
+    ("run?1", "must not contain"),
+    ("run\n1", "must not contain"),
+    ("run\x7f1", "must not contain"),
+    ("@light@check", "must not start with '@'"),
+    ("x" * 257, "must not exceed 256 characters"),
+    ("\U0001F600" * 129, "must not exceed 256 characters"),  # .NET counts UTF-16 units: 258
+])
+def test_an_instance_id_azure_refuses_is_refused_with_the_rule_it_breaks(runner, instance_id, rule):
+    with pytest.raises(InvalidInstanceId, match=rule) as refused:
+        runner.start_new("with_status", instance_id)
+    assert repr(instance_id) in str(refused.value)
+    assert runner.list_instances() == []
+
+
+def test_instance_ids_azure_accepts_are_accepted(runner):
+    for instance_id in ("x" * 256, "é" * 256, "deploy-Patch_Tuesday.prod-20260310T0200Z", "a:b c+d=e"):
+        assert instance_id_problem(instance_id) is None
+        assert runner.start_new("with_status", instance_id) == instance_id
+
+
+@pytest.mark.parametrize("child_id, rule", [
+    ("@child", "must not start with '@'"),
+    ("child/1", "must not contain"),
+    ("parent-of-itself", "must be different than the instance ID of a parent"),
+])
+def test_a_sub_orchestration_id_azure_refuses_fails_the_caller(runner, child_id, rule):
+    final = finish(runner, "child_with_id", child_id, "parent-of-itself")
+    assert final["runtimeStatus"] == "Failed"
+    assert final["output"].startswith("Orchestrator function 'child_with_id' failed:")
+    assert rule in final["output"]
+    assert [s["instanceId"] for s in runner.list_instances()] == ["parent-of-itself"]
+
+
+def test_custom_status_over_16_kb_of_utf16_fails_the_orchestration(runner):
+    # Azure counts floor(UTF-16 bytes / 1024) > 16: '{"blob":"..."}' of 8,692 x's is 17,406 bytes, accepted.
+    accepted = finish(runner, "with_big_status", 8692, "status-fits")
+    assert accepted["runtimeStatus"] == "Completed"
+    assert len(accepted["customStatus"]["blob"]) == 8692
+    refused = finish(runner, "with_big_status", 8693, "status-too-big")
+    assert refused["runtimeStatus"] == "Failed"
+    assert "must not exceed 16 KB" in refused["output"] and "it is 17 KB" in refused["output"]
+    assert refused["customStatus"] is None  # Azure refuses the status: the old one stays
+
+
+def test_payloads_azure_would_move_to_blobs_are_logged(runner, caplog):
+    caplog.set_level("WARNING", logger="local.durable.runner")
+    assert finish(runner, "echo_through_activity", "small", "echo-small")["output"] == "small"
+    assert not caplog.records
+    big = "x" * (TABLE_PROPERTY_SPILL_BYTES // 2)  # its JSON adds two quotes: just over 60 KB as UTF-16
+    assert finish(runner, "echo_through_activity", big, "echo-big")["runtimeStatus"] == "Completed"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    for what in (
+        "the input of orchestration 'echo_through_activity'",
+        "the input of activity 'echo'",
+        "the result of activity 'echo'",
+        "the output of orchestration 'echo_through_activity'",
+    ):
+        expected = f"instance echo-big: {what} is 61,444 bytes as UTF-16"
+        assert [w for w in warnings if w.startswith(expected)], what
+    assert len(warnings) == 4 and all("blob" in w for w in warnings)
+
+
+def test_the_spill_thresholds_are_azures():
+    assert spill_reason("x" * 30_720) is None  # 61,440 bytes as UTF-16: the table property's limit
+    assert "over the 61,440 of a table property" in spill_reason("x" * 30_721)
+    # Text beyond ASCII meets the queue message's 45 KB of UTF-8 first: the euro sign is 3 bytes, or 2.
+    assert spill_reason("€" * 15_360) is None
+    assert "46,083 bytes as UTF-8, over the 46,080 of a queue message" in spill_reason("€" * 15_361)
 
 
 # --- simulated host restarts ----------------------------------------------------------------------

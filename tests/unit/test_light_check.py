@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,6 +35,7 @@ from shared.azure.arm import vm_to_machine
 from shared.model.machines import Machine, MachineKind, OsType, PowerState
 
 SUB = "00000000-0000-0000-0000-000000000001"
+SUB2 = "00000000-0000-0000-0000-000000000002"
 ASSESSED = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 INSTALL_ID = "5c7b2a8e-0000-4000-8000-000000000001"
 
@@ -147,6 +149,19 @@ def test_selection_is_ordered_capped_and_carries_the_install_seen():
     assert [m.name for m in adopt] == ["vm-same"]
 
 
+def test_the_answer_of_find_changed_machines_carries_counts_not_machines():
+    chosen = [
+        Observed(resource_id=vm("vm-a").resource_id, reason=Reason.NEVER_ASSESSED),
+        Observed(resource_id=vm("vm-b").resource_id.replace(SUB, SUB2), reason=Reason.INSTALL_CHANGED),
+        Observed(resource_id=vm("vm-c").resource_id, reason=Reason.NEVER_ASSESSED),
+    ]
+    answer = ChangedMachines.of(chosen, listed=9, changed=4, adopted=1, subscriptions_failed=[SUB2])
+    assert answer.reassess == 3 and answer.subscription_ids == (SUB, SUB2)
+    assert answer.by_reason == {Reason.NEVER_ASSESSED.value: 2, Reason.INSTALL_CHANGED.value: 1}
+    assert (answer.listed, answer.changed, answer.adopted, answer.subscriptions_failed) == (9, 4, 1, (SUB2,))
+    assert "vm-a" not in answer.model_dump_json()
+
+
 def test_the_vm_listing_exposes_the_last_installation_summary():
     model = VirtualMachine(
         location="westeurope",
@@ -172,14 +187,15 @@ app = df.DFApp()
 app.orchestration_trigger(context_name="context")(functions_light_check.light_check_run)
 STEER: dict[str, Any] = {}
 SEEN: dict[str, Any] = {}
+STORED: dict[str, list[Observed]] = {}  # stands for the assessment run's stored scope (AssessmentTargets)
 
 
 @app.activity_trigger(input_name="request")
 def find_changed_machines(request: dict[str, Any]) -> dict[str, Any]:
     SEEN["find"] = request
-    return ChangedMachines(
-        machines=tuple(STEER["chosen"]), listed=7, changed=len(STEER["chosen"])
-    ).model_dump(mode="json")
+    chosen = list(STEER["chosen"])
+    STORED[request["run_id"]] = chosen
+    return ChangedMachines.of(chosen, listed=7, changed=len(chosen), adopted=0).model_dump(mode="json")
 
 
 @app.orchestration_trigger(context_name="context")
@@ -187,20 +203,21 @@ def assessment_run(context: df.DurableOrchestrationContext) -> Any:
     SEEN["assessment"] = (context.instance_id, context.get_input())
     if STEER.get("assessment_fails"):
         raise RuntimeError("listing failed")
-    return {"assessed": len(context.get_input()["scope"]["machineIds"])}
+    return {"assessed": len(STORED[context.instance_id])}
     yield  # a generator, as orchestrators are
 
 
 @app.activity_trigger(input_name="request")
 def record_light_check_baseline(request: dict[str, Any]) -> int:
     SEEN["baseline"] = request
-    return len(request["machines"])
+    return len(STORED[request["run_id"]])
 
 
 @pytest.fixture
 def runner():
     STEER.clear()
     SEEN.clear()
+    STORED.clear()
     with DurableRunner(app, VirtualClock(), activity_concurrency=2) as running:
         yield running
 
@@ -219,9 +236,10 @@ def test_with_nothing_changed_no_assessment_is_started(runner):
     assert final["output"]["reassessed"] == 0 and final["output"]["listed"] == 7
     assert "assessment" not in SEEN and "baseline" not in SEEN
     assert SEEN["find"]["check_id"] == "lightcheck-20260301T1215"
+    assert SEEN["find"]["run_id"] == "lightcheck-20260301T1215-assessment"
 
 
-def test_changed_machines_are_assessed_by_machine_id_and_baselined_against_that_run(runner):
+def test_changed_machines_are_assessed_through_storage_and_baselined_against_that_run(runner):
     chosen = [
         Observed(resource_id=vm("vm-b").resource_id, reason=Reason.INSTALL_CHANGED, install_id=INSTALL_ID),
         Observed(resource_id=vm("vm-c").resource_id, reason=Reason.NEVER_ASSESSED),
@@ -232,10 +250,33 @@ def test_changed_machines_are_assessed_by_machine_id_and_baselined_against_that_
     child_id, child_input = SEEN["assessment"]
     assert child_id == "lightcheck-20260301T1215-assessment"
     assert child_input["trigger"] == "light-check"
-    assert child_input["scope"]["machineIds"] == [o.resource_id for o in chosen]
+    # The machines went to storage under the run's id; the run's input names none of them.
+    assert STORED[child_id] == chosen
+    assert child_input["machine_ids_stored"] is True and child_input["scope"]["machineIds"] == []
     assert child_input["subscription_ids"] == [SUB]
-    assert SEEN["baseline"]["run_id"] == child_id
+    assert SEEN["baseline"] == {"run_id": child_id}
     assert final["output"]["assessment"] == {"assessed": 2} and final["output"]["baselined"] == 2
+    assert final["output"]["byReason"] == {"installChanged": 1, "neverAssessed": 1}
+
+
+@pytest.mark.parametrize("changed", [2, 5000])
+def test_the_checks_messages_stay_small_however_many_machines_changed(runner, changed):
+    STEER["chosen"] = [
+        Observed(resource_id=vm(f"vm-{n:05d}").resource_id, reason=Reason.NEVER_ASSESSED,
+                 install_id=INSTALL_ID, install_at=ASSESSED.isoformat())
+        for n in range(changed)
+    ]
+    final = _check(runner)
+    assert final["output"]["reassessed"] == changed and final["output"]["baselined"] == changed
+    payloads = [
+        text
+        for instance_id in ("lightcheck-20260301T1215", "lightcheck-20260301T1215-assessment")
+        for event in runner.get_status(instance_id, show_history=True)["historyEvents"]
+        for text in (event.get("Input"), event.get("Result"))
+        if text
+    ]
+    assert payloads and max(len(text) for text in payloads) < 1000
+    assert len(json.dumps(final["customStatus"])) < 1000
 
 
 def test_a_failed_assessment_run_still_lets_the_assessed_machines_be_baselined(runner):

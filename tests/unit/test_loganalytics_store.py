@@ -12,9 +12,9 @@ import pytest
 from local.clock import VirtualClock
 from local.loganalytics import LogAnalyticsStandIn, LogStore, RowRejected, TimeRange, parse_timespan
 from local.loganalytics.server import BadTimespan
-from local.loganalytics.store import prepare_rows
+from local.loganalytics.store import TableRejected, prepare_rows
 from local.tls import LocalTls
-from shared.log_tables import Column, ColumnType, LogTable
+from shared.log_tables import Column, ColumnType, LogFunction, LogTable
 
 NOW = datetime(2026, 1, 13, 2, 0, tzinfo=UTC)
 T = ColumnType
@@ -119,6 +119,13 @@ def test_a_declaration_that_gained_a_column_extends_the_existing_file(tmp_path):
     assert store.query("Events_CL | project Ok") == [{"Ok": True}]
 
 
+def test_a_declaration_that_lost_a_column_drops_it_from_the_existing_file(tmp_path):
+    db = tmp_path / "logs.duckdb"
+    LogStore(db, (EVENTS,)).insert(EVENTS, [event(Ok=True)])
+    store = LogStore(db, (LogTable("Events_CL", EVENTS.columns[:2]),))
+    assert [name for name, _ in store.run("Events_CL").columns] == ["TimeGenerated", "Name"]
+
+
 @pytest.mark.parametrize(
     ("text", "start", "end"),
     [
@@ -208,3 +215,46 @@ def test_a_query_with_a_bad_timespan_names_the_field(standin):
     )
     assert reply.status == 400
     assert "timespan" in reply.body["error"]["message"]
+
+
+# -- declarations Log Analytics refuses, workspace functions -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["Title", "id", "Type", "TenantId", "UniqueId", "_ResourceId", "_SubscriptionId", "title"]
+)
+def test_a_table_declaring_a_reserved_column_name_is_refused(name):
+    table = LogTable("Updates_CL", (Column("TimeGenerated", T.DATETIME), Column(name, T.STRING)))
+
+    with pytest.raises(TableRejected, match=rf"Updates_CL: column {name} is a reserved column name"):
+        LogStore(None, (table,))
+
+
+@pytest.mark.parametrize("name", ["2nd", "With space", "Dash-ed", "X", "A" * 46])
+def test_a_table_declaring_a_malformed_column_name_is_refused(name):
+    table = LogTable("Updates_CL", (Column(name, T.STRING),))
+
+    with pytest.raises(TableRejected, match="must start with a letter"):
+        LogStore(None, (table,))
+
+
+def test_a_query_naming_a_function_runs_its_body_within_the_timespan():
+    renamed = LogFunction("Events", EVENTS, (("Title", "Name"),))
+    store = LogStore(None, (EVENTS,), functions=[renamed], clock=VirtualClock(NOW))
+    store.insert(EVENTS, [event(Name="old", TimeGenerated="2026-01-12T00:00:00Z"), event(Name="new")])
+
+    assert store.query("Events | project Title | order by Title asc") == [{"Title": "new"}, {"Title": "old"}]
+    span = TimeRange(NOW - timedelta(hours=2), NOW)
+    assert store.query("Events | project Title", span) == [{"Title": "new"}]
+    assert store.query("Events_CL | project Name", span) == [{"Name": "new"}]  # the table keeps its names
+
+
+@pytest.mark.parametrize("alias", ["_Events", "My Events", "Events-1"])
+def test_a_function_name_log_analytics_refuses_is_refused(alias):
+    with pytest.raises(TableRejected, match="function"):
+        LogStore(None, (EVENTS,), functions=[LogFunction(alias, EVENTS)])
+
+
+def test_a_function_over_an_undeclared_table_is_refused():
+    with pytest.raises(TableRejected, match="Lookup_CL is not declared"):
+        LogStore(None, (EVENTS,), functions=[LogFunction("Lookup", LOOKUP)])

@@ -62,6 +62,19 @@ def test_plain_http_only_for_loopback():
     assert loopback.arm_endpoint == "http://127.0.0.1:9999"
 
 
+def test_resource_graph_is_reached_at_the_arm_endpoint_unless_set():
+    assert load_settings(VALID).resource_graph_endpoint == "https://management.azure.com"
+    sovereign = load_settings(dict(VALID, ARM_ENDPOINT="https://management.chinacloudapi.cn"))
+    assert sovereign.resource_graph_endpoint == "https://management.chinacloudapi.cn"
+    loopback = "https://127.0.0.1:9"
+    local = dict(VALID, AZURE_AUTH_MODE="emulator", ARM_ENDPOINT=loopback, LOGS_QUERY_ENDPOINT=loopback,
+                 LOGS_INGESTION_ENDPOINT=loopback)  # fmt: skip
+    stand_in = load_settings(dict(local, RESOURCE_GRAPH_ENDPOINT="https://127.0.0.1:8/"))
+    assert stand_in.resource_graph_endpoint == "https://127.0.0.1:8"
+    with pytest.raises(SettingsError, match="RESOURCE_GRAPH_ENDPOINT must be a loopback address"):
+        load_settings(dict(local, RESOURCE_GRAPH_ENDPOINT="https://management.azure.com"))
+
+
 def test_example_file_names_every_setting_and_nothing_else():
     example = json.loads((ROOT / "local.settings.example.json").read_text())["Values"]
     assert set(example) == SETTING_NAMES | set(PLATFORM_SETTINGS)

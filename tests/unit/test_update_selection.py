@@ -6,10 +6,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from azure.mgmt.compute.models import VirtualMachineAssessPatchesResult
 
 from local.arm.catalogue import OS_PROFILES, LinuxPackage, Update, WindowsUpdate, updates_for
-from local.arm.simulation import parse_install_request, patch_id, select
+from local.arm.simulation import parse_install_request, patch_id, patch_wire, select
 from shared.assessment.records import is_optional
+from shared.azure.patch_operations import to_outcome
 from shared.deployments.definition import DeploymentDefinition, validate_definition
 from shared.deployments.install import install_parameters
 from shared.deployments.selection import PendingEstimate, optional_kbs, pending_estimate, selected_patches
@@ -89,23 +91,55 @@ def test_windows_selection(classifications, extra, expected):
     [
         (["Critical and security updates"], {}, [OPENSSL, KERNEL, GLIBC]),
         (["Other updates"], {"packagesToExclude": ["redhat-release-server*"]}, [TZDATA]),
-        (["Security"], {"packagesToInclude": ["tzdata"]}, [OPENSSL, KERNEL, TZDATA]),
-        (["Security"], {"packagesToInclude": ["tz*"], "packagesToExclude": ["tzdata"]}, [OPENSSL, KERNEL]),
-        (["Security"], {"packagesToExclude": ["openssl_1:1.0.2k*"]}, [KERNEL]),  # versioned mask
-        (["Security"], {"packagesToExclude": ["openssl_3.*"]}, [OPENSSL, KERNEL]),  # other version
+        # The agent installs critical and security as one group: Security alone takes glibc (Critical).
+        (["Security"], {}, [OPENSSL, KERNEL, GLIBC]),
+        (["Critical"], {}, [OPENSSL, KERNEL, GLIBC]),
+        (["Security"], {"packagesToInclude": ["tzdata"]}, [OPENSSL, KERNEL, GLIBC, TZDATA]),
+        (["Security"], {"packagesToInclude": ["tz*"], "packagesToExclude": ["tzdata"]},
+         [OPENSSL, KERNEL, GLIBC]),
+        (["Other"], {"packagesToInclude": ["openssl=1:1.0.2k*"]}, [OPENSSL, RELEASE, TZDATA]),  # pinned
+        (["Other"], {"packagesToInclude": ["openssl=3.*"]}, [RELEASE, TZDATA]),  # another version
+        # "name_version" was never the agent's form: a name mask that matches no package.
+        (["Security"], {"packagesToExclude": ["openssl_1:1.0.2k*"]}, [OPENSSL, KERNEL, GLIBC]),
         (["Critical", "Security"], {"packagesToExclude": ["kerne?", "glib?"]}, [OPENSSL]),
-        (["Security"], {"packagesToExclude": ["Kernel*", "kern"]}, [OPENSSL, KERNEL]),  # case, whole name
-        (["Critical"], {"packagesToInclude": ["redhat-release-server_7.9-?.el7_9"]}, [GLIBC, RELEASE]),
+        # Case-sensitive, and a mask is the whole name.
+        (["Security"], {"packagesToExclude": ["Kernel*", "kern"]}, [OPENSSL, KERNEL, GLIBC]),
+        (["Other"], {"packagesToInclude": ["redhat-release-server=7.9-?.el7_9"]}, [RELEASE, TZDATA]),
+        (["Other"], {"packagesToInclude": ["kernel=*"]}, [KERNEL, RELEASE, TZDATA]),
     ],
     ids=[
-        "critical-and-security", "exclude-mask-matches-the-bare-name", "include-outside-classes",
-        "exclude-wins-over-include", "versioned-exclude", "versioned-exclude-other-version",
-        "question-mark", "case-sensitive-whole-name", "versioned-include",
+        "critical-and-security", "exclude-mask-matches-the-bare-name", "security-takes-the-group",
+        "critical-takes-the-group", "include-outside-classes", "exclude-wins-over-include",
+        "versioned-include", "versioned-include-other-version", "old-underscore-form-matches-nothing",
+        "question-mark", "case-sensitive-whole-name", "versioned-include-question-mark",
+        "any-version",
     ],
 )
 def test_linux_selection(classifications, extra, expected):
     chosen = definition(OsType.LINUX, classifications, **extra)
     assert selected_patches(chosen, LINUX_PATCHES) == expected
+
+
+def test_linux_selection_reads_the_extensions_names_and_architecture_suffixes():
+    esm = pkg("imagemagick", "8:6.9.11.60+dfsg-1.3ubuntu0.22.04.3+esm4", "Security-ESM")
+    unclassified = pkg("ubuntu-advantage-tools", "31.2~22.04", "Unclassified")
+    arch = pkg("kernel.x86_64", "3.10.0-1160.108.1.el7", "Security")
+    patches = (esm, unclassified, arch)
+    assert selected_patches(definition(OsType.LINUX, ["Security"]), patches) == [esm, arch]
+    assert selected_patches(definition(OsType.LINUX, ["Other updates"]), patches) == [unclassified]
+    excluded = definition(OsType.LINUX, ["Security"], packagesToExclude=["kernel"])
+    assert selected_patches(excluded, patches) == [esm]
+
+
+def test_windows_selection_reads_windows_update_names():
+    # Real results name the classes as Windows Update does; a definition names the request enum.
+    security = kb("5034770", "2024-02 Cumulative Update (KB5034770)", "Security Updates")
+    defender = kb("2267602", "Security Intelligence Update for Defender (KB2267602)", "Definition Updates")
+    rollup = kb("890830", "Windows Malicious Software Removal Tool x64 (KB890830)", "Update Rollups")
+    chosen = definition(OsType.WINDOWS, ["Security", "Definition"])
+    assert selected_patches(chosen, (security, defender, rollup)) == [security, defender]
+    estimate = pending_estimate(chosen, outcome((security, defender, rollup)))
+    assert estimate == PendingEstimate(2, False, {"Security": 1, "Definition": 1})
 
 
 def test_optional_kbs_are_the_preview_releases_once_each():
@@ -124,19 +158,23 @@ STANDIN_DEFINITIONS = [
     (OsType.WINDOWS, ["ServicePack", "Updates"], {}),
     (OsType.LINUX, ["Critical and security updates"], {}),
     (OsType.LINUX, ["Other updates"], {"packagesToExclude": ["redhat-release*", "tz*"]}),
-    (OsType.LINUX, ["Security"], {"packagesToInclude": ["tzdata", "zypper", "cloud-init_23.?.3*"],
+    (OsType.LINUX, ["Security"], {"packagesToInclude": ["tzdata", "zypper", "cloud-init=23.?.3*"],
                                   "packagesToExclude": ["kernel*", "openssl_1:1.0.2k*"]}),
     (OsType.LINUX, ["Critical", "Security", "Other"], {"packagesToExclude": ["lib?sl*", "sud?"]}),
-    (OsType.LINUX, ["Critical"], {"packagesToInclude": ["openssl_3.0.2-0ubuntu1.15", "timezone"],
-                                  "packagesToExclude": ["Timezone", "glibc_2.28*"]}),
+    (OsType.LINUX, ["Other"], {"packagesToInclude": ["openssl=3.0.2-0ubuntu1.15", "timezone", "curl=*esm*"],
+                               "packagesToExclude": ["Timezone", "glibc"]}),
+    (OsType.LINUX, ["Critical"], {"packagesToInclude": ["ubuntu-advantage-tools=31.2~22.04"]}),
 ]
 
 
 def _as_available(update: Update) -> AvailablePatch:
-    classes = tuple(update.classifications)
-    if isinstance(update, WindowsUpdate):
-        return AvailablePatch(patch_id(update), update.title, classes, kb_id=update.kb_id)
-    return AvailablePatch(patch_id(update), update.name, classes, version=update.version)
+    """The update as the stand-in lists it in a result (Windows Update's class names), read by the
+    product's own parser."""
+    body = {"status": "Succeeded", "availablePatches": [patch_wire(update)]}
+    result = VirtualMachineAssessPatchesResult(body)
+    patches = to_outcome(result).patches
+    assert patches
+    return patches[0]
 
 
 def _catalogues(os_type: OsType) -> dict[str, list[WindowsUpdate] | list[LinuxPackage]]:
