@@ -1,8 +1,9 @@
 """The light check: every 15 minutes, reassess only the machines that changed or are new.
 
 The timer starts ``light_check_run`` (instance id from the schedule slot, so a late or doubled
-firing starts nothing new). Its activity ``find_changed_machines`` lists the fleet cheaply and
-stores the machines to reassess in Table Storage, as the scope of the check's assessment run; the
+firing starts nothing new). Its activity ``find_changed_machines`` lists the fleet cheaply, asks
+Resource Graph what changed on it (one query burst for the whole fleet) and stores the machines to
+reassess in Table Storage, as the scope of the check's assessment run; the
 run then starts the ordinary ``assessment_run``, which reads that scope, and finally stores the
 baseline of the machines it assessed. Only counts travel through the orchestration
 (shared/assessment/light_check.py has the rules, baselines_table.py the tables).
@@ -58,7 +59,10 @@ def light_check_run(context: df.DurableOrchestrationContext) -> Any:
             yield context.call_activity(
                 "find_changed_machines",
                 FindChangedInput(
-                    check_id=context.instance_id, run_id=run_id, subscription_ids=check.subscription_ids
+                    check_id=context.instance_id,
+                    run_id=run_id,
+                    subscription_ids=check.subscription_ids,
+                    at=context.current_utc_datetime,
                 ).model_dump(mode="json"),
             )
         )
@@ -72,6 +76,8 @@ def light_check_run(context: df.DurableOrchestrationContext) -> Any:
         "byReason": dict(found.by_reason),
         "subscriptionsFailed": list(found.subscriptions_failed),
     }
+    if found.activity_error:
+        summary["activityError"] = found.activity_error
     if not found.reassess:
         context.set_custom_status(summary)
         return summary

@@ -16,6 +16,19 @@ from local.stack import DEFAULT_STATE_DIR, DEMO_FLEET, LocalStack
 from local.workbook import serve_workbook
 
 _WAIT_SECONDS = 300
+# Two of the seed's searches, through the workspace functions: what the latest assessment of each machine
+# says is needed (Arc servers' lists come from Resource Graph), and the updates that failed in a run.
+NEEDED_BY_CLASSIFICATION = (
+    "Update | summarize arg_max(TimeGenerated, *) by SourceComputerId, UpdateID "
+    '| where UpdateState == "Needed" and Optional == false '
+    '| summarize Updates = count(), OnArcServers = countif(ComputerEnvironment == "Non-Azure") '
+    "by Classification "
+    "| order by Updates desc"
+)
+FAILED_UPDATES = (
+    'UpdateRunProgress | where InstallationStatus == "failed" '
+    "| summarize AggregatedValue = count() by Computer, Title, UpdateRunName"
+)
 _POLL_SECONDS = 0.1
 # The demo deployment: Linux critical and security updates, leaving the RHEL release package alone
 # (the seed's "unexpected OS-level upgrades"), half the machines at once, stop after three failures.
@@ -51,8 +64,10 @@ def run(fleet_file: Path = DEMO_FLEET, state_dir: Path = DEFAULT_STATE_DIR) -> i
     _say(f"Starting the local host with {len(fleet.machines)} machines from {fleet_file.name} ...")
     with LocalStack(fleet, state_dir=state_dir).start(serve_http=True) as stack:
         assert stack.functions and stack.durable and stack.logs and stack.arm and stack.azurite
+        assert stack.graph
         _say(f"  Azurite          tables on 127.0.0.1:{stack.azurite.table_port}")
         _say(f"  ARM stand-in     {stack.arm.base_url}")
+        _say(f"  Resource Graph   {stack.graph.base_url}")
         _say(f"  Log Analytics    {stack.logs.base_url}")
         _say(f"  API              {stack.api_base_url}/api")
         workbook = serve_workbook(stack)
@@ -74,12 +89,14 @@ def run(fleet_file: Path = DEMO_FLEET, state_dir: Path = DEFAULT_STATE_DIR) -> i
             assessments[os_name] = _follow(stack, _latest_instance(stack, f"assessment-{os_name}-"))
         _say("")
         _print_compliance(stack)
+        _print_search(stack, NEEDED_BY_CLASSIFICATION, ["Classification", "Updates", "OnArcServers"])
         _say("")
         _say("3. Update deployment (POST /api/deployments, then POST /api/deployments/{name}/runs -> "
              "orchestration deployment_run -> batches -> one deploy_machine per machine)")
         deployment = _run_deployment(stack)
         _say("")
         _print_deployment(stack, deployment["runId"])
+        _print_search(stack, FAILED_UPDATES, ["Computer", "Title", "UpdateRunName", "AggregatedValue"])
         _say("")
         _say(f"Done in {time.monotonic() - started:.1f}s; discovery result: {json.dumps(result)}")
         for os_name, summary in assessments.items():
@@ -226,6 +243,13 @@ def _print_compliance(stack: LocalStack) -> None:
     columns = ["machine", "os", "compliant", "critical", "security", "other", "reboot",
                "readiness / last error"]
     _say(table(rows, columns))
+
+
+def _print_search(stack: LocalStack, kql: str, columns: list[str]) -> None:
+    assert stack.logs
+    _say("")
+    _say(f"Log Analytics: {kql}")
+    _say(table(stack.logs.query(kql), columns))
 
 
 def _print_log_analytics(stack: LocalStack) -> None:

@@ -79,8 +79,7 @@ class LocalStack:
         self.azurite = start_azurite(None if self.state_dir is None else work / "azurite")
         # In memory, like the ARM simulation whose operations fill it (through ``self.graph.feed``).
         self.graph = ResourceGraphStandIn(self.tls, clock=self.clock).start()
-        self.graph.feed.machines_added(self.fleet.machines)
-        self.arm = ArmStandIn(self.fleet, self.clock, self.tls)
+        self.arm = ArmStandIn(self.fleet, self.clock, self.tls, resource_graph=self.graph.feed)
         self.arm.start()
         self.logs = LogAnalyticsStandIn(
             None if self.state_dir is None else work / "loganalytics.duckdb",

@@ -31,6 +31,7 @@ from local.arm.fleet import Fleet
 from local.arm.simulation import ArmError, MachineState, Operation, Simulation, iso, not_found, os_disk_id
 from local.background_server import BackgroundServer
 from local.clock import Clock, VirtualClock
+from local.resourcegraph.rows import ResourceGraphFeed
 from local.tls import LocalTls
 
 # ARM pages list results; the compute RP returns at most a few hundred per page, and a small page
@@ -90,8 +91,9 @@ class ArmStandIn:
         host: str = "127.0.0.1",
         port: int = 0,
         auto_advance: bool = False,
+        resource_graph: ResourceGraphFeed | None = None,
     ) -> None:
-        self.simulation = Simulation(fleet, clock)
+        self.simulation = Simulation(fleet, clock, resource_graph)
         self.clock = clock
         self.auto_advance = auto_advance
         self._tls = tls

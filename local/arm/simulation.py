@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from local.arm.catalogue import (
     CRITICAL_OR_SECURITY,
@@ -38,6 +38,9 @@ from local.arm.catalogue import (
 )
 from local.arm.fleet import Fleet, Machine
 from local.clock import Clock
+
+if TYPE_CHECKING:  # rows.py builds its rows from this module's nouns: imported for the annotation only
+    from local.resourcegraph.rows import ResourceGraphFeed
 
 # Azure VMs accept at most PT3H55M (AZURE-FACTS, "Install parameters").
 MAX_MAXIMUM_DURATION = timedelta(hours=3, minutes=55)
@@ -82,6 +85,11 @@ INVALID_COMBINATION_MESSAGE = (
     "Invalid classification combination selection detected. Please edit the update deployment "
     "configuration, unselect + reselect the desired classifications and save."
 )
+
+# Who started an operation, as results and Resource Graph rows say in ``startedBy``: the product's calls
+# are a user's, the periodic assessment the platform's.
+STARTED_BY_USER = "User"
+STARTED_BY_PLATFORM = "Platform"
 
 RebootSetting = Literal["IfRequired", "Never", "Always"]
 Selection = Literal["Selected", "Excluded", "NotSelected"]
@@ -389,7 +397,7 @@ def patch_wire(update: Update) -> dict[str, Any]:
     }
 
 
-def _arc_counts(updates: list[Update]) -> dict[str, int]:
+def arc_counts(updates: list[Update]) -> dict[str, int]:
     """Counts by classification as Arc reports them (no patch list); a patch counts under its first class."""
     keys = {
         "Security": "security",
@@ -538,9 +546,11 @@ def _unreachable_error(machine: Machine) -> dict[str, Any]:
 class Simulation:
     """The fleet's mutable state and its operations; callers hold :attr:`lock` around each request."""
 
-    def __init__(self, fleet: Fleet, clock: Clock) -> None:
+    def __init__(self, fleet: Fleet, clock: Clock, resource_graph: ResourceGraphFeed | None = None) -> None:
         self.fleet = fleet
         self.clock = clock
+        # Told of every machine and every finished assessment and install, as Azure fills Resource Graph.
+        self.resource_graph = resource_graph
         self.lock = threading.RLock()
         self.machines: dict[str, MachineState] = {}
         self.operations: dict[str, Operation] = {}
@@ -563,6 +573,8 @@ class Simulation:
         if machine.kind == "azure-vm":
             created = self.clock.now() - timedelta(days=90)
             self.resources[os_disk_id(machine).lower()] = _os_disk(machine, created)
+        if self.resource_graph:
+            self.resource_graph.machines_added([machine])
 
     def _initial_state(self, machine: Machine) -> MachineState:
         b = machine.behaviours
@@ -576,9 +588,13 @@ class Simulation:
         )
         if state.running and not b.unreachable:
             started = self.clock.now() - PREVIOUS_ASSESSMENT_AGE
-            state.available_summary = self._assessment_summary(
-                state, str(uuid.uuid4()), started, started + timedelta(seconds=b.assess_seconds)
-            )
+            finished = started + timedelta(seconds=b.assess_seconds)
+            previous = str(uuid.uuid4())
+            state.available_summary = self._assessment_summary(state, previous, started, finished)
+            if self.resource_graph:
+                self.resource_graph.assessment_finished(
+                    state, previous, started, finished, started_by=STARTED_BY_PLATFORM
+                )
         return state
 
     # ----- lookup
@@ -638,10 +654,14 @@ class Simulation:
             now = self.clock.now()
             if at is None or at <= now:
                 state.power_state = power_state
+                if self.resource_graph:
+                    self.resource_graph.machine_changed(state)
                 return
 
             def finish(op: Operation) -> None:
                 state.power_state = power_state
+                if self.resource_graph:
+                    self.resource_graph.machine_changed(state)
 
             machine = state.spec
             self._new_operation(  # a target id, not the state: the machine is not busy with it
@@ -667,6 +687,10 @@ class Simulation:
 
         def finish(op: Operation) -> None:
             state.available_summary = self._assessment_summary(state, activity, op.start, op.end)
+            if self.resource_graph:
+                self.resource_graph.assessment_finished(
+                    state, activity, op.start, op.end, started_by=STARTED_BY_PLATFORM
+                )
 
         machine = state.spec
         self._new_operation(
@@ -721,6 +745,8 @@ class Simulation:
 
         def finish(op: Operation) -> None:
             state.available_summary = self._assessment_summary(state, activity, op.start, op.end)
+            if self.resource_graph:
+                self.resource_graph.assessment_finished(state, activity, op.start, op.end)
             op.output = self._assessment_output(state, activity, op.start, op.end)
 
         return self._new_operation(
@@ -771,10 +797,10 @@ class Simulation:
                 "status": "Succeeded",
                 "assessmentActivityId": activity,
                 "rebootPending": state.reboot_pending,
-                "availablePatchCountByClassification": _arc_counts(state.available),
+                "availablePatchCountByClassification": arc_counts(state.available),
                 "startDateTime": iso(start),
                 "lastModifiedDateTime": iso(end),
-                "startedBy": "User",
+                "startedBy": STARTED_BY_USER,
                 "patchServiceUsed": machine.os_profile.patch_service,
                 "osType": machine.os_type,
             }
@@ -832,6 +858,8 @@ class Simulation:
         def finish(op: Operation) -> None:
             self._apply_install(state, outcome)
             state.installation_summary = self._installation_summary(outcome, activity, op.start, op.end)
+            if self.resource_graph:
+                self.resource_graph.installation_finished(state, outcome, activity, op.start, op.end)
             op.output = self._install_output(state, outcome, activity, op.start, op.end)
 
         return self._new_operation(
@@ -896,7 +924,7 @@ class Simulation:
             output.pop("error", None)
             return output | {
                 "lastModifiedDateTime": iso(end),
-                "startedBy": "User",
+                "startedBy": STARTED_BY_USER,
                 "osType": machine.os_type,
                 "patchServiceUsed": machine.os_profile.patch_service,
                 **({"errorDetails": summary["error"]} if "error" in summary else {}),
@@ -1124,3 +1152,42 @@ def _os_disk(machine: Machine, created: datetime) -> dict[str, Any]:
             "uniqueId": str(uuid.uuid5(uuid.NAMESPACE_URL, disk_id)),
         },
     }
+
+
+def platform_install(
+    simulation: Simulation,
+    resource_id: str,
+    classifications: tuple[str, ...] = ("Critical", "Security"),
+    max_duration: timedelta = timedelta(hours=2),
+) -> Operation:
+    """An install the product did not ask for: the platform's automatic patching (patch mode
+    ``AutomaticByPlatform``) or an Azure Update Manager schedule installs ``classifications`` (request
+    names) on a running VM or Arc server. Patch operations answer 409 until it ends; then the machine's
+    updates and installation summary change as after ``installPatches``, and Resource Graph gets the run
+    with ``startedBy`` Platform: the only trace the product can read of it."""
+    with simulation.lock:
+        simulation.settle()
+        state = simulation.machine(resource_id)
+        simulation._check_can_operate(state, "installPatches")
+        machine = state.spec
+        outcome = plan_install(
+            state.available,
+            InstallRequest(max_duration, "IfRequired", frozenset(classifications)),
+            seconds_per_patch=machine.behaviours.install_seconds_per_patch,
+            failing=machine.behaviours.failing_patches,
+            reboot_pending=state.reboot_pending,
+        )
+        activity = str(uuid.uuid4())
+
+        def finish(op: Operation) -> None:
+            simulation._apply_install(state, outcome)
+            state.installation_summary = simulation._installation_summary(outcome, activity, op.start, op.end)
+            if simulation.resource_graph:
+                simulation.resource_graph.installation_finished(
+                    state, outcome, activity, op.start, op.end, started_by=STARTED_BY_PLATFORM
+                )
+
+        return simulation._new_operation(
+            simulation._provider(machine), state, machine.subscription, machine.location,
+            max(outcome.duration, timedelta(seconds=1)), finish,
+        )  # fmt: skip

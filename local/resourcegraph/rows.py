@@ -25,16 +25,20 @@ from typing import Any
 
 from local.arm.catalogue import Update, WindowsUpdate
 from local.arm.fleet import Machine
-from local.arm.simulation import InstallOutcome, MachineState, _arc_counts, iso, patch_wire
+from local.arm.simulation import STARTED_BY_PLATFORM as STARTED_BY_PLATFORM  # who started it: startedBy
+from local.arm.simulation import (
+    STARTED_BY_USER,
+    InstallOutcome,
+    MachineState,
+    arc_counts,
+    iso,
+    patch_wire,
+)
 from local.resourcegraph.store import ResourceGraphStore
 
 # The tenant every local row belongs to (Resource Graph fills tenantId; the stand-ins have one tenant).
 LOCAL_TENANT_ID = "00000000-0000-4000-8000-0000000000fe"
 _TYPES = {"azure-vm": "microsoft.compute/virtualmachines", "arc-server": "microsoft.hybridcompute/machines"}
-# Who started an operation, as ``startedBy`` says: the product's calls are a user's, the periodic
-# assessment the platform's.
-STARTED_BY_USER = "User"
-STARTED_BY_PLATFORM = "Platform"
 
 
 def _base(machine: Machine, row_id: str, name: str, kind: str, tenant_id: str) -> dict[str, Any]:
@@ -100,7 +104,7 @@ def assessment_rows(
         "startDateTime": iso(started),
         "lastModifiedDateTime": iso(finished),
         "startedBy": started_by,
-        "availablePatchCountByClassification": _arc_counts(list(available)),
+        "availablePatchCountByClassification": arc_counts(list(available)),
     }
     rows = [summary]
     for update in available:
@@ -174,8 +178,10 @@ def machine_row(machine: Machine, power_state: str = "", tenant_id: str = LOCAL_
             "extended": {"instanceView": {"powerState": {"code": f"PowerState/{state}"}}},
         }
     else:
+        # As the ARM stand-in's Arc resource has them: osName the family, osSku the product.
         row["properties"] = {
-            "osName": machine.os_name,
+            "osName": machine.os_type.lower(),
+            "osSku": machine.os_name,
             "osType": machine.os_type.lower(),
             "osVersion": machine.os_version,
             "status": "Connected" if state == "running" else "Disconnected",
@@ -210,7 +216,7 @@ class ResourceGraphFeed:
 
     def installation_finished(
         self, state: MachineState, outcome: InstallOutcome, installation_id: str, start: datetime,
-        end: datetime,
+        end: datetime, started_by: str = STARTED_BY_USER,
     ) -> None:
         """After the simulation applied an install and rewrote the machine's installation summary (whose
         ``error`` becomes ``errorDetails``): the run's rows, kept beside the earlier runs."""
@@ -218,6 +224,7 @@ class ResourceGraphFeed:
         rows = installation_rows(
             state.spec, outcome.states, installation_id=installation_id, started=start, finished=end,
             status=outcome.status, reboot_status=outcome.reboot_status,
-            window_exceeded=outcome.window_exceeded, error=error, tenant_id=self.tenant_id,
+            window_exceeded=outcome.window_exceeded, error=error, started_by=started_by,
+            tenant_id=self.tenant_id,
         )  # fmt: skip
         self.store.put_installation(rows)

@@ -103,6 +103,8 @@ class MachineAssessmentSummary(Message):
     missing_total: int = 0  # optional updates excluded
     optional_missing: int = 0
     counts_only: bool = False  # Arc-enabled servers report counts, no update list
+    # The agent cut the list: updates missing beyond it are unknown, so their gaps are left as they were.
+    list_truncated: bool = False
 
 
 # -- normalisation ---------------------------------------------------------------------------
@@ -218,6 +220,7 @@ def summarize(
         missing_total=sum(counts.values()),
         optional_missing=optional,
         counts_only=counts_only,
+        list_truncated=bool(outcome.truncated) and not counts_only,
     )
 
 

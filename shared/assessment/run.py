@@ -17,6 +17,7 @@ from typing import Any
 
 from azure.data.tables import TableClient
 
+from shared.assessment.arc_patches import with_patch_list
 from shared.assessment.messages import (
     AssessmentActivityInput,
     MachineResult,
@@ -156,11 +157,13 @@ def start_assessment(settings: Settings, request: AssessmentActivityInput) -> st
 
 
 def check_assessment(settings: Settings, request: AssessmentActivityInput) -> MachineResult | None:
-    """One status check; once finished, records the assessment and returns the machine's small result."""
+    """One status check; once finished, records the assessment and returns the machine's small result.
+    An Arc server's list, which its result lacks, is read from Resource Graph here (arc_patches)."""
     assert request.token and request.at, "check_assessment needs the continuation token and the time"
     outcome = _operations(settings, request.resource_id).check_assessment(request.resource_id, request.token)
     if outcome is None:
         return None
+    outcome = with_patch_list(settings, credential_for(settings), request.resource_id, outcome)
     machine = load_target(settings, request.run_id, request.batch, request.resource_id)
     summary = record_assessment(settings, machine, outcome, request.at, request.run_id)
     return result_from_summary(summary, outcome)

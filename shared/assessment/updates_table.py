@@ -105,13 +105,16 @@ class UpdateInventory:
     ) -> list[dict[str, Any]]:
         """Write one assessment; return the ``MachineUpdates`` entities it closed (Not needed).
 
-        Count-only assessments (Arc) have no update list, so their gaps are left as they were.
+        Count-only assessments (Arc) have no update list, so their gaps are left as they were; a cut
+        list (``list_truncated``) opens what it lists and closes nothing, since what it left out may
+        still be missing.
         """
         at = summary.assessed_at
         closed: list[dict[str, Any]] = []
         if not summary.counts_only:
             existing = {e["RowKey"]: e for e in self.machine_updates(machine.key)}
-            entities, closed = _gap_entities(machine, records, existing, at, run_id)
+            entities, closed = _gap_entities(machine, records, existing, at, run_id,
+                                             close_unlisted=not summary.list_truncated)
             # REPLACE: a reopened gap must lose its NoLongerNeededSince.
             upsert_in_batches(self._updates, [_clean(e) for e in entities], UpdateMode.REPLACE)
             self._reindex(machine, [e for e in entities if _changed_at(e, at)])
@@ -234,8 +237,10 @@ def _gap_entities(
     existing: Mapping[str, Mapping[str, Any]],
     at: datetime,
     run_id: str,
+    close_unlisted: bool = True,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """New state of the machine's gaps, and those this assessment closed.
+    """New state of the machine's gaps, and those this assessment closed (none unless
+    ``close_unlisted``: an update the list does not name is then not known to be installed).
 
     A gap keeps its FirstSeenMissing while it stays open; one that reopens starts again.
     A retry finds its own earlier writes, so it reproduces the same entities and the same
@@ -251,7 +256,7 @@ def _gap_entities(
         seen.add(record.update_key)
     closed: list[dict[str, Any]] = []
     for key, before in existing.items():
-        if key in seen:
+        if key in seen or not close_unlisted:
             continue
         if before.get("State") == UpdateState.NEEDED.value:
             entity = dict(before) | {"State": UpdateState.NOT_NEEDED.value, "NoLongerNeededSince": at}

@@ -4,8 +4,10 @@ One list call per subscription and provider, not one GET per machine: ARM allows
 principal about 25 reads per second after a burst of 250 (AZURE-FACTS, ARM throttling),
 so a per-machine GET would not scale to a large fleet. Azure VMs are listed twice,
 once for the model (OS profile, tags) and once with ``statusOnly=true`` for the
-instance view (power state, OS name and version as the guest agent reports them, and
-the last patch installation's summary, which the light check compares between runs).
+instance view (power state, OS name and version as the guest agent reports them).
+What changed on the machines' updates is read from Resource Graph
+(:func:`shared.azure.resource_graph.fleet_patch_activity`): nothing documents that this
+listing carries ``patchStatus``.
 """
 
 from __future__ import annotations
@@ -175,21 +177,7 @@ def vm_to_machine(vm: Any, instance_view: Any) -> Machine:
         power_state=vm_power_state(instance_view),
         patch_mode=_patch_mode(vm.os_profile, os_type),
         tags=dict(vm.tags or {}),
-        **_last_install(instance_view),
     )
-
-
-def _last_install(instance_view: Any) -> dict[str, str]:
-    """The ``Machine`` fields of ``patchStatus.lastPatchInstallationSummary`` (empty: none yet)."""
-    summary = getattr(getattr(instance_view, "patch_status", None), "last_patch_installation_summary", None)
-    if summary is None:
-        return {}
-    modified = summary.last_modified_time
-    return {
-        "last_install_id": summary.installation_activity_id or "",
-        "last_install_status": enum_text(summary.status),
-        "last_install_at": modified.isoformat() if modified else "",
-    }
 
 
 _ARC_STATUS = {"connected": PowerState.RUNNING, "disconnected": PowerState.DISCONNECTED}

@@ -296,6 +296,7 @@ class LastAssessment:
     assessment_id: str
     at: datetime | None  # lastModifiedDateTime
     status: str  # "" when the row has none
+    started_at: datetime | None = None  # startDateTime
 
 
 @dataclass(frozen=True)
@@ -458,6 +459,7 @@ def last_assessment(row: Mapping[str, Any]) -> LastAssessment | None:
         assessment_id=_text(row.get("name")),
         at=_moment(_prop(props, "lastModifiedDateTime")),
         status=_text(_prop(props, "status")),
+        started_at=_moment(_prop(props, "startDateTime")),
     )
 
 
@@ -563,6 +565,96 @@ def installation_patches(graph: ResourceGraph, machine_id: str, installation_id:
     subscription = parse_resource_id(machine_id).subscription_id
     rows = graph.rows(installation_patches_query(machine_id, installation_id), [subscription])
     return [typed for row in rows if (typed := installed_patch(row)) is not None]
+
+
+@dataclass(frozen=True)
+class MachineAssessment:
+    """A machine's latest assessment as Resource Graph has it: the summary (None when Resource Graph
+    has none for the machine) and the patches listed under it."""
+
+    machine_id: str
+    summary: LastAssessment | None
+    patches: tuple[AssessedPatch, ...]
+
+
+@dataclass(frozen=True)
+class InstallationRun:
+    """One installation run as Resource Graph has it: the run's summary (None when Resource Graph has
+    none yet) and its patches with their ``installationState``."""
+
+    machine_id: str
+    installation_id: str  # the run's id in the rows' ids
+    summary: LastInstallation | None
+    patches: tuple[InstalledPatch, ...]
+
+
+def _under(prefix: str) -> str:
+    """KQL: the row ``prefix`` itself or any row below it (ids compared in lower case)."""
+    lower = prefix.lower()
+    return f"tolower(id) == {kql_string(lower)} or tolower(id) startswith {kql_string(lower + '/')}"
+
+
+def machine_assessment_query(machine_id: str) -> str:
+    """The latest assessment of one machine: its summary row and its per-patch rows, in one query."""
+    return (
+        f"patchassessmentresources | where {_under(f'{machine_id}/patchAssessmentResults/latest')}"
+        " | project id, name, type, properties | order by id asc"
+    )
+
+
+def installation_run_query(machine_id: str, installation_id: str) -> str:
+    """One installation run of one machine: its summary row and its per-patch rows, in one query."""
+    run = f"{machine_id}/patchInstallationResults/{installation_id}"
+    return (
+        f"patchinstallationresources | where {_under(run)}"
+        " | project id, name, type, properties | order by id asc"
+    )
+
+
+def installation_by_activity_query(machine_id: str, installation_activity_id: str) -> str:
+    """The summary row of the machine's run whose ``installationActivityId`` is the given one."""
+    prefix = f"{machine_id}/patchInstallationResults/".lower()
+    return (
+        "patchinstallationresources | where type !has 'softwarepatches'"
+        f" | where tolower(id) startswith {kql_string(prefix)}"
+        f" | where tostring(properties.installationActivityId) =~ {kql_string(installation_activity_id)}"
+        " | project id, name, type, properties | order by id asc"
+    )
+
+
+def latest_assessment(graph: ResourceGraph, machine_id: str) -> MachineAssessment:
+    """One machine's latest assessment, summary and patches, with one query."""
+    machine = _machines([machine_id])[0]
+    rows = list(graph.rows(machine_assessment_query(machine), [parse_resource_id(machine).subscription_id]))
+    summary = next((s for s in map(last_assessment, rows) if s is not None), None)
+    patches = tuple(p for p in map(assessed_patch, rows) if p is not None)
+    return MachineAssessment(machine, summary, patches)
+
+
+def installation_run(graph: ResourceGraph, machine_id: str, installation_id: str) -> InstallationRun:
+    """One installation run, summary and patches: one query by the run's id in the rows' ids, which is
+    the ``installationActivityId`` of the install (the fixture's rows, and the stand-in's). Only when that
+    finds nothing, a second query looks for the run by its ``installationActivityId`` property, and a
+    third reads the patches of the run found: the equality of the two ids is not confirmed."""
+    machine = _machines([machine_id])[0]
+    subscriptions = [parse_resource_id(machine).subscription_id]
+    run = _installation_run(graph, machine, installation_id, subscriptions)
+    if run.summary is not None or run.patches:
+        return run
+    rows = graph.rows(installation_by_activity_query(machine, installation_id), subscriptions)
+    found = next((_run_id_of(_text(r.get("id"))) for r in rows if last_installation(r) is not None), "")
+    if not found or found.lower() == installation_id.lower():
+        return run
+    return _installation_run(graph, machine, found, subscriptions)
+
+
+def _installation_run(
+    graph: ResourceGraph, machine: str, installation_id: str, subscriptions: Sequence[str]
+) -> InstallationRun:
+    rows = list(graph.rows(installation_run_query(machine, installation_id), subscriptions))
+    summary = next((s for s in map(last_installation, rows) if s is not None), None)
+    patches = tuple(p for p in map(installed_patch, rows) if p is not None)
+    return InstallationRun(machine, installation_id, summary, patches)
 
 
 def fleet_patch_activity(

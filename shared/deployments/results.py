@@ -19,8 +19,9 @@ never started, an unreachable agent, a cancelled run), never from an install res
 ``== "failed"``): Installed -> ``succeeded``, Failed -> ``failed``, Pending -> ``notStarted`` (the
 window ran out before its turn), Unknown -> ``unknown``. Only updates the run selected get a row:
 Excluded and NotSelected updates were never part of the run, and a row for them would make the
-seed's "machines updated in this run" search count machines the run did not touch. Arc servers
-report counts only, so they get no per-update rows (their counts are in the machine result).
+seed's "machines updated in this run" search count machines the run did not touch. An Arc server's
+install result has counts only: its per-update results come from Resource Graph
+(:mod:`shared.deployments.arc_results`), and until Resource Graph has them it has no per-update rows.
 
 ``UpdateRunMachine_CL`` (:func:`run_machine_row`) has one row per machine of a run with its result
 status, whatever it was: the machines that never started or had nothing to install are there too.
@@ -28,6 +29,7 @@ status, whatever it was: the machines that never started or had nothing to insta
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
@@ -87,6 +89,16 @@ def run_progress_rows(
 ) -> list[dict[str, Any]]:
     """``UpdateRunProgress_CL`` rows; RecordId depends on the run, machine and patch only, so a
     retried upload of the same run writes the same ids."""
+    patches = outcome.patches or ()
+    return patch_progress_rows(machine, patches, outcome.started_at, deployment_name, run_id, at)
+
+
+def patch_progress_rows(
+    machine: Machine, patches: Iterable[PatchInstallResult], started_at: datetime | None,
+    deployment_name: str, run_id: str, at: datetime,
+) -> list[dict[str, Any]]:
+    """:func:`run_progress_rows` from an install's patches and start time (an Arc server's, read from
+    Resource Graph after the install step)."""
     base = {
         "Computer": machine.computer_name,
         "ComputerEnvironment": machine.environment.value,
@@ -95,11 +107,11 @@ def run_progress_rows(
         "UpdateRunId": run_id,
         "ResourceId": machine.resource_id,
         "SourceComputerId": machine.key,
-        "StartTime": outcome.started_at,
+        "StartTime": started_at,
         "EndTime": at,
     }
     rows = []
-    for patch in outcome.patches or ():
+    for patch in patches:
         status = installation_status(patch.state)
         if status is None:
             continue

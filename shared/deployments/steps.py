@@ -16,10 +16,12 @@ from typing import Any
 
 from azure.core.credentials import TokenCredential
 
+from shared.assessment.arc_patches import with_patch_list
 from shared.assessment.recording import record_assessment
 from shared.azure.credentials import credential_for
 from shared.azure.log_ingestion import LogSink
 from shared.azure.patch_operations import PatchOperations, PermanentArmError, failure_for
+from shared.deployments.arc_results import needs_patch_results, patch_results, with_patch_results
 from shared.deployments.install import install_request
 from shared.deployments.messages import (
     POSTSCAN,
@@ -34,6 +36,7 @@ from shared.deployments.outputs import run_log_store
 from shared.deployments.results import (
     MachineResultStatus,
     machine_result_status,
+    patch_progress_rows,
     run_progress_rows,
 )
 from shared.deployments.runs_table import RunStore, run_store
@@ -53,6 +56,9 @@ INTENT_CLOCK_SKEW = timedelta(minutes=2)
 # A machine that is not running is told by its readiness (PatchOperations reads the power state on a 409),
 # never by a code: OperationNotAllowed also comes from running machines.
 UNREACHABLE_CODES = frozenset({"VMAgentStatusCommunicationError", "HybridAgentNotResponding"})
+# The Arc installs of a run whose per-update results Resource Graph did not have when the install step
+# ended (JSON: step -> installation id, start, end): the post-scan reads them again (arc_results).
+GRAPH_PENDING_COLUMN = "ProgressFromGraph"
 # What an administrator can do when an install (not an assessment) is refused.
 _INSTALL_HINTS = {
     "AuthorizationFailed": (
@@ -193,9 +199,11 @@ def _scanned(settings: Settings, credential: TokenCredential, request: StepInput
     assert request.at is not None
     store, key, row = _machine_row(settings, credential, request)
     machine = machine_from_json(str(row["Machine"]))
+    outcome = with_patch_list(settings, credential, request.resource_id, outcome)
     record_assessment(settings, machine, outcome, request.at, request.run_id)
     _keep_output(settings, credential, store, request, row, asdict(outcome))
     if request.step == POSTSCAN:
+        _late_progress_rows(settings, credential, store, request, row)
         return StepOutcome()
     definition = store.get_run(request.run_id).definition
     estimate = pending_estimate(definition, outcome)
@@ -211,6 +219,7 @@ def _installed(settings: Settings, credential: TokenCredential, request: StepInp
     store, key, row = _machine_row(settings, credential, request)
     machine = machine_from_json(str(row["Machine"]))
     run = store.get_run(request.run_id)
+    outcome = with_patch_results(settings, credential, request.resource_id, outcome)
     rows = run_progress_rows(machine, outcome, run.deployment_name, request.run_id, request.at)
     LogSink(credential, settings.logs_ingestion_endpoint, settings.logs_dcr_immutable_id).send(
         UPDATE_RUN_PROGRESS, rows
@@ -226,11 +235,52 @@ def _installed(settings: Settings, credential: TokenCredential, request: StepInp
         "Pending": outcome.pending, "Excluded": outcome.excluded, "NotSelected": outcome.not_selected,
         "RebootStatus": outcome.reboot_status, "InstallStatus": status.value,
         "ErrorCode": outcome.error_code or "", "ErrorMessage": (outcome.error_message or "")[:4000],
+        **_graph_pending(row, request, outcome),
     })  # fmt: skip
     return StepOutcome(
         pending=outcome.pending, status=status.value, installed=outcome.installed, failed=outcome.failed,
         window_exceeded=outcome.maintenance_window_exceeded,
     )  # fmt: skip
+
+
+def _graph_pending(row: Mapping[str, Any], request: StepInput, outcome: InstallOutcome) -> dict[str, str]:
+    """The machine's GRAPH_PENDING_COLUMN with this install step noted (its results still missing) or
+    taken off (found, on a retried delivery); nothing to write when neither applies."""
+    assert request.at is not None
+    pending = json.loads(row.get(GRAPH_PENDING_COLUMN) or "{}")
+    if needs_patch_results(request.resource_id, outcome):
+        started = outcome.started_at.isoformat() if outcome.started_at else None
+        pending[request.step] = {"installation": outcome.activity_id, "startedAt": started,
+                                 "at": request.at.isoformat()}
+    elif pending.pop(request.step, None) is None:
+        return {}
+    return {GRAPH_PENDING_COLUMN: json.dumps(pending)}
+
+
+def _late_progress_rows(settings: Settings, credential: TokenCredential, store: RunStore, request: StepInput,
+                        row: Mapping[str, Any]) -> None:
+    """At the post-scan, the UpdateRunProgress_CL rows of the machine's Arc installs whose results
+    Resource Graph did not have at the install step; what it still lacks stays noted in the row."""
+    pending: dict[str, dict[str, Any]] = json.loads(row.get(GRAPH_PENDING_COLUMN) or "{}")
+    if not pending:
+        return
+    machine = machine_from_json(str(row["Machine"]))
+    deployment = store.get_run(request.run_id).deployment_name
+    rows: list[dict[str, Any]] = []
+    for step, noted in list(pending.items()):
+        listed = patch_results(settings, credential, request.resource_id, noted["installation"])
+        if listed is None:
+            continue
+        started = datetime.fromisoformat(noted["startedAt"]) if noted.get("startedAt") else None
+        at = datetime.fromisoformat(noted["at"])
+        rows += patch_progress_rows(machine, listed, started, deployment, request.run_id, at)
+        del pending[step]
+    if rows:
+        LogSink(credential, settings.logs_ingestion_endpoint, settings.logs_dcr_immutable_id).send(
+            UPDATE_RUN_PROGRESS, rows
+        )
+    store.update_machine(request.run_id, machine_key(request.resource_id),
+                         {GRAPH_PENDING_COLUMN: json.dumps(pending)})
 
 
 def _restarted(settings: Settings, credential: TokenCredential, request: StepInput) -> StepOutcome:

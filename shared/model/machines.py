@@ -143,12 +143,6 @@ class Machine:
     power_state: PowerState
     patch_mode: str
     tags: dict[str, str] = field(default_factory=dict)
-    # The VM instance view's lastPatchInstallationSummary, read by the light check to notice an
-    # install. Plain strings (ISO time) so the machine stays JSON as it is. Empty for Arc servers:
-    # the hybrid-compute machine resource carries no patch status.
-    last_install_id: str = ""
-    last_install_status: str = ""
-    last_install_at: str = ""
     # An Azure VM's marketplace image, ``publisher:offer:sku``; empty for Arc servers and custom images.
     image: str = ""
 
@@ -181,8 +175,15 @@ def machine_to_json(machine: Machine) -> str:
     return json.dumps(asdict(machine), sort_keys=True)
 
 
+# Fields a machine's JSON had before the light check read Resource Graph (the instance view's last
+# installation): rows written then, by runs still going, carry them.
+_RETIRED_FIELDS = ("last_install_id", "last_install_status", "last_install_at")
+
+
 def machine_from_json(text: str) -> Machine:
     data = json.loads(text)
+    for name in _RETIRED_FIELDS:
+        data.pop(name, None)
     return Machine(**{
         **data,
         "kind": MachineKind(data["kind"]),

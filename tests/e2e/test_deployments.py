@@ -63,7 +63,14 @@ FLEET = parse_fleet({"subscriptions": [{"id": SUB}], "machines": [
     *[_vm("rg-flaky", f"flaky-{n:02d}", "ubuntu", "22.04", UBUNTU_UPDATES) for n in range(1, 3)],
     _vm("rg-restart", "restart-01", "ubuntu", "22.04", UBUNTU_UPDATES, rebootPending=True),
     _vm("rg-restart", "restart-02", "ubuntu", "22.04", UBUNTU_UPDATES) | {"kind": "arc-server"},
+    _vm("rg-arc", "arc-fail-01", "ubuntu", "22.04", UBUNTU_UPDATES, failingPatches=["openssl"])
+    | {"kind": "arc-server"},
+    _vm("rg-arc", "arc-good-01", "ubuntu", "22.04", UBUNTU_UPDATES) | {"kind": "arc-server"},
+    _vm("rg-arc-lag", "arc-lag-01", "ubuntu", "22.04", UBUNTU_UPDATES, failingPatches=["sudo"])
+    | {"kind": "arc-server"},
 ]})  # fmt: skip
+# What a Critical-and-security run does to UBUNTU_UPDATES on Ubuntu 22.04 (tzdata is Other: not selected).
+SECURITY_UPDATES = ["libc6", "openssl", "sudo"]
 
 
 def rid(group: str, name: str) -> str:
@@ -133,12 +140,15 @@ def test_rhel_run_installs_exactly_the_critical_and_security_updates_and_the_nex
     assert sorted(gap["package"] for gap in detail["missingUpdates"]) == ["redhat-release-server", "tzdata"]
 
 
-def stack_output(stack, run_id: str, group: str, name: str, step: str) -> dict[str, Any]:
+def stack_output(stack, run_id: str, group: str, name: str, step: str, arc: bool = False) -> dict[str, Any]:
     from shared.azure.credentials import credential_for
     from shared.deployments.outputs import run_log_store
 
     settings = load_settings()
-    return run_log_store(settings, credential_for(settings)).get(run_id, machine_key(rid(group, name)), step)
+    machine = rid(group, name)
+    if arc:
+        machine = machine.replace("Microsoft.Compute/virtualMachines", "Microsoft.HybridCompute/machines")
+    return run_log_store(settings, credential_for(settings)).get(run_id, machine_key(machine), step)
 
 
 def test_a_short_window_leaves_updates_pending_and_no_machine_starts_after_the_cutoff(stack):
@@ -204,6 +214,89 @@ def test_an_error_budget_of_two_stops_the_rollout_after_the_second_failed_machin
     failed_updates = sorted((row[0], row[1]) for row in failed.rows)
     assert failed_updates == [("a-fail-01", "openssl"), ("a-fail-02", "openssl")]
     assert sorted(row[0] for row in updated.rows) == ["a-fail-01", "a-fail-02"]
+
+
+def _run_searches(run_name: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """The seed's failed-updates search and its "computers updated in this run" search, for one run."""
+    workspace = load_settings().log_analytics_workspace_id
+    with LogsQueryClient(EmulatorCredential(), endpoint=load_settings().logs_query_endpoint) as client:
+        failed = client.query_workspace(
+            workspace,
+            f'UpdateRunProgress | where InstallationStatus == "failed" and UpdateRunName == "{run_name}" '
+            "| summarize AggregatedValue = count() by Computer, Title, UpdateRunName",
+            timespan=timedelta(days=30),
+        ).tables[0]
+        updated = client.query_workspace(
+            workspace,
+            f'UpdateRunProgress | where UpdateRunName == "{run_name}" '
+            "| summarize AggregatedValue = count() by Computer",
+            timespan=timedelta(days=30),
+        ).tables[0]
+    return sorted((row[0], row[1]) for row in failed.rows), sorted(row[0] for row in updated.rows)
+
+
+def test_a_failed_patch_on_an_arc_server_shows_in_the_failed_updates_search(stack):
+    run_id, final = create_and_run(stack, definition("arc-critical", "rg-arc"))
+    assert final["runtimeStatus"] == "Completed", final
+    rows = machines_of(run_id)
+    assert rows["arc-fail-01"]["State"] == "partially succeeded" and rows["arc-fail-01"]["FailedUpdates"] == 1
+    assert rows["arc-good-01"]["State"] == "succeeded" and rows["arc-good-01"]["Installed"] == 3
+    # The pre-scan's estimate came from the update list (Resource Graph), not from Arc's counts.
+    assert {name: row["PrescanPending"] for name, row in rows.items()} == {"arc-fail-01": 3, "arc-good-01": 3}
+    assert all(json.loads(row.get("ProgressFromGraph") or "{}") == {} for row in rows.values())
+    failed, updated = _run_searches("arc-critical")
+    assert failed == [("arc-fail-01", "openssl")]
+    assert updated == ["arc-fail-01", "arc-good-01"]
+    # One UpdateRunProgress_CL row per update the run selected, as for an Azure VM.
+    progress = stack.logs.query(
+        f'UpdateRunProgress_CL | where UpdateRunId == "{run_id}" '
+        "| project Computer, PackageName, InstallationStatus, ComputerEnvironment"
+    )
+    assert sorted((r["Computer"], r["PackageName"], r["InstallationStatus"]) for r in progress) == sorted(
+        (name, package, "failed" if (name, package) == ("arc-fail-01", "openssl") else "succeeded")
+        for name in ("arc-fail-01", "arc-good-01") for package in SECURITY_UPDATES
+    )  # fmt: skip
+    assert {r["ComputerEnvironment"] for r in progress} == {"Non-Azure"}
+
+
+class LaggingResourceGraph:
+    """The Resource Graph feed, but an install's rows arrive only when the machine's next assessment
+    finishes (Resource Graph lagging behind the install's own result)."""
+
+    def __init__(self, feed: Any) -> None:
+        self._feed = feed
+        self.held: list[tuple[Any, ...]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._feed, name)
+
+    def installation_finished(self, *args: Any) -> None:
+        self.held.append(args)
+
+    def assessment_finished(self, *args: Any, **kwargs: Any) -> None:
+        for held in self.held:
+            self._feed.installation_finished(*held)
+        self.held.clear()
+        self._feed.assessment_finished(*args, **kwargs)
+
+
+def test_when_resource_graph_lags_behind_an_arc_install_the_post_scan_writes_its_rows(stack, monkeypatch):
+    simulation = stack.arm.simulation
+    lagging = LaggingResourceGraph(simulation.resource_graph)
+    monkeypatch.setattr(simulation, "resource_graph", lagging)
+    run_id, final = create_and_run(stack, definition("arc-lagging", "rg-arc-lag"))
+    assert final["runtimeStatus"] == "Completed", final
+    row = machines_of(run_id)["arc-lag-01"]
+    assert row["State"] == "partially succeeded" and row["FailedUpdates"] == 1
+    # The install step found nothing in Resource Graph (its output has counts only); the post-scan,
+    # after the rows arrived, wrote the update rows and took the note off.
+    install = stack_output(stack, run_id, "rg-arc-lag", "arc-lag-01", "install1", arc=True)
+    assert install["patches"] is None and install["failed"] == 1
+    assert json.loads(row["ProgressFromGraph"]) == {}
+    assert lagging.held == []
+    failed, updated = _run_searches("arc-lagging")
+    assert failed == [("arc-lag-01", "sudo")]
+    assert updated == ["arc-lag-01"]
 
 
 def test_the_scheduler_starts_each_occurrence_once_and_records_a_missed_one(stack, monkeypatch):

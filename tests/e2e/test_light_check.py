@@ -1,4 +1,6 @@
-"""The light check end to end: an install through ARM and a new machine are reassessed, nothing else.
+"""The light check end to end: an install through ARM, an install the product did not make (the
+platform's, on an Azure VM and on an Arc server, seen only in Resource Graph) and a new machine are
+reassessed, nothing else.
 
 The timer's instance id comes from the wall-clock minute (``lightcheck-{yyyymmddThhmm}``), so two
 firings in one test minute are one run, by design. The first check is fired through the timer;
@@ -16,6 +18,7 @@ from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute.models import LinuxParameters, VirtualMachineInstallPatchesParameters
 
 from local.arm.fleet import load_fleet
+from local.arm.simulation import platform_install
 from local.stack import DEMO_FLEET, LocalStack
 from shared.assessment.baselines_table import BaselineStore, chosen_machines, record_baseline
 from shared.assessment.light_check import BaselineInput, LightCheckInput, Observed, Reason
@@ -36,19 +39,21 @@ def _get(stack, path):
     return json.loads(response.get_body())
 
 
-def _plain_linux_vm(stack):
-    """An Azure Linux VM with no injected behaviour, and some critical or security updates missing."""
+def _plain_linux_vm(stack, kind="azure-vm", index=0):
+    """A Linux machine (an Azure VM unless said) with no injected behaviour, and some critical or security
+    updates missing."""
     return sorted(
         (
             m
             for m in stack.fleet.machines
-            if m.kind == "azure-vm"
+            if m.kind == kind
             and m.os_type == "Linux"
+            and m.power_state == "running"
             and "simulated" not in m.tags
             and m.available_updates
         ),
         key=lambda m: m.name,
-    )[0]
+    )[index]
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +187,32 @@ def test_the_baseline_is_written_only_for_machines_the_named_run_assessed(stack,
     service = table_service(load_settings())
     baseline = BaselineStore(service).read(parse_resource_id(target.resource_id).subscription_id)
     assert baseline[machine_key(target.resource_id)].install_id != "other"
+
+
+def test_an_install_made_outside_the_product_on_a_vm_and_an_arc_server_is_seen(stack, first_check):
+    vm, arc = _plain_linux_vm(stack, index=1), _plain_linux_vm(stack, kind="arc-server")
+    for machine in (vm, arc):
+        platform_install(stack.arm.simulation, machine.resource_id)  # no call through ARM: the platform's
+    stack.clock.advance(timedelta(hours=3))
+
+    output = _run_check(stack, "lightcheck-e2e-outside")
+    assert output["byReason"] == {Reason.INSTALL_CHANGED.value: 2}
+    assert _reassessed(stack, "lightcheck-e2e-outside") == sorted([vm.name, arc.name])
+    assert output["assessment"]["assessed"] == 2 and output["baselined"] == 2
+    # What the check saw: the runs Resource Graph keeps, started by the platform. An Arc server's ARM
+    # resource carries no patch status at all.
+    runs = stack.graph.store.query(
+        "patchinstallationresources | where type !has 'softwarepatches' "
+        "| where tostring(properties.startedBy) == 'Platform' | project id, properties"
+    )
+    service = table_service(load_settings())
+    for machine in (vm, arc):
+        baseline = BaselineStore(service).read(parse_resource_id(machine.resource_id).subscription_id)
+        run = next(r for r in runs if r["id"].lower().startswith(machine.resource_id.lower() + "/"))
+        seen = baseline[machine_key(machine.resource_id)]
+        assert seen.install_id == run["properties"]["installationActivityId"]
+
+    before = stack.graph.counters.queries
+    quiet = _run_check(stack, "lightcheck-e2e-outside-quiet")
+    assert quiet["reassessed"] == 0 and quiet["changed"] == 0
+    assert stack.graph.counters.queries - before == 2  # one query per table, for the whole fleet

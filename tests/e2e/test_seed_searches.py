@@ -1,11 +1,13 @@
 """Done-when of the assessment issue: after one assessment of the demo fleet through the local
 host, the classic Update Management searches, as the seed writes them (``Update`` is the workspace
 function over ``Update_CL`` that presents the legacy ``Title``), return exactly the machines and
-updates the fleet file says, through the real LogsQueryClient."""
+updates the fleet file says, through the real LogsQueryClient: Azure VMs and Arc-enabled servers alike
+(an Arc server's update list comes from the Resource Graph stand-in, which the ARM stand-in fills)."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 from azure.monitor.query import LogsQueryClient, LogsQueryResult
@@ -19,6 +21,14 @@ pytestmark = pytest.mark.e2e
 
 # What counts as critical or security on Linux, Security-ESM (Ubuntu Pro) included, as the agent counts it.
 REQUIRED = CRITICAL_OR_SECURITY
+# The fleet file's classes (the request enum, and the Linux extension's own) under the legacy Update
+# table's names; every update of the demo fleet has one class.
+LEGACY_NAMES = {
+    "Critical": "Critical Updates", "Security": "Security Updates", "Security-ESM": "Security Updates",
+    "UpdateRollUp": "Update Rollups", "FeaturePack": "Feature Packs", "ServicePack": "Service Packs",
+    "Definition": "Definition Updates", "Tools": "Tools", "Updates": "Updates",
+}  # fmt: skip
+LINUX_OTHER = "Other Updates"  # Other and Unclassified
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +57,14 @@ def search(stack):
 
 @pytest.fixture(scope="module")
 def expected(stack):
-    """What the fleet file says each assessed machine misses: Azure VMs that were assessed
-    (Arc results carry counts only, so Arc machines have no per-update rows by design)."""
+    """What the fleet file says each assessed machine misses, Azure VMs and Arc servers alike."""
     body = json.loads(stack.functions.request("GET", "/api/machines?readiness=Ready").get_body())
     ready = {m["resourceId"].lower() for m in body["machines"]}
     missing: dict[str, list] = {}
     for machine in stack.fleet.machines:
-        if machine.kind == "azure-vm" and machine.resource_id.lower() in ready:
+        if machine.resource_id.lower() in ready:
             missing[machine.host_name] = machine.resolved(machine.available_updates)
+    assert any(m.kind == "arc-server" and m.host_name in missing for m in stack.fleet.machines)
     return missing
 
 
@@ -118,3 +128,33 @@ def test_linux_machines_with_critical_or_security_updates(search, expected):
         if any(isinstance(u, LinuxPackage) and set(u.classifications) & REQUIRED for u in updates)
     }
     assert want and {r["Computer"]: r["AggregatedValue"] for r in rows} == want
+
+
+def _legacy_class(update) -> str:
+    (name,) = update.classifications
+    return LEGACY_NAMES.get(name, LINUX_OTHER)
+
+
+def test_every_assessed_arc_server_has_its_updates_in_the_update_table(stack, search, expected):
+    arc = {m.host_name for m in stack.fleet.machines if m.kind == "arc-server" and m.host_name in expected}
+    rows = search('Update | where UpdateState == "Needed" | where ComputerEnvironment == "Non-Azure" '
+                  "| project Computer, KBID, PackageName, Classification")
+    got = {(r["Computer"], r["KBID"] or r["PackageName"], r["Classification"]) for r in rows}
+    want = {(c, _identity(u), _legacy_class(u)) for c in arc for u in expected[c]}
+    assert {c for c, _, _ in got} == arc and all(expected[c] for c in arc)
+    assert got == want
+
+
+def test_needed_updates_by_classification_over_the_latest_assessment_match_the_fleet_file(search, expected):
+    rows = search(
+        "Update | summarize arg_max(TimeGenerated, *) by SourceComputerId, UpdateID "
+        '| where UpdateState == "Needed" and Optional == false '
+        "| summarize Updates = count() by Classification"
+    )
+    want = Counter(
+        _legacy_class(u)
+        for updates in expected.values()
+        for u in updates
+        if not (isinstance(u, WindowsUpdate) and u.optional)
+    )
+    assert {r["Classification"]: r["Updates"] for r in rows} == dict(want)

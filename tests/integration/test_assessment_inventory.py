@@ -311,3 +311,24 @@ def test_an_arc_count_only_assessment_keeps_the_update_list_as_it_was(settings, 
     assert (summary.counts_only, summary.compliant, summary.missing_total) == (True, True, 2)
     assert gaps(inventory, vm)[f"KB{kb}"]["State"] == "Needed"  # no list: nothing is closed
     assert inventory.compliance_on(vm.key, DAY2.date()) is True
+
+
+def test_a_truncated_list_opens_what_it_lists_and_closes_nothing(settings, inventory, loganalytics):
+    vm = machine()
+    a, b, c = kbs(3)
+    whole = outcome(win(a, "Security"), win(b, "Critical"), win(c, "Updates"))
+    record_assessment(settings, vm, whole, DAY1, "r1")
+
+    # The agent cut the list to A: B and C were not reported, so nothing says they were installed.
+    cut = replace(outcome(win(a, "Security")), truncated=True, critical_and_security_count=2, other_count=1)
+    record_assessment(settings, vm, cut, DAY2, "r2")
+    found = gaps(inventory, vm)
+    assert {key: found[key]["State"] for key in found} == {
+        f"KB{a}": "Needed", f"KB{b}": "Needed", f"KB{c}": "Needed"
+    }
+    assert found[f"KB{b}"]["FirstSeenMissing"] == DAY1  # the gap is the same one, still open
+
+    # A whole list that names only A again closes B and C.
+    record_assessment(settings, vm, outcome(win(a, "Security")), DAY3, "r3")
+    found = gaps(inventory, vm)
+    assert found[f"KB{b}"]["State"] == found[f"KB{c}"]["State"] == "Not needed"

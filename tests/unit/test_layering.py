@@ -45,7 +45,7 @@ PURE_RULES = frozenset({
     "shared.fleet.messages",  # discovery orchestration inputs and counts (pydantic)
     "shared.assessment.records",  # an assessment as update records, a summary and Log Analytics rows
     "shared.assessment.messages",  # assessment orchestration ids, tuning and counts
-    "shared.assessment.light_check",  # which machines to reassess, from a cheap listing of the fleet
+    "shared.assessment.light_check",  # which machines to reassess, from the listing and Resource Graph
     "shared.deployments.definition",  # a deployment definition and every rule that validates it
     "shared.deployments.schedule",  # the Schedule model and its occurrences
     "shared.deployments.rollout",  # window arithmetic and the start gate, `now` passed in
@@ -59,11 +59,13 @@ PURE_RULES = frozenset({
 USES_ADAPTERS = frozenset({
     "shared.fleet.discovery",  # lists the fleet (arm), records Machines, sends heartbeats (ingestion)
     "shared.fleet.machines_table",  # the Machines table
-    "shared.assessment.baselines_table",  # the LightCheckBaseline table and the light check's reads
+    "shared.assessment.arc_patches",  # an Arc server's update list from Resource Graph
+    "shared.assessment.baselines_table",  # LightCheckBaseline; the light check's ARM and Resource Graph reads
     "shared.assessment.recording",  # writes the update tables and the Log Analytics rows
     "shared.assessment.run",  # the assessment activities' work: ARM calls, AssessmentTargets table
     "shared.assessment.updates_table",  # the update inventory and its history
     "shared.assessment.views",  # read models over the inventory tables
+    "shared.deployments.arc_results",  # an Arc server's per-update install results from Resource Graph
     "shared.deployments.definitions_table",  # the Deployments table
     "shared.deployments.finish",  # a machine's result in the run table and its Log Analytics row
     "shared.deployments.groups",  # group evaluation: ARM listing, Log Analytics saved searches
@@ -88,6 +90,8 @@ CROSS_CAPABILITY_ADAPTERS = {
     ("shared.assessment.views", "shared.fleet.machines_table"),
     # A deployment's pre- and post-scans are assessments, recorded as any other assessment.
     ("shared.deployments.steps", "shared.assessment.recording"),
+    # ... and an Arc server's scan takes its update list from Resource Graph as any Arc assessment does.
+    ("shared.deployments.steps", "shared.assessment.arc_patches"),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import azure.durable_functions as df
@@ -20,20 +21,31 @@ from azure.mgmt.compute.models import (
 from functions import light_check as functions_light_check
 from local.clock import VirtualClock
 from local.durable import DurableRunner
+from shared.assessment.baselines_table import patch_activity
 from shared.assessment.light_check import (
     AssessmentRecord,
     Baseline,
     ChangedMachines,
     LightCheckInput,
     Observed,
+    PatchActivity,
     Reason,
     Verdict,
     decide,
     select,
 )
 from shared.azure.arm import vm_to_machine
-from shared.model.machines import Machine, MachineKind, OsType, PowerState
+from shared.model.machines import (
+    Machine,
+    MachineKind,
+    OsType,
+    PowerState,
+    machine_from_json,
+    machine_key,
+    machine_to_json,
+)
 
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "azure"
 SUB = "00000000-0000-0000-0000-000000000001"
 SUB2 = "00000000-0000-0000-0000-000000000002"
 ASSESSED = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -44,9 +56,6 @@ def vm(
     name: str = "vm-a",
     *,
     power: PowerState = PowerState.RUNNING,
-    install_id: str = "",
-    install_at: datetime | None = None,
-    install_status: str = "",
     os_name: str = "Ubuntu",
     kind: MachineKind = MachineKind.AZURE_VM,
 ) -> Machine:
@@ -68,10 +77,19 @@ def vm(
         "22.04",
         power,
         "ImageDefault",
-        last_install_id=install_id,
-        last_install_status=install_status,
-        last_install_at=install_at.isoformat() if install_at else "",
     )
+
+
+def installed(
+    install_id: str = INSTALL_ID, at: datetime | None = None, status: str = "Succeeded"
+) -> PatchActivity:
+    """What Resource Graph shows of a machine whose last installation is ``install_id``."""
+    return PatchActivity(install_id=install_id, install_at=at, install_status=status)
+
+
+def assessed(started: datetime, status: str = "Succeeded") -> PatchActivity:
+    """What Resource Graph shows of a machine whose last assessment (by anyone) started at ``started``."""
+    return PatchActivity(assessment_started_at=started, assessment_status=status)
 
 
 ASSESSED_RECORD = AssessmentRecord(last_assessed=ASSESSED, readiness="Ready")
@@ -106,39 +124,81 @@ def test_a_machine_recorded_as_off_that_runs_again_is_reassessed():
 def test_a_changed_installation_is_reassessed_and_an_unchanged_one_is_not():
     later = ASSESSED + timedelta(hours=2)
     seen = Baseline("", "")
-    assert decide(vm(install_id=INSTALL_ID, install_at=later), seen, ASSESSED_RECORD) == Verdict(
-        Reason.INSTALL_CHANGED
-    )
+    assert decide(vm(), seen, ASSESSED_RECORD, installed(at=later)) == Verdict(Reason.INSTALL_CHANGED)
     same = Baseline(INSTALL_ID, later.isoformat())
-    assert decide(vm(install_id=INSTALL_ID, install_at=later), same, ASSESSED_RECORD) == Verdict()
+    assert decide(vm(), same, ASSESSED_RECORD, installed(at=later)) == Verdict()
     # The same activity id with a later modification (an install re-reported) is a change too.
-    assert decide(
-        vm(install_id=INSTALL_ID, install_at=later + timedelta(minutes=5)), same, ASSESSED_RECORD
-    ) == (Verdict(Reason.INSTALL_CHANGED))
+    assert decide(vm(), same, ASSESSED_RECORD, installed(at=later + timedelta(minutes=5))) == (
+        Verdict(Reason.INSTALL_CHANGED)
+    )
+
+
+def test_an_install_by_anyone_on_a_vm_or_an_arc_server_is_a_change():
+    later = ASSESSED + timedelta(hours=2)
+    for kind in MachineKind:
+        assert decide(vm(kind=kind), Baseline("", ""), ASSESSED_RECORD, installed(at=later)) == Verdict(
+            Reason.INSTALL_CHANGED
+        )
+
+
+def test_a_baseline_written_from_the_instance_view_is_compared_by_moment_not_by_text():
+    later = datetime(2026, 3, 1, 14, 0, 0, 120000, tzinfo=UTC)
+    written_then = Baseline(INSTALL_ID, "2026-03-01T14:00:00.120000+00:00")
+    assert decide(vm(), written_then, ASSESSED_RECORD, installed(at=later)) == Verdict()
+
+
+def test_an_installation_resource_graph_no_longer_shows_is_no_change():
+    # Older than the look-back, or than its 30 days of history: the baseline stays as it is.
+    kept = Baseline(INSTALL_ID, (ASSESSED - timedelta(days=3)).isoformat())
+    assert decide(vm(), kept, ASSESSED_RECORD, PatchActivity()) == Verdict()
 
 
 def test_an_install_still_running_is_picked_up_when_it_ends():
-    running = vm(install_id=INSTALL_ID, install_at=ASSESSED + timedelta(hours=1), install_status="InProgress")
-    assert decide(running, Baseline("", ""), ASSESSED_RECORD) == Verdict()
+    running = installed(at=ASSESSED + timedelta(hours=1), status="InProgress")
+    assert decide(vm(), Baseline("", ""), ASSESSED_RECORD, running) == Verdict()
+    assert decide(vm(), Baseline("", ""), ASSESSED_RECORD, installed(status="NotStarted")) == Verdict()
 
 
 def test_without_a_baseline_the_install_time_is_compared_with_the_last_assessment():
-    before = vm(install_id=INSTALL_ID, install_at=ASSESSED - timedelta(days=1))
-    after = vm(install_id=INSTALL_ID, install_at=ASSESSED + timedelta(minutes=1))
-    assert decide(before, None, ASSESSED_RECORD) == Verdict(adopt=True)
-    assert decide(vm(), None, ASSESSED_RECORD) == Verdict(adopt=True)
-    assert decide(after, None, ASSESSED_RECORD) == Verdict(Reason.INSTALL_CHANGED)
+    before = installed(at=ASSESSED - timedelta(days=1))
+    after = installed(at=ASSESSED + timedelta(minutes=1))
+    assert decide(vm(), None, ASSESSED_RECORD, before) == Verdict(adopt=True)
+    assert decide(vm(), None, ASSESSED_RECORD, PatchActivity()) == Verdict(adopt=True)
+    assert decide(vm(), None, ASSESSED_RECORD, after) == Verdict(Reason.INSTALL_CHANGED)
+
+
+def test_an_assessment_made_elsewhere_after_the_products_is_a_change_and_its_own_is_not():
+    seen = Baseline("", "")
+    elsewhere = assessed(ASSESSED + timedelta(hours=3))
+    assert decide(vm(), seen, ASSESSED_RECORD, elsewhere) == Verdict(Reason.ASSESSED_ELSEWHERE)
+    assert decide(vm(kind=MachineKind.ARC_SERVER), None, ASSESSED_RECORD, elsewhere) == Verdict(
+        Reason.ASSESSED_ELSEWHERE
+    )
+    # The product's own assessment started before the product saw it end (what Machines keeps),
+    # however late Resource Graph marks its end.
+    assert decide(vm(), seen, ASSESSED_RECORD, assessed(ASSESSED - timedelta(minutes=2))) == Verdict()
+    assert decide(vm(), None, ASSESSED_RECORD, assessed(ASSESSED)) == Verdict(adopt=True)
+    # A failed assessment lists no updates: nothing to learn from reassessing.
+    failed = assessed(ASSESSED + timedelta(hours=3), status="Failed")
+    assert decide(vm(), seen, ASSESSED_RECORD, failed) == Verdict()
+
+
+def test_when_resource_graph_could_not_be_read_only_the_listings_rules_apply():
+    was_off = AssessmentRecord(last_assessed=ASSESSED, readiness="NotAssessable", failed_at=ASSESSED)
+    assert decide(vm(), None, None, None) == Verdict(Reason.NEVER_ASSESSED)
+    assert decide(vm(), Baseline("", ""), was_off, None) == Verdict(Reason.STARTED)
+    assert decide(vm(), None, ASSESSED_RECORD, None) == Verdict()  # nothing adopted blind
+    assert decide(vm(), Baseline("", ""), ASSESSED_RECORD, None) == Verdict()
 
 
 def test_selection_is_ordered_capped_and_carries_the_install_seen():
-    machines = [
-        vm(f"vm-{i:02d}", install_id=f"id-{i}", install_at=ASSESSED + timedelta(hours=1)) for i in range(5)
-    ]
+    machines = [vm(f"vm-{i:02d}") for i in range(5)]
+    activity = {m.key: installed(f"id-{i}", ASSESSED + timedelta(hours=1)) for i, m in enumerate(machines)}
     machines.append(vm("vm-new"))
     machines.append(vm("vm-same"))
     records = {m.key: ASSESSED_RECORD for m in machines if m.name != "vm-new"}
     baselines = {m.key: Baseline("", "") for m in machines if m.name != "vm-same"}
-    chosen, adopt, changed = select(machines, baselines, records, limit=3)
+    chosen, adopt, changed = select(machines, baselines, records, activity, limit=3)
     assert changed == 6
     assert [o.resource_id.rsplit("/", 1)[1] for o in chosen] == ["vm-new", "vm-00", "vm-01"]
     assert chosen[0].reason is Reason.NEVER_ASSESSED and chosen[1].reason is Reason.INSTALL_CHANGED
@@ -147,6 +207,9 @@ def test_selection_is_ordered_capped_and_carries_the_install_seen():
         (ASSESSED + timedelta(hours=1)).isoformat(),
     )
     assert [m.name for m in adopt] == ["vm-same"]
+    # Without Resource Graph's answer: the new machine only, nothing adopted.
+    chosen, adopt, changed = select(machines, baselines, records, None)
+    assert ([o.reason for o in chosen], adopt, changed) == ([Reason.NEVER_ASSESSED], [], 1)
 
 
 def test_the_answer_of_find_changed_machines_carries_counts_not_machines():
@@ -162,7 +225,9 @@ def test_the_answer_of_find_changed_machines_carries_counts_not_machines():
     assert "vm-a" not in answer.model_dump_json()
 
 
-def test_the_vm_listing_exposes_the_last_installation_summary():
+def test_the_vm_listing_is_not_read_for_installations():
+    # Nothing documents that the statusOnly listing carries patchStatus (issue 10): whatever it says
+    # of the last installation, the machine is the same; installations come from Resource Graph.
     model = VirtualMachine(
         location="westeurope",
         storage_profile=StorageProfile(os_disk=OSDisk(os_type="Linux", create_option="FromImage")),
@@ -174,11 +239,48 @@ def test_the_vm_listing_exposes_the_last_installation_summary():
     summary.installation_activity_id, summary.status = INSTALL_ID, "Succeeded"
     summary.last_modified_time = ASSESSED
     view.patch_status.last_patch_installation_summary = summary
-    machine = vm_to_machine(model, view)
-    assert (machine.last_install_id, machine.last_install_status) == (INSTALL_ID, "Succeeded")
-    assert datetime.fromisoformat(machine.last_install_at) == ASSESSED
-    untouched = vm_to_machine(model, VirtualMachineInstanceView())
-    assert (untouched.last_install_id, untouched.last_install_at) == ("", "")
+    assert vm_to_machine(model, view) == vm_to_machine(model, VirtualMachineInstanceView())
+    # A machine's JSON written before (by a run still going) still reads.
+    old = json.loads(machine_to_json(vm()))
+    old |= {"last_install_id": INSTALL_ID, "last_install_status": "Succeeded", "last_install_at": ""}
+    assert machine_from_json(json.dumps(old)) == vm()
+
+
+class FakeGraph:
+    """Answers each query with the fixture rows of the table it names."""
+
+    def __init__(self, tables: dict[str, list[dict[str, Any]]]) -> None:
+        self.tables = tables
+        self.calls: list[str] = []
+
+    def rows(self, kql: str, subscriptions: Any) -> Any:
+        self.calls.append(kql)
+        return iter(self.tables[kql.split(" ", 1)[0]])
+
+
+def _fixture(name: str) -> list[dict[str, Any]]:
+    return list(json.loads((FIXTURES / f"{name}.json").read_text())["data"])
+
+
+def test_resource_graphs_rows_become_each_machines_activity_by_machine_key():
+    graph = FakeGraph({
+        "patchassessmentresources": _fixture("resource_graph_patch_assessment"),
+        "patchinstallationresources": _fixture("resource_graph_patch_installation"),
+    })  # fmt: skip
+    since = datetime(2026, 2, 10, tzinfo=UTC)
+    found = patch_activity(graph, ["11111111-1111-4111-8111-111111111111"], since)  # type: ignore[arg-type]
+    win = machine_key("/subscriptions/11111111-1111-4111-8111-111111111111/resourceGroups/rg-app/providers/"
+                      "Microsoft.Compute/virtualMachines/win-01")  # fmt: skip
+    assert found[win] == PatchActivity(
+        install_id="6f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0",
+        install_at=datetime(2026, 2, 11, 3, 41, 12, 523000, tzinfo=UTC),
+        install_status="Failed",
+        assessment_started_at=datetime(2026, 2, 10, 2, 0, 4, 255615, tzinfo=UTC),
+        assessment_status="Succeeded",
+    )
+    assert len(found) == 2  # the Arc server of the fixtures too
+    # Two queries for the fleet, each asking only for what changed in the look-back.
+    assert len(graph.calls) == 2 and all("datetime(2026-02-10T00:00:00" in kql for kql in graph.calls)
 
 
 # --- the orchestrator ------------------------------------------------------------------------------------
@@ -237,6 +339,8 @@ def test_with_nothing_changed_no_assessment_is_started(runner):
     assert "assessment" not in SEEN and "baseline" not in SEEN
     assert SEEN["find"]["check_id"] == "lightcheck-20260301T1215"
     assert SEEN["find"]["run_id"] == "lightcheck-20260301T1215-assessment"
+    # The check's time, from the orchestration's clock: Resource Graph is read back from it.
+    assert datetime.fromisoformat(SEEN["find"]["at"]) == runner.clock.now()
 
 
 def test_changed_machines_are_assessed_through_storage_and_baselined_against_that_run(runner):

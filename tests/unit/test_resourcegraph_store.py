@@ -176,3 +176,47 @@ def test_the_feed_writes_what_the_simulation_did():
     error = store.query("patchinstallationresources | where type !has 'softwarepatches' "
                         "| project e = tostring(properties.errorDetails.code)")
     assert error == [{"e": "PatchInstallationFailed"}]
+
+
+def test_the_simulation_given_the_feed_fills_resource_graph_as_it_goes():
+    machines = [{
+        "subscription": SUB, "resourceGroup": "rg-dc1", "name": "ubu-arc-01", "kind": "arc-server",
+        "osType": "Linux", "osName": "ubuntu", "osVersion": "22.04", "location": "westeurope",
+        "availableUpdates": ["openssl", "tzdata"], "behaviours": {"failingPatches": ["openssl"]},
+    }]  # fmt: skip
+    clock = VirtualClock(NOW)
+    store = ResourceGraphStore(clock)
+    simulation = Simulation(parse_fleet({"subscriptions": [{"id": SUB}], "machines": machines}), clock,
+                            ResourceGraphFeed(store))
+    # The machine and the platform's previous assessment, from the start. Arc's osName is the family and
+    # osSku the product, as in the ARM stand-in's Arc resource.
+    resource = store.query("resources | project name, properties")
+    assert resource == [{"name": "ubu-arc-01", "properties": {
+        "osName": "linux", "osSku": "ubuntu", "osType": "linux", "osVersion": "22.04", "status": "Connected",
+    }}]  # fmt: skip
+    summary = "patchassessmentresources | where type !has 'softwarepatches' | project name, properties"
+    (previous,) = store.query(summary)
+    assert previous["properties"]["startedBy"] == "Platform"
+    # An assessment the product asked for replaces it when it finishes, under the activity's id.
+    operation = simulation.start_assessment(ARC)
+    clock.advance(timedelta(hours=1))
+    simulation.settle()
+    (latest,) = store.query(summary)
+    assert latest["properties"]["startedBy"] == "User"
+    assert latest["name"] == operation.output["assessmentActivityId"] != previous["name"]  # type: ignore[index]
+    # An install: the run under its activity id, errorDetails from the machine's installation summary.
+    body = {"maximumDuration": "PT2H", "rebootSetting": "Never",
+            "linuxParameters": {"classificationsToInclude": ["Critical", "Security"]}}
+    operation = simulation.start_install(ARC, body)
+    clock.advance(timedelta(hours=1))
+    simulation.settle()
+    run = operation.output["installationActivityId"]  # type: ignore[index]
+    states = store.query(installation_patches_query(ARC, run), [SUB])
+    assert [(r["name"].split("_")[0], r["properties"]["installationState"]) for r in states] == [
+        ("openssl", "Failed"), ("tzdata", "NotSelected"),
+    ]
+    error = store.query("patchinstallationresources | where type !has 'softwarepatches' "
+                        "| project e = tostring(properties.errorDetails.code)")
+    assert error == [{"e": "PatchInstallationFailed"}]
+    simulation.set_power_state(ARC, "stopped")
+    assert store.query("resources | project s = tostring(properties.status)") == [{"s": "Disconnected"}]

@@ -1,0 +1,95 @@
+"""An Arc-enabled server's update list, from Azure Resource Graph.
+
+An Arc server's ``assessPatches`` result has counts by classification only; Azure Update Manager writes
+the per-patch list to Resource Graph (``patchassessmentresources``, AZURE-FACTS). Once an Arc assessment
+has finished, :func:`with_patch_list` reads that machine's latest assessment there (one query, inside the
+activity that saw the result) and gives the outcome its list, so the recorder writes the same
+``Update_CL`` rows, inventory entries and gaps as for an Azure VM. Used by the assessment run and by a
+deployment's pre- and post-scans.
+
+Which list: the summary row's name is the id of the assessment it describes ("Access Azure Update
+Manager operations data using Azure Resource Graph"); the list is taken when that is the id of the
+assessment just finished, or, should the two ids ever be written differently, when the row is no older
+than that assessment's start. The counts of the ARM result stay the truth: a list shorter than they
+say is marked truncated (as an agent's cut list is), and a longer one (another assessment's) is not used.
+
+When Resource Graph lags (no summary yet, an older one, one still in progress) or cannot be read, the
+assessment is recorded from the counts alone, as before: the summary and compliance are right, the
+machine's gaps stay as the last list left them, and the next assessment (scheduled, a deployment's scan,
+or one the light check starts) brings the list. No wait in the activity and no extra Durable round trip:
+Resource Graph's delay is not documented, and an activity that sleeps holds a worker other machines need.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from azure.core.credentials import TokenCredential
+
+from shared.azure.resource_graph import (
+    LastAssessment,
+    MachineAssessment,
+    ResourceGraphError,
+    latest_assessment,
+    resource_graph,
+)
+from shared.model.assessment_outcome import AssessmentOutcome
+from shared.model.machines import MachineKind, parse_resource_id
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Result statuses of an assessment that has a list worth recording (a failed one lists nothing reliable).
+_COMPLETE = frozenset({"succeeded", "completedwithwarnings"})
+# Resource Graph summary statuses of an assessment that has not ended.
+_RUNNING = frozenset({"inprogress", "notstarted"})
+
+
+def with_patch_list(
+    settings: Settings, credential: TokenCredential, resource_id: str, outcome: AssessmentOutcome
+) -> AssessmentOutcome:
+    """``outcome`` with the per-patch list Resource Graph has for it, for an Arc server whose result
+    came with counts only; ``outcome`` unchanged otherwise, or when Resource Graph has no matching list."""
+    if outcome.patches is not None or parse_resource_id(resource_id).kind is not MachineKind.ARC_SERVER:
+        return outcome
+    if outcome.status.lower() not in _COMPLETE:
+        return outcome
+    try:
+        found = latest_assessment(resource_graph(credential, settings.resource_graph_endpoint), resource_id)
+    except ResourceGraphError as error:
+        logger.warning("Resource Graph could not be read for %s (recorded from counts): %s",
+                       resource_id, error)
+        return outcome
+    completed = with_listed_patches(outcome, found)
+    if completed.patches is None:
+        seen = found.summary.assessment_id if found.summary else "none"
+        logger.info(
+            "Resource Graph has no list yet for assessment %s of %s (its latest: %s): recorded from counts",
+            outcome.activity_id, resource_id, seen,
+        )  # fmt: skip
+    return completed
+
+
+def with_listed_patches(outcome: AssessmentOutcome, found: MachineAssessment) -> AssessmentOutcome:
+    """The rule of the module docstring: ``outcome`` with ``found``'s patches when they describe it."""
+    if found.summary is None or not describes(found.summary, outcome):
+        return outcome
+    patches = tuple(p.patch for p in found.patches)
+    total = outcome.critical_and_security_count + outcome.other_count
+    if len(patches) > total:
+        return outcome
+    return replace(outcome, patches=patches, truncated=len(patches) < total)
+
+
+def describes(summary: LastAssessment, outcome: AssessmentOutcome) -> bool:
+    """Whether Resource Graph's latest assessment summary is the finished assessment ``outcome``."""
+    if summary.status.lower() in _RUNNING:
+        return False
+    if outcome.activity_id and _guid(summary.assessment_id) == _guid(outcome.activity_id):
+        return True
+    return outcome.started_at is not None and summary.at is not None and summary.at >= outcome.started_at
+
+
+def _guid(text: str) -> str:
+    return text.strip().strip("{}").lower()
