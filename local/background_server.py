@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from local.tls import LocalTls
 
@@ -57,3 +61,46 @@ class BackgroundServer:
             raise RuntimeError(f"{self._name} is not started")
         host, port = self._server.server_address[:2]
         return f"{'https' if self._tls else 'http'}://{host!s}:{port}"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A stand-in's answer: a status, a JSON body (None: no body) and headers."""
+
+    status: int
+    body: Any = None
+    headers: Mapping[str, str] | None = None
+
+
+def json_handler(handle: Callable[[str, str, dict[str, str], bytes], Reply]) -> type[BaseHTTPRequestHandler]:
+    """A request handler class that reads the body, asks ``handle(method, path, headers, body)`` and
+    writes its :class:`Reply` as JSON: the HTTP side of the JSON stand-ins (Log Analytics, Resource Graph)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self._dispatch()
+
+        def do_GET(self) -> None:
+            self._dispatch()
+
+        def _dispatch(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            reply = handle(self.command, self.path, dict(self.headers.items()), body)
+            payload = b"" if reply.body is None else json.dumps(reply.body).encode()
+            self.send_response(reply.status)
+            for name, value in (reply.headers or {}).items():
+                self.send_header(name, value)
+            if payload:
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if payload:
+                self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler

@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
-from local.background_server import BackgroundServer
+from local.background_server import BackgroundServer, Reply, json_handler
 from local.clock import Clock, RealClock
 from local.loganalytics.store import (
     MAX_QUERY_ROWS,
@@ -79,12 +79,6 @@ class Counters:
     throttled_requests: int = 0  # answered 429 by throttle_next
     query_requests: int = 0
 
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    body: Any = None
-    headers: Mapping[str, str] | None = None
 
 
 def _error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Reply:
@@ -466,31 +460,4 @@ def _moment(text: str) -> datetime:
 
 
 def _handler_for(standin: LogAnalyticsStandIn) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            self._dispatch()
-
-        def do_GET(self) -> None:
-            self._dispatch()
-
-        def _dispatch(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            reply = standin.handle(self.command, self.path, dict(self.headers.items()), body)
-            payload = b"" if reply.body is None else json.dumps(reply.body).encode()
-            self.send_response(reply.status)
-            for name, value in (reply.headers or {}).items():
-                self.send_header(name, value)
-            if payload:
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            if payload:
-                self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    return Handler
+    return json_handler(standin.handle)

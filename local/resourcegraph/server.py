@@ -39,7 +39,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from duckdb_kql.errors import KqlSyntaxError
 
-from local.background_server import BackgroundServer
+from local.background_server import BackgroundServer, Reply, json_handler
 from local.clock import Clock, RealClock
 from local.kql import KqlQueryError
 from local.resourcegraph.rows import ResourceGraphFeed
@@ -66,12 +66,6 @@ _THROTTLED = (
     "of time has elapsed. Please see https://aka.ms/resourcegraph-throttling for help."
 )
 
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    body: Any = None
-    headers: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -354,31 +348,4 @@ def _column_type(kind: str) -> str:
 
 
 def _handler_for(standin: ResourceGraphStandIn) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            self._dispatch()
-
-        def do_GET(self) -> None:
-            self._dispatch()
-
-        def _dispatch(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            reply = standin.handle(self.command, self.path, dict(self.headers.items()), body)
-            payload = b"" if reply.body is None else json.dumps(reply.body).encode()
-            self.send_response(reply.status)
-            for name, value in (reply.headers or {}).items():
-                self.send_header(name, value)
-            if payload:
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            if payload:
-                self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    return Handler
+    return json_handler(standin.handle)
