@@ -10,6 +10,7 @@ from functions.deployments_api import bp as deployments_api_blueprint
 from functions.discovery import bp as discovery_blueprint
 from functions.inventory_api import bp as inventory_api_blueprint
 from functions.light_check import bp as light_check_blueprint
+from functions.log_outbox import bp as log_outbox_blueprint
 from functions.openapi import bp as openapi_blueprint
 from functions.runs_api import bp as runs_api_blueprint
 
@@ -25,3 +26,4 @@ app.register_functions(deployments_api_blueprint)
 app.register_functions(deployments_blueprint)
 app.register_functions(deployment_runs_api_blueprint)
 app.register_functions(openapi_blueprint)
+app.register_functions(log_outbox_blueprint)

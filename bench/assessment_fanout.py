@@ -28,7 +28,7 @@ def main() -> None:
     with LocalStack(fleet).start() as stack:
         assert stack.functions and stack.durable
         started = time.perf_counter()
-        response = stack.functions.request("POST", "/api/assessments", body={})
+        response = stack.functions.request("POST", "/api/assessments", body={"all": True})
         run_id = json.loads(response.get_body())["runId"]
         final = stack.durable.wait_for_completion(run_id, timeout=3600)
         elapsed = time.perf_counter() - started

@@ -118,7 +118,7 @@ def definition(name: str, os_type: str, subscription_ids: list[str],
         "name": name, "operatingSystem": os_type,
         "targets": {"groups": [{"filter": {"subscriptionIds": subscription_ids}}], "evaluateGroupsAt": "run"},
         "classifications": CLASSIFICATIONS[os_type],
-        "schedule": {"startTime": "2027-01-01T02:00:00", "timeZone": "UTC"},
+        "schedule": {"startTime": "2099-01-01T02:00:00", "timeZone": "UTC"},
         "maintenanceWindowMinutes": WINDOW_MINUTES, "rebootSetting": "IfRequired",
         "rollout": {"maxConcurrent": max_concurrent},
     }  # fmt: skip

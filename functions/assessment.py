@@ -10,7 +10,6 @@ never fails its batch.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Generator
 from datetime import timedelta
@@ -22,12 +21,14 @@ import azure.functions as func
 from functions.durable import (
     adhoc_instance_id,
     batch_instance_id,
+    call_storage,
     current_slot,
     machine_instance_id,
     poll_operation,
+    send_log_rows,
     start_once,
 )
-from functions.http import error_response, requires, run_accepted
+from functions.http import error_response, read_json, requires, run_accepted
 from shared.assessment import run as work
 from shared.assessment.messages import (
     AssessmentActivityInput,
@@ -89,13 +90,14 @@ async def assess_windows_fleet(timer: func.TimerRequest, client: df.DurableOrche
 async def start_assessment_run(
     req: func.HttpRequest, client: df.DurableOrchestrationClient
 ) -> func.HttpResponse:
-    """On-demand assessment of a scope; 202 with the run id and where to follow it."""
+    """On-demand assessment of a scope (``{"all": true}`` for every machine); 202 with the run id and where
+    to follow it."""
     settings = load_settings()
+    scope = read_json(req, AssessmentScope.parse_request)
+    if isinstance(scope, func.HttpResponse):
+        return scope
     try:
-        scope = AssessmentScope.parse(json.loads(req.get_body() or b"{}"))
         subscriptions = scope.subscriptions(settings.target_subscription_ids)
-    except json.JSONDecodeError as error:
-        return error_response(400, "InvalidJson", f"request body is not JSON: {error}")
     except ScopeError as error:
         return error_response(400, "InvalidField", str(error), error.field)
     run = AssessmentRunInput(trigger="http", scope=scope.to_json(), subscription_ids=subscriptions,
@@ -114,7 +116,8 @@ def assessment_run(context: df.DurableOrchestrationContext) -> Any:
     context.set_custom_status({"stage": "listing"})
     listing = TargetListing.model_validate(
         (
-            yield context.call_activity(
+            yield call_storage(
+                context,
                 "list_assessment_targets",
                 TargetListingInput(
                     run_id=context.instance_id,
@@ -147,6 +150,7 @@ def assessment_run(context: df.DurableOrchestrationContext) -> Any:
         pending.remove(finished)
         total = total.plus(AssessmentCounts.model_validate(finished.result))
         context.set_custom_status(_progress("assessing", listing, total, listing.batches - len(pending)))
+        yield send_log_rows(context)  # the batch's rows: the last batch's are sent before the run ends
     summary = _progress("done", listing, total, listing.batches)
     context.set_custom_status(summary)
     if not context.is_replaying:
@@ -170,7 +174,7 @@ def _progress(
 
 def assessment_batch(context: df.DurableOrchestrationContext) -> Any:
     batch = BatchInput.model_validate(context.get_input())
-    resource_ids = yield context.call_activity("read_assessment_batch", batch.model_dump(mode="json"))
+    resource_ids = yield call_storage(context, "read_assessment_batch", batch.model_dump(mode="json"))
     children = [
         context.call_sub_orchestrator(
             "assess_machine",
@@ -230,7 +234,7 @@ def _record_failure(
         }
     ).model_dump(mode="json")
     try:
-        return dict((yield context.call_activity("record_assessment_failure", payload)))
+        return dict((yield call_storage(context, "record_assessment_failure", payload)))
     except Exception:  # noqa: BLE001 - even an unrecordable failure must not fail the batch
         return MachineResult(state="failed").model_dump(mode="json")
 

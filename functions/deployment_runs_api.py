@@ -8,7 +8,6 @@ step in Blob Storage (``shared.deployments.outputs``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, get_args
@@ -17,11 +16,13 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from functions.deployments import ORCHESTRATOR, adhoc_run_id, run_input
-from functions.http import error_response, json_response, requires, run_accepted
-from shared.deployments.definition import DefinitionError, validate_definition
+from functions.durable import runtime_status
+from functions.http import error_response, json_response, read_json, requires, run_accepted
+from shared.deployments.definition import validate_definition
 from shared.deployments.definitions_table import DeploymentNotFound, deployment_store
 from shared.deployments.messages import Step
 from shared.deployments.outputs import RunLogNotFound, run_log_store
+from shared.deployments.reconcile import close_lost_run, is_lost
 from shared.deployments.results import MachineResultStatus
 from shared.deployments.runs_table import (
     MachineState,
@@ -154,12 +155,9 @@ async def start_inline_deployment(
 ) -> func.HttpResponse:
     """Run a definition given in the body now, without storing it as a deployment; groups are evaluated
     when the run starts."""
-    try:
-        definition = validate_definition(json.loads(req.get_body() or b"null"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        return error_response(400, "InvalidJson", f"request body is not JSON: {error}")
-    except DefinitionError as error:
-        return error_response(400, "InvalidField", str(error), error.field)
+    definition = read_json(req, validate_definition)
+    if isinstance(definition, func.HttpResponse):
+        return definition
     settings = load_settings()
     now = datetime.now(UTC)
     run_id = adhoc_run_id(definition.name, now)
@@ -169,17 +167,24 @@ async def start_inline_deployment(
 
 
 @bp.route(route="deployment-runs/{runId}/cancel", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.durable_client_input(client_name="client")
 @requires(Role.OPERATOR)
-def cancel_deployment_run(req: func.HttpRequest, principal: Principal) -> func.HttpResponse:
+async def cancel_deployment_run(req: func.HttpRequest, client: df.DurableOrchestrationClient,
+                                principal: Principal) -> func.HttpResponse:
     """Stop starting machines; those running finish (an install cannot be stopped midway), the rest are
-    recorded as cancelled."""
+    recorded as cancelled. A run whose orchestration is gone is closed at once (deployments.reconcile)."""
     run_id = req.route_params.get("runId", "")
-    store = run_store(load_settings())
+    settings = load_settings()
+    store = run_store(settings)
     try:
         run = store.get_run(run_id)
         if run.state not in (RunState.QUEUED, RunState.RUNNING):
             return error_response(409, "RunFinished", f"run {run_id} is {run.state.value}; nothing to cancel")
         run = store.request_cancel(run_id, principal.name)
+        status = await runtime_status(client, run_id)
+        if is_lost(run, status, datetime.now(UTC)):
+            close_lost_run(settings, run_id, status, datetime.now(UTC))
+            run = store.get_run(run_id)
     except RunNotFound:
         return error_response(404, "RunNotFound", f"no deployment run {run_id!r}")
     return json_response(run.to_json(), 202, headers={"Location": f"/api/deployment-runs/{run_id}"})

@@ -20,7 +20,16 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
-from functions.durable import POLL_GROWTH, batch_instance_id, machine_instance_id, poll_operation, start_once
+from functions.durable import (
+    POLL_GROWTH,
+    batch_instance_id,
+    call_storage,
+    machine_instance_id,
+    poll_operation,
+    runtime_status,
+    send_log_rows,
+    start_once,
+)
 from shared.azure.tables import table_service
 from shared.deployments.definition import DeploymentDefinition
 from shared.deployments.definitions_table import deployment_store
@@ -46,12 +55,14 @@ from shared.deployments.messages import (
     StepOutcome,
     install_step,
 )
+from shared.deployments.reconcile import open_runs, reconcile
 from shared.deployments.resolve import resolve
 from shared.deployments.results import MachineResultStatus
 from shared.deployments.rollout import MINUTES_FOR_REBOOT, MINUTES_PER_UPDATE
 from shared.deployments.runs_table import RunState, run_store
 from shared.deployments.scheduler import FIRST_LOOKBACK, RUN_PREFIX, look_since, record_occurrences
 from shared.deployments.scheduler_state import SchedulerState
+from shared.deployments.selection import NO_CLASSIFICATION_DATA
 from shared.deployments.steps import check_step, start_step
 from shared.model.machines import machine_key
 from shared.settings import Settings, load_settings
@@ -99,13 +110,25 @@ async def schedule_deployments(timer: func.TimerRequest, client: df.DurableOrche
     state.checked(now)
 
 
+@bp.timer_trigger(schedule="%RUN_RECONCILER_SCHEDULE%", arg_name="timer", run_on_startup=False)
+@bp.durable_client_input(client_name="client")
+async def reconcile_deployment_runs(timer: func.TimerRequest, client: df.DurableOrchestrationClient) -> None:
+    """Close the runs whose orchestration ended without closing them or is gone (deployments.reconcile)."""
+    settings = load_settings()
+    runs = open_runs(settings)
+    statuses = {run.run_id: await runtime_status(client, run.run_id) for run in runs}
+    for closed in reconcile(settings, runs, statuses.get, utc_now()):
+        log.warning("deployment run %s closed as %s: %s; %d machines given a result", closed.run_id,
+                    closed.state.value, closed.orchestration, closed.machines)
+
+
 # --- orchestrators --------------------------------------------------------------------------------
 
 
 def deployment_run(context: df.DurableOrchestrationContext) -> Any:
     run = DeploymentRunInput.model_validate(context.get_input())
     context.set_custom_status({"stage": "resolving"})
-    plan = RunPlan.model_validate((yield _storage(context, "resolve_deployment_run", ResolveInput(
+    plan = RunPlan.model_validate((yield call_storage(context, "resolve_deployment_run", ResolveInput(
         run_id=run.run_id, at=context.current_utc_datetime, batch_size=run.tuning.batch_size,
     ).model_dump(mode="json"))))  # fmt: skip
     if plan.error is not None:
@@ -119,7 +142,7 @@ def deployment_run(context: df.DurableOrchestrationContext) -> Any:
         ).model_dump(mode="json"), batch_instance_id(run.run_id, n))
         for n in range(plan.batches)
     ]  # fmt: skip
-    progress = yield _storage(context, "read_deployment_progress", run.run_id)
+    progress = yield call_storage(context, "read_deployment_progress", run.run_id)
     context.set_custom_status({"stage": "running", **progress})
     # Refreshes come often at first, when most machines start and finish, then every few minutes:
     # each adds a timer and an activity to the master's history (replayed on every wake-up).
@@ -130,13 +153,15 @@ def deployment_run(context: df.DurableOrchestrationContext) -> Any:
         if finished is not timer:
             timer.cancel()
             pending.remove(finished)
+            yield send_log_rows(context)  # the batch's rows, queued by its activities
         else:
             refresh = min(refresh * POLL_GROWTH, run.tuning.max_progress_seconds)
-        progress = yield _storage(context, "read_deployment_progress", run.run_id)
+        progress = yield call_storage(context, "read_deployment_progress", run.run_id)
         context.set_custom_status({"stage": "running", **progress})
-    summary = yield _storage(context, "complete_deployment_run", {
+    summary = yield call_storage(context, "complete_deployment_run", {
         "runId": run.run_id, "at": context.current_utc_datetime.isoformat(),
     })  # fmt: skip
+    yield send_log_rows(context)  # the never-started machines' rows: in Log Analytics when the run ends
     context.set_custom_status({"stage": "done", **summary})
     if not context.is_replaying:
         log.info("deployment run %s done: %s", run.run_id, summary)
@@ -145,7 +170,7 @@ def deployment_run(context: df.DurableOrchestrationContext) -> Any:
 
 def deployment_batch(context: df.DurableOrchestrationContext) -> Any:
     batch = DeploymentBatchInput.model_validate(context.get_input())
-    queue: list[str] = list((yield _storage(context, "read_deployment_batch", {
+    queue: list[str] = list((yield call_storage(context, "read_deployment_batch", {
         "runId": batch.run_id, "batch": batch.batch,
     })))  # fmt: skip
     running: dict[Any, str] = {}
@@ -155,7 +180,7 @@ def deployment_batch(context: df.DurableOrchestrationContext) -> Any:
             ask = ClaimInput(run_id=batch.run_id, batch=batch.batch, resource_ids=tuple(queue),
                              at=context.current_utc_datetime)
             claim = ClaimResult.model_validate(
-                (yield _storage(context, "claim_deployment_machines", ask.model_dump(mode="json")))
+                (yield call_storage(context, "claim_deployment_machines", ask.model_dump(mode="json")))
             )
             for resource_id in claim.start:
                 child = context.call_sub_orchestrator("deploy_machine", MachineDeploymentInput(
@@ -200,6 +225,8 @@ def deploy_machine(context: df.DurableOrchestrationContext) -> Any:
     if isinstance(prescan, StepFailure):
         status = _failed_status(prescan)
         return (yield from _finish(context, request, status, f"pre-scan: {prescan.code}", prescan))
+    if prescan.pending == 0 and prescan.unclassified:
+        return (yield from _finish(context, request, MachineResultStatus.SKIPPED, NO_CLASSIFICATION_DATA))
     if prescan.pending == 0:
         return (yield from _finish(context, request, MachineResultStatus.NOT_NEEDED,
                                    "no pending update matches the deployment"))
@@ -289,14 +316,6 @@ def _finish(context: df.DurableOrchestrationContext, request: MachineDeploymentI
 
 # Recording a result must not be lost to a passing storage error: it frees the machine's slot.
 _FINISH_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=5_000, max_number_of_attempts=10)
-# The master's and batches' activities only read and write the run's tables; a storage error that
-# outlasts azure-core's own retries gets a few more chances before the run fails. Each is idempotent.
-_STORAGE_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=5_000, max_number_of_attempts=5)
-
-
-def _storage(context: df.DurableOrchestrationContext, activity: str, payload: Any) -> Any:
-    """One of the run's table activities, retried on failure (see ``_STORAGE_RETRY``)."""
-    return context.call_activity_with_retry(activity, _STORAGE_RETRY, payload)
 
 ORCHESTRATORS = (deployment_run, deployment_batch, deploy_machine)
 for _orchestrator in ORCHESTRATORS:

@@ -7,16 +7,15 @@ when given, else the one read just before the write (so two edits never silently
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
 
-from functions.http import error_response, json_response, requires
+from functions.http import error_response, json_response, read_json, requires
 from shared.azure.credentials import credential_for
-from shared.deployments.definition import DefinitionError, DeploymentDefinition, validate_definition
+from shared.deployments.definition import DefinitionError, DeploymentDefinition, admit, validate_definition
 from shared.deployments.definitions_table import (
     DeploymentExists,
     DeploymentNotFound,
@@ -39,12 +38,13 @@ def _store(settings: Settings) -> DeploymentStore:
 
 
 def _parse(req: func.HttpRequest) -> DeploymentDefinition | func.HttpResponse:
+    return read_json(req, validate_definition)
+
+
+def _admit(definition: DeploymentDefinition, settings: Settings) -> list[str] | func.HttpResponse:
+    """The definition's warnings, or a 400 when it could never work (see ``admit``)."""
     try:
-        body = json.loads(req.get_body() or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        return error_response(400, "InvalidJson", f"request body is not JSON: {error}")
-    try:
-        return validate_definition(body)
+        return admit(definition, datetime.now(UTC), settings.target_subscription_ids)
     except DefinitionError as error:
         return error_response(400, "InvalidField", str(error), error.field)
 
@@ -72,11 +72,16 @@ def _view(stored: StoredDeployment, runs: RunStore, now: datetime) -> dict[str, 
     }
 
 
-def _stored_response(stored: StoredDeployment, settings: Settings, status: int = 200) -> func.HttpResponse:
+def _stored_response(stored: StoredDeployment, settings: Settings, status: int = 200,
+                     warnings: list[str] | None = None) -> func.HttpResponse:
+    """The view; a create or an edit (``warnings`` given) also answers what it was warned of."""
     headers = {"ETag": stored.etag}
     if status == 201:
         headers["Location"] = f"/api/deployments/{stored.definition.name}"
-    return json_response(_view(stored, run_store(settings), datetime.now(UTC)), status, headers=headers)
+    view = _view(stored, run_store(settings), datetime.now(UTC))
+    if warnings is not None:
+        view["warnings"] = warnings
+    return json_response(view, status, headers=headers)
 
 
 def _not_found(name: str) -> func.HttpResponse:
@@ -90,6 +95,9 @@ def create_deployment(req: func.HttpRequest) -> func.HttpResponse:
     if isinstance(definition, func.HttpResponse):
         return definition
     settings = load_settings()
+    warnings = _admit(definition, settings)
+    if isinstance(warnings, func.HttpResponse):
+        return warnings
     members = _members(definition, settings)
     if isinstance(members, func.HttpResponse):
         return members
@@ -97,7 +105,7 @@ def create_deployment(req: func.HttpRequest) -> func.HttpResponse:
         stored = _store(settings).create(definition, members, datetime.now(UTC))
     except DeploymentExists as error:
         return error_response(409, "DeploymentExists", str(error), "name")
-    return _stored_response(stored, settings, 201)
+    return _stored_response(stored, settings, 201, warnings)
 
 
 @bp.route(route="deployments", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -133,6 +141,9 @@ def edit_deployment(req: func.HttpRequest) -> func.HttpResponse:
         message = f"name: must be {name!r} as in the URL; to rename, create a new one and delete this one"
         return error_response(400, "InvalidField", message, "name")
     settings = load_settings()
+    warnings = _admit(definition, settings)
+    if isinstance(warnings, func.HttpResponse):
+        return warnings
     store = _store(settings)
     try:
         current = store.get(name)
@@ -151,7 +162,7 @@ def edit_deployment(req: func.HttpRequest) -> func.HttpResponse:
         return _not_found(name)
     except EditConflict as error:
         return error_response(412, "EditConflict", f"{error}; read it again and reapply the edit")
-    return _stored_response(stored, settings)
+    return _stored_response(stored, settings, warnings=warnings)
 
 
 @bp.route(route="deployments/{name}", methods=["DELETE"], auth_level=func.AuthLevel.ANONYMOUS)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from functions.durable import adhoc_instance_id, current_slot, start_once
-from functions.http import error_response, requires, run_accepted
+from functions.durable import adhoc_instance_id, current_slot, send_log_rows, start_once
+from functions.http import error_response, read_json, requires, run_accepted
 from shared.fleet.discovery import discover_subscription as discover_subscription_machines
 from shared.fleet.messages import DiscoveryCounts, DiscoveryRunInput, SubscriptionDiscoveryInput
 from shared.principal import Role
@@ -47,14 +46,10 @@ async def discover_fleet(timer: func.TimerRequest, client: df.DurableOrchestrati
 @requires(Role.OPERATOR)
 async def start_discovery(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     settings = load_settings()
-    try:
-        body = StartDiscoveryBody.model_validate(json.loads(req.get_body() or b"{}"))
-    except json.JSONDecodeError as error:
-        return error_response(400, "InvalidJson", f"request body is not JSON: {error}")
-    except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        return error_response(400, "InvalidField", f"{field}: {first['msg']}", field)
+    # An empty body discovers every subscription in TARGET_SUBSCRIPTION_IDS: discovery only reads.
+    body = read_json(req, StartDiscoveryBody.model_validate, if_empty={})
+    if isinstance(body, func.HttpResponse):
+        return body
     requested = tuple(s.lower() for s in (body.subscriptionIds or settings.target_subscription_ids))
     outside = sorted(set(requested) - set(settings.target_subscription_ids))
     if outside:
@@ -92,6 +87,7 @@ def fleet_discovery_run(context: df.DurableOrchestrationContext) -> Any:
     for result in results:
         total = total.plus(DiscoveryCounts.model_validate(result))
     summary = total.model_dump(mode="json")
+    yield send_log_rows(context)  # the heartbeats the activities queued
     context.set_custom_status({"stage": "done", **summary})
     return summary
 

@@ -130,9 +130,37 @@ def poll_operation(
             return Polled(answer=answer, token=token)
 
 
+# The table activities of the runs only read and write Table Storage; a storage error that outlasts
+# azure-core's own retries gets a few more chances before the run fails. Each such activity is idempotent.
+STORAGE_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=5_000, max_number_of_attempts=5)
+
+
+def call_storage(context: df.DurableOrchestrationContext, activity: str, payload: Any) -> Any:
+    """One of the runs' table activities, retried on failure (see ``STORAGE_RETRY``)."""
+    return context.call_activity_with_retry(activity, STORAGE_RETRY, payload)
+
+
+# The activity that uploads the Log Analytics rows waiting in the outbox (functions/log_outbox.py).
+SEND_LOG_ROWS = "send_log_rows"
+
+
+def send_log_rows(context: df.DurableOrchestrationContext) -> Any:
+    """Send the rows the run's activities queued so far (after a batch, at the end). The activity never
+    raises: an outage leaves the rows queued for the next call or the timer, and the run goes on."""
+    return context.call_activity(SEND_LOG_ROWS, {
+        "attempt": str(context.new_uuid()), "at": context.current_utc_datetime.isoformat(),
+    })  # fmt: skip
+
+
 def current_slot(schedule: str) -> str:
     """The occurrence of ``schedule`` this firing serves: late and doubled firings give the same id."""
     return slot_id(schedule, datetime.now(UTC))
+
+
+async def runtime_status(client: df.DurableOrchestrationClient, instance_id: str) -> str | None:
+    """The instance's Durable runtime status ("Running", "Terminated", ...); None when there is none."""
+    found = await client.get_status(instance_id)
+    return found.runtime_status.value if found and found.runtime_status is not None else None
 
 
 async def start_once(

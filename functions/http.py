@@ -1,20 +1,39 @@
-"""Shared plumbing of the HTTP functions: JSON responses, errors, and role checks."""
+"""Shared plumbing of the HTTP functions: JSON responses, errors, request bodies, and role checks."""
 
 from __future__ import annotations
 
 import functools
 import inspect
 import json
+import logging
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import azure.functions as func
+from azure.core.exceptions import AzureError, HttpResponseError
+from pydantic import ValidationError
 
 from shared.principal import PRINCIPAL_HEADER, NotSignedIn, Principal, Role, parse_principal
+from shared.settings import AuthenticationFront, authentication_front
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
+Parsed = TypeVar("Parsed")
 # A handler that declares this parameter is given the signed-in caller (a Principal).
 PRINCIPAL_PARAMETER = "principal"
+log = logging.getLogger(__name__)
+
+# The largest valid body, a deployment definition of 1,000 machines and full package lists, stays well
+# under 1 MB, and Table Storage keeps at most 1 MiB per entity: a bigger body is a mistake or an attack
+# (the Functions host itself would accept 100 MB).
+MAX_BODY_BYTES = 1_048_576
+# The deepest valid body (a definition's targets.groups[].filter.tags) nests 6 levels; 32 leaves room
+# and keeps json and pydantic far from Python's recursion limit (10,000 nested arrays raise RecursionError).
+MAX_JSON_DEPTH = 32
+# A string (closing quote optional: an unterminated one is consumed once, never rescanned) or a bracket.
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]')
+# ``@requires`` records its role on the guarded function under this name (read by the OpenAPI document).
+_ROLE_ATTRIBUTE = "required_role"
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
@@ -37,6 +56,84 @@ def run_accepted(run_id: str) -> func.HttpResponse:
     """202 for a started run, pointing at the app's own status route (never Durable's system URLs)."""
     status = f"/api/runs/{run_id}"
     return json_response({"runId": run_id, "status": status}, 202, headers={"Location": status})
+
+
+def read_json(
+    req: func.HttpRequest, parse: Callable[[Any], Parsed], *, if_empty: Any = None
+) -> Parsed | func.HttpResponse:
+    """The request body through every check, in order, or the response naming the first that fails.
+
+    Size (413 beyond :data:`MAX_BODY_BYTES`), UTF-8, nesting depth (:data:`MAX_JSON_DEPTH`), strict JSON,
+    then ``parse`` (the typed model) given the decoded value, or ``if_empty`` for an empty body. ``parse``
+    raises pydantic's ValidationError or a ValueError with a ``field``; one that also has ``too_large``
+    set (a value too big to store) is a 413.
+    """
+    body = req.get_body() or b""
+    if len(body) > MAX_BODY_BYTES:
+        message = f"request body is {len(body):,} bytes; at most {MAX_BODY_BYTES:,} are accepted"
+        return error_response(413, "BodyTooLarge", message)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        message = f"request body is not UTF-8 (byte {error.start} is invalid)"
+        return error_response(400, "InvalidEncoding", message)
+    if not text.strip():
+        value = if_empty
+    else:
+        if _too_deep(text):
+            return error_response(
+                400, "JsonTooDeep", f"request body nests arrays or objects more than {MAX_JSON_DEPTH} deep"
+            )
+        try:
+            value = json.loads(text, parse_constant=_refuse_constant)
+        except RecursionError:
+            return error_response(
+                400, "JsonTooDeep", f"request body nests arrays or objects more than {MAX_JSON_DEPTH} deep"
+            )
+        except ValueError as error:  # JSONDecodeError, NaN/Infinity, integers of more than 4,300 digits
+            return error_response(400, "InvalidJson", f"request body is not JSON: {error}")
+    try:
+        return parse(value)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        return error_response(400, "InvalidField", f"{field}: {first['msg']}", field)
+    except ValueError as error:
+        at: str | None = getattr(error, "field", None)
+        if at is None:
+            raise
+        if getattr(error, "too_large", False):
+            return error_response(413, "TooLargeToStore", str(error), at)
+        return error_response(400, "InvalidField", str(error), at)
+
+
+def _too_deep(text: str) -> bool:
+    """Whether brackets outside strings nest beyond MAX_JSON_DEPTH, counted without recursion."""
+    depth = 0
+    for token in _JSON_TOKEN.finditer(text):
+        if token[0] in ("[", "{"):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        elif token[0] in ("]", "}"):
+            depth -= 1
+    return False
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _storage_failure(error: AzureError) -> func.HttpResponse:
+    """A storage (or other Azure SDK) error the handler did not expect: logged, never shown raw."""
+    code = getattr(error, "error_code", None)
+    log.error("storage error answered as a 503: %s", error, exc_info=error)
+    detail = f" ({code})" if code else ""
+    if isinstance(error, HttpResponseError) and error.status_code == 413:
+        return error_response(413, "TooLargeToStore", f"storage refused the request as too large{detail}")
+    return error_response(
+        503, "StorageUnavailable", f"the app's storage could not complete the request{detail}; try again"
+    )
 
 
 def requires(role: Role) -> Callable[[Handler], Handler]:
@@ -67,15 +164,26 @@ def requires(role: Role) -> Callable[[Handler], Handler]:
             @functools.wraps(handler)
             async def guarded(*args: Any, **kwargs: Any) -> Any:
                 refused = refusal(args, kwargs)
-                return refused if refused is not None else await handler(*args, **kwargs)
+                if refused is not None:
+                    return refused
+                try:
+                    return await handler(*args, **kwargs)
+                except AzureError as error:
+                    return _storage_failure(error)
 
         else:
 
             @functools.wraps(handler)
             def guarded(*args: Any, **kwargs: Any) -> Any:
                 refused = refusal(args, kwargs)
-                return refused if refused is not None else handler(*args, **kwargs)
+                if refused is not None:
+                    return refused
+                try:
+                    return handler(*args, **kwargs)
+                except AzureError as error:
+                    return _storage_failure(error)
 
+        setattr(guarded, _ROLE_ATTRIBUTE, role)
         if gives_principal:
             bindings = [p for p in signature.parameters.values() if p.name != PRINCIPAL_PARAMETER]
             guarded.__signature__ = signature.replace(parameters=bindings)  # type: ignore[attr-defined]
@@ -87,8 +195,24 @@ def requires(role: Role) -> Callable[[Handler], Handler]:
     return decorate
 
 
+def user_function(handler: Any) -> Callable[..., Any]:
+    """The function itself, given it or the FunctionBuilder its module name holds after ``@bp.route``."""
+    built = getattr(handler, "_function", None)  # azure.functions FunctionBuilder keeps the function here
+    return cast(Callable[..., Any], built.get_user_function() if built is not None else handler)
+
+
+def required_role(handler: Any) -> Role | None:
+    """The role ``@requires`` recorded on ``handler`` (see :func:`user_function`); None if it is public."""
+    role = getattr(user_function(handler), _ROLE_ATTRIBUTE, None)
+    return role if isinstance(role, Role) else None
+
+
 def _caller(req: func.HttpRequest, role: Role) -> Principal | func.HttpResponse:
     """The signed-in principal if it holds ``role``; otherwise the 401/403 response to return."""
+    front = authentication_front()
+    _log_front_once(front)
+    if front is AuthenticationFront.NONE:
+        return error_response(401, "AuthenticationOff", _NO_FRONT)
     try:
         principal = parse_principal(req.headers.get(PRINCIPAL_HEADER))
     except NotSignedIn as error:
@@ -96,3 +220,21 @@ def _caller(req: func.HttpRequest, role: Role) -> Principal | func.HttpResponse:
     if not principal.has(role):
         return error_response(403, "Forbidden", f"{principal.name} lacks the app role {role.value}")
     return principal
+
+
+_NO_FRONT = (
+    f"App Service Authentication is not enabled in front of this app (WEBSITE_AUTH_ENABLED is not True), so "
+    f"no {PRINCIPAL_HEADER} header can be trusted: every protected route answers 401 until it is enabled"
+)
+_front_logged: list[AuthenticationFront] = []  # the front last logged, so it is logged once per process
+
+
+def _log_front_once(front: AuthenticationFront) -> None:
+    """Say at the first request (and if it ever changes) who signs callers in, or why nobody can."""
+    if _front_logged and _front_logged[-1] is front:
+        return
+    _front_logged[:] = [front]
+    if front is AuthenticationFront.NONE:
+        log.error("refusing every protected route: %s", _NO_FRONT)
+    else:
+        log.info("callers are signed in by %s", front.value)

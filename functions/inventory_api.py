@@ -11,6 +11,7 @@ import azure.functions as func
 from azure.data.tables import TableServiceClient
 
 from functions.http import error_response, json_response, requires
+from shared.assessment.updates_table import UpdateInventory
 from shared.assessment.views import ViewError, machine_detail, machines_needing, missing_updates
 from shared.azure.tables import table_service
 from shared.fleet.machine_query import QueryError, parse_machine_query
@@ -23,8 +24,12 @@ bp = df.Blueprint()
 
 
 def _service() -> TableServiceClient:
-    settings = load_settings()
-    return table_service(settings)
+    """The table service, with the inventory's tables made sure of: before the first discovery and
+    assessment wrote them, the read routes answer empty lists, not a storage error."""
+    service = table_service(load_settings())
+    MachineInventory(service).ensure()
+    UpdateInventory(service).ensure()
+    return service
 
 
 @bp.route(route="machines", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -36,8 +41,7 @@ def list_machines(req: func.HttpRequest) -> func.HttpResponse:
         query = parse_machine_query(dict(req.params))
     except QueryError as error:
         return error_response(400, "InvalidFilter", str(error), error.field)
-    settings = load_settings()
-    inventory = MachineInventory(table_service(settings))
+    inventory = MachineInventory(_service())
     try:
         page = inventory.page(query.equals, query.page_size, query.next_token)
     except ValueError as error:
@@ -49,7 +53,7 @@ def list_machines(req: func.HttpRequest) -> func.HttpResponse:
 def _public_machine(entity: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": entity["RowKey"],  # GET /api/machines/{id} for the detail
-        "resourceId": entity["ResourceId"],
+        "resourceId": entity.get("ResourceId"),
         "computerName": entity.get("ComputerName"),
         "environment": entity.get("Environment"),
         "osType": entity.get("OsType"),

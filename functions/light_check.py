@@ -17,7 +17,7 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
-from functions.durable import current_slot, start_once
+from functions.durable import call_storage, current_slot, start_once
 from shared.assessment import baselines_table as work
 from shared.assessment.light_check import BaselineInput, ChangedMachines, FindChangedInput, LightCheckInput
 from shared.assessment.messages import AssessmentRunInput, AssessmentTuning
@@ -56,7 +56,8 @@ def light_check_run(context: df.DurableOrchestrationContext) -> Any:
     run_id = assessment_instance_id(context.instance_id)
     found = ChangedMachines.model_validate(
         (
-            yield context.call_activity(
+            yield call_storage(
+                context,
                 "find_changed_machines",
                 FindChangedInput(
                     check_id=context.instance_id,
@@ -97,7 +98,8 @@ def light_check_run(context: df.DurableOrchestrationContext) -> Any:
         summary["assessmentError"] = str(error)[:500]
         if not context.is_replaying:
             log.warning("light check %s: assessment run %s failed: %s", context.instance_id, run_id, error)
-    summary["baselined"] = yield context.call_activity(
+    summary["baselined"] = yield call_storage(
+        context,
         "record_light_check_baseline",
         BaselineInput(run_id=run_id).model_dump(mode="json"),
     )

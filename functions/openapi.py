@@ -7,12 +7,24 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
+import functions.assessment as assessment
+import functions.deployment_runs_api as deployment_runs_api
+import functions.deployments_api as deployments_api
+import functions.discovery as discovery
+import functions.inventory_api as inventory_api
+import functions.runs_api as runs_api
 from functions.deployment_runs_api import DEFAULT_RUNS_TOP, MACHINE_STATUSES, MAX_RUNS_TOP, STEPS
-from functions.http import json_response
+from functions.discovery import StartDiscoveryBody
+from functions.http import json_response, required_role, user_function
 from shared.deployments.definition import DeploymentDefinition
 from shared.deployments.results import MachineResultStatus
 from shared.deployments.runs_table import RunState
+from shared.fleet.machine_query import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, filter_values
+from shared.fleet.scope import scope_json_schema
+from shared.model.classification import Classification
 from shared.model.install_outcome import InstallationState
+from shared.model.machines import OsType
+from shared.principal import PRINCIPAL_HEADER
 
 bp = df.Blueprint()
 
@@ -33,98 +45,161 @@ _ACCEPTED = {"$ref": "#/components/schemas/RunAccepted"}
 _RUN_LIST = {"$ref": "#/components/schemas/DeploymentRunList"}
 _RUN_DETAIL = {"$ref": "#/components/schemas/DeploymentRunDetail"}
 _RUN_MACHINE_DETAIL = {"$ref": "#/components/schemas/DeploymentRunMachineDetail"}
-_TOP = {"name": "top", "in": "query", "required": False,
-        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_RUNS_TOP, "default": DEFAULT_RUNS_TOP}}
-_STATUS = {"name": "status", "in": "query", "required": False,
-           "description": f"one or more (comma-separated) of: {', '.join(MACHINE_STATUSES)}",
-           "schema": {"type": "string"}}
-_READER = "Reader"
-_OPERATOR = "Operator"
+_SIGNED_IN = "appServiceAuthentication"
+_IGNORING_CASE = "matched ignoring case"
 
 
-def _op(summary: str, role: str, responses: dict[str, str], body: dict[str, Any] | None = None,
-        params: list[str] | None = None, ok_schema: dict[str, Any] | None = None,
-        query: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """One operation; every non-2xx response is the shared error shape."""
+def _query(name: str, schema: dict[str, Any], description: str | None = None) -> dict[str, Any]:
+    parameter = {"name": name, "in": "query", "required": False, "schema": schema}
+    return parameter | ({"description": description} if description else {})
+
+
+def _one_of(values: list[str] | tuple[str, ...], description: str = _IGNORING_CASE) -> dict[str, Any]:
+    return {"type": "string", "enum": list(values), "description": description}
+
+
+_TOP = _query("top", {"type": "integer", "minimum": 1, "maximum": MAX_RUNS_TOP, "default": DEFAULT_RUNS_TOP})
+# ``?status=`` is one status or several joined by ','; spaces and case are ignored when matching.
+_STATUS_NAME = "|".join(MACHINE_STATUSES)
+_STATUS = _query("status", {"type": "string", "pattern": f"^({_STATUS_NAME})(,({_STATUS_NAME}))*$"},
+                 f"one or more (comma-separated) of: {', '.join(MACHINE_STATUSES)}")
+_OS_NAMES = [o.value for o in OsType]
+_MACHINE_FILTERS = [_query(name, _one_of(values)) for name, values in filter_values().items()] + [
+    _query("tag", {"type": "string", "pattern": "^[^:,]+:[^,]*(,[^:,]+:[^,]*)*$"},
+           "key:value, several joined by ',' (all must match)"),
+    _query("pageSize",
+           {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": DEFAULT_PAGE_SIZE}),
+    _query("nextToken", {"type": "string"}, "the nextToken of the previous page"),
+]
+_MISSING_FILTERS = [_query("os", _one_of(_OS_NAMES)),
+                    _query("classification", _one_of([c.value for c in Classification], "as written"))]
+_ON = _query("on", {"type": "string", "format": "date"}, "also answer whether it was compliant that day")
+_IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
+             "description": "the ETag of the deployment as read; 412 if it changed since"}
+PathParameter = str | tuple[str, dict[str, Any]]
+
+
+def _op(summary: str, handler: Any, responses: dict[str, str], body: dict[str, Any] | None = None,
+        params: list[PathParameter] | None = None, ok_schema: dict[str, Any] | None = None,
+        query: list[dict[str, Any]] | None = None,
+        schemas: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One operation of ``handler``; the role its ``@requires`` recorded decides its security and adds
+    401/403/503. Every 4xx/5xx is the shared error shape unless ``schemas`` says otherwise."""
+    role = required_role(handler)
+    if role is not None:
+        # functions.http.requires answers these three before or around the handler.
+        responses = {**responses, "401": "not signed in", "403": f"lacks the app role {role.value}",
+                     "503": "the app's storage could not complete the request; try again"}
+    if body is not None:  # every body is read as JSON within the host's size limit
+        responses = {"400": "not JSON, or an invalid field (error.field names it)", **responses,
+                     "413": "body too large"}
     operation: dict[str, Any] = {
+        "operationId": user_function(handler).__name__,
         "summary": summary,
-        "description": f"Needs the app role {role}.",
+        "description": f"Needs the app role {role.value}." if role else "Public: no sign-in needed.",
+        "security": [{_SIGNED_IN: []}] if role else [],
         "responses": {
-            code: {"description": text, "content": {"application/json": {
-                "schema": _ERROR if code[0] in "45" else (ok_schema or {"type": "object"})
-            }}} if code != "204" else {"description": text}
-            for code, text in responses.items()
+            code: {"description": text, "content": {"application/json": {"schema": (schemas or {}).get(
+                code, _ERROR if code[0] in "45" else (ok_schema or {"type": "object"})
+            )}}} if code != "204" else {"description": text}
+            for code, text in sorted(responses.items())
         },
     }
     if body is not None:
         operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
     if params or query:
         operation["parameters"] = [
-            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params or ()
+            {"name": p, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+            if isinstance(p, str) else {"name": p[0], "in": "path", "required": True, "schema": p[1]}
+            for p in params or ()
         ] + list(query or ())
     return operation
 
 
 def _paths() -> dict[str, Any]:
     bad = "invalid field (error.field names it)"
+    run_id, machine = ("runId", {"type": "string", "minLength": 1}), "machine"
+    health = {"type": "object", "properties": {
+        "status": {"enum": ["ok", "misconfigured"]},
+        "problems": {"type": "array", "items": {"type": "string"}},
+    }}  # fmt: skip
     return {
-        "/api/health": {"get": _op("Liveness and configuration check", "none",
-                                   {"200": "ok", "503": "bad settings"})},
-        "/api/machines": {"get": _op("The machine inventory, paged and filtered", _READER,
-                                     {"200": "machines", "400": "bad filter"})},
-        "/api/machines/{machineId}": {"get": _op("One machine's missing updates and assessments", _READER,
-                                                 {"200": "machine", "404": "unknown"}, params=["machineId"])},
-        "/api/updates/missing": {"get": _op("Updates missing in the fleet", _READER, {"200": "updates"})},
+        "/api/health": {"get": _op("Liveness and configuration check", runs_api.health,
+                                   {"200": "ok", "503": "bad settings"}, ok_schema=health,
+                                   schemas={"503": health})},
+        "/api/machines": {"get": _op("The machine inventory, paged and filtered", inventory_api.list_machines,
+                                     {"200": "machines", "400": "bad filter"}, query=_MACHINE_FILTERS)},
+        "/api/machines/{machineId}": {"get": _op(
+            "One machine's missing updates and assessments", inventory_api.read_machine,
+            {"200": "machine", "400": "bad date", "404": "unknown"}, params=["machineId"], query=[_ON])},
+        "/api/updates/missing": {"get": _op(
+            "Updates missing in the fleet", inventory_api.list_missing_updates,
+            {"200": "updates", "400": "bad filter"}, query=_MISSING_FILTERS)},
         "/api/updates/{os}/{update}/machines": {"get": _op(
-            "Machines missing one update", _READER, {"200": "machines", "400": "bad os"},
-            params=["os", "update"])},
-        "/api/discoveries": {"post": _op("Start a fleet discovery", _OPERATOR,
-                                         {"202": "started", "400": bad})},
-        "/api/assessments": {"post": _op("Start an assessment", _OPERATOR, {"202": "started", "400": bad})},
-        "/api/runs/{runId}": {"get": _op("Status of a run", _READER, {"200": "status", "404": "unknown"},
-                                         params=["runId"])},
-        "/api/openapi.json": {"get": _op("This document", "none", {"200": "OpenAPI 3.1"})},
+            "Machines missing one update", inventory_api.list_machines_needing_update,
+            {"200": "machines", "400": "bad os"}, params=[("os", _one_of(_OS_NAMES)), "update"])},
+        "/api/discoveries": {"post": _op("Start a fleet discovery", discovery.start_discovery,
+                                         {"202": "started", "400": bad}, ok_schema=_ACCEPTED,
+                                         body=StartDiscoveryBody.model_json_schema())},
+        "/api/assessments": {"post": _op("Start an assessment of a scope", assessment.start_assessment_run,
+                                         {"202": "started", "400": bad}, ok_schema=_ACCEPTED,
+                                         body=scope_json_schema())},
+        "/api/runs/{runId}": {"get": _op("Status of a run", runs_api.read_run,
+                                         {"200": "status", "404": "unknown"}, params=[run_id])},
+        "/api/openapi.json": {"get": _op("This document", openapi, {"200": "OpenAPI 3.1"})},
         "/api/deployments": {
-            "get": _op("List update deployments", _READER, {"200": "deployments"}),
-            "post": _op("Create an update deployment", _OPERATOR,
+            "get": _op("List update deployments", deployments_api.list_deployments, {"200": "deployments"},
+                       ok_schema={"type": "object", "required": ["count", "deployments"], "properties": {
+                           "count": {"type": "integer"},
+                           "deployments": {"type": "array", "items": _DEPLOYMENT},
+                       }}),
+            "post": _op("Create an update deployment", deployments_api.create_deployment,
                         {"201": "created", "400": bad, "409": "name taken (ignoring case)",
                          "502": "a group could not be evaluated"}, body=_DEFINITION, ok_schema=_DEPLOYMENT),
         },
         "/api/deployments/{name}/runs": {
             "get": _op("A deployment's runs, newest first (?top=); runs of a deleted deployment stay listed",
-                       _READER,
+                       deployment_runs_api.list_deployment_runs,
                        {"200": "runs", "400": "bad top", "404": "no such deployment and no runs of one"},
                        params=["name"], query=[_TOP], ok_schema=_RUN_LIST),
-            "post": _op("Run a stored deployment now", _OPERATOR, {"202": "started", "404": "unknown"},
-                        params=["name"], ok_schema=_ACCEPTED),
+            "post": _op("Run a stored deployment now", deployment_runs_api.start_deployment_now,
+                        {"202": "started", "404": "unknown"}, params=["name"], ok_schema=_ACCEPTED),
         },
         "/api/deployment-runs": {"post": _op(
-            "Run a definition given in the body now, without storing it", _OPERATOR,
+            "Run a definition given in the body now, without storing it",
+            deployment_runs_api.start_inline_deployment,
             {"202": "started", "400": bad}, body=_DEFINITION, ok_schema=_ACCEPTED)},
         "/api/deployment-runs/{runId}": {"get": _op(
-            "One deployment run and its machines (?status=failed, comma-separated for several)", _READER,
-            {"200": "run", "400": "bad status", "404": "unknown run"}, params=["runId"], query=[_STATUS],
-            ok_schema=_RUN_DETAIL)},
+            "One deployment run and its machines (?status=failed, comma-separated for several)",
+            deployment_runs_api.read_deployment_run,
+            {"200": "run", "400": "bad status", "404": "unknown run"},
+            params=[run_id], query=[_STATUS], ok_schema=_RUN_DETAIL)},
         "/api/deployment-runs/{runId}/cancel": {"post": _op(
-            "Stop starting machines; running ones finish, waiting ones are recorded as cancelled", _OPERATOR,
+            "Stop starting machines; running ones finish, waiting ones are recorded as cancelled",
+            deployment_runs_api.cancel_deployment_run,
             {"202": "cancel requested (the run)", "404": "unknown run", "409": "the run has finished"},
-            params=["runId"], ok_schema=_RUN)},
+            params=[run_id], ok_schema=_RUN)},
         "/api/deployment-runs/{runId}/machines/{machine}": {"get": _op(
-            "One machine of a run: result, updates its install reported, links to its step outputs", _READER,
-            {"200": "machine", "404": "unknown run or machine"}, params=["runId", "machine"],
-            ok_schema=_RUN_MACHINE_DETAIL)},
+            "One machine of a run: result, updates its install reported, links to its step outputs",
+            deployment_runs_api.read_deployment_run_machine,
+            {"200": "machine", "404": "unknown run or machine",
+             "500": "a stored install output is unreadable"},
+            params=[run_id, machine], ok_schema=_RUN_MACHINE_DETAIL)},
         "/api/deployment-runs/{runId}/machines/{machine}/outputs/{step}": {"get": _op(
-            "The output a step stored (prescan, install1, install2, postscan), as stored", _READER,
+            "The output a step stored (prescan, install1, install2, postscan), as stored",
+            deployment_runs_api.read_deployment_run_output,
             {"200": "the stored document", "404": "unknown run, machine or step output"},
-            params=["runId", "machine", "step"])},
+            params=[run_id, machine, ("step", _one_of(STEPS, "a step of the run"))])},
         "/api/deployments/{name}": {
-            "get": _op("One update deployment", _READER, {"200": "deployment", "404": "unknown"},
-                       params=["name"], ok_schema=_DEPLOYMENT),
-            "put": _op("Replace an update deployment (If-Match: ETag optional)", _OPERATOR,
-                       {"200": "replaced", "400": bad, "404": "unknown", "412": "changed since the ETag"},
-                       body=_DEFINITION, params=["name"], ok_schema=_DEPLOYMENT),
-            "delete": _op("Delete an update deployment", _OPERATOR, {"204": "deleted", "404": "unknown"},
-                          params=["name"]),
+            "get": _op("One update deployment", deployments_api.read_deployment,
+                       {"200": "deployment", "404": "unknown"}, params=["name"], ok_schema=_DEPLOYMENT),
+            "put": _op("Replace an update deployment (If-Match: ETag optional)",
+                       deployments_api.edit_deployment,
+                       {"200": "replaced", "400": bad, "404": "unknown", "412": "changed since the ETag",
+                        "502": "a group could not be evaluated"},
+                       body=_DEFINITION, params=["name"], query=[_IF_MATCH], ok_schema=_DEPLOYMENT),
+            "delete": _op("Delete an update deployment", deployments_api.delete_deployment,
+                          {"204": "deleted", "404": "unknown"}, params=["name"]),
         },
     }
 
@@ -136,14 +211,18 @@ def openapi_document() -> dict[str, Any]:
     schemas: dict[str, Any] = schema.pop("$defs", {})
     schemas["DeploymentDefinition"] = schema
     moment = {"type": ["string", "null"], "format": "date-time"}
-    schemas["Deployment"] = {"allOf": [_DEFINITION, {"type": "object", "properties": {
+    # The definition's own properties and what the store adds: not an allOf, since the definition
+    # refuses properties it does not name (additionalProperties: false) and so would refuse these.
+    schemas["Deployment"] = {**schema, "title": "Deployment", "properties": {**schema["properties"],
         "frozenGroupMembers": {"type": ["array", "null"], "items": {"type": "string"},
                                "description": "members frozen at creation; null when evaluated per run"},
         "created": moment, "modified": moment,
         "nextRun": {**moment, "description": "the next occurrence of the schedule; null once it has ended"},
         "lastRun": {"oneOf": [{"$ref": "#/components/schemas/DeploymentRun"}, {"type": "null"}]},
         "runs": {"type": "string", "description": "GET this for the deployment's runs"},
-    }}]}  # fmt: skip
+        "warnings": {"type": "array", "items": {"type": "string"},
+                     "description": "a create or an edit only: what the definition was warned of"},
+    }}  # fmt: skip
     schemas["Error"] = {
         "type": "object",
         "required": ["error"],
@@ -156,7 +235,13 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "Patch management API", "version": "1"},
         "paths": _paths(),
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas, "securitySchemes": {_SIGNED_IN: {
+            "type": "apiKey", "in": "header", "name": PRINCIPAL_HEADER,
+            "description": "App Service Authentication (Entra ID) stands in front of the app: it signs the "
+                           "caller in and passes the principal, app roles included, in this header (base64 "
+                           "JSON). Clients sign in to App Service Authentication and never set the header; "
+                           "the app trusts it only behind that front.",
+        }}},
     }
 
 

@@ -2,6 +2,10 @@
 
   run                                  what `make run` does
   serve [--fleet FILE] [--port N]      keep the whole host up (real clock) until Ctrl-C
+  azure --state-dir DIR [--fleet FILE] [--speed X]
+                                       only the stand-ins for Azure (Azurite, ARM, Log Analytics,
+                                       Resource Graph), which outlive a crashed host
+  host --state-dir DIR [--port N]      only the Functions host, attached to `azure` on the same folder
   query "<KQL>"                        query the local Log Analytics of the last run
   fleet generate --machines N --seed S [--out FILE]
 """
@@ -24,6 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     serve_cmd = commands.add_parser("serve", help="keep the host up with the API on a local port")
     serve_cmd.add_argument("--fleet", type=Path, default=DEMO_FLEET)
+    azure_cmd = commands.add_parser("azure", help="only the stand-ins for Azure, for `host` to attach to")
+    azure_cmd.add_argument("--fleet", type=Path, default=DEMO_FLEET)
+    azure_cmd.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    azure_cmd.add_argument("--speed", type=float, default=1.0, help="time runs this many times faster")
+    host_cmd = commands.add_parser("host", help="only the Functions host, attached to `azure`")
+    host_cmd.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    host_cmd.add_argument("--port", type=int, default=0)
     query_cmd = commands.add_parser("query", help="run KQL against the local Log Analytics")
     query_cmd.add_argument("kql")
     fleet_cmd = commands.add_parser("fleet", help="simulated fleets")
@@ -40,6 +51,16 @@ def main(argv: list[str] | None = None) -> int:
         return run(args.fleet, args.state_dir)
     if args.command == "serve":
         return _serve(args.fleet)
+    if args.command == "azure":
+        return _azure(args.fleet, args.state_dir, args.speed)
+    if args.command == "host":
+        import logging
+
+        from local.host_process import run_host
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        logging.getLogger("azure").setLevel(logging.WARNING)  # not every HTTP request of the SDKs
+        return run_host(args.state_dir, args.port)
     if args.command == "query":
         return _query(args.kql)
     if args.command == "fleet":
@@ -50,12 +71,13 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(fleet_file: Path) -> int:
     from local.arm.fleet import load_fleet
     from local.clock import RealClock
-    from local.stack import LocalStack
+    from local.stack import SIGN_IN_NOTICE, LocalStack
     from local.workbook import serve_workbook
 
     stack = LocalStack(load_fleet(fleet_file), clock=RealClock(), state_dir=DEFAULT_STATE_DIR)
     with stack.start(serve_http=True):
-        print(f"API          {stack.api_base_url}/api  (signed in as the local operator)")
+        print(f"API          {stack.api_base_url}/api")
+        print(f"Sign-in      {SIGN_IN_NOTICE}")
         print(f"             try: curl {stack.api_base_url}/api/machines")
         print(f"Workbook     {serve_workbook(stack)}  (Update Management views over the local data)")
         print(f"ARM          {stack.arm.base_url if stack.arm else ''}")
@@ -68,6 +90,32 @@ def _serve(fleet_file: Path) -> int:
         except KeyboardInterrupt:
             print("stopping")
     return 0
+
+
+def _azure(fleet_file: Path, state_dir: Path, speed: float) -> int:
+    import signal
+    from datetime import UTC, datetime
+
+    from local.arm.fleet import load_fleet
+    from local.clock import ScaledClock
+    from local.stack import LocalStack
+
+    clock = ScaledClock(datetime.now(UTC), speed)
+    stack = LocalStack(load_fleet(fleet_file), clock=clock, state_dir=state_dir).start_azure()
+    signal.signal(signal.SIGTERM, _interrupt)
+    print(f"Azure stand-ins up; attach a host: python -m local host --state-dir {state_dir}", flush=True)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("stopping")
+    finally:
+        stack.stop()
+    return 0
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _query(kql: str) -> int:

@@ -76,3 +76,34 @@ class RealClock:
         remaining = (moment - self.now()).total_seconds()
         if remaining > 0:
             time.sleep(min(remaining, timeout))
+
+
+class ScaledClock:
+    """Wall time sped up ``speed`` times from ``start``: two processes built from the same three numbers
+    (``to_json``) read the same time, so a host process and the Azure stand-ins of another process agree on
+    when an operation ends or a timer fires, and a host killed and started again finds time has moved on."""
+
+    virtual = False
+
+    def __init__(self, start: datetime, speed: float, wall_start: float | None = None) -> None:
+        if start.tzinfo is None or speed <= 0:
+            raise ValueError("ScaledClock needs a timezone-aware start and a positive speed")
+        self.start = start.astimezone(UTC)
+        self.speed = speed
+        self.wall_start = time.time() if wall_start is None else wall_start
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=(time.time() - self.wall_start) * self.speed)
+
+    def sleep_until(self, moment: datetime, timeout: float) -> None:
+        remaining = (moment - self.now()).total_seconds() / self.speed
+        if remaining > 0:
+            time.sleep(min(remaining, timeout))
+
+    def to_json(self) -> dict[str, object]:
+        return {"start": self.start.isoformat(), "speed": self.speed, "wallStart": self.wall_start}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> ScaledClock:
+        return cls(datetime.fromisoformat(str(data["start"])), float(str(data["speed"])),
+                   float(str(data["wallStart"])))

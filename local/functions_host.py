@@ -13,6 +13,7 @@ import asyncio
 import atexit
 import inspect
 import json
+import logging
 import re
 import threading
 from collections.abc import Callable
@@ -29,6 +30,10 @@ from local.background_server import BackgroundServer
 from shared.principal import PRINCIPAL_HEADER
 
 ROUTE_PREFIX = "/api"  # host.json extensions.http.routePrefix
+# Methods the Functions host never hands to a function that does not declare them.
+_ROUTING_ONLY_METHODS = frozenset({"HEAD", "OPTIONS"})
+
+_log = logging.getLogger(__name__)
 
 
 class FunctionNotFound(LookupError):
@@ -208,6 +213,11 @@ class FunctionsHost:
             )
             response: func.HttpResponse = _call(entry.user_function, **self._bindings(entry, request))
             return response
+        if allowed and method in _ROUTING_ONLY_METHODS:
+            # The host's router answers a bare 404 for a method no function declares on the route
+            # (Azure/azure-functions-host#11625 for HEAD, #10098 for the rest); it has no CORS preflight
+            # unless CORS is configured, and this app configures none.
+            return func.HttpResponse(status_code=404)
         if allowed:
             return func.HttpResponse(
                 json.dumps({"error": {"code": "MethodNotAllowed", "message": f"use {', '.join(allowed)}"}}),
@@ -231,6 +241,7 @@ class FunctionsHost:
                 try:
                     response = hosting.request(self.command, self.path, body=body, headers=dict(self.headers))
                 except Exception as error:  # noqa: BLE001 - an unhandled function error is a 500, as in Azure
+                    _log.exception("%s %s failed", self.command, self.path)  # as the Functions host logs it
                     response = func.HttpResponse(
                         json.dumps({"error": {"code": "FunctionError", "message": str(error)}}),
                         status_code=500, mimetype="application/json",
@@ -245,9 +256,10 @@ class FunctionsHost:
                     self.send_header("Content-Type", response.mimetype)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                if self.command != "HEAD":  # a HEAD answer has headers only (RFC 9110 9.3.2)
+                    self.wfile.write(data)
 
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
 
             def log_message(self, format: str, *args: Any) -> None:
                 return

@@ -12,7 +12,7 @@ from typing import Any
 
 from local.arm.fleet import load_fleet
 from local.report import table
-from local.stack import DEFAULT_STATE_DIR, DEMO_FLEET, LocalStack
+from local.stack import DEFAULT_STATE_DIR, DEMO_FLEET, SIGN_IN_NOTICE, LocalStack
 from local.workbook import serve_workbook
 
 _WAIT_SECONDS = 300
@@ -70,6 +70,7 @@ def run(fleet_file: Path = DEMO_FLEET, state_dir: Path = DEFAULT_STATE_DIR) -> i
         _say(f"  Resource Graph   {stack.graph.base_url}")
         _say(f"  Log Analytics    {stack.logs.base_url}")
         _say(f"  API              {stack.api_base_url}/api")
+        _say(f"  Sign-in          {SIGN_IN_NOTICE}")
         workbook = serve_workbook(stack)
         _say(f"  Workbook         {workbook}  (while this runs; `python -m local serve` keeps it up)")
         _say("")

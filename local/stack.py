@@ -19,8 +19,9 @@ from typing import Any
 from local.arm.fleet import Fleet
 from local.arm.server import ArmStandIn
 from local.azurite import Azurite, start_azurite
-from local.clock import Clock, VirtualClock
+from local.clock import Clock, ScaledClock, VirtualClock
 from local.durable import DurableRunner
+from local.durable.store import TableStore
 from local.functions_host import FunctionsHost
 from local.loganalytics import LogAnalyticsStandIn
 from local.resourcegraph import ResourceGraphStandIn
@@ -34,6 +35,11 @@ TASK_HUB = "LocalPatchHub"
 WORKSPACE_ID = "00000000-0000-4000-8000-00000000000a"
 DCR_IMMUTABLE_ID = "dcr-0000000000000000000000000000000a"
 LOCAL_OPERATOR = "local-operator@localhost"
+SIGN_IN_NOTICE = (
+    f"every call is signed in as {LOCAL_OPERATOR} with every app role (no App Service Authentication "
+    "runs locally; the host stands in for it: LOCAL_AUTHENTICATION_STANDIN)"
+)
+ATTACH_FILE = "azure.json"  # what the stand-ins of `python -m local azure` tell a host that attaches
 
 
 def host_json_activity_concurrency() -> int:
@@ -55,6 +61,7 @@ class LocalStack:
     durable: DurableRunner | None = None
     functions: FunctionsHost | None = None
     api_base_url: str | None = None
+    durable_store: bool = False  # keep the task hub in Azurite tables (local/durable/store.py)
     _saved_env: dict[str, str | None] = field(default_factory=dict)
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -68,7 +75,46 @@ class LocalStack:
             raise
         return self
 
+    def start_azure(self) -> LocalStack:
+        """Only the stand-ins for Azure itself (``python -m local azure``), and ``azure.json`` in the state
+        folder, from which a Functions host in another process attaches to them (local/host_process.py)."""
+        if self.state_dir is None:
+            raise ValueError("the stand-ins for Azure run apart from the host only on a state folder")
+        try:
+            self._start_azure()
+            attach = {"settings": self.app_settings(), "pid": os.getpid(),
+                      "clock": self.clock.to_json() if isinstance(self.clock, ScaledClock) else None}
+            (self.state_dir / ATTACH_FILE).write_text(json.dumps(attach, indent=2))
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
     def _start(self, serve_http: bool) -> None:
+        self._start_azure()
+        self._set_app_settings()
+        if self.app is None:
+            import function_app  # imported after the settings exist, as the host would
+
+            self.app = function_app.app
+        store = None
+        if self.durable_store:
+            assert self.azurite is not None
+            store = TableStore(self.azurite.connection_string, TASK_HUB)
+        self.durable = DurableRunner(
+            self.app, self.clock, activity_concurrency=host_json_activity_concurrency(), task_hub=TASK_HUB,
+            store=store,
+        )
+        self.durable.start()
+        self.functions = FunctionsHost(
+            self.app,
+            self.durable.client_binding_json,
+            signed_in_principal=encode_principal(LOCAL_OPERATOR, list(Role)),
+        )
+        if serve_http:
+            self.api_base_url = self.functions.serve()
+
+    def _start_azure(self) -> None:
         if self.state_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="patch-local-")
             work = Path(self._tmp.name)
@@ -89,28 +135,15 @@ class LocalStack:
             clock=self.clock,
         )
         self.logs.start()
-        self._set_app_settings()
-        if self.app is None:
-            import function_app  # imported after the settings exist, as the host would
-
-            self.app = function_app.app
-        self.durable = DurableRunner(
-            self.app, self.clock, activity_concurrency=host_json_activity_concurrency(), task_hub=TASK_HUB
-        )
-        self.durable.start()
-        self.functions = FunctionsHost(
-            self.app,
-            self.durable.client_binding_json,
-            signed_in_principal=encode_principal(LOCAL_OPERATOR, list(Role)),
-        )
-        if serve_http:
-            self.api_base_url = self.functions.serve()
 
     def app_settings(self) -> dict[str, str]:
         assert self.arm and self.logs and self.graph and self.azurite and self.tls
         return {
             "DURABLE_TASK_HUB": TASK_HUB,
             "AZURE_AUTH_MODE": "emulator",
+            # No App Service Authentication runs locally: the Functions host signs callers in instead
+            # (SIGN_IN_NOTICE), which the app believes only in emulator mode.
+            "LOCAL_AUTHENTICATION_STANDIN": "true",
             "TARGET_SUBSCRIPTION_IDS": ",".join(self.fleet.subscription_ids()),
             "ARM_ENDPOINT": self.arm.base_url,
             "RESOURCE_GRAPH_ENDPOINT": self.graph.base_url,

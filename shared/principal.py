@@ -46,10 +46,15 @@ def parse_principal(header_value: str | None) -> Principal:
         raise NotSignedIn(f"no {PRINCIPAL_HEADER} header: sign in through App Service Authentication")
     try:
         document = json.loads(base64.b64decode(header_value, validate=True))
-    except (binascii.Error, ValueError) as error:
+    except (binascii.Error, ValueError, RecursionError) as error:
         raise NotSignedIn(f"{PRINCIPAL_HEADER} is not base64-encoded JSON") from error
+    if not isinstance(document, dict):
+        raise NotSignedIn(f"{PRINCIPAL_HEADER} is not a JSON object (App Service Authentication sends one)")
     claims = document.get("claims") or []
-    values = {(c.get("typ"), c.get("val")) for c in claims if isinstance(c, dict)}
+    if not isinstance(claims, list):
+        raise NotSignedIn(f"{PRINCIPAL_HEADER} claims is not a list")
+    values = {(c.get("typ"), c.get("val")) for c in claims
+              if isinstance(c, dict) and isinstance(c.get("typ"), str) and isinstance(c.get("val"), str)}
     granted: set[Role] = set()
     for typ, val in values:
         if typ in _ROLE_CLAIM_TYPES and isinstance(val, str) and val in Role._value2member_map_:

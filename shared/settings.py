@@ -119,6 +119,12 @@ def _auth_mode(value: str) -> AuthMode:
         raise ValueError("must be one of " + ", ".join(m.value for m in AuthMode)) from None
 
 
+def _flag(value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise ValueError("must be True or False")
+    return value.lower() == "true"
+
+
 def _is_loopback(url: str) -> bool:
     host = urlparse(url).hostname or ""
     if host == "localhost":
@@ -190,12 +196,31 @@ SETTINGS: tuple[SettingSpec, ...] = (
     # doubled firing starts nothing twice (one Durable instance per occurrence).
     SettingSpec("DEPLOYMENT_SCHEDULER_SCHEDULE", "NCRONTAB schedule of the timer that starts due update "
                 "deployments (every minute by default)", _ncrontab, default="0 * * * * *"),
+    # Rows wait in the outbox only while Log Analytics is away or between batches (each run sends at its
+    # end); the timer picks up what an outage left.
+    SettingSpec("LOG_OUTBOX_SCHEDULE", "NCRONTAB schedule of the timer that sends the Log Analytics rows "
+                "waiting in the outbox (every 5 minutes by default)", _ncrontab, default="0 */5 * * * *"),
+    # A run whose orchestration ended or vanished (terminated, purged, a lost host) is closed by the
+    # reconciler; a quarter of an hour keeps such a run visible as stuck for at most that long.
+    SettingSpec("RUN_RECONCILER_SCHEDULE", "NCRONTAB schedule of the timer that closes deployment runs "
+                "whose orchestration no longer exists (every 15 minutes by default)", _ncrontab,
+                default="0 */15 * * * *"),
     SettingSpec("RUN_LOGS_CONTAINER", "Blob container holding each deployment run's per-machine operation "
                 "output", _pattern(_CONTAINER, "must be 3-63 lowercase letters, digits or single hyphens, "
                 "starting and ending with a letter or digit"), default="run-logs"),
+    # Injected by the platform, never set by infra: "True" when App Service Authentication is on
+    # ("Environment variables and app settings in Azure App Service", authentication section). Only then
+    # is X-MS-CLIENT-PRINCIPAL put there by the platform (which strips any a caller sends).
+    SettingSpec("WEBSITE_AUTH_ENABLED", "Whether App Service Authentication is in front of the app "
+                "(set by the platform)", lambda value: value.lower() == "true", required=False),
+    SettingSpec("LOCAL_AUTHENTICATION_STANDIN", "The local Functions host stands in for App Service "
+                "Authentication and signs callers in (local only: accepted with AZURE_AUTH_MODE=emulator)",
+                _flag, required=False),
 )
 
 SETTING_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS)
+# Settings of SETTINGS the platform injects: read by the code, never set in infra or local settings files.
+INJECTED_BY_PLATFORM: frozenset[str] = frozenset({"WEBSITE_AUTH_ENABLED"})
 
 
 @dataclass(frozen=True)
@@ -221,7 +246,11 @@ class Settings:
     assessment_poll_seconds: int
     compliance_classifications: frozenset[Classification]
     deployment_scheduler_schedule: str
+    log_outbox_schedule: str
+    run_reconciler_schedule: str
     run_logs_container: str
+    website_auth_enabled: bool | None
+    local_authentication_standin: bool | None
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -272,7 +301,36 @@ def _cross_checks(values: dict[str, Any]) -> list[str]:
             "STORAGE_CONNECTION_STRING is accepted only with AZURE_AUTH_MODE=emulator; "
             "in Azure the app reaches storage with its managed identity"
         )
+    if values.get("local_authentication_standin") and values.get("azure_auth_mode") != AuthMode.EMULATOR:
+        problems.append(
+            "LOCAL_AUTHENTICATION_STANDIN is accepted only with AZURE_AUTH_MODE=emulator; in Azure, App "
+            "Service Authentication signs callers in"
+        )
     return problems
+
+
+class AuthenticationFront(StrEnum):
+    """What puts the caller's X-MS-CLIENT-PRINCIPAL header on a request, if anything can be trusted to."""
+
+    APP_SERVICE = "App Service Authentication (WEBSITE_AUTH_ENABLED=True)"
+    LOCAL_HOST = "the local Functions host (LOCAL_AUTHENTICATION_STANDIN=True, AZURE_AUTH_MODE=emulator)"
+    NONE = "none"
+
+
+def authentication_front(environ: Mapping[str, str] | None = None) -> AuthenticationFront:
+    """Who signs callers in, from the three settings that decide it (read on every request, so a
+    broken unrelated setting never turns a 401 into a 500). The local stand-in counts only in
+    emulator mode, so an app setting copied to Azure can never let a forged header in."""
+    env = os.environ if environ is None else environ
+
+    def flag(name: str) -> bool:
+        return env.get(name, "").strip().lower() == "true"
+
+    if flag("WEBSITE_AUTH_ENABLED"):
+        return AuthenticationFront.APP_SERVICE
+    if flag("LOCAL_AUTHENTICATION_STANDIN") and env.get("AZURE_AUTH_MODE", "").strip() == AuthMode.EMULATOR:
+        return AuthenticationFront.LOCAL_HOST
+    return AuthenticationFront.NONE
 
 
 # Settings the Functions platform reads (not this code); named here so that

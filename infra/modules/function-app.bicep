@@ -96,6 +96,8 @@ var appSettings = {
   ASSESSMENT_POLL_SECONDS: assessmentPollSeconds
   COMPLIANCE_CLASSIFICATIONS: complianceClassifications
   DEPLOYMENT_SCHEDULER_SCHEDULE: deploymentSchedulerSchedule
+  LOG_OUTBOX_SCHEDULE: '0 */5 * * * *'
+  RUN_RECONCILER_SCHEDULE: '0 */15 * * * *'
   RUN_LOGS_CONTAINER: runLogsContainerName
 }
 

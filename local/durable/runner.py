@@ -13,7 +13,9 @@ timer as soon as nothing else can happen.
 
 Histories, inboxes and timers stand for what Azure keeps in storage, so
 :meth:`DurableRunner.simulate_host_restart` can throw away everything else a host holds (its
-running activities) and show that an orchestration survives a host dying mid-way.
+running activities) and show that an orchestration survives a host dying mid-way. Given a
+:class:`~local.durable.store.TableStore`, they are in storage for real: written before they count and
+read back by :meth:`DurableRunner.start`, so a host process killed and started again resumes them.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from azure.functions.durable_functions import ActivityTriggerConverter
 from azure.functions.meta import Datum
@@ -58,6 +60,9 @@ from local.durable.history import (
 )
 from local.durable.limits import custom_status_problem, instance_id_problem, spill_reason
 
+if TYPE_CHECKING:
+    from local.durable.store import TableStore
+
 log = logging.getLogger(__name__)
 
 PENDING, RUNNING, COMPLETED, FAILED, TERMINATED, CONTINUED_AS_NEW = (
@@ -72,6 +77,7 @@ _COMPLETION_EVENTS = frozenset({
     EventType.TASK_COMPLETED, EventType.TASK_FAILED, EventType.SUB_ORCHESTRATION_COMPLETED,
     EventType.SUB_ORCHESTRATION_FAILED, EventType.TIMER_FIRED,
 })
+_CHILD_ANSWERS = frozenset({EventType.SUB_ORCHESTRATION_COMPLETED, EventType.SUB_ORCHESTRATION_FAILED})
 
 
 class DurableRunnerError(Exception):
@@ -129,6 +135,7 @@ class _Execution:
     retries: dict[int, _RetryState] = field(default_factory=dict)
     pending_timers: set[int] = field(default_factory=set)
     next_task_id: int = 0
+    persisted: int = 0  # history events written to the store (local/durable/store.py)
 
     def allocate(self, target: _Target) -> int:
         task_id = self.next_task_id
@@ -192,7 +199,7 @@ class DurableRunner:
     """Runs the orchestrations and activities of a ``df.DFApp`` on one machine."""
 
     def __init__(self, app: Any, clock: Clock, *, activity_concurrency: int = DEFAULT_ACTIVITY_CONCURRENCY,
-                 task_hub: str = "LocalHub") -> None:
+                 task_hub: str = "LocalHub", store: TableStore | None = None) -> None:
         if activity_concurrency < 1:
             raise ValueError(f"activity_concurrency must be at least 1, got {activity_concurrency}")
         self.clock = clock
@@ -211,6 +218,12 @@ class DurableRunner:
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._client_api: Any = None
+        # With a store, every history event, timer and pending message is written before it counts, and
+        # start() resumes what a previous host left; without one, the task hub lives in memory.
+        self._store = store
+        self._loaded = False
+        self._in_episode: str | None = None
+        self._deferred_runs: list[_ActivityRun] = []
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -219,6 +232,9 @@ class DurableRunner:
             return self
         self._stopping = False
         self._pool = ThreadPoolExecutor(self.activity_concurrency, thread_name_prefix="durable-activity")
+        if self._store is not None and not self._loaded:
+            with self._cond:
+                self._resume_from_store()
         self._thread = threading.Thread(target=self._dispatch_loop, name="durable-dispatcher", daemon=True)
         self._thread.start()
         return self
@@ -329,6 +345,8 @@ class DurableRunner:
                 )
             del self._instances[instance_id]
             self._ready.pop(instance_id, None)
+            if self._store is not None:
+                self._store.delete_instance(instance_id)
             return True
 
     def wait_for_completion(self, instance_id: str, timeout: float = 30.0) -> dict[str, Any]:
@@ -480,6 +498,7 @@ class DurableRunner:
             del self._ready[instance_id]
             instance = self._instances.get(instance_id)
             if instance is not None and instance.status in LIVE_STATUSES and instance.inbox:
+                self._in_episode = instance_id
                 try:
                     self._run_episode(instance)
                 except Exception as error:
@@ -487,6 +506,9 @@ class DurableRunner:
                     log.exception("episode of %s failed inside the runner", instance_id)
                     message = f"local Durable runner error: {error!r}"
                     self._finish(instance, FAILED, message, failure=message)
+                finally:
+                    self._in_episode = None
+                self._commit_episode(instance)
             return True
         if self.clock.virtual and not self._clock_holds and not self._activity_runs:
             earliest = self._earliest_timer()
@@ -506,7 +528,8 @@ class DurableRunner:
         earliest = self._earliest_timer()
         if earliest is None:
             return _IDLE_POLL_SECONDS
-        remaining = (earliest.fire_at - self.clock.now()).total_seconds()
+        # A sped-up clock (ScaledClock) reaches a timer ``speed`` times sooner in real seconds.
+        remaining = (earliest.fire_at - self.clock.now()).total_seconds() / getattr(self.clock, "speed", 1)
         return max(0.0, min(remaining, _POLL_SECONDS if self.clock.virtual else _IDLE_POLL_SECONDS))
 
     def _timer_is_live(self, timer: _Timer) -> bool:
@@ -761,6 +784,9 @@ class DurableRunner:
         if self._pool is None:
             raise DurableRunnerError("the runner is not started")
         self._activity_runs[run.run_id] = run
+        if self._store is not None and self._in_episode is not None:
+            self._deferred_runs.append(run)  # sent once the episode's TaskScheduled is in storage
+            return
         self._pool.submit(self._run_activity, run)
 
     def _run_activity(self, run: _ActivityRun) -> None:
@@ -832,6 +858,8 @@ class DurableRunner:
         if name not in self._orchestrators:
             problem = f"the function {name!r} doesn't exist or is not an orchestrator function"
         elif existing is not None and existing.status in LIVE_STATUSES:
+            if existing.parent == link:
+                return  # created by this very action in an episode whose commit a host crash lost
             problem = f"a sub-orchestration with instance id {child_id!r} is already {existing.status}"
         if problem is not None:
             self._post(parent, new_event(
@@ -871,6 +899,7 @@ class DurableRunner:
         self._ready.pop(instance.instance_id, None)
         parent = instance.parent
         if parent is None:
+            self._save(instance)
             return
         now = self.clock.now()
         if status == COMPLETED:
@@ -886,19 +915,113 @@ class DurableRunner:
                 EventType.SUB_ORCHESTRATION_FAILED, now, TaskScheduledId=parent.task_id, Reason=reason,
                 Details=str(output),
             )
+        # The parent's row first: a crash in between ends the child again, and _already_answered drops that.
         self._deliver(parent.instance_id, parent.execution_id, event)
+        self._save(instance)
 
     def _deliver(self, instance_id: str, execution_id: str, event: dict[str, Any]) -> None:
         """Post a completion to the execution that asked for it; one that has ended drops it."""
         instance = self._instances.get(instance_id)
         if instance is None or instance.execution.execution_id != execution_id:
             return
-        if instance.status in LIVE_STATUSES:
+        if instance.status in LIVE_STATUSES and not self._already_answered(instance, event):
             self._post(instance, event)
+
+    @staticmethod
+    def _already_answered(instance: _Instance, event: dict[str, Any]) -> bool:
+        """A child that ended again after a host crash (its ending episode was not committed) must not
+        answer its parent twice."""
+        if event["EventType"] not in _CHILD_ANSWERS:
+            return False
+        task_id = _task_id_of(event)
+        return any(
+            e["EventType"] == event["EventType"] and _task_id_of(e) == task_id
+            for e in itertools.chain(instance.inbox, instance.execution.history)
+        )
 
     def _post(self, instance: _Instance, event: dict[str, Any]) -> None:
         instance.inbox.append(event)
         self._ready[instance.instance_id] = None
+        self._save(instance)
+
+    # --- storage ----------------------------------------------------------------------------------
+
+    def _save(self, instance: _Instance) -> None:
+        """Write the instance row (status, pending messages, bookkeeping); an episode commits at its end."""
+        if self._store is None or self._in_episode == instance.instance_id:
+            return
+        execution = instance.execution
+        parent = instance.parent
+        self._store.save_instance(instance.instance_id, {
+            "Name": instance.name,
+            "RuntimeStatus": instance.status,
+            "Input": execution.input_text,
+            "Output": json.dumps(instance.output),
+            "CustomStatus": json.dumps(instance.custom_status),
+            "CreatedTime": format_time(instance.created),
+            "LastUpdatedTime": format_time(instance.last_updated),
+            "ExecutionId": execution.execution_id,
+            "HistoryCount": execution.persisted,
+            "ParentInstanceId": parent.instance_id if parent else None,
+            "ParentExecutionId": parent.execution_id if parent else None,
+            "ParentTaskId": parent.task_id if parent else None,
+            "Pending": json.dumps(instance.inbox),
+            "Bookkeeping": json.dumps(_bookkeeping(execution)),
+        })
+
+    def _commit_episode(self, instance: _Instance) -> None:
+        """History first, then the row that says how much of it counts; then the activities it scheduled."""
+        runs, self._deferred_runs = self._deferred_runs, []
+        if self._store is not None:
+            execution = instance.execution
+            new = execution.history[execution.persisted:]
+            if new:
+                self._store.append_history(
+                    instance.instance_id, execution.execution_id, execution.persisted, new
+                )
+                execution.persisted = len(execution.history)
+            self._save(instance)
+        for run in runs:
+            if run.run_id in self._activity_runs and self._pool is not None:
+                self._pool.submit(self._run_activity, run)
+
+    def _resume_from_store(self) -> None:
+        """Rebuild every instance from the tables and deliver again what a dead host had in flight."""
+        assert self._store is not None
+        self._loaded = True
+        redelivered = timers = 0
+        for stored in self._store.load():
+            instance = _instance_from_row(stored.row, stored.history)
+            self._instances[instance.instance_id] = instance
+            if instance.status not in LIVE_STATUSES:
+                continue
+            execution = instance.execution
+            if instance.inbox:
+                self._ready[instance.instance_id] = None
+            answered = {
+                _task_id_of(e) for e in itertools.chain(execution.history, instance.inbox)
+                if e["EventType"] in (EventType.TASK_COMPLETED, EventType.TASK_FAILED)
+            }
+            for event in execution.history:
+                if event["EventType"] == EventType.TASK_SCHEDULED and event["EventId"] not in answered:
+                    self._dispatch_activity(_ActivityRun(
+                        next(self._run_ids), instance.instance_id, execution.execution_id, event["EventId"],
+                        str(event["Name"]), event.get("Input"),
+                    ))
+                    redelivered += 1
+                elif (event["EventType"] == EventType.TIMER_CREATED
+                      and event["EventId"] in execution.pending_timers):
+                    heapq.heappush(self._timers, _Timer(
+                        parse_time(event["FireAt"]), next(self._timer_seq), instance.instance_id,
+                        execution.execution_id, event["EventId"],
+                    ))
+                    timers += 1
+        if self._instances:
+            live = sum(1 for i in self._instances.values() if i.status in LIVE_STATUSES)
+            log.info(
+                "resumed the task hub from storage: %d instances (%d live), %d activities delivered again, "
+                "%d timers", len(self._instances), live, redelivered, timers,
+            )
 
     def _require(self, instance_id: str) -> _Instance:
         instance = self._instances.get(instance_id)
@@ -965,3 +1088,60 @@ def _status(instance: _Instance, show_history: bool) -> dict[str, Any]:
     if show_history:
         status["historyEvents"] = [dict(e) for e in instance.execution.history]
     return status
+
+
+def _bookkeeping(execution: _Execution) -> dict[str, Any]:
+    """What the runner knows beside the history events: task numbering, retry attempts, live timers."""
+    return {
+        "actions": [
+            {**{k: v for k, v in vars(a).items() if v is not None}, "action_type": int(a.action_type)}
+            for a in execution.actions
+        ],
+        "actionTaskIds": execution.action_task_ids,
+        "targets": {str(k): [t.action_index, t.role] for k, t in execution.targets.items()},
+        "retries": {
+            str(k): [r.attempts, r.max_attempts, r.interval / timedelta(milliseconds=1)]
+            for k, r in execution.retries.items()
+        },
+        "pendingTimers": sorted(execution.pending_timers),
+        "nextTaskId": execution.next_task_id,
+    }
+
+
+def _instance_from_row(row: dict[str, Any], history: list[dict[str, Any]]) -> _Instance:
+    """An instance as local/durable/store.py keeps it (the inverse of ``DurableRunner._save``)."""
+    from local.durable.store import get_text
+
+    books = json.loads(get_text(row, "Bookkeeping") or "{}")
+    execution = _Execution(
+        execution_id=row["ExecutionId"],
+        input_text=get_text(row, "Input"),
+        history=history,
+        actions=[
+            ActionSpec(**{**a, "action_type": ActionType(a["action_type"])}) for a in books.get("actions", [])
+        ],
+        action_task_ids=list(books.get("actionTaskIds", [])),
+        targets={int(k): _Target(v[0], v[1]) for k, v in books.get("targets", {}).items()},
+        retries={
+            int(k): _RetryState(v[0], v[1], timedelta(milliseconds=v[2]))
+            for k, v in books.get("retries", {}).items()
+        },
+        pending_timers=set(books.get("pendingTimers", [])),
+        next_task_id=int(books.get("nextTaskId", 0)),
+        persisted=len(history),
+    )
+    parent = None
+    if row.get("ParentInstanceId"):
+        parent = _ParentLink(row["ParentInstanceId"], row["ParentExecutionId"], int(row["ParentTaskId"]))
+    return _Instance(
+        instance_id=row["PartitionKey"],
+        name=row["Name"],
+        execution=execution,
+        created=parse_time(row["CreatedTime"]),
+        last_updated=parse_time(row["LastUpdatedTime"]),
+        status=row["RuntimeStatus"],
+        output=json.loads(get_text(row, "Output") or "null"),
+        custom_status=json.loads(get_text(row, "CustomStatus") or "null"),
+        parent=parent,
+        inbox=json.loads(get_text(row, "Pending") or "[]"),
+    )

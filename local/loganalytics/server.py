@@ -118,6 +118,8 @@ class LogAnalyticsStandIn:
         self._counters = Counters()
         self._throttle_remaining = 0
         self._throttle_retry_after = 0.0
+        self._outage_until: datetime | None = None
+        self._outage_status = 503
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -152,6 +154,14 @@ class LogAnalyticsStandIn:
         with self._lock:
             self._throttle_remaining = count
             self._throttle_retry_after = retry_after_seconds
+
+    def ingestion_outage_until(self, moment: datetime | None, status: int = 503) -> None:
+        """Answer every ingestion request ``status`` (503 ServiceUnavailable or 429 TooManyRequests, with
+        ``Retry-After: 1``) until ``moment`` on the stand-in's clock; ``None`` ends the outage."""
+        if status not in (429, 503):
+            raise ValueError("an outage answers 429 or 503")
+        with self._lock:
+            self._outage_until, self._outage_status = moment, status
 
     @property
     def counters(self) -> Counters:
@@ -195,6 +205,8 @@ class LogAnalyticsStandIn:
         if rule != self.dcr_immutable_id:
             message = f"data collection rule {rule} not found (this one is {self.dcr_immutable_id})"
             return _error(404, "NotFound", message)
+        if down := self._outage():
+            return down
         if throttled := self._take_throttle():
             return throttled
         if len(body) > MAX_REQUEST_BYTES:
@@ -218,6 +230,16 @@ class LogAnalyticsStandIn:
             return _busy(exc)
         self._count(rows_ingested=stored)
         return Reply(204)
+
+    def _outage(self) -> Reply | None:
+        with self._lock:
+            until, status = self._outage_until, self._outage_status
+        if until is None or self._clock.now() >= until:
+            return None
+        if status == 429:
+            return _error(429, "TooManyRequests", "throttled: retry after 1 s", {"Retry-After": "1"})
+        return _error(503, "ServiceUnavailable", f"the service is unavailable until {until:%H:%M} UTC",
+                      {"Retry-After": "1"})
 
     def _take_throttle(self) -> Reply | None:
         with self._lock:

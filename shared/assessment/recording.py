@@ -1,7 +1,8 @@
-"""Recording one machine's assessment: the inventory in Table Storage, then the Log Analytics rows.
+"""Recording one machine's assessment: the inventory in Table Storage, then the Log Analytics rows
+queued in the outbox (shared/azure/log_outbox.py), which the orchestration's sender uploads.
 
 What the orchestration's activities call. Both writes are idempotent: the same input writes the
-same entities, and the same rows with the same ``RecordId``.
+same entities, and queues rows with the same ``RecordId``, which the outbox keeps once.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from shared.assessment.records import (
     update_rows,
 )
 from shared.assessment.updates_table import UpdateInventory
-from shared.azure.credentials import credential_for
-from shared.azure.log_ingestion import LogSink
+from shared.azure.log_outbox import log_outbox
 from shared.azure.tables import table_service
 from shared.log_tables import UPDATE, UPDATE_SUMMARY
 from shared.model.assessment_outcome import AssessmentFailure, AssessmentOutcome
@@ -38,7 +38,7 @@ def record_assessment(
     assessed_at: datetime,
     run_id: str,
 ) -> MachineAssessmentSummary:
-    """Write the inventory, then the Log Analytics rows. Compliance follows the
+    """Write the inventory, then queue the Log Analytics rows. Compliance follows the
     ``COMPLIANCE_CLASSIFICATIONS`` setting. A retry rewrites the same entities,
     and the same rows with the same RecordIds (the Not-needed rows included: they are the
     updates this very assessment closed, read back from the inventory)."""
@@ -50,9 +50,9 @@ def record_assessment(
         record_from_entity(entity, assessed_at)
         for entity in inventory.record_assessment(machine, records, summary, run_id, outcome_error(outcome))
     ]
-    sink = LogSink(credential_for(settings), settings.logs_ingestion_endpoint, settings.logs_dcr_immutable_id)
-    sink.send(UPDATE, update_rows(machine, [*records, *closed], run_id))
-    sink.send(UPDATE_SUMMARY, [summary_row(machine, summary, run_id, outcome_error(outcome))])
+    outbox = log_outbox(settings)
+    outbox.put(UPDATE, update_rows(machine, [*records, *closed], run_id), assessed_at)
+    outbox.put(UPDATE_SUMMARY, [summary_row(machine, summary, run_id, outcome_error(outcome))], assessed_at)
     return summary
 
 
@@ -77,6 +77,5 @@ def record_failures(
         summary = failure_summary(machine, failure, at)
         summaries.append(summary)
         rows.append(summary_row(machine, summary, run_id, f"{failure.code}: {failure.message}"))
-    sink = LogSink(credential_for(settings), settings.logs_ingestion_endpoint, settings.logs_dcr_immutable_id)
-    sink.send(UPDATE_SUMMARY, rows)
+    log_outbox(settings).put(UPDATE_SUMMARY, rows, at)
     return summaries

@@ -186,6 +186,20 @@ def record_from_entity(entity: Mapping[str, Any], closed_at: datetime) -> Update
     )
 
 
+# Linux distributions whose updates Azure's agent classifies (apt's security pockets, yum and zypper
+# updateinfo). Others, CentOS first, have no classification data in their repositories (legacy Update
+# Management's documentation of update classifications), so every update is "Other" and a scan with
+# nothing critical or security says nothing about security there.
+_CLASSIFYING_DISTROS = re.compile(r"^\s*(ubuntu|debian|rhel|redhat|red hat|sles|suse|oracle)", re.IGNORECASE)
+
+
+def publishes_no_classification(machine: Machine, critical_and_security: int, other: int) -> bool:
+    """A Linux machine outside the distributions Azure classifies whose scan has updates pending,
+    none of them critical or security: its distribution publishes no classification data."""
+    return (machine.os_type is OsType.LINUX and critical_and_security == 0 and other > 0
+            and not _CLASSIFYING_DISTROS.match(machine.os_name))
+
+
 def summarize(
     machine: Machine,
     outcome: AssessmentOutcome,

@@ -32,9 +32,17 @@ class LogSink:
         if not rows:
             return 0
         check_rows(table, rows)
-        self._client.upload(rule_id=self._rule_id, stream_name=table.stream, logs=[_wire(r) for r in rows])
+        return self.send_wire(table, [wire_row(r) for r in rows])
+
+    def send_wire(self, table: LogTable, rows: Sequence[Mapping[str, Any]], **options: Any) -> int:
+        """Upload rows already in wire form (:func:`wire_row`); ``options`` go to azure-core
+        (``retry_total``, ...). Raises what the SDK raises (HttpResponseError when refused)."""
+        if rows:
+            self._client.upload(rule_id=self._rule_id, stream_name=table.stream, logs=[dict(r) for r in rows],
+                                **options)
         return len(rows)
 
 
-def _wire(row: Mapping[str, Any]) -> dict[str, Any]:
+def wire_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row as JSON values: date-times as ISO 8601 text."""
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}

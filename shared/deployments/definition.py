@@ -8,8 +8,11 @@ naming the JSON field (a dotted camelCase path such as ``schedule.timeZone``).
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from collections.abc import Iterable
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import (
@@ -23,11 +26,16 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from shared.deployments.schedule import Schedule
-from shared.fleet.scope import AssessmentScope, ScopeError
-from shared.model.classification import UnknownClassification, linux_combination_error, to_api
-from shared.model.kb import parse_kb
-from shared.model.machines import OsType, parse_resource_id
+from shared.deployments.schedule import Schedule, next_occurrence, skipped_months, to_utc
+from shared.fleet.scope import AssessmentScope, ScopeError, scope_json_schema
+from shared.model.classification import (
+    UnknownClassification,
+    accepted_names,
+    linux_combination_error,
+    to_api,
+)
+from shared.model.kb import KB_SCHEMA_PATTERN, parse_kb
+from shared.model.machines import RESOURCE_ID_SCHEMA_PATTERN, OsType, parse_resource_id
 
 # Legacy Update Management: at most 1,000 machines per deployment (AZURE-FACTS, limits).
 MAX_MACHINES = 1000
@@ -42,6 +50,16 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # mask may pin a version as "name=version" (Azure/LinuxPatchExtension PackageFilter splits on '=').
 PACKAGE_MASK_PATTERN = re.compile(r"^[A-Za-z0-9._+:~*?-]{1,256}$")
 MAX_PACKAGE_MASK_CHARS = 256
+# Lists a person writes by hand: 1,000 (as machines per deployment) is far past any real mask or KB list,
+# and bounds what a definition costs to check and to store.
+MAX_PACKAGE_MASKS = 1000
+MAX_KB_NUMBERS = 1000
+# Each group is one Log Analytics query or one filter over the inventory when it is evaluated.
+MAX_GROUPS = 100
+# A definition is stored as JSON in one Table entity (at most 1 MiB, strings counted as UTF-16, so 2 bytes
+# a character) beside the frozen group members (1,000 resource ids of at most about 270 characters, some
+# 540 KB); 200,000 characters (400 KB) keeps the two within the entity.
+MAX_DEFINITION_CHARS = 200_000
 PERCENT_PATTERN = re.compile(r"^(\d{1,3})%$")
 # A saved search's KQL is sent in the query API's JSON body; 10,000 characters is plenty for a
 # machine list and keeps the stored definition small.
@@ -64,6 +82,36 @@ class DefinitionError(ValueError):
         self.message = message
 
 
+class DefinitionTooLarge(DefinitionError):
+    """A definition too big to store (see MAX_DEFINITION_CHARS); the API answers 413."""
+
+    too_large = True
+
+
+# The OpenAPI document shows these rules through each field's json_schema_extra (JSON Schema has no
+# Python regex flags or named groups, hence the schema forms of some patterns).
+_MASK = PACKAGE_MASK_PATTERN.pattern.strip("^$")
+_BY_OS = "names of the deployment's operatingSystem: its API names, display names or (Linux) portal choices"
+
+
+def _items_matching(pattern: str) -> dict[str, Any]:
+    return {"items": {"type": "string", "pattern": pattern}}
+
+
+def _count_or_percent_schema(low: int) -> dict[str, Any]:
+    """The schema of :func:`_count_or_percent`'s values."""
+    return {"anyOf": [{"type": "integer", "minimum": low},
+                      {"type": "string", "pattern": PERCENT_PATTERN.pattern,
+                       "description": f"a percentage of the targets, {low}% to 100%"}]}
+
+
+def _group_filter_schema() -> dict[str, Any]:
+    schema = scope_json_schema()
+    owned_elsewhere = ("osType", "machineIds")  # see TargetGroup
+    schema["properties"] = {k: v for k, v in schema["properties"].items() if k not in owned_elsewhere}
+    return schema
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(
         extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
@@ -81,8 +129,14 @@ class TargetGroup(_Model):
     ``operatingSystem`` decides) and without ``machineIds`` (those go in ``targets.machines``).
     """
 
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": [name], "properties": {name: {"type": "object"}}} for name in ("savedSearch", "filter")
+    ]})
+
     saved_search: SavedSearch | None = None
-    filter: dict[str, Any] | None = None
+    filter: dict[str, Any] | None = Field(
+        None, json_schema_extra={"anyOf": [_group_filter_schema(), {"type": "null"}]}
+    )
 
     @field_validator("filter")
     @classmethod
@@ -115,8 +169,13 @@ class TargetGroup(_Model):
 
 
 class Targets(_Model):
-    machines: list[str] = Field(default_factory=list)
-    groups: list[TargetGroup] = Field(default_factory=list)
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"required": [name], "properties": {name: {"minItems": 1}}} for name in ("machines", "groups")
+    ], "description": "at least one machine or one group"})
+
+    machines: list[str] = Field(default_factory=list, json_schema_extra={
+        "items": {"type": "string", "pattern": RESOURCE_ID_SCHEMA_PATTERN}, "maxItems": MAX_MACHINES})
+    groups: list[TargetGroup] = Field(default_factory=list, max_length=MAX_GROUPS)
     # "create" freezes group membership when the deployment is created (legacy behaviour);
     # "run" re-evaluates the groups at each run, the fix for the seed's documented limitation.
     evaluate_groups_at: EvaluateGroupsAt = "create"
@@ -171,6 +230,16 @@ def _check_package_mask(mask: str, exclude: bool) -> None:
         )
 
 
+def matches_every_name(mask: str) -> bool:
+    """Whether a mask matches every package name: wildcards only (``*``, ``**``, ``?*``, ``*?*``: any
+    non-empty name), or ``*.*``, which matches every name that carries an architecture suffix
+    (``bash.x86_64``), as every yum and zypper package does and the agent matches (PackageFilter)."""
+    if "*" not in mask:
+        return False
+    rest = mask.replace("*", "")
+    return rest in ("", "?") or (rest == "." and mask.startswith("*") and mask.endswith("*"))
+
+
 def _resolve(value: int | str, total: int) -> int:
     if isinstance(value, int):
         return value
@@ -178,9 +247,13 @@ def _resolve(value: int | str, total: int) -> int:
 
 
 class Rollout(_Model):
-    max_concurrent: int | str = DEFAULT_MAX_CONCURRENT
+    max_concurrent: int | str = Field(
+        default=DEFAULT_MAX_CONCURRENT, json_schema_extra=_count_or_percent_schema(1)
+    )
     # Failed machines after which no new machine starts: with 2, the second failure stops the rollout.
-    error_budget: int | str = DEFAULT_ERROR_BUDGET
+    error_budget: int | str = Field(
+        default=DEFAULT_ERROR_BUDGET, json_schema_extra=_count_or_percent_schema(0)
+    )
 
     @field_validator("max_concurrent", mode="before")
     @classmethod
@@ -202,16 +275,22 @@ class Rollout(_Model):
 
 
 class DeploymentDefinition(_Model):
-    name: str
+    name: str = Field(json_schema_extra={"pattern": NAME_PATTERN.pattern})
     operating_system: OsType
     targets: Targets
-    classifications: list[str] = Field(min_length=1)
-    kb_numbers_to_include: list[str] = Field(default_factory=list)
-    kb_numbers_to_exclude: list[str] = Field(default_factory=list)
-    packages_to_include: list[str] = Field(default_factory=list)
-    packages_to_exclude: list[str] = Field(default_factory=list)
+    classifications: list[str] = Field(min_length=1, json_schema_extra={"items": {"enum": list(dict.fromkeys(
+        name for os_type in OsType for name in accepted_names(os_type))), "description": _BY_OS}})
+    kb_numbers_to_include: list[str] = Field(default_factory=list, max_length=MAX_KB_NUMBERS,
+                                             json_schema_extra=_items_matching(KB_SCHEMA_PATTERN))
+    kb_numbers_to_exclude: list[str] = Field(default_factory=list, max_length=MAX_KB_NUMBERS,
+                                             json_schema_extra=_items_matching(KB_SCHEMA_PATTERN))
+    packages_to_include: list[str] = Field(default_factory=list, max_length=MAX_PACKAGE_MASKS,
+                                           json_schema_extra=_items_matching(f"^{_MASK}(={_MASK})?$"))
+    packages_to_exclude: list[str] = Field(default_factory=list, max_length=MAX_PACKAGE_MASKS,
+                                           json_schema_extra=_items_matching(PACKAGE_MASK_PATTERN.pattern))
     schedule: Schedule
-    maintenance_window_minutes: int
+    maintenance_window_minutes: int = Field(
+        json_schema_extra={"minimum": MIN_WINDOW_MINUTES, "maximum": MAX_WINDOW_MINUTES})
     reboot_setting: RebootSetting = "IfRequired"
     rollout: Rollout = Field(default_factory=Rollout)
 
@@ -251,8 +330,14 @@ class DeploymentDefinition(_Model):
     def _package_masks(cls, value: list[str], info: ValidationInfo) -> list[str]:
         if value and info.data.get("operating_system") is OsType.WINDOWS:
             raise ValueError("package masks apply to Linux only; use kbNumbersToInclude/kbNumbersToExclude")
+        exclude = info.field_name == "packages_to_exclude"
         for mask in value:
-            _check_package_mask(mask, exclude=info.field_name == "packages_to_exclude")
+            _check_package_mask(mask, exclude=exclude)
+            if exclude and matches_every_name(mask):
+                raise ValueError(
+                    f"{mask!r} excludes every package, so the deployment could never install anything; "
+                    "name the packages to keep back instead"
+                )
         return value
 
     @field_validator("maintenance_window_minutes", mode="before")
@@ -282,6 +367,8 @@ def _message(error: Any) -> str:
         return str(error["ctx"]["error"])
     if error["type"] == "extra_forbidden":
         return "unknown field"
+    if error["type"] == "too_long":
+        return f"at most {error['ctx']['max_length']:,} items (got {error['ctx']['actual_length']:,})"
     return str(error["msg"])
 
 
@@ -290,7 +377,47 @@ def validate_definition(body: Any) -> DeploymentDefinition:
     if not isinstance(body, dict):
         raise DefinitionError("body", "must be a JSON object")
     try:
-        return DeploymentDefinition.model_validate(body)
+        definition = DeploymentDefinition.model_validate(body)
     except ValidationError as error:
         first = error.errors()[0]
         raise DefinitionError(_field_path(first["loc"]), _message(first)) from None
+    stored = len(json.dumps(definition.to_json(), separators=(",", ":")))
+    if stored > MAX_DEFINITION_CHARS:
+        raise DefinitionTooLarge(
+            "body", f"the definition is {stored:,} characters as stored; at most "
+            f"{MAX_DEFINITION_CHARS:,} fit in its Table Storage entity beside its machines",
+        )
+    return definition
+
+
+def admit(definition: DeploymentDefinition, now: datetime, managed_subscriptions: Iterable[str]) -> list[str]:
+    """The rules that need the clock and the app's settings, checked when a definition is created or
+    edited: :class:`DefinitionError` for one that can never work, else its warnings (may be empty)."""
+    managed = {s.lower() for s in managed_subscriptions}
+    for index, resource_id in enumerate(definition.targets.machines):
+        subscription = parse_resource_id(resource_id).subscription_id.lower()
+        if subscription not in managed:
+            raise DefinitionError(f"targets.machines.{index}",
+                                  f"{subscription} not in TARGET_SUBSCRIPTION_IDS")
+    for index, group in enumerate(definition.targets.groups):
+        if group.filter is not None:
+            outside = sorted({s.lower() for s in group.filter.get("subscriptionIds", [])} - managed)
+            if outside:
+                raise DefinitionError(f"targets.groups.{index}.filter.subscriptionIds",
+                                      f"{', '.join(outside)} not in TARGET_SUBSCRIPTION_IDS")
+    schedule = definition.schedule
+    try:
+        start = to_utc(schedule.start_time, schedule.zone)
+        expiry = None if schedule.expiry_time is None else to_utc(schedule.expiry_time, schedule.zone)
+        upcoming = next_occurrence(schedule, now)
+    except OverflowError:  # a wall time late in year 9999 has no UTC instant in zones behind UTC
+        raise DefinitionError("schedule", "a time is out of range (past the year 9999 in UTC)") from None
+    if schedule.recurrence is None:
+        if start <= now:
+            raise DefinitionError("schedule.startTime",
+                                  "is in the past: a one-time schedule must start later")
+    elif upcoming is None:
+        if expiry is not None and expiry <= now:
+            raise DefinitionError("schedule.expiryTime", "is in the past: the schedule has no run left")
+        raise DefinitionError("schedule.recurrence", "produces no run (no month of the series has the day)")
+    return skipped_months(schedule)

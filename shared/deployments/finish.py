@@ -1,7 +1,7 @@
-"""Finishing a machine of a deployment run: its result in the run, and its row in Log Analytics.
+"""Finishing a machine of a deployment run: its result in the run, and its row queued for Log Analytics.
 
-:func:`finish_machine` records a machine once (:meth:`RunStore.finish_machine`); a retry sends the stored
-row again with the same ``RecordId``.
+:func:`finish_machine` records a machine once (:meth:`RunStore.finish_machine`); a retry queues the stored
+row again with the same ``RecordId``, which the outbox (shared/azure/log_outbox.py) keeps once.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from azure.core.credentials import TokenCredential
 
 from shared.azure.credentials import credential_for
-from shared.azure.log_ingestion import LogSink
+from shared.azure.log_outbox import log_outbox
 from shared.deployments.messages import (
     StepFailure,
 )
@@ -49,11 +49,11 @@ def finish_machine(settings: Settings, run_id: str, resource_id: str, status: Ma
     if store.finish_machine(run_id, key, outcome, at):
         log_row = _machine_log_row(run, row, outcome, at)
     else:
-        # Finished before: a retried call whose upload may have failed; send what the store holds
-        # again (same RecordId, so a second copy is recognisable).
+        # Finished before: a retried call that may not have queued its row; queue what the store
+        # holds (same RecordId: the outbox keeps the first).
         stored = store.machine(run_id, key)
         log_row = _machine_log_row(run, stored, _stored_outcome(stored), stored.get("FinishedAt") or at)
-    send_machine_rows(settings, credential, [log_row])
+    queue_machine_rows(settings, credential, [log_row], at)
     return outcome
 
 
@@ -61,13 +61,13 @@ def finish_machine(settings: Settings, run_id: str, resource_id: str, status: Ma
 
 
 def record_never_started(settings: Settings, run_id: str, at: datetime) -> int:
-    """At the end of a run: send the ``UpdateRunMachine_CL`` rows of every machine the gate recorded
+    """At the end of a run: queue the ``UpdateRunMachine_CL`` rows of every machine the gate recorded
     as not started (error budget, window closing, cancelled); :meth:`RunStore.claim` wrote them and
-    has no Log Analytics access. Returns the number of rows sent.
+    queues no rows. Returns the number of rows newly queued (the run's last sender call sends them).
 
-    Done once, when the run completes, rather than by each claim: a claim retried after its upload
-    failed would no longer list those machines, and their rows would be lost. Settled machines
-    (batch -1) were sent when the run resolved its targets."""
+    Done once, when the run completes, rather than by each claim: a claim retried after it failed
+    would no longer list those machines, and their rows would be lost. Settled machines
+    (batch -1) were queued when the run resolved its targets."""
     credential = credential_for(settings)
     store = run_store(settings, credential)
     never = [
@@ -77,15 +77,15 @@ def record_never_started(settings: Settings, run_id: str, at: datetime) -> int:
     if not never:
         return 0
     run = store.get_run(run_id)
-    return send_machine_rows(settings, credential, [
+    return queue_machine_rows(settings, credential, [
         _machine_log_row(run, row, _stored_outcome(row), row.get("FinishedAt") or at) for row in never
-    ])  # fmt: skip
+    ], at)  # fmt: skip
 
 
-def send_machine_rows(settings: Settings, credential: TokenCredential,
-                       rows: Sequence[dict[str, Any]]) -> int:
-    sink = LogSink(credential, settings.logs_ingestion_endpoint, settings.logs_dcr_immutable_id)
-    return sink.send(UPDATE_RUN_MACHINE, rows)
+def queue_machine_rows(settings: Settings, credential: TokenCredential,
+                      rows: Sequence[dict[str, Any]], at: datetime) -> int:
+    """Queue ``UpdateRunMachine_CL`` rows in the outbox; returns how many were new there."""
+    return log_outbox(settings, credential).put(UPDATE_RUN_MACHINE, rows, at)
 
 
 def _machine_log_row(run: RunRecord, row: Mapping[str, Any], outcome: MachineOutcomeRecord,

@@ -150,6 +150,8 @@ class StepOutcome(Message):
     # Pre-scan: the updates the deployment would install; install: what is left pending.
     pending: int = 0
     has_service_pack: bool = False
+    # Pre-scan only: nothing selectable because the distribution classifies nothing (selection).
+    unclassified: bool = False
     # Install only: the machine's result status by the run_results rules, and counts.
     status: str | None = None
     installed: int = 0

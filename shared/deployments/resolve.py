@@ -14,7 +14,7 @@ from azure.core.credentials import TokenCredential
 from shared.azure.arm import list_fleet
 from shared.azure.credentials import credential_for
 from shared.deployments.definition import DeploymentDefinition
-from shared.deployments.finish import send_machine_rows
+from shared.deployments.finish import queue_machine_rows
 from shared.deployments.groups import GroupEvaluationError, evaluate_groups, saved_search_runner
 from shared.deployments.messages import (
     RunPlan,
@@ -84,9 +84,9 @@ def resolve(settings: Settings, run_id: str, at: datetime, batch_size: int) -> R
         MachineTarget(m.key, m.resource_id, m.computer_name, index // batch_size, machine_to_json(m))
         for index, m in enumerate(queued)
     ]
-    # Sent before the run leaves "queued": a retry after a failed upload comes back here and sends
-    # the same rows (same RecordIds) again, where after it the retry would return above.
-    send_machine_rows(settings, credential, settled_rows)
+    # Queued before the run leaves "queued": a retry after a failed write comes back here and queues
+    # the same rows (same RecordIds, kept once), where after it the retry would return above.
+    queue_machine_rows(settings, credential, settled_rows, at)
     resolved = store.resolve(run_id, at, targets, settled)
     return _plan(resolved, batch_size)
 

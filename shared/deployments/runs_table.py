@@ -396,6 +396,21 @@ class RunStore:
         self._runs.update_entity({"PartitionKey": run_id, "RowKey": RUN_ROW, "State": RunState.FAILED.value,
                                   "Error": error[:4000], "Finished": at}, mode=UpdateMode.MERGE)
 
+    def open_runs(self) -> list[RunRecord]:
+        """Runs whose row says queued or running (the reconciler's candidates); a scan of the run rows,
+        which a timer every few minutes can afford."""
+        rows = self._runs.query_entities(
+            "RowKey eq @r and (State eq @q or State eq @s )",
+            parameters={"r": RUN_ROW, "q": RunState.QUEUED.value, "s": RunState.RUNNING.value},
+        )
+        return [_run_record(row) for row in rows]
+
+    def close(self, run_id: str, state: RunState, error: str, at: datetime) -> RunRecord:
+        """End a run the orchestration will never end (the reconciler): its state, why, and when."""
+        self._runs.update_entity({"PartitionKey": run_id, "RowKey": RUN_ROW, "State": state.value,
+                                  "Error": error[:4000], "Finished": at}, mode=UpdateMode.MERGE)
+        return self.get_run(run_id)
+
     # --- the gate ------------------------------------------------------------------------------
 
     def claim(self, run_id: str, resource_ids: Sequence[str], machine_keys: Mapping[str, str],

@@ -12,7 +12,9 @@ it into UTC instants. The rules, documented here once:
 - A wall time that happens twice (02:30 on the autumn day) takes the first one (``fold=0``, summer time).
 - Hour schedules count elapsed real hours from the start instant, so across a DST change the
   local hour they fire at shifts by one: "every 6 hours" means six hours apart, always.
-- Month days past the end of a month (31 in April) are skipped, not clamped; -1 is the last day.
+- Month days past the end of a month (31 in April) are skipped, not clamped, unless the recurrence
+  says ``"ifMissing": "lastDay"``: then they run on that month's last day (once, if several fall
+  there). -1 is the last day. :func:`skipped_months` names the months a schedule skips.
 - "The second Tuesday plus 3 days" belongs to the month of the Tuesday even when the offset
   carries it into the next or previous month (the last Tuesday of January + 6 can be in February).
 - The first occurrence is never before ``startTime``; ``expiryTime`` is the last instant an
@@ -25,7 +27,7 @@ import calendar
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -94,6 +96,8 @@ class Recurrence(_Wire):
     interval: int = 1
     week_days: tuple[WeekDay, ...] | None = None
     month_days: tuple[int, ...] | None = None
+    # What a month day that a month lacks (31 in April) does: absent means skip that month.
+    if_missing: Literal["skip", "lastDay"] | None = None
     monthly_occurrence: MonthlyOccurrence | None = None
 
     @model_validator(mode="before")
@@ -150,6 +154,13 @@ class Recurrence(_Wire):
         _reject_duplicates(value)
         return value
 
+    @field_validator("if_missing")
+    @classmethod
+    def _if_missing_with_month_days(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("month_days") is None:
+            raise ValueError("ifMissing is only allowed with monthDays")
+        return value
+
     @field_validator("monthly_occurrence")
     @classmethod
     def _exactly_one_monthly_rule(
@@ -172,13 +183,25 @@ def _reject_duplicates(values: tuple[Any, ...] | None) -> None:
         raise ValueError(f"values must not repeat, got {list(values)}")
 
 
+# The JSON Schema of a wall time (for the OpenAPI document): its "date-time" format demands an offset
+# (RFC 3339), which the rule below refuses.
+WALL_TIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?$"
+
+
+def _wall_time_schema(schema: dict[str, Any]) -> None:
+    for part in (schema, *schema.get("anyOf", ())):
+        if part.pop("format", None) == "date-time":
+            part["pattern"] = WALL_TIME_PATTERN
+            part["description"] = "a local wall time in timeZone, without an offset or Z"
+
+
 class Schedule(_Wire):
     """When a deployment runs. Times are local wall times in ``time_zone``, without an offset."""
 
-    start_time: datetime
+    start_time: datetime = Field(json_schema_extra=_wall_time_schema)
     time_zone: str
     recurrence: Recurrence | None = None
-    expiry_time: datetime | None = None
+    expiry_time: datetime | None = Field(None, json_schema_extra=_wall_time_schema)
 
     @field_validator("start_time", "expiry_time")
     @classmethod
@@ -228,7 +251,7 @@ def occurrences(schedule: Schedule, after: datetime, until: datetime) -> Iterato
     if schedule.expiry_time is not None:
         end = min(end, to_utc(schedule.expiry_time, zone))
     start = schedule.start_time
-    for candidate in _candidates(schedule, after):
+    for candidate in _candidates(schedule, after, end):
         instant = candidate if candidate.tzinfo is not None else to_utc(candidate, zone)
         if instant > end:
             return
@@ -248,7 +271,7 @@ def require_aware(value: datetime, name: str) -> None:
         raise ValueError(f"{name} must be an aware datetime (UTC), got naive {value.isoformat()}")
 
 
-def _candidates(schedule: Schedule, after: datetime) -> Iterator[datetime]:
+def _candidates(schedule: Schedule, after: datetime, end: datetime) -> Iterator[datetime]:
     """Wall times (naive, local) in order, from a little before ``after``; Hour yields UTC instants.
 
     The caller filters what precedes ``startTime`` or ``after`` and stops at the end; starting
@@ -266,7 +289,9 @@ def _candidates(schedule: Schedule, after: datetime) -> Iterator[datetime]:
     elif rule.frequency is Frequency.WEEK:
         yield from _weekly(schedule.start_time, rule, after_local)
     else:
-        yield from _monthly(schedule.start_time, rule, after_local)
+        # A month rule may produce no day for ever (the 31st of every 12th month from February):
+        # it stops past ``end`` instead of walking months without yielding.
+        yield from _monthly(schedule.start_time, rule, after_local, end.astimezone(schedule.zone).date())
 
 
 def _hourly(schedule: Schedule, interval: int, after: datetime) -> Iterator[datetime]:
@@ -297,12 +322,14 @@ def _weekly(start: datetime, rule: Recurrence, after_local: datetime) -> Iterato
         index += 1
 
 
-def _monthly(start: datetime, rule: Recurrence, after_local: datetime) -> Iterator[datetime]:
-    """Every ``interval``-th month from the month of ``startTime``."""
+def _monthly(start: datetime, rule: Recurrence, after_local: datetime, last_day: date) -> Iterator[datetime]:
+    """Every ``interval``-th month from the month of ``startTime``, up to the month after ``last_day``."""
     months_since = (after_local.year - start.year) * 12 + after_local.month - start.month
     index = max(0, months_since // rule.interval - 1)
     while True:
         year, month0 = divmod(start.year * 12 + start.month - 1 + index * rule.interval, 12)
+        if date(year, month0 + 1, 1) > last_day + timedelta(days=MAX_OFFSET_DAYS + 31):
+            return  # an offset can carry a day back by at most MAX_OFFSET_DAYS
         for day in _days_in_month(year, month0 + 1, rule):
             yield datetime.combine(day, start.time())
         index += 1
@@ -313,7 +340,29 @@ def _days_in_month(year: int, month: int, rule: Recurrence) -> list[date]:
         return [nth_weekday(year, month, rule.monthly_occurrence)]
     length = calendar.monthrange(year, month)[1]
     numbers = {length if day == LAST else day for day in rule.month_days or ()}
+    if rule.if_missing == "lastDay":
+        numbers = {min(number, length) for number in numbers}
     return [date(year, month, number) for number in sorted(numbers) if number <= length]
+
+
+_MONTHS_WITHOUT = {
+    29: "February (except in leap years)",
+    30: "February",
+    31: "February, April, June, September and November",
+}
+
+
+def skipped_months(schedule: Schedule) -> list[str]:
+    """One sentence per month day that some months lack and that the schedule skips there
+    (no ``ifMissing: lastDay``); empty when every listed day exists in every month."""
+    rule = schedule.recurrence
+    if rule is None or not rule.month_days or rule.if_missing == "lastDay":
+        return []
+    return [
+        f"monthDays {day}: no run in {_MONTHS_WITHOUT[day]}, which have no day {day}; "
+        'add "ifMissing": "lastDay" to run on their last day instead'
+        for day in sorted(d for d in rule.month_days if d in _MONTHS_WITHOUT)
+    ]
 
 
 def nth_weekday(year: int, month: int, rule: MonthlyOccurrence) -> date:
@@ -340,5 +389,6 @@ __all__ = [
     "nth_weekday",
     "occurrences",
     "require_aware",
+    "skipped_months",
     "to_utc",
 ]

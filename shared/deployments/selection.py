@@ -36,11 +36,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
-from shared.assessment.records import is_optional, unlisted_counts
+from shared.assessment.records import is_optional, publishes_no_classification, unlisted_counts
 from shared.deployments.definition import DeploymentDefinition
 from shared.model.assessment_outcome import AssessmentOutcome, AvailablePatch
 from shared.model.classification import catch_all, read_class, request_classes, to_display, to_request
-from shared.model.machines import OsType
+from shared.model.machines import Machine, OsType
 
 SERVICE_PACK = "ServicePack"  # the patch API's classification name (AZURE-FACTS, classification enums)
 # With only the two totals, critical and security updates cannot be told apart.
@@ -48,6 +48,24 @@ _CRITICAL_OR_SECURITY = ("Security", "Critical")
 # The architecture suffixes the Linux agent strips from a package name before matching a mask
 # (Azure/LinuxPatchExtension PackageFilter.get_product_name_without_arch).
 _ARCHITECTURES = (".x86_64", ".noarch", ".i686")
+
+
+# Why a Linux machine whose scan classifies nothing as critical or security (CentOS: everything "Other")
+# is skipped by a deployment that selects only by those classes, instead of ending "not needed".
+NO_CLASSIFICATION_DATA = (
+    "this distribution publishes no classification data: select Other updates or name the packages"
+)
+
+
+def lacks_classification_data(definition: DeploymentDefinition, machine: Machine,
+                              outcome: AssessmentOutcome) -> bool:
+    """A machine whose distribution publishes no classification data (records.publishes_no_classification:
+    updates pending, none critical or security) while ``definition`` selects only Critical/Security and
+    names no package: the deployment can never select anything there, and "not needed" would be a false
+    comfort. The counts decide (they are the truth when a list is truncated)."""
+    if definition.packages_to_include or not set(definition.classifications) <= set(_CRITICAL_OR_SECURITY):
+        return False
+    return publishes_no_classification(machine, outcome.critical_and_security_count, outcome.other_count)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from azure.core.credentials import TokenCredential
 from shared.assessment.arc_patches import with_patch_list
 from shared.assessment.recording import record_assessment
 from shared.azure.credentials import credential_for
-from shared.azure.log_ingestion import LogSink
+from shared.azure.log_outbox import log_outbox
 from shared.azure.patch_operations import PatchOperations, PermanentArmError, failure_for
 from shared.deployments.arc_results import needs_patch_results, patch_results, with_patch_results
 from shared.deployments.install import install_request
@@ -40,7 +40,7 @@ from shared.deployments.results import (
     run_progress_rows,
 )
 from shared.deployments.runs_table import RunStore, run_store
-from shared.deployments.selection import optional_kbs, pending_estimate
+from shared.deployments.selection import lacks_classification_data, optional_kbs, pending_estimate
 from shared.log_tables import UPDATE_RUN_PROGRESS
 from shared.model.assessment_outcome import Readiness
 from shared.model.install_outcome import InstallOutcome
@@ -210,7 +210,9 @@ def _scanned(settings: Settings, credential: TokenCredential, request: StepInput
     store.update_machine(request.run_id, key, {
         "PrescanPending": estimate.updates, "OptionalKbs": json.dumps(optional_kbs(outcome.patches or ())),
     })  # fmt: skip
-    return StepOutcome(pending=estimate.updates, has_service_pack=estimate.has_service_pack)
+    unclassified = estimate.updates == 0 and lacks_classification_data(definition, machine, outcome)
+    return StepOutcome(pending=estimate.updates, has_service_pack=estimate.has_service_pack,
+                       unclassified=unclassified)
 
 
 def _installed(settings: Settings, credential: TokenCredential, request: StepInput,
@@ -221,9 +223,7 @@ def _installed(settings: Settings, credential: TokenCredential, request: StepInp
     run = store.get_run(request.run_id)
     outcome = with_patch_results(settings, credential, request.resource_id, outcome)
     rows = run_progress_rows(machine, outcome, run.deployment_name, request.run_id, request.at)
-    LogSink(credential, settings.logs_ingestion_endpoint, settings.logs_dcr_immutable_id).send(
-        UPDATE_RUN_PROGRESS, rows
-    )
+    log_outbox(settings, credential).put(UPDATE_RUN_PROGRESS, rows, request.at)
     # Where the result came from: the install operation, or (token lost) the VM's patch status.
     followed = bool(request.token and request.token.startswith(FOLLOWED_TOKEN_PREFIX))
     source = {"source": "instanceView" if followed else "installPatches"}
@@ -276,9 +276,7 @@ def _late_progress_rows(settings: Settings, credential: TokenCredential, store: 
         rows += patch_progress_rows(machine, listed, started, deployment, request.run_id, at)
         del pending[step]
     if rows:
-        LogSink(credential, settings.logs_ingestion_endpoint, settings.logs_dcr_immutable_id).send(
-            UPDATE_RUN_PROGRESS, rows
-        )
+        log_outbox(settings, credential).put(UPDATE_RUN_PROGRESS, rows, at)
     store.update_machine(request.run_id, machine_key(request.resource_id),
                          {GRAPH_PENDING_COLUMN: json.dumps(pending)})
 

@@ -1,4 +1,4 @@
-"""Discovery: list a subscription's machines, keep them in the inventory, report them to Log Analytics."""
+"""Discovery: list a subscription's machines, keep them in the inventory, queue their Log Analytics rows."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections import Counter
 
 from shared.azure.arm import list_fleet
 from shared.azure.credentials import credential_for
-from shared.azure.log_ingestion import LogSink
+from shared.azure.log_outbox import log_outbox
 from shared.azure.tables import table_service
 from shared.fleet.heartbeats import heartbeat_row
 from shared.fleet.machines_table import MachineInventory
@@ -18,7 +18,8 @@ from shared.settings import Settings
 
 def discover_subscription(settings: Settings, request: SubscriptionDiscoveryInput) -> DiscoveryCounts:
     """Idempotent: the inventory is upserted by machine key, and heartbeat rows carry a
-    record id derived from the run and the machine, so a retried activity changes nothing."""
+    record id derived from the run and the machine, which the outbox keeps once, so a retried activity
+    changes nothing."""
     credential = credential_for(settings)
     machines, failed = list_fleet(credential, settings.arm_endpoint, [request.subscription_id])
     if failed:
@@ -26,8 +27,8 @@ def discover_subscription(settings: Settings, request: SubscriptionDiscoveryInpu
     inventory = MachineInventory(table_service(settings))
     inventory.ensure()
     inventory.record(machines, request.observed_at)
-    sink = LogSink(credential, settings.logs_ingestion_endpoint, settings.logs_dcr_immutable_id)
-    sink.send(HEARTBEAT, [heartbeat_row(m, request.observed_at, request.run_id) for m in machines])
+    rows = [heartbeat_row(m, request.observed_at, request.run_id) for m in machines]
+    log_outbox(settings, credential).put(HEARTBEAT, rows, request.observed_at)
     return DiscoveryCounts(
         machines=len(machines),
         by_os=dict(Counter(m.os_type.value for m in machines)),

@@ -42,6 +42,12 @@ _PAGING = ("pageSize", "nextToken")
 ACCEPTED_PARAMETERS = (*_FILTERS, "tag", *_PAGING)
 
 
+def filter_values() -> dict[str, list[str]]:
+    """Each filter parameter's values as the API documents them (matched ignoring case)."""
+    return {name: [key if isinstance(value, bool) else str(value) for key, value in accepted.items()]
+            for name, (_column, accepted) in _FILTERS.items()}
+
+
 @dataclass(frozen=True)
 class MachineQuery:
     equals: dict[str, Any] = field(default_factory=dict)

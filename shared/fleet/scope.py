@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from shared.model.machines import Machine, OsType, parse_resource_id
+from shared.model.machines import RESOURCE_ID_SCHEMA_PATTERN, Machine, OsType, parse_resource_id
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 # ARM resource group names: 1-90 characters of letters, digits, '_', '-', '.', '(' and ')',
@@ -30,7 +30,14 @@ MAX_TAG_VALUE = 256
 MAX_MACHINE_IDS = 1000
 ANY_VALUE = "*"  # a tag filter value that matches any value, i.e. "the tag is present"
 
-_FIELDS = ("subscriptionIds", "resourceGroups", "locations", "tags", "tagMatch", "osType", "machineIds")
+_FIELDS = (
+    "all", "subscriptionIds", "resourceGroups", "locations", "tags", "tagMatch", "osType", "machineIds",
+)
+# What an on-demand request must say when it means every machine: an empty body never does.
+_SAY_ALL = (
+    'say {"all": true} to assess every machine in TARGET_SUBSCRIPTION_IDS, or name a scope '
+    "(subscriptionIds, resourceGroups, locations, tags, osType, machineIds)"
+)
 
 
 class ScopeError(ValueError):
@@ -55,6 +62,8 @@ class AssessmentScope:
     tag_match: TagMatch = TagMatch.ALL
     os_type: OsType | None = None
     machine_ids: tuple[str, ...] = ()
+    # ``{"all": true}``: every machine, said on purpose (an on-demand request must say it or name a filter).
+    everything: bool = False
 
     @classmethod
     def parse(cls, body: Any) -> AssessmentScope:
@@ -66,7 +75,11 @@ class AssessmentScope:
         unknown = sorted(set(body) - set(_FIELDS))
         if unknown:
             raise ScopeError(unknown[0], f"unknown field; allowed: {', '.join(_FIELDS)}")
-        return cls(
+        everything = body.get("all", False)
+        if not isinstance(everything, bool):
+            raise ScopeError("all", "must be true or false")
+        scope = cls(
+            everything=everything,
             subscription_ids=tuple(
                 _check(v, _GUID, "subscriptionIds", "must be a GUID").lower()
                 for v in _strings(body, "subscriptionIds")
@@ -88,6 +101,25 @@ class AssessmentScope:
             os_type=_os_type(body.get("osType")),
             machine_ids=_machine_ids(body),
         )
+        if everything and scope.narrows():
+            raise ScopeError("all", "true selects every machine; leave it out to narrow by the other fields")
+        return scope
+
+    @classmethod
+    def parse_request(cls, body: Any) -> AssessmentScope:
+        """An on-demand request's scope: ``{"all": true}`` or at least one filter. An empty body, ``null``
+        or ``{}`` is refused, so a mistake never assesses the whole fleet."""
+        if body is None:
+            raise ScopeError("body", _SAY_ALL)
+        scope = cls.parse(body)
+        if not scope.everything and not scope.narrows():
+            raise ScopeError("body", _SAY_ALL)
+        return scope
+
+    def narrows(self) -> bool:
+        """Whether any filter restricts the machines (``tagMatch`` alone does not)."""
+        return bool(self.subscription_ids or self.resource_groups or self.locations or self.tags
+                    or self.os_type is not None or self.machine_ids)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form :meth:`parse` reads back (what crosses Durable boundaries)."""
@@ -101,6 +133,8 @@ class AssessmentScope:
         }
         if self.os_type is not None:
             body["osType"] = self.os_type.value
+        if self.everything:
+            body["all"] = True
         return body
 
     def subscriptions(self, managed: Iterable[str]) -> tuple[str, ...]:
@@ -142,6 +176,29 @@ class AssessmentScope:
             k.lower() in lowered and (v == ANY_VALUE or lowered[k.lower()] == v) for k, v in self.tags.items()
         ]
         return all(hits) if self.tag_match is TagMatch.ALL else any(hits)
+
+
+def scope_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the body :meth:`AssessmentScope.parse` reads, from the same rules. It shows the
+    canonical spellings; the parser also takes other cases (osType, tagMatch) and spaces in locations."""
+
+    def strings(pattern: str, **bounds: int) -> dict[str, Any]:
+        return {"type": "array", "items": {"type": "string", "pattern": pattern}, **bounds}
+
+    properties: dict[str, Any] = {
+        "all": {"type": "boolean", "description": "true: every machine (alone; an on-demand assessment "
+                "must say this or name a filter)"},
+        "subscriptionIds": strings(_GUID.pattern),
+        "resourceGroups": strings(_RESOURCE_GROUP.pattern),
+        "locations": strings(_LOCATION.pattern),
+        "tags": {"type": "object", "propertyNames": {"minLength": 1, "maxLength": MAX_TAG_NAME},
+                 "additionalProperties": {"type": "string", "maxLength": MAX_TAG_VALUE},
+                 "description": f"tag name to value; {ANY_VALUE!r} matches any value"},
+        "tagMatch": {"enum": [m.value for m in TagMatch], "default": TagMatch.ALL.value},
+        "osType": {"enum": [o.value for o in OsType]},
+        "machineIds": strings(RESOURCE_ID_SCHEMA_PATTERN, maxItems=MAX_MACHINE_IDS),
+    }  # fmt: skip
+    return {"type": "object", "additionalProperties": False, "properties": properties}
 
 
 def _strings(body: Mapping[str, Any], name: str) -> list[str]:

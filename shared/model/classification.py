@@ -169,6 +169,14 @@ def request_classes(os_type: OsType, names: Iterable[str]) -> frozenset[str]:
     return frozenset(found or {to_request(os_type, catch_all(os_type))})
 
 
+def accepted_names(os_type: OsType) -> list[str]:
+    """Every name :func:`to_api` takes for ``os_type`` (also ignoring case): API names, display names and,
+    for Linux, the portal's choices."""
+    table = api_classes(os_type)
+    names = list(table) + [d.value for d in table.values()]
+    return names + (list(LINUX_DEPLOYMENT_CHOICES) if os_type is OsType.LINUX else [])
+
+
 def to_api(os_type: OsType, names: Iterable[str]) -> tuple[str, ...]:
     """API classification names for what a user chose: API names, display names or Linux choices."""
     table = api_classes(os_type)
@@ -184,9 +192,7 @@ def to_api(os_type: OsType, names: Iterable[str]) -> tuple[str, ...]:
         elif key.lower() in display_to_api:
             candidates = (display_to_api[key.lower()],)
         else:
-            accepted = list(table) + [d.value for d in table.values()]
-            if os_type is OsType.LINUX:
-                accepted += list(LINUX_DEPLOYMENT_CHOICES)
+            accepted = accepted_names(os_type)
             raise UnknownClassification(
                 f"{name!r} is not a {os_type.value} classification; accepted: {', '.join(accepted)}"
             )

@@ -15,6 +15,8 @@ MAX_KB_DIGITS = 8
 KB_PATTERN = re.compile(
     rf"^\s*(?:KB\s*)?([0-9]{{{MIN_KB_DIGITS},{MAX_KB_DIGITS}}})\s*$", re.IGNORECASE
 )
+# The same rule for JSON Schema, which has no flags: "KB" in capitals stands for every case.
+KB_SCHEMA_PATTERN = KB_PATTERN.pattern
 
 
 def parse_kb(text: str) -> str:

@@ -96,6 +96,9 @@ _RESOURCE_ID = re.compile(
     r"(?P<provider>Microsoft\.Compute/virtualMachines|Microsoft\.HybridCompute/machines)/(?P<name>[^/]+)$",
     re.IGNORECASE,
 )
+# The same rule for JSON Schema (OpenAPI): ECMA-262 regexes have no ``(?P<name>`` groups and no flags,
+# so it shows the canonical spelling that the case-insensitive parser also accepts.
+RESOURCE_ID_SCHEMA_PATTERN = re.sub(r"\(\?P<\w+>", "(", _RESOURCE_ID.pattern)
 
 
 @dataclass(frozen=True)

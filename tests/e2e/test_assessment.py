@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -119,3 +120,30 @@ def test_bad_assessment_requests_name_the_field(stack):
         response = stack.functions.request("POST", "/api/assessments", body=body)
         assert response.status_code == 400, body
         assert json.loads(response.get_body())["error"]["field"] == field
+
+
+def test_host_restarts_during_an_assessment_leave_every_row_in_log_analytics_once(stack, scheduled):
+    """Each restart redelivers the activities in flight, which record and queue their rows again: the
+    outbox keeps one copy per RecordId, and the run's sender uploads it once."""
+    groups = ["rg-sql-prod", "rg-arc-dc1", "rg-arc-dc2", "rg-api-prod", "rg-web-prod"]
+    response = stack.functions.request("POST", "/api/assessments", body={"resourceGroups": groups})
+    run_id = json.loads(response.get_body())["runId"]
+    restarts = redelivered = 0
+    while restarts < 8:
+        status = stack.durable.get_status(run_id)
+        if status and status["runtimeStatus"] in ("Completed", "Failed", "Terminated"):
+            break
+        redelivered += len(stack.durable.simulate_host_restart().redelivered_tasks)
+        restarts += 1
+        time.sleep(0.2)
+    final = stack.durable.wait_for_completion(run_id, timeout=120)
+    assert final["runtimeStatus"] == "Completed", final
+    assert restarts >= 2 and redelivered > 0, (restarts, redelivered)
+    for table in ("Update_CL", "UpdateSummary_CL"):
+        query = f'{table} | where AssessmentRunId == "{run_id}" | summarize n = count() by RecordId'
+        rows = stack.logs.query(query)
+        assert rows and {r["n"] for r in rows} == {1}, table
+    query = f'UpdateSummary_CL | where AssessmentRunId == "{run_id}" | summarize n = count() by Computer'
+    summaries = stack.logs.query(query)
+    assessed = final["output"]["assessed"] + final["output"]["failed"] + final["output"]["timed_out"]
+    assert len(summaries) >= assessed and {r["n"] for r in summaries} == {1}

@@ -66,7 +66,7 @@ def assess(stack: LocalStack, scope: dict[str, Any]) -> None:
 def stack():
     start = datetime.now(UTC).replace(second=0, microsecond=0)
     with LocalStack(FLEET, clock=VirtualClock(start)).start() as running:
-        assess(running, {})
+        assess(running, {"all": True})
         yield running
 
 
@@ -113,7 +113,7 @@ def run_machine(stack: LocalStack, run_id: str, resource_id: str) -> dict[str, A
 def spec(name: str, os_type: str, targets: dict[str, Any], classifications: list[str], **extra: Any) -> dict:
     return {
         "name": name, "operatingSystem": os_type, "targets": targets, "classifications": classifications,
-        "schedule": {"startTime": "2027-01-01T02:00:00", "timeZone": "UTC"},
+        "schedule": {"startTime": "2099-01-01T02:00:00", "timeZone": "UTC"},
         "maintenanceWindowMinutes": 180, "rebootSetting": "IfRequired",
     } | extra  # fmt: skip
 

@@ -103,7 +103,7 @@ def test_a_deployment_retries_the_busy_vm_and_records_the_deallocated_one_not_re
         "name": "busy-machines", "operatingSystem": "Linux",
         "targets": {"groups": [{"filter": {"resourceGroups": ["rg-deploy"]}}]},
         "classifications": ["Critical and security updates"],
-        "schedule": {"startTime": "2027-01-01T02:00:00", "timeZone": "UTC"},
+        "schedule": {"startTime": "2099-01-01T02:00:00", "timeZone": "UTC"},
         "maintenanceWindowMinutes": 180, "rebootSetting": "Never",
     }  # fmt: skip
     created = stack.functions.request("POST", "/api/deployments", body=spec)

@@ -38,8 +38,9 @@ SUB = "44444444-4444-4444-8444-444444444444"
 RHEL_UPDATES = ["kernel", "openssl", "glibc", "redhat-release-server", "tzdata"]
 UBUNTU_UPDATES = ["openssl", "sudo", "libc6", "tzdata"]
 RUN_TIMEOUT = 240
-# Each simulated restart replays every live instance; a few are enough to catch work in flight.
-MAX_RESTARTS = 4
+# Each simulated restart replays every live instance and redelivers the activities in flight (issue 11 asks
+# for 8 restarts with no duplicate row).
+MAX_RESTARTS = 8
 
 
 def _vm(group: str, name: str, os_name: str, version: str, updates: list[str], **behaviours: Any) -> dict:
@@ -58,6 +59,7 @@ FLEET = parse_fleet({"subscriptions": [{"id": SUB}], "machines": [
       for n in range(1, 5)],
     *[_vm("rg-budget", f"b-good-{n:02d}", "ubuntu", "22.04", UBUNTU_UPDATES) for n in range(1, 3)],
     *[_vm("rg-replay", f"replay-{n:02d}", "ubuntu", "22.04", UBUNTU_UPDATES) for n in range(1, 7)],
+    *[_vm("rg-outage", f"outage-{n:02d}", "ubuntu", "22.04", UBUNTU_UPDATES) for n in range(1, 4)],
     _vm("rg-sched", "sched-01", "ubuntu", "22.04", UBUNTU_UPDATES),
     _vm("rg-lost", "lost-token-01", "ubuntu", "22.04", UBUNTU_UPDATES),
     *[_vm("rg-flaky", f"flaky-{n:02d}", "ubuntu", "22.04", UBUNTU_UPDATES) for n in range(1, 3)],
@@ -68,6 +70,8 @@ FLEET = parse_fleet({"subscriptions": [{"id": SUB}], "machines": [
     _vm("rg-arc", "arc-good-01", "ubuntu", "22.04", UBUNTU_UPDATES) | {"kind": "arc-server"},
     _vm("rg-arc-lag", "arc-lag-01", "ubuntu", "22.04", UBUNTU_UPDATES, failingPatches=["sudo"])
     | {"kind": "arc-server"},
+    # CentOS publishes no classification data: its updates here are all "Other" (the catalogue's).
+    _vm("rg-centos", "centos-01", "centos", "7.9.2009", ["centos-release", "tzdata"]),
 ]})  # fmt: skip
 # What a Critical-and-security run does to UBUNTU_UPDATES on Ubuntu 22.04 (tzdata is Other: not selected).
 SECURITY_UPDATES = ["libc6", "openssl", "sudo"]
@@ -91,7 +95,7 @@ def definition(name: str, group: str, **extra: Any) -> dict[str, Any]:
         "name": name, "operatingSystem": "Linux",
         "targets": {"groups": [{"filter": {"resourceGroups": [group]}}]},
         "classifications": ["Critical and security updates"],
-        "schedule": {"startTime": "2027-01-01T02:00:00", "timeZone": "UTC"},
+        "schedule": {"startTime": "2099-01-01T02:00:00", "timeZone": "UTC"},
         "maintenanceWindowMinutes": 180, "rebootSetting": "IfRequired",
     } | extra  # fmt: skip
 
@@ -351,6 +355,49 @@ def test_a_host_restart_in_the_middle_of_a_run_installs_nothing_twice(stack):
                                    status=202)
         assert installs == 1, f"replay-{n:02d} got {installs} installs"
     assert final["output"]["results"]["succeeded"] == 6
+    # Redelivered activities queued their rows again: each RecordId still arrived once.
+    assert run_row_copies(stack, run_id) and set(run_row_copies(stack, run_id).values()) == {1}
+    assert len(run_row_copies(stack, run_id, "UpdateRunMachine_CL")) == 6
+
+
+def run_row_copies(stack, run_id: str, table: str | None = None) -> dict[str, int]:
+    """RecordId -> copies in Log Analytics of the rows a run wrote (its scans' assessment rows included)."""
+    tables = [table] if table else ["UpdateRunMachine_CL", "UpdateRunProgress_CL", "Update_CL",
+                                    "UpdateSummary_CL"]
+    copies: dict[str, int] = {}
+    for name in tables:
+        column = "AssessmentRunId" if name in ("Update_CL", "UpdateSummary_CL") else "UpdateRunId"
+        query = f'{name} | where {column} == "{run_id}" | summarize n = count() by RecordId'
+        copies |= {row["RecordId"]: row["n"] for row in stack.logs.query(query)}
+    return copies
+
+
+def test_a_two_hour_log_analytics_outage_delays_the_rows_and_never_the_patching(stack, monkeypatch):
+    import functions.log_outbox as outbox_functions
+
+    monkeypatch.setattr(outbox_functions, "utc_now", stack.clock.now)
+    outage_end = stack.clock.now() + timedelta(hours=2)
+    stack.logs.ingestion_outage_until(outage_end)
+    try:
+        run_id, final = create_and_run(stack, definition("outage", "rg-outage"))
+        assert final["runtimeStatus"] == "Completed", final
+        assert final["output"]["results"]["succeeded"] == 3
+        for n in range(1, 4):
+            assert stack.arm.count(method="POST", machine=f"outage-{n:02d}", path_contains="installPatches",
+                                   status=202) == 1
+        # The run finished inside the outage, every machine patched; its rows wait in the outbox.
+        assert stack.clock.now() < outage_end
+        assert run_row_copies(stack, run_id) == {}
+        stack.clock.advance_to(outage_end + timedelta(minutes=1))
+    finally:
+        stack.logs.ingestion_outage_until(None)
+    stack.functions.fire_timer("send_log_outbox")
+    copies = run_row_copies(stack, run_id)
+    assert copies and set(copies.values()) == {1}
+    assert len(run_row_copies(stack, run_id, "UpdateRunMachine_CL")) == 3
+    # Each machine: its pre- and post-scan summaries and the selected updates' progress rows, once.
+    assert len(run_row_copies(stack, run_id, "UpdateSummary_CL")) == 6
+    assert len(run_row_copies(stack, run_id, "UpdateRunProgress_CL")) == 3 * len(SECURITY_UPDATES)
 
 
 def test_cancel_stops_new_machines_and_records_the_rest_as_cancelled(stack):
@@ -455,3 +502,14 @@ def test_a_passing_storage_error_in_the_gate_does_not_fail_the_run(stack, monkey
     _, final = create_and_run(stack, definition("flaky-gate", "rg-flaky"))
     assert failures and final["runtimeStatus"] == "Completed", final
     assert final["output"]["results"]["succeeded"] == 2
+
+
+def test_a_distribution_without_classification_data_is_skipped_saying_so(stack):
+    run_id, final = create_and_run(stack, definition("centos-critical", "rg-centos"))
+    assert final["runtimeStatus"] == "Completed", final
+    row = machines_of(run_id)["centos-01"]
+    assert row["State"] == "skipped"
+    assert row["Reason"] == (
+        "this distribution publishes no classification data: select Other updates or name the packages"
+    )
+    assert json.loads(row["Outputs"]) == ["prescan"]  # nothing installed

@@ -62,7 +62,7 @@ def stack():
         running.functions.fire_timer("discover_fleet")
         discovery = [i for i in running.durable.list_instances() if i["instanceId"].startswith("discovery-")]
         running.durable.wait_for_completion(discovery[0]["instanceId"], timeout=60)
-        started = running.functions.request("POST", "/api/assessments", body={})
+        started = running.functions.request("POST", "/api/assessments", body={"all": True})
         final = running.durable.wait_for_completion(json.loads(started.get_body())["runId"], timeout=120)
         assert final["runtimeStatus"] == "Completed", final
         yield running

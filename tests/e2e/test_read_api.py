@@ -39,7 +39,7 @@ def stack():
         running.functions.fire_timer("discover_fleet")
         discovery = [i for i in running.durable.list_instances() if i["instanceId"].startswith("discovery-")]
         running.durable.wait_for_completion(discovery[0]["instanceId"], timeout=60)
-        _assess(running, {})
+        _assess(running, {"all": True})
         yield running
 
 

@@ -34,7 +34,7 @@ LINUX_OTHER = "Other Updates"  # Other and Unclassified
 @pytest.fixture(scope="module")
 def stack():
     with LocalStack(load_fleet(DEMO_FLEET)).start() as running:
-        response = running.functions.request("POST", "/api/assessments", body={})
+        response = running.functions.request("POST", "/api/assessments", body={"all": True})
         run_id = json.loads(response.get_body())["runId"]
         assert running.durable.wait_for_completion(run_id, timeout=120)["runtimeStatus"] == "Completed"
         yield running

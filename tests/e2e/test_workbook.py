@@ -105,7 +105,7 @@ def update_run(stack) -> UpdateRun:
         "name": name, "operatingSystem": "Linux",
         "targets": {"groups": [{"filter": {"subscriptionIds": [production]}}], "evaluateGroupsAt": "run"},
         "classifications": ["Critical and security updates"],
-        "schedule": {"startTime": "2027-01-12T02:00:00", "timeZone": "UTC"},
+        "schedule": {"startTime": "2099-01-12T02:00:00", "timeZone": "UTC"},
         "maintenanceWindowMinutes": 120, "rebootSetting": "Never",
     }  # fmt: skip
     created = stack.functions.request("POST", "/api/deployments", body=spec)

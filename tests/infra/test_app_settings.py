@@ -7,13 +7,15 @@ infra/modules/function-app.bicep, which the site's siteConfig.appSettings is bui
 
 import json
 
-from shared.settings import PLATFORM_SETTINGS, SETTINGS
+from shared.settings import INJECTED_BY_PLATFORM, PLATFORM_SETTINGS, SETTINGS
 from tests.infra.bicep import INFRA, ROOT, expr, module, one, resources, template
 
 # Settings of SETTINGS that must not be set in Azure, and why.
 LOCAL_ONLY_SETTINGS = {
     # The storage emulator's connection string; load_settings refuses it outside AZURE_AUTH_MODE=emulator.
     "STORAGE_CONNECTION_STRING",
+    # The local host's stand-in for App Service Authentication; load_settings refuses it outside emulator.
+    "LOCAL_AUTHENTICATION_STANDIN",
 }
 # How each PLATFORM_SETTINGS entry is set on Flex Consumption.
 # - AzureWebJobsStorage: as identity-based settings, no connection string ("Connecting to host storage
@@ -43,7 +45,7 @@ def _bicep_app_settings() -> dict:
 
 
 def expected_app_settings() -> set[str]:
-    code = {s.name for s in SETTINGS} - LOCAL_ONLY_SETTINGS
+    code = {s.name for s in SETTINGS} - LOCAL_ONLY_SETTINGS - INJECTED_BY_PLATFORM
     platform = set(PLATFORM_SETTINGS) - {"AzureWebJobsStorage"} - SET_OUTSIDE_APP_SETTINGS
     return code | platform | HOST_STORAGE_SETTINGS | AZURE_PLATFORM_SETTINGS
 
@@ -60,7 +62,8 @@ def test_bicep_sets_every_setting_the_code_reads_and_no_other():
 
 
 def test_local_only_settings_are_not_set_in_azure():
-    assert not LOCAL_ONLY_SETTINGS & set(_bicep_app_settings())
+    # WEBSITE_AUTH_ENABLED is the platform's to inject: setting it would claim an authentication not there.
+    assert not (LOCAL_ONLY_SETTINGS | INJECTED_BY_PLATFORM) & set(_bicep_app_settings())
     code_settings = {s.name for s in SETTINGS}
     assert code_settings >= LOCAL_ONLY_SETTINGS, "a local-only setting is no longer in SETTINGS"
 

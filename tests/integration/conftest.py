@@ -15,6 +15,8 @@ def app_settings(monkeypatch, azurite) -> dict[str, str]:
     values = {
         "DURABLE_TASK_HUB": "TestHub",
         "AZURE_AUTH_MODE": "emulator",
+        # The FunctionsHost in these tests stands in for App Service Authentication, as the local host does.
+        "LOCAL_AUTHENTICATION_STANDIN": "true",
         "TARGET_SUBSCRIPTION_IDS": SUBSCRIPTION,
         "ARM_ENDPOINT": UNREACHABLE,
         "STORAGE_CONNECTION_STRING": azurite.connection_string,

@@ -23,6 +23,7 @@ from shared.assessment.updates_table import (
     UpdateInventory,
     missing_keys,
 )
+from shared.azure.log_outbox import log_outbox
 from shared.fleet.machines_table import MachineInventory
 from shared.model.assessment_outcome import AssessmentFailure, AssessmentOutcome, AvailablePatch, Readiness
 from shared.model.machines import Machine, MachineKind, OsType, PowerState
@@ -69,6 +70,12 @@ def settings(
             "LOGS_QUERY_ENDPOINT": loganalytics.base_url + "/v1",
         }
     )
+
+
+def send_queued_rows(settings: Settings) -> None:
+    """What the orchestration's sender does after a batch: upload the rows the recording queued."""
+    report = log_outbox(settings).send_pending("test", DAY3)
+    assert not report.errors, report
 
 
 @pytest.fixture
@@ -174,6 +181,7 @@ def test_an_installed_update_is_marked_not_needed_and_keeps_its_history(settings
     assert inventory.compliance_on(vm.key, DAY2.date() + timedelta(days=30)) is True  # state persists
     assert inventory.compliance_on(vm.key, date(2025, 12, 31)) is None
 
+    send_queued_rows(settings)
     rows = loganalytics.query(
         f"Update_CL | where Computer == '{vm.computer_name}' "
         f"and TimeGenerated == datetime({DAY2.isoformat()}) "
@@ -232,6 +240,7 @@ def test_a_failure_sets_readiness_and_keeps_the_last_good_assessment(settings, a
     assert (entity["Readiness"], entity["LastErrorHint"]) == ("Failed", "Restart it.")
     assert entity["LastError"] == "VMAgentNotReady: the VM agent is not ready"
     assert (entity["LastAssessed"], entity["Compliant"], entity["MissingCritical"]) == (DAY1, False, 1)
+    send_queued_rows(settings)
     rows = loganalytics.query(
         f"UpdateSummary_CL | where Computer == '{vm.computer_name}' | order by TimeGenerated asc "
         "| project Readiness, Compliant"
@@ -276,15 +285,16 @@ def test_recording_the_same_assessment_twice_changes_nothing(settings, azurite, 
     assert (gap["FirstSeenMissing"], gap["PackageVersion"]) == (DAY1, "1.1")
     assert len(before["history"]) == 2
     assert before["catalogue"][0]["MachinesNeeding"] == 1
-    # Log Analytics appends, but the retried rows carry the same RecordIds (bash's Not needed row too).
+    # The retried rows carry the same RecordIds (bash's Not needed row too): the outbox kept them once.
+    send_queued_rows(settings)
     rows = loganalytics.query(
         f"Update_CL | where Computer == '{vm.computer_name}' "
         f"and TimeGenerated == datetime({DAY2.isoformat()}) "
         "| summarize Rows = count(), Records = dcount(RecordId) by UpdateState | order by UpdateState asc"
     )
     assert rows == [
-        {"UpdateState": "Needed", "Rows": 2, "Records": 1},
-        {"UpdateState": "Not needed", "Rows": 2, "Records": 1},
+        {"UpdateState": "Needed", "Rows": 1, "Records": 1},
+        {"UpdateState": "Not needed", "Rows": 1, "Records": 1},
     ]
 
 

@@ -283,3 +283,39 @@ def test_a_deployment_shows_its_next_run_and_its_last_run(operator, app_settings
     assert read["lastRun"]["link"] == f"/api/deployment-runs/deploy-{definition['name']}-20260114T0200Z"
     listed = {d["name"]: d for d in body_of(operator.request("GET", "/api/deployments"))["deployments"]}
     assert listed[definition["name"]]["lastRun"]["state"] == "missed"
+
+
+# --- definitions that cannot work (issue 11, part 7) -----------------------------------------------
+
+MONTH_END = {"startTime": "2027-01-01T02:00:00", "timeZone": "UTC",
+             "recurrence": {"frequency": "Month", "monthDays": [31]}}
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"packagesToExclude": ["*"]}, "packagesToExclude"),
+    ({"schedule": {"startTime": "2026-02-01T22:00:00", "timeZone": "UTC"}}, "schedule.startTime"),
+    ({"targets": {"machines": [vm("web01").resource_id.replace("0000000000aa", "0000000000bb")]}},
+     "targets.machines.0"),
+])
+def test_definitions_that_cannot_work_are_refused_and_nothing_is_stored(operator, change, field):
+    before = count(operator)
+    body = unique(linux()) | {"targets": {"machines": [vm("web01").resource_id]}} | change
+    response = operator.request("POST", "/api/deployments", body=body)
+    assert response.status_code == 400, response.get_body()
+    assert body_of(response)["error"]["field"] == field
+    assert count(operator) == before
+
+
+def test_a_month_day_some_months_lack_is_stored_with_a_warning_and_last_day_silences_it(operator):
+    body = unique(linux()) | {"targets": {"machines": [vm("web01").resource_id]}, "schedule": MONTH_END}
+    created = operator.request("POST", "/api/deployments", body=body)
+    assert created.status_code == 201, created.get_body()
+    [warning] = body_of(created)["warnings"]
+    assert "February, April, June, September and November" in warning
+    assert "warnings" not in body_of(operator.request("GET", f"/api/deployments/{body['name']}"))
+
+    last_day = {**MONTH_END, "recurrence": {**MONTH_END["recurrence"], "ifMissing": "lastDay"}}
+    edited = operator.request("PUT", f"/api/deployments/{body['name']}", body=body | {"schedule": last_day})
+    assert edited.status_code == 200, edited.get_body()
+    assert body_of(edited)["warnings"] == []
+    assert body_of(edited)["schedule"]["recurrence"]["ifMissing"] == "lastDay"

@@ -25,7 +25,8 @@ def reader():
 def test_functions_are_indexed_from_the_app_metadata():
     host = FunctionsHost(function_app.app)
     assert host.timers() == [
-        "assess_linux_fleet", "assess_windows_fleet", "discover_fleet", "light_check", "schedule_deployments",
+        "assess_linux_fleet", "assess_windows_fleet", "discover_fleet", "light_check",
+        "reconcile_deployment_runs", "schedule_deployments", "send_log_outbox",
     ]
     assert host.functions["read_run"].route == "runs/{runId}"
     assert host.functions["start_discovery"].client_binding == "client"
@@ -101,3 +102,21 @@ def test_machines_are_served_over_http_from_the_inventory(app_settings, reader, 
         assert "colour" in json.loads(caught.value.read())["error"]["message"]
     finally:
         host.stop()
+
+
+@pytest.mark.parametrize("method", ["HEAD", "OPTIONS"])
+def test_head_and_options_get_the_bare_404_of_the_functions_host(app_settings, method):
+    # No function declares HEAD or OPTIONS; the Functions host's router answers such a request with an
+    # empty 404 before any function runs (Azure/azure-functions-host#11625), and no CORS is configured.
+    host = FunctionsHost(function_app.app, signed_in_principal=encode_principal("olga", [Role.OPERATOR]))
+    base = host.serve()
+    try:
+        for path in ("/api/health", "/api/machines", "/api/deployments/any"):
+            request = urllib.request.Request(f"{base}{path}", method=method)
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(request)
+            assert caught.value.code == 404, (method, path)
+            assert caught.value.read() == b""
+    finally:
+        host.stop()
+    assert host.request("GET", "/api/health").status_code == 200  # the route itself is served

@@ -14,6 +14,8 @@ import pytest
 
 import function_app
 from local.app_index import app_functions
+from local.clock import VirtualClock
+from local.durable import DurableRunner
 from local.functions_host import FunctionsHost
 from shared.deployments.definition import validate_definition
 from shared.deployments.runs_table import run_store
@@ -82,8 +84,12 @@ def test_a_cancel_records_who_asked_for_it(app_settings):
     run_id = f"deploy-roles-{uuid.uuid4().hex[:8]}"
     definition = validate_definition({**windows(), "name": f"roles-{uuid.uuid4().hex[:8]}"})
     assert run_store(load_settings()).create_run(run_id, definition, "http", datetime.now(UTC))
-    operator = FunctionsHost(function_app.app, signed_in_principal=encode_principal("olga", [Role.OPERATOR]))
-    response = operator.request("POST", f"/api/deployment-runs/{run_id}/cancel")
+    # Cancel asks the Durable client whether the run's orchestration still exists (a run just created
+    # and not started yet is left for it to close).
+    with DurableRunner(function_app.app, VirtualClock(), task_hub="TestHub") as durable:
+        operator = FunctionsHost(function_app.app, durable.client_binding_json,
+                                 signed_in_principal=encode_principal("olga", [Role.OPERATOR]))
+        response = operator.request("POST", f"/api/deployment-runs/{run_id}/cancel")
     assert response.status_code == 202, response.get_body()
     body = json.loads(response.get_body())
     assert body["cancelRequested"] is True and body["cancelledBy"] == "olga"

@@ -86,7 +86,9 @@ def settings(app_settings, arm, graph, tls, monkeypatch: pytest.MonkeyPatch) -> 
     baselines = BaselineStore(service)
     baselines.ensure()
     for machine in FLEET.machines:  # both assessed by the product an hour ago, no baseline yet
+        # As the product's recording writes it: the machine's identity with its assessment columns.
         machines.upsert_entity({"PartitionKey": SUB, "RowKey": machine_key(machine.resource_id),
+                                "ResourceId": machine.resource_id, "Name": machine.name,
                                 "LastAssessed": ASSESSED, "Readiness": "Ready"})  # fmt: skip
         service.get_table_client(BASELINE_TABLE).delete_entity(SUB, machine_key(machine.resource_id))
     return settings

@@ -51,12 +51,16 @@ def _called(kind: str, name: str) -> int:
 
 @app.activity_trigger(input_name="request")
 def list_assessment_targets(request: dict[str, Any]) -> dict[str, Any]:
+    if _called("list", "run") <= STATE.get("list_failures", 0):
+        raise RuntimeError("table storage: 503 ServerBusy")
     count = STATE["machines"]
     return TargetListing(machines=count, to_assess=count, batches=-(-count // BATCH_SIZE)).model_dump()
 
 
 @app.activity_trigger(input_name="request")
 def read_assessment_batch(request: dict[str, Any]) -> list[str]:
+    if _called("read", f"batch-{request['batch']}") <= STATE.get("read_failures", 0):
+        raise RuntimeError("table storage: 503 ServerBusy")
     first = request["batch"] * BATCH_SIZE
     return [machine_id(i) for i in range(first, min(first + BATCH_SIZE, STATE["machines"]))]
 
@@ -95,6 +99,12 @@ def record_assessment_failure(request: dict[str, Any]) -> dict[str, Any]:
     return MachineResult(state=state).model_dump()
 
 
+@app.activity_trigger(input_name="request")
+def send_log_rows(request: dict[str, Any]) -> dict[str, Any]:
+    _called("send", "run")
+    return {"sent": 0, "found": 0, "left": 0, "errors": []}
+
+
 @pytest.fixture
 def clock():
     return VirtualClock()
@@ -105,7 +115,7 @@ def runner(clock):
     PLAN.clear()
     CALLS.clear()
     FAILURES.clear()
-    STATE.update(machines=0, clock=clock)
+    STATE.update(machines=0, clock=clock, list_failures=0, read_failures=0)
     with DurableRunner(app, clock, activity_concurrency=8) as running:
         yield running
 
@@ -136,6 +146,18 @@ def test_a_fleet_is_split_into_batches_and_the_master_history_stays_small(runner
     # with the fleet, so replaying it stays cheap.
     assert len(master) < 40
     assert not any(e.get("Name") == "assess_machine" for e in master)
+    # The rows the batches queued are sent after each batch: the last batch's before the run ends.
+    assert len(CALLS["send:run"]) == 3
+
+
+def test_a_storage_blip_at_the_start_of_a_run_is_retried_not_fatal(runner, clock):
+    STATE.update(list_failures=2, read_failures=1)
+    started = clock.now()
+    final = run(runner, 150)
+    assert final["output"]["assessed"] == 150
+    gaps = [(t - started).total_seconds() for t in CALLS["list:run"]]
+    assert gaps[0] == 0 and len(gaps) == 3  # retried after STORAGE_RETRY's waits
+    assert len(CALLS["read:batch-0"]) == len(CALLS["read:batch-1"]) == 2
 
 
 def test_polling_waits_with_growing_timers_until_the_assessment_is_done(runner, clock):

@@ -51,7 +51,7 @@ def linux() -> dict[str, Any]:
         "classifications": ["Critical and security updates"],
         "packagesToInclude": ["openssl=1:3.0.7-27.el9*"],
         "packagesToExclude": ["redhat-release-server*", "kernel-?.x86_64"],
-        "schedule": {"startTime": "2026-02-01T22:00:00", "timeZone": "UTC"},
+        "schedule": {"startTime": "2099-02-01T22:00:00", "timeZone": "UTC"},
         "maintenanceWindowMinutes": 360,
         "rebootSetting": "Never",
     }

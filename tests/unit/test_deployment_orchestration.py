@@ -300,7 +300,8 @@ def check_machine_step(request: dict[str, Any]) -> dict[str, Any]:
 
 def _outcome(plan: dict[str, Any], step: str, started: datetime) -> StepOutcome:
     if step == "prescan":
-        return StepOutcome(pending=plan.get("pending", 3), has_service_pack=plan.get("service_pack", False))
+        return StepOutcome(pending=plan.get("pending", 3), has_service_pack=plan.get("service_pack", False),
+                           unclassified=plan.get("unclassified", False))
     if step == "postscan":
         return StepOutcome()
     if step == "restart":
@@ -340,6 +341,13 @@ def read_deployment_progress(run_id: str) -> dict[str, Any]:
 def complete_deployment_run(request: dict[str, Any]) -> dict[str, Any]:
     TABLE.complete(datetime.fromisoformat(str(request["at"])))
     return TABLE.progress()
+
+
+@app.activity_trigger(input_name="request")
+def send_log_rows(request: dict[str, Any]) -> dict[str, Any]:
+    with _lock:
+        CALLS["send:run"].append(STATE["clock"].now())
+    return {"sent": 0, "found": 0, "left": 0, "errors": []}
 
 
 # --- fixtures and helpers ---------------------------------------------------------------------------
@@ -422,6 +430,8 @@ def test_a_run_over_three_batches_prescans_installs_and_postscans_every_machine(
     assert len(batches) == 3 and len(instances(runner, "deploy_machine")) == 5
     assert sorted(b["output"][SUCCEEDED] for b in batches) == [1, 2, 2]  # only counts travel upwards
     assert runner.get_status(RUN_ID)["customStatus"] == {"stage": "done", **output}
+    # The queued log rows are sent after each batch and once more when the run is complete.
+    assert len(CALLS["send:run"]) == 4
 
 
 def test_a_machine_with_nothing_pending_is_recorded_not_needed_without_an_install(runner):
@@ -431,6 +441,17 @@ def test_a_machine_with_nothing_pending_is_recorded_not_needed_without_an_instal
     assert FINISHED["vm-0001"].status == MachineResultStatus.NOT_NEEDED.value
     assert FINISHED["vm-0001"].reason == "no pending update matches the deployment"
     assert output["results"][SUCCEEDED] == 1 and output["results"]["not needed"] == 1
+
+
+def test_a_machine_whose_distribution_classifies_nothing_is_skipped_saying_why_not_not_needed(runner):
+    PLAN["vm-0001"] = {"pending": 0, "unclassified": True}
+    output = run(runner, 2)["output"]
+    assert TOKENS["vm-0001"] == ["prescan"]
+    assert FINISHED["vm-0001"].status == MachineResultStatus.SKIPPED.value
+    assert FINISHED["vm-0001"].reason == (
+        "this distribution publishes no classification data: select Other updates or name the packages"
+    )
+    assert output["results"].get("not needed", 0) == 0 and output["results"]["skipped"] == 1
 
 
 def test_machines_not_started_before_the_window_closes_are_skipped_by_the_gate(runner, clock):
@@ -605,7 +626,7 @@ def test_a_run_whose_targets_cannot_be_resolved_fails_without_starting_a_batch(r
 
 
 def test_a_claim_whose_answer_was_lost_is_retried_and_starts_each_machine_once(runner, clock):
-    # The gate's transaction commits, then the activity fails: _STORAGE_RETRY calls it again after
+    # The gate's transaction commits, then the activity fails: STORAGE_RETRY calls it again after
     # 5 s, and the machines it had already marked running come back in `start` instead of being lost.
     STATE["lose_claim_answers"] = 1
     start = clock.now()

@@ -57,11 +57,11 @@ PURE_RULES = frozenset({
 # The modules of the capability packages that use an Azure SDK or an adapter, directly or through
 # another such module. The test fails when one of them stops reaching the SDK: it belongs above then.
 USES_ADAPTERS = frozenset({
-    "shared.fleet.discovery",  # lists the fleet (arm), records Machines, sends heartbeats (ingestion)
+    "shared.fleet.discovery",  # lists the fleet (arm), records Machines, queues heartbeats (log outbox)
     "shared.fleet.machines_table",  # the Machines table
     "shared.assessment.arc_patches",  # an Arc server's update list from Resource Graph
     "shared.assessment.baselines_table",  # LightCheckBaseline; the light check's ARM and Resource Graph reads
-    "shared.assessment.recording",  # writes the update tables and the Log Analytics rows
+    "shared.assessment.recording",  # writes the update tables and queues the Log Analytics rows
     "shared.assessment.run",  # the assessment activities' work: ARM calls, AssessmentTargets table
     "shared.assessment.updates_table",  # the update inventory and its history
     "shared.assessment.views",  # read models over the inventory tables
@@ -73,6 +73,7 @@ USES_ADAPTERS = frozenset({
     "shared.deployments.install",
     "shared.deployments.outputs",  # per-machine operation output in Blob Storage
     "shared.deployments.resolve",  # lists a run's targets (ARM) and queues them in the run table
+    "shared.deployments.reconcile",  # closes runs whose orchestration is gone, through finish and runs_table
     "shared.deployments.runs_table",  # the DeploymentRuns table
     # Its rules take RunState/RunStore from runs_table and StoredDeployment from definitions_table.
     "shared.deployments.scheduler",

@@ -9,11 +9,19 @@ import typing
 from typing import Any
 
 import azure.functions as func
+import pytest
 
 from functions.http import requires
 from shared.principal import PRINCIPAL_HEADER, Principal, Role, encode_principal
 
 seen: list[Any] = []  # what the handlers were called with
+
+
+@pytest.fixture(autouse=True)
+def behind_app_service_authentication(monkeypatch):
+    """As in Azure with authentication on: the platform injects WEBSITE_AUTH_ENABLED=True."""
+    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "True")
+    monkeypatch.delenv("LOCAL_AUTHENTICATION_STANDIN", raising=False)
 
 
 @requires(Role.OPERATOR)
@@ -61,3 +69,22 @@ def test_the_worker_sees_the_bindings_only_and_async_stays_async():
     assert inspect.iscoroutinefunction(start_something)
     assert list(inspect.signature(read_something).parameters) == ["req"]
     assert not inspect.iscoroutinefunction(read_something)
+
+
+def test_without_app_service_authentication_a_forged_operator_header_gets_401(monkeypatch, caplog):
+    # Authentication switched off: nothing strips a caller's own X-MS-CLIENT-PRINCIPAL, so none is believed.
+    monkeypatch.delenv("WEBSITE_AUTH_ENABLED")
+    seen.clear()
+    forged = asyncio.run(start_something(req=request(Role.OPERATOR, Role.APPROVER), client="binding"))
+    assert forged.status_code == 401
+    error = json.loads(forged.get_body())["error"]
+    assert error["code"] == "AuthenticationOff" and "WEBSITE_AUTH_ENABLED" in error["message"]
+    assert read_something(req=request(Role.READER)).status_code == 401
+    assert seen == []
+    assert "refusing every protected route" in caplog.text
+    # The local host's stand-in counts only with the emulator: set in Azure, it lets nothing in.
+    monkeypatch.setenv("LOCAL_AUTHENTICATION_STANDIN", "true")
+    monkeypatch.setenv("AZURE_AUTH_MODE", "managed-identity")
+    assert read_something(req=request(Role.READER)).status_code == 401
+    monkeypatch.setenv("AZURE_AUTH_MODE", "emulator")
+    assert read_something(req=request(Role.READER)).status_code == 200

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from shared.fleet.scope import AssessmentScope, ScopeError, TagMatch
@@ -94,3 +96,15 @@ def test_the_json_form_round_trips():
         "tags": {"env": "prod"}, "tagMatch": "any", "osType": "Linux", "machineIds": [FLEET[0].resource_id],
     })
     assert AssessmentScope.parse(scope.to_json()) == scope
+
+
+def test_an_on_demand_scope_says_all_or_names_a_filter_and_all_survives_the_round_trip():
+    everything = AssessmentScope.parse_request({"all": True})
+    assert everything.everything and not everything.narrows()
+    assert AssessmentScope.parse(everything.to_json()) == everything
+    assert AssessmentScope.parse_request({"osType": "Linux"}).os_type is OsType.LINUX
+    for empty in (None, {}, {"all": False}, {"tagMatch": "any"}):
+        with pytest.raises(ScopeError, match=re.escape('say {"all": true}')):
+            AssessmentScope.parse_request(empty)
+    with pytest.raises(ScopeError, match="all: true selects every machine"):
+        AssessmentScope.parse({"all": True, "locations": ["eastus2"]})

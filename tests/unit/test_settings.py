@@ -3,7 +3,16 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import PLATFORM_SETTINGS, SETTING_NAMES, AuthMode, SettingsError, load_settings
+from shared.settings import (
+    INJECTED_BY_PLATFORM,
+    PLATFORM_SETTINGS,
+    SETTING_NAMES,
+    AuthenticationFront,
+    AuthMode,
+    SettingsError,
+    authentication_front,
+    load_settings,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,7 +86,8 @@ def test_resource_graph_is_reached_at_the_arm_endpoint_unless_set():
 
 def test_example_file_names_every_setting_and_nothing_else():
     example = json.loads((ROOT / "local.settings.example.json").read_text())["Values"]
-    assert set(example) == SETTING_NAMES | set(PLATFORM_SETTINGS)
+    # WEBSITE_AUTH_ENABLED is the platform's: a local file that set it would forge App Service Authentication.
+    assert set(example) == (SETTING_NAMES - INJECTED_BY_PLATFORM) | set(PLATFORM_SETTINGS)
 
 
 def test_worker_threads_cover_host_json_concurrency():
@@ -98,3 +108,15 @@ def test_compliance_classifications_are_display_names():
     }
     with pytest.raises(SettingsError, match="COMPLIANCE_CLASSIFICATIONS names 'Urgent'"):
         load_settings(dict(VALID, COMPLIANCE_CLASSIFICATIONS="Urgent"))
+
+
+def test_the_principal_header_is_trusted_only_behind_app_service_authentication_or_the_local_host():
+    assert authentication_front({}) is AuthenticationFront.NONE
+    assert authentication_front({"WEBSITE_AUTH_ENABLED": "True"}) is AuthenticationFront.APP_SERVICE
+    assert authentication_front({"WEBSITE_AUTH_ENABLED": "False"}) is AuthenticationFront.NONE
+    local = {"LOCAL_AUTHENTICATION_STANDIN": "true", "AZURE_AUTH_MODE": "emulator"}
+    assert authentication_front(local) is AuthenticationFront.LOCAL_HOST
+    # Copied to Azure (managed identity), the local stand-in counts for nothing and the app refuses to start.
+    assert authentication_front(dict(local, AZURE_AUTH_MODE="managed-identity")) is AuthenticationFront.NONE
+    with pytest.raises(SettingsError, match="LOCAL_AUTHENTICATION_STANDIN is accepted only with"):
+        load_settings(dict(VALID, LOCAL_AUTHENTICATION_STANDIN="true"))

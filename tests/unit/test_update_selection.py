@@ -14,9 +14,15 @@ from shared.assessment.records import is_optional
 from shared.azure.patch_operations import to_outcome
 from shared.deployments.definition import DeploymentDefinition, validate_definition
 from shared.deployments.install import install_parameters
-from shared.deployments.selection import PendingEstimate, optional_kbs, pending_estimate, selected_patches
+from shared.deployments.selection import (
+    PendingEstimate,
+    lacks_classification_data,
+    optional_kbs,
+    pending_estimate,
+    selected_patches,
+)
 from shared.model.assessment_outcome import AssessmentOutcome, AvailablePatch
-from shared.model.machines import OsType
+from shared.model.machines import Machine, MachineKind, OsType, PowerState
 
 VM = (
     "/subscriptions/00000000-0000-0000-0000-0000000000aa/resourceGroups/rg"
@@ -260,3 +266,37 @@ def test_arc_totals_only_count_the_pair_under_the_chosen_one_of_critical_and_sec
 def test_nothing_missing_is_an_exact_zero():
     chosen = definition(OsType.WINDOWS, ALL_WINDOWS)
     assert pending_estimate(chosen, outcome(())) == PendingEstimate(0, False, {})
+
+
+# -- distributions that classify nothing (CentOS: every update "Other") ----------------------------
+
+CENTOS_SCAN = outcome(
+    (pkg("centos-release", "7-9.2009.2.el7.centos", "Other"), pkg("tzdata", "2024a-1.el7", "Other")),
+    other_count=2,
+)
+
+
+def linux_vm(os_name: str) -> Machine:
+    return Machine(VM, "web01", "web01", MachineKind.AZURE_VM, "sub", "rg", "westeurope", OsType.LINUX,
+                   os_name, "7.9", PowerState.RUNNING, "Manual", {})
+
+
+CENTOS, UBUNTU = linux_vm("centos"), linux_vm("ubuntu")
+
+
+def test_a_critical_and_security_deployment_on_an_unclassified_scan_is_told_apart_from_not_needed():
+    critical_security = definition(OsType.LINUX, ["Critical", "Security"])
+    assert pending_estimate(critical_security, CENTOS_SCAN).updates == 0
+    assert lacks_classification_data(critical_security, CENTOS, CENTOS_SCAN)
+    # Anything that could still select updates there, or a scan that does classify, is a plain estimate.
+    with_other = definition(OsType.LINUX, ["Critical", "Security", "Other"])
+    assert not lacks_classification_data(with_other, CENTOS, CENTOS_SCAN)
+    named = definition(OsType.LINUX, ["Critical", "Security"], packagesToInclude=["tzdata"])
+    assert not lacks_classification_data(named, CENTOS, CENTOS_SCAN)
+    nothing_pending = outcome((), other_count=0)
+    assert not lacks_classification_data(critical_security, CENTOS, nothing_pending)
+    classified = outcome((pkg("openssl", "1", "Security"), pkg("tzdata", "2", "Other")),
+                         critical_and_security_count=1, other_count=1)
+    assert not lacks_classification_data(critical_security, CENTOS, classified)
+    # Ubuntu classifies (its security pocket): only "Other" pending there really is nothing needed.
+    assert not lacks_classification_data(critical_security, UBUNTU, CENTOS_SCAN)
