@@ -11,9 +11,9 @@ and single-machine, so wall time says little about Azure; history sizes say a lo
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
+from bench.runs import history_length, start_assessment
 from local.arm.generator import generate_fleet
 from local.stack import LocalStack
 
@@ -28,8 +28,7 @@ def main() -> None:
     with LocalStack(fleet).start() as stack:
         assert stack.functions and stack.durable
         started = time.perf_counter()
-        response = stack.functions.request("POST", "/api/assessments", body={"all": True})
-        run_id = json.loads(response.get_body())["runId"]
+        run_id = start_assessment(stack)
         final = stack.durable.wait_for_completion(run_id, timeout=3600)
         elapsed = time.perf_counter() - started
         master = stack.durable.get_status(run_id, show_history=True) or {}
@@ -37,10 +36,7 @@ def main() -> None:
             i for i in stack.durable.list_instances()
             if i["name"] == "assessment_batch" and i["instanceId"].startswith(run_id)
         ]
-        batch_events = [
-            len((stack.durable.get_status(b["instanceId"], show_history=True) or {}).get("historyEvents", []))
-            for b in batches
-        ]
+        batch_events = [history_length(stack, b["instanceId"]) for b in batches]
         output = final.get("output") or {}
         print(f"machines in fleet        {args.machines}")
         print(f"assessed / failed        {output.get('assessed')} / {output.get('failed')}")

@@ -14,7 +14,6 @@ and single-machine, so wall time says little about Azure; history sizes and requ
 from __future__ import annotations
 
 import argparse
-import json
 import threading
 import time
 from collections import Counter
@@ -24,29 +23,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from bench.counting import arm_operation
+from bench.runs import (
+    create_deployment,
+    definition,
+    history_length,
+    max_concurrent_value,
+    start_deployment_run,
+    wait_for_runs,
+)
 from local.arm.generator import generate_fleet
-from local.arm.server import RequestRecord
 from local.clock import VirtualClock
-from local.durable.runner import TERMINAL_STATUSES
 from local.stack import LocalStack
 from shared.deployments.runs_table import RunStore, counts_by_status, run_store
 from shared.settings import load_settings
 
-# The deployment's classifications, in each operating system's own vocabulary (shared.model.classification).
-CLASSIFICATIONS = {
-    "Linux": ["Critical and security updates"],
-    "Windows": ["Critical Updates", "Security Updates"],
-}
-# The longest maintenance window a deployment may have (shared.deployments.definition.MAX_WINDOW_MINUTES).
-WINDOW_MINUTES = 360
-# Wall-clock limit for one run, in real seconds.
-RUN_TIMEOUT_SECONDS = 3600
 # An ETag that no longer matches (412), or a row another writer created first (409): what the gate retries.
 CONFLICT_STATUSES = (409, 412)
-# Paths ending so list a subscription's or resource group's machines (Compute VMs, Arc servers).
-LIST_SEGMENTS = ("virtualMachines", "machines")
-# How often the bench looks whether a run has ended, in real seconds.
-POLL_SECONDS = 0.2
 
 
 @dataclass
@@ -99,41 +92,6 @@ def counting_gate_conflicts() -> Iterator[GateContention]:
         RunStore._retrying = original  # type: ignore[method-assign, assignment]
 
 
-def request_kind(record: RequestRecord) -> str:
-    """An ARM request's method and what it asked for: the path's last segment, or what it names."""
-    segments = [s for s in record.path.split("?")[0].split("/") if s]
-    lowered = [s.lower() for s in segments]
-    if "locations" in lowered:  # .../locations/{loc}/operations|operationStatus|operationResults/{id}
-        kind = segments[lowered.index("locations") + 2]
-        return f"{record.method} {kind} (operation status)"
-    if record.machine and record.path.rstrip("/").lower().endswith(record.machine.lower()):
-        return f"{record.method} one machine"
-    last = segments[-1] if segments else "/"
-    return f"{record.method} {last} (list)" if last in LIST_SEGMENTS else f"{record.method} {last}"
-
-
-def definition(name: str, os_type: str, subscription_ids: list[str],
-               max_concurrent: int | str) -> dict[str, Any]:
-    return {
-        "name": name, "operatingSystem": os_type,
-        "targets": {"groups": [{"filter": {"subscriptionIds": subscription_ids}}], "evaluateGroupsAt": "run"},
-        "classifications": CLASSIFICATIONS[os_type],
-        "schedule": {"startTime": "2099-01-01T02:00:00", "timeZone": "UTC"},
-        "maintenanceWindowMinutes": WINDOW_MINUTES, "rebootSetting": "IfRequired",
-        "rollout": {"maxConcurrent": max_concurrent},
-    }  # fmt: skip
-
-
-def max_concurrent_value(text: str) -> int | str:
-    """``--max-concurrent``: a machine count or a percentage such as ``50%``."""
-    return text if text.strip().endswith("%") else int(text)
-
-
-def history_length(stack: LocalStack, instance_id: str) -> int:
-    assert stack.durable
-    return len((stack.durable.get_status(instance_id, show_history=True) or {}).get("historyEvents", []))
-
-
 def report_run(stack: LocalStack, os_type: str, run_id: str, final: dict[str, Any], elapsed: float) -> None:
     assert stack.durable
     rows = run_store(load_settings()).machines(run_id)
@@ -173,28 +131,13 @@ def main() -> None:
     clock = VirtualClock(datetime.now(UTC).replace(second=0, microsecond=0))
     with LocalStack(fleet, clock=clock).start() as stack, counting_gate_conflicts() as contention:
         assert stack.functions and stack.durable and stack.arm
-        run_ids: dict[str, str] = {}
+        everything = [{"subscriptionIds": fleet.subscription_ids()}]
         for os_type in os_types:
-            name = f"bench-{os_type.lower()}"
-            spec = definition(name, os_type, fleet.subscription_ids(), args.max_concurrent)
-            created = stack.functions.request("POST", "/api/deployments", body=spec)
-            if created.status_code != 201:
-                raise SystemExit(f"creating {name} failed: {created.status_code} {created.get_body()!r}")
+            create_deployment(stack, definition(f"bench-{os_type.lower()}", os_type, everything,
+                                                args.max_concurrent))
         started, virtual_start = time.perf_counter(), clock.now()
-        for os_type in os_types:
-            response = stack.functions.request("POST", f"/api/deployments/bench-{os_type.lower()}/runs")
-            if response.status_code != 202:
-                raise SystemExit(f"starting bench-{os_type.lower()} failed: {response.get_body()!r}")
-            run_ids[os_type] = json.loads(response.get_body())["runId"]
-        finals: dict[str, tuple[dict[str, Any], float]] = {}
-        while len(finals) < len(run_ids):  # poll, so that each run's own end is timed
-            if time.perf_counter() - started > RUN_TIMEOUT_SECONDS:
-                raise SystemExit(f"runs not finished after {RUN_TIMEOUT_SECONDS} s: {run_ids}")
-            for os_type, run_id in run_ids.items():
-                status = stack.durable.get_status(run_id) or {}
-                if os_type not in finals and status.get("runtimeStatus") in TERMINAL_STATUSES:
-                    finals[os_type] = (status, time.perf_counter() - started)
-            time.sleep(POLL_SECONDS)
+        run_ids = {os_type: start_deployment_run(stack, f"bench-{os_type.lower()}") for os_type in os_types}
+        finals = wait_for_runs(stack, run_ids, started)
         virtual_elapsed = clock.now() - virtual_start
 
         print(f"machines in fleet        {args.machines}  "
@@ -203,7 +146,7 @@ def main() -> None:
         for os_type, (final, elapsed) in finals.items():
             report_run(stack, os_type, run_ids[os_type], final, elapsed)
         print("--- ARM requests by kind")
-        kinds = Counter(request_kind(r) for r in stack.arm.requests)
+        kinds = Counter(arm_operation(r.method, r.path) for r in stack.arm.requests)
         for kind, count in kinds.most_common():
             print(f"  {kind:<40} {count}")
         print(f"  {'total':<40} {sum(kinds.values())}")

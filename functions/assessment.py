@@ -10,6 +10,7 @@ never fails its batch.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Generator
 from datetime import timedelta
@@ -30,6 +31,7 @@ from functions.durable import (
 )
 from functions.http import error_response, read_json, requires, run_accepted
 from shared.assessment import run as work
+from shared.assessment.journal import journal_key
 from shared.assessment.messages import (
     AssessmentActivityInput,
     AssessmentCounts,
@@ -37,11 +39,15 @@ from shared.assessment.messages import (
     AssessmentStep,
     AssessmentTuning,
     BatchInput,
+    BatchRead,
+    BatchTargets,
+    JournalApply,
     MachineAssessmentInput,
     MachineResult,
     TargetListing,
     TargetListingInput,
 )
+from shared.assessment.recording import apply_journal
 from shared.azure.patch_operations import PermanentArmError
 from shared.fleet.scope import AssessmentScope, ScopeError
 from shared.model.machines import OsType
@@ -52,6 +58,13 @@ bp = df.Blueprint()
 log = logging.getLogger(__name__)
 
 RUN_PREFIX = "assessment-"
+# The activity that applies finished batches' inventory journals (shared/assessment/journal.py), for
+# assessment runs and deployment batches.
+APPLY_INVENTORY_JOURNAL = "apply_inventory_journal"
+# An assessment run applies its finished batches' journals ten at a time (and what is left at its end):
+# ten batches (1,000 machines) share one transaction per update and subscription, and the fleet-wide
+# tables lag the machines' own partitions by at most that many batches.
+APPLY_EVERY_BATCHES = 10
 
 
 def scheduled_instance_id(os_type: OsType, slot: str) -> str:
@@ -135,22 +148,31 @@ def assessment_run(context: df.DurableOrchestrationContext) -> Any:
         not_assessable=listing.not_assessable,
         unsupported=listing.unsupported,
     )
-    pending = [
-        context.call_sub_orchestrator(
+    pending = {
+        n: context.call_sub_orchestrator(
             "assessment_batch",
             BatchInput(run_id=context.instance_id, batch=n, tuning=run.tuning).model_dump(mode="json"),
             batch_instance_id(context.instance_id, n),
         )
         for n in range(listing.batches)
-    ]
+    }
     context.set_custom_status(_progress("assessing", listing, total, 0))
-    # One batch at a time is folded in as it completes, so the custom status shows live progress.
+    # One batch at a time is folded in as it completes, so the custom status shows live progress. Finished
+    # batches' journals are applied a few at a time (shared/assessment/journal.py), then their rows sent.
+    unapplied: list[int] = []
     while pending:
-        finished = yield context.task_any(pending)
-        pending.remove(finished)
+        finished = yield context.task_any(list(pending.values()))
+        batch = next(n for n, task in pending.items() if task is finished)
+        del pending[batch]
+        unapplied.append(batch)
         total = total.plus(AssessmentCounts.model_validate(finished.result))
         context.set_custom_status(_progress("assessing", listing, total, listing.batches - len(pending)))
-        yield send_log_rows(context)  # the batch's rows: the last batch's are sent before the run ends
+        if len(unapplied) >= APPLY_EVERY_BATCHES or not pending:
+            journals = tuple(journal_key(context.instance_id, n) for n in sorted(unapplied))
+            yield call_storage(context, APPLY_INVENTORY_JOURNAL, JournalApply(
+                journals=journals, at=context.current_utc_datetime).model_dump(mode="json"))  # fmt: skip
+            unapplied = []
+            yield send_log_rows(context)  # the rows just queued: the last ones are sent before the run ends
     summary = _progress("done", listing, total, listing.batches)
     context.set_custom_status(summary)
     if not context.is_replaying:
@@ -174,17 +196,23 @@ def _progress(
 
 def assessment_batch(context: df.DurableOrchestrationContext) -> Any:
     batch = BatchInput.model_validate(context.get_input())
-    resource_ids = yield call_storage(context, "read_assessment_batch", batch.model_dump(mode="json"))
-    children = [
-        context.call_sub_orchestrator(
-            "assess_machine",
-            MachineAssessmentInput(
-                run_id=batch.run_id, batch=batch.batch, resource_id=resource_id, tuning=batch.tuning
-            ).model_dump(mode="json"),
-            machine_instance_id(batch.run_id, resource_id),
-        )
-        for resource_id in resource_ids
-    ]
+    machines: list[str] = []
+    after: str | None = None
+    while True:  # in parts, so no event of this history spills to a blob (MAX_BATCH_PART_CHARS)
+        read = BatchRead(run_id=batch.run_id, batch=batch.batch, after=after)
+        part = BatchTargets.model_validate((yield call_storage(context, "read_assessment_batch",
+                                                               read.model_dump(mode="json"))))
+        machines += part.machines
+        if part.after is None:
+            break
+        after = part.after
+    children = []
+    for machine in machines:
+        resource_id = str(json.loads(machine)["resource_id"])
+        child = MachineAssessmentInput(run_id=batch.run_id, batch=batch.batch, resource_id=resource_id,
+                                       tuning=batch.tuning, machine=machine)
+        children.append(context.call_sub_orchestrator(
+            "assess_machine", child.model_dump(mode="json"), machine_instance_id(batch.run_id, resource_id)))
     results = yield context.task_all(children)
     total = AssessmentCounts()
     for result in results:
@@ -197,7 +225,7 @@ def assess_machine(context: df.DurableOrchestrationContext) -> Any:
     tuning = request.tuning
     deadline = context.current_utc_datetime + timedelta(minutes=tuning.deadline_minutes)
     base = AssessmentActivityInput(
-        run_id=request.run_id, batch=request.batch, resource_id=request.resource_id
+        run_id=request.run_id, batch=request.batch, resource_id=request.resource_id, machine=request.machine
     )
 
     polled = yield from poll_operation(
@@ -256,9 +284,15 @@ def list_assessment_targets(request: dict[str, Any]) -> dict[str, Any]:
 
 
 @bp.activity_trigger(input_name="request")
-def read_assessment_batch(request: dict[str, Any]) -> list[str]:
-    batch = BatchInput.model_validate(request)
-    return work.batch_targets(load_settings(), batch.run_id, batch.batch)
+def read_assessment_batch(request: dict[str, Any]) -> dict[str, Any]:
+    read = BatchRead.model_validate(request)
+    return work.batch_targets(load_settings(), read.run_id, read.batch, read.after).model_dump(mode="json")
+
+
+@bp.activity_trigger(input_name="request")
+def apply_inventory_journal(request: dict[str, Any]) -> dict[str, int]:
+    journal = JournalApply.model_validate(request)
+    return apply_journal(load_settings(), journal.journals, journal.at)
 
 
 @bp.activity_trigger(input_name="request")

@@ -6,7 +6,8 @@ run's rollout gate (``claim_deployment_machines``: concurrency, error budget, wi
 cancel; one ETag-guarded transaction shared by all batches) which of its machines may start,
 starts one ``deploy_machine`` child per granted machine, and asks again whenever one finishes or,
 while it has none running, after ``slot_poll_seconds``. Each child pre-scans, installs, post-scans
-and records its result, which frees its slot. Only counts travel upwards.
+and returns its result; the batch's next claim records it and frees its slot in the same
+transaction. Only counts travel upwards.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
+from functions.assessment import APPLY_INVENTORY_JOURNAL
 from functions.durable import (
-    POLL_GROWTH,
+    STORAGE_RETRY,
     batch_instance_id,
     call_storage,
     machine_instance_id,
@@ -30,10 +32,12 @@ from functions.durable import (
     send_log_rows,
     start_once,
 )
+from shared.assessment.journal import journal_key
+from shared.assessment.messages import JournalApply
 from shared.azure.tables import table_service
 from shared.deployments.definition import DeploymentDefinition
 from shared.deployments.definitions_table import deployment_store
-from shared.deployments.finish import finish_machine, record_never_started
+from shared.deployments.finish import record_and_claim, record_never_started
 from shared.deployments.messages import (
     MAX_INSTALL_CALLS,
     POSTSCAN,
@@ -44,7 +48,6 @@ from shared.deployments.messages import (
     DeploymentBatchInput,
     DeploymentRunInput,
     DeploymentTuning,
-    FinishInput,
     MachineDeploymentInput,
     MachineRunResult,
     ResolveInput,
@@ -64,7 +67,6 @@ from shared.deployments.scheduler import FIRST_LOOKBACK, RUN_PREFIX, look_since,
 from shared.deployments.scheduler_state import SchedulerState
 from shared.deployments.selection import NO_CLASSIFICATION_DATA
 from shared.deployments.steps import check_step, start_step
-from shared.model.machines import machine_key
 from shared.settings import Settings, load_settings
 
 bp = df.Blueprint()
@@ -142,22 +144,18 @@ def deployment_run(context: df.DurableOrchestrationContext) -> Any:
         ).model_dump(mode="json"), batch_instance_id(run.run_id, n))
         for n in range(plan.batches)
     ]  # fmt: skip
-    progress = yield call_storage(context, "read_deployment_progress", run.run_id)
-    context.set_custom_status({"stage": "running", **progress})
-    # Refreshes come often at first, when most machines start and finish, then every few minutes:
-    # each adds a timer and an activity to the master's history (replayed on every wake-up).
-    refresh = float(run.tuning.progress_seconds)
+    # The status carries what the master knows, the batches' counts as each ends; the live counters are
+    # the run's row (GET /api/deployment-runs/{runId}). Copying them here cost a timer and an activity per
+    # refresh, all replayed on every wake-up of the master.
+    settled: dict[str, int] = {}
+    context.set_custom_status(_running(plan, settled, 0))
     while pending:
-        timer = context.create_timer(context.current_utc_datetime + timedelta(seconds=refresh))
-        finished = yield context.task_any([*pending, timer])
-        if finished is not timer:
-            timer.cancel()
-            pending.remove(finished)
-            yield send_log_rows(context)  # the batch's rows, queued by its activities
-        else:
-            refresh = min(refresh * POLL_GROWTH, run.tuning.max_progress_seconds)
-        progress = yield call_storage(context, "read_deployment_progress", run.run_id)
-        context.set_custom_status({"stage": "running", **progress})
+        finished = yield context.task_any(pending)
+        pending.remove(finished)
+        for result, count in dict(finished.result).items():
+            settled[result] = settled.get(result, 0) + int(count)
+        context.set_custom_status(_running(plan, settled, plan.batches - len(pending)))
+        yield send_log_rows(context)  # the batch's rows, queued by its activities
     summary = yield call_storage(context, "complete_deployment_run", {
         "runId": run.run_id, "at": context.current_utc_datetime.isoformat(),
     })  # fmt: skip
@@ -168,6 +166,12 @@ def deployment_run(context: df.DurableOrchestrationContext) -> Any:
     return summary
 
 
+def _running(plan: RunPlan, settled: dict[str, int], batches_done: int) -> dict[str, Any]:
+    """The master's status while batches run: counts only (results by status or stop reason)."""
+    return {"stage": "running", "machines": plan.to_run, "batches": plan.batches, "batchesDone": batches_done,
+            "batchResults": dict(sorted(settled.items()))}
+
+
 def deployment_batch(context: df.DurableOrchestrationContext) -> Any:
     batch = DeploymentBatchInput.model_validate(context.get_input())
     queue: list[str] = list((yield call_storage(context, "read_deployment_batch", {
@@ -175,13 +179,16 @@ def deployment_batch(context: df.DurableOrchestrationContext) -> Any:
     })))  # fmt: skip
     running: dict[Any, str] = {}
     results: dict[str, int] = {}
-    while queue or running:
-        if queue:
+    ended: list[MachineRunResult] = []  # children's results the gate has not recorded yet
+    others_hold_slots = True
+    while queue or running or ended:
+        if queue or ended:
             ask = ClaimInput(run_id=batch.run_id, batch=batch.batch, resource_ids=tuple(queue),
-                             at=context.current_utc_datetime)
-            claim = ClaimResult.model_validate(
-                (yield call_storage(context, "claim_deployment_machines", ask.model_dump(mode="json")))
-            )
+                             at=context.current_utc_datetime, finished=tuple(ended))
+            retry = _RECORD_RETRY if ended else STORAGE_RETRY
+            claim = ClaimResult.model_validate((yield context.call_activity_with_retry(
+                "claim_deployment_machines", retry, ask.model_dump(mode="json"))))
+            ended = []
             for resource_id in claim.start:
                 child = context.call_sub_orchestrator("deploy_machine", MachineDeploymentInput(
                     run_id=batch.run_id, resource_id=resource_id, window_start=batch.window_start,
@@ -194,6 +201,9 @@ def deployment_batch(context: df.DurableOrchestrationContext) -> Any:
                 results[stopped] = results.get(stopped, 0) + len(claim.not_started)
             done = set(claim.start) | set(claim.not_started)
             queue = [] if claim.stop_reason else [r for r in queue if r not in done]
+            # While this batch's own children hold every slot taken, only their ends free one, and each
+            # end is followed by a claim: asking in between would find nothing.
+            others_hold_slots = claim.running is None or claim.running > len(running)
         ask_again = timedelta(seconds=batch.tuning.slot_poll_seconds)
         if not running:
             if queue:  # every slot is held by other batches: ask again later
@@ -201,16 +211,21 @@ def deployment_batch(context: df.DurableOrchestrationContext) -> Any:
             continue
         waits: list[Any] = list(running)
         timer = None
-        if queue:
+        if queue and others_hold_slots:
             timer = context.create_timer(context.current_utc_datetime + ask_again)
             waits.append(timer)
         finished = yield context.task_any(waits)
         if timer is not None and finished is not timer:
             timer.cancel()
         if finished in running:
-            running.pop(finished)
-            status = MachineRunResult.model_validate(finished.result).status
-            results[status] = results.get(status, 0) + 1
+            resource_id = running.pop(finished)
+            result = MachineRunResult.model_validate(finished.result)
+            results[result.status] = results.get(result.status, 0) + 1
+            ended.append(result.model_copy(update={"resource_id": resource_id}))
+    # The scans' Machines states, reverse index, catalogue counts and rows (shared/assessment/journal.py).
+    yield call_storage(context, APPLY_INVENTORY_JOURNAL, JournalApply(
+        journals=(journal_key(batch.run_id, batch.batch),), at=context.current_utc_datetime,
+    ).model_dump(mode="json"))  # fmt: skip
     return results
 
 
@@ -224,16 +239,16 @@ def deploy_machine(context: df.DurableOrchestrationContext) -> Any:
     prescan = yield from _step(context, request, PRESCAN, context.current_utc_datetime + scan_deadline)
     if isinstance(prescan, StepFailure):
         status = _failed_status(prescan)
-        return (yield from _finish(context, request, status, f"pre-scan: {prescan.code}", prescan))
+        return _result(context, request, status, f"pre-scan: {prescan.code}", prescan)
     if prescan.pending == 0 and prescan.unclassified:
-        return (yield from _finish(context, request, MachineResultStatus.SKIPPED, NO_CLASSIFICATION_DATA))
+        return _result(context, request, MachineResultStatus.SKIPPED, NO_CLASSIFICATION_DATA)
     if prescan.pending == 0:
-        return (yield from _finish(context, request, MachineResultStatus.NOT_NEEDED,
-                                   "no pending update matches the deployment"))
+        return _result(context, request, MachineResultStatus.NOT_NEEDED,
+                       "no pending update matches the deployment")
     decision = window.can_start(context.current_utc_datetime, prescan.pending, prescan.has_service_pack,
                                 request.reboot)
     if not decision.ok:
-        return (yield from _finish(context, request, MachineResultStatus.SKIPPED, decision.reason))
+        return _result(context, request, MachineResultStatus.SKIPPED, decision.reason)
 
     install: StepOutcome | None = None
     for call in range(1, MAX_INSTALL_CALLS + 1):
@@ -241,7 +256,7 @@ def deploy_machine(context: df.DurableOrchestrationContext) -> Any:
         if isinstance(answer, StepFailure):
             if install is None:
                 status = _failed_status(answer)
-                return (yield from _finish(context, request, status, f"install: {answer.code}", answer))
+                return _result(context, request, status, f"install: {answer.code}", answer)
             break  # the first call's result stands; the second could not start
         install = answer
         # Another call only for what a capped call (3 h 55 min) left while the window still has room.
@@ -255,7 +270,7 @@ def deploy_machine(context: df.DurableOrchestrationContext) -> Any:
     reason = "" if not isinstance(postscan, StepFailure) else f"post-scan failed: {postscan.code}"
     if status is MachineResultStatus.WINDOW_EXCEEDED and not reason:
         reason = f"{install.pending} updates left pending when the window ran out"
-    return (yield from _finish(context, request, status, reason))
+    return _result(context, request, status, reason, scanned=not isinstance(postscan, StepFailure))
 
 
 def _restart_only(context: df.DurableOrchestrationContext, request: MachineDeploymentInput,
@@ -263,11 +278,11 @@ def _restart_only(context: df.DurableOrchestrationContext, request: MachineDeplo
     """rebootSetting "RebootOnly": restart the machine, then a post-scan to record its new state."""
     restarted = yield from _step(context, request, RESTART, request.install_deadline())
     if isinstance(restarted, StepFailure):
-        return (yield from _finish(context, request, _failed_status(restarted), f"restart: {restarted.code}",
-                                   restarted))
+        return _result(context, request, _failed_status(restarted), f"restart: {restarted.code}", restarted)
     postscan = yield from _step(context, request, POSTSCAN, context.current_utc_datetime + scan_deadline)
     reason = "" if not isinstance(postscan, StepFailure) else f"post-scan failed: {postscan.code}"
-    return (yield from _finish(context, request, MachineResultStatus.SUCCEEDED, reason))
+    return _result(context, request, MachineResultStatus.SUCCEEDED, reason,
+                   scanned=not isinstance(postscan, StepFailure))
 
 
 def _step(context: df.DurableOrchestrationContext, request: MachineDeploymentInput, step: str,
@@ -303,19 +318,19 @@ def _failed_status(failure: StepFailure) -> MachineResultStatus:
     return MachineResultStatus.NOT_REACHABLE if failure.unreachable else MachineResultStatus.FAILED
 
 
-def _finish(context: df.DurableOrchestrationContext, request: MachineDeploymentInput,
-            status: MachineResultStatus, reason: str,
-            failure: StepFailure | None = None) -> Generator[Any, Any, dict[str, Any]]:
-    payload = FinishInput(
-        run_id=request.run_id, resource_id=request.resource_id, status=status.value, reason=reason,
-        at=context.current_utc_datetime, failure=failure,
-    ).model_dump(mode="json")
-    yield context.call_activity_with_retry("finish_deployment_machine", _FINISH_RETRY, payload)
-    return MachineRunResult(status=status.value, reason=reason).model_dump(mode="json")
+def _result(context: df.DurableOrchestrationContext, request: MachineDeploymentInput,
+            status: MachineResultStatus, reason: str, failure: StepFailure | None = None,
+            scanned: bool = False) -> dict[str, Any]:
+    """The machine's result, for its batch to record with its next claim (one write of the run row frees
+    the slot and may start the next machine); ``scanned``: the post-scan kept its output."""
+    return MachineRunResult(
+        status=status.value, reason=reason, resource_id=request.resource_id, at=context.current_utc_datetime,
+        failure=failure, outputs=(POSTSCAN,) if scanned else (),
+    ).model_dump(mode="json")  # fmt: skip
 
 
-# Recording a result must not be lost to a passing storage error: it frees the machine's slot.
-_FINISH_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=5_000, max_number_of_attempts=10)
+# Recording a machine's result must not be lost to a passing storage error: it frees the machine's slot.
+_RECORD_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=5_000, max_number_of_attempts=10)
 
 ORCHESTRATORS = (deployment_run, deployment_batch, deploy_machine)
 for _orchestrator in ORCHESTRATORS:
@@ -338,12 +353,8 @@ def read_deployment_batch(request: dict[str, Any]) -> list[str]:
 
 @bp.activity_trigger(input_name="request")
 def claim_deployment_machines(request: dict[str, Any]) -> dict[str, Any]:
-    parsed = ClaimInput.model_validate(request)
-    keys = {rid: machine_key(rid) for rid in parsed.resource_ids}
-    claim = run_store(load_settings()).claim(parsed.run_id, parsed.resource_ids, keys, parsed.at,
-                                                  batch=parsed.batch)
-    return ClaimResult(start=claim.start, stop_reason=claim.stop_reason,
-                       not_started=claim.not_started).model_dump(mode="json")
+    """Record the batch's ended machines and start the ones the gate allows (finish.record_and_claim)."""
+    return record_and_claim(load_settings(), ClaimInput.model_validate(request)).model_dump(mode="json")
 
 
 @bp.activity_trigger(input_name="request")
@@ -355,20 +366,6 @@ def start_machine_step(request: dict[str, Any]) -> dict[str, Any]:
 @bp.activity_trigger(input_name="request")
 def check_machine_step(request: dict[str, Any]) -> dict[str, Any]:
     return check_step(load_settings(), StepInput.model_validate(request)).model_dump(mode="json")
-
-
-@bp.activity_trigger(input_name="request")
-def finish_deployment_machine(request: dict[str, Any]) -> dict[str, Any]:
-    parsed = FinishInput.model_validate(request)
-    outcome = finish_machine(load_settings(), parsed.run_id, parsed.resource_id,
-                          MachineResultStatus(parsed.status), parsed.reason, parsed.at, parsed.failure)
-    return {"status": outcome.status.value}
-
-
-@bp.activity_trigger(input_name="runId")
-def read_deployment_progress(runId: str) -> dict[str, Any]:
-    run = run_store(load_settings()).get_run(runId)
-    return _progress(run.to_json())
 
 
 @bp.activity_trigger(input_name="request")

@@ -23,10 +23,10 @@ Parsed = TypeVar("Parsed")
 PRINCIPAL_PARAMETER = "principal"
 log = logging.getLogger(__name__)
 
-# The largest valid body, a deployment definition of 1,000 machines and full package lists, stays well
-# under 1 MB, and Table Storage keeps at most 1 MiB per entity: a bigger body is a mistake or an attack
-# (the Functions host itself would accept 100 MB).
-MAX_BODY_BYTES = 1_048_576
+# The largest valid body is a deployment definition of 10,000 machines, at most MAX_DEFINITION_CHARS
+# (3,000,000) characters as stored; 4 MiB leaves room for a client's indentation. A bigger body is a
+# mistake or an attack (the Functions host itself would accept 100 MB).
+MAX_BODY_BYTES = 4 * 1_048_576
 # The deepest valid body (a definition's targets.groups[].filter.tags) nests 6 levels; 32 leaves room
 # and keeps json and pydantic far from Python's recursion limit (10,000 nested arrays raise RecursionError).
 MAX_JSON_DEPTH = 32

@@ -12,7 +12,13 @@ from azure.data.tables import TableServiceClient
 
 from functions.http import error_response, json_response, requires
 from shared.assessment.updates_table import UpdateInventory
-from shared.assessment.views import ViewError, machine_detail, machines_needing, missing_updates
+from shared.assessment.views import (
+    ViewError,
+    compliance_of,
+    machine_detail,
+    machines_needing,
+    missing_updates,
+)
 from shared.azure.tables import table_service
 from shared.fleet.machine_query import QueryError, parse_machine_query
 from shared.fleet.machines_table import MachineInventory
@@ -36,7 +42,7 @@ def _service() -> TableServiceClient:
 @requires(Role.READER)
 def list_machines(req: func.HttpRequest) -> func.HttpResponse:
     """Machines, filtered and paged: ``?os=&environment=&support=&powerState=&readiness=&compliant=
-    &tag=key:value&pageSize=&nextToken=``. Follow ``nextToken`` until it is null."""
+    &compliance=&tag=key:value&pageSize=&nextToken=``. Follow ``nextToken`` until it is null."""
     try:
         query = parse_machine_query(dict(req.params))
     except QueryError as error:
@@ -68,7 +74,8 @@ def _public_machine(entity: dict[str, Any]) -> dict[str, Any]:
         "lastDiscovered": entity.get("LastDiscovered"),
         # Written by assessments (absent until the machine's first one).
         "lastAssessed": entity.get("LastAssessed"),
-        "compliant": entity.get("Compliant"),
+        "compliant": entity.get("Compliant"),  # false when compliance is Unknown
+        "compliance": compliance_of(entity),
         "readiness": entity.get("Readiness"),
         "lastError": entity.get("LastError") or None,
         "lastErrorHint": entity.get("LastErrorHint") or None,

@@ -16,7 +16,7 @@ import functions.runs_api as runs_api
 from functions.deployment_runs_api import DEFAULT_RUNS_TOP, MACHINE_STATUSES, MAX_RUNS_TOP, STEPS
 from functions.discovery import StartDiscoveryBody
 from functions.http import json_response, required_role, user_function
-from shared.deployments.definition import DeploymentDefinition
+from shared.deployments.definition import MAX_MACHINES, DeploymentDefinition
 from shared.deployments.results import MachineResultStatus
 from shared.deployments.runs_table import RunState
 from shared.fleet.machine_query import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, filter_values
@@ -215,6 +215,7 @@ def openapi_document() -> dict[str, Any]:
     # refuses properties it does not name (additionalProperties: false) and so would refuse these.
     schemas["Deployment"] = {**schema, "title": "Deployment", "properties": {**schema["properties"],
         "frozenGroupMembers": {"type": ["array", "null"], "items": {"type": "string"},
+                               "maxItems": MAX_MACHINES,
                                "description": "members frozen at creation; null when evaluated per run"},
         "created": moment, "modified": moment,
         "nextRun": {**moment, "description": "the next occurrence of the schedule; null once it has ended"},

@@ -44,13 +44,30 @@ param assessmentScheduleWindows string = '0 0 */12 * * *'
 param lightCheckSchedule string = '0 */15 * * * *'
 param deploymentSchedulerSchedule string = '0 * * * * *'
 param assessmentDeadlineMinutes string = '30'
-param assessmentPollSeconds string = '30'
+param assessmentPollSeconds string = '60'
 param complianceClassifications string = 'Critical Updates,Security Updates'
 param runLogsContainerName string = 'run-logs'
+
+// The Durable backend. Off: the Azure Storage provider in the app's storage account (host.json, 16
+// partitions). On: a Durable Task Scheduler with the app's task hub, for fleets of thousands of machines
+// (durable-task-scheduler.bicep). Task hub data does not move between backends: switch before a fleet's
+// first run, or accept that runs in flight on the old backend are abandoned.
+@description('Run Durable Functions on the Durable Task Scheduler instead of the Azure Storage provider')
+param durableTaskSchedulerEnabled bool = false
+
+@allowed(['Dedicated', 'Consumption'])
+@description('Durable Task Scheduler SKU: Dedicated (2,000 actions/s per capacity unit) or Consumption (500 actions/s, per action)')
+param durableTaskSchedulerSku string = 'Dedicated'
+
+@minValue(1)
+@maxValue(3)
+@description('Capacity units of a Dedicated scheduler (3 for high availability)')
+param durableTaskSchedulerCapacity int = 1
 
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = { 'azd-env-name': environmentName }
 var targetSubscriptions = empty(targetSubscriptionIds) ? [subscription().subscriptionId] : split(replace(targetSubscriptionIds, ' ', ''), ',')
+var durableTaskSchedulerName = 'dts-${resourceToken}'
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: 'rg-${environmentName}'
@@ -90,6 +107,19 @@ module monitoring 'modules/monitoring.bicep' = {
   }
 }
 
+module durableTaskScheduler 'modules/durable-task-scheduler.bicep' = if (durableTaskSchedulerEnabled) {
+  name: 'durable-task-scheduler'
+  scope: rg
+  params: {
+    name: durableTaskSchedulerName
+    location: location
+    tags: tags
+    taskHubName: durableTaskHub
+    skuName: durableTaskSchedulerSku
+    capacity: durableTaskSchedulerCapacity
+  }
+}
+
 module functionApp 'modules/function-app.bicep' = {
   name: 'function-app'
   scope: rg
@@ -116,6 +146,8 @@ module functionApp 'modules/function-app.bicep' = {
     assessmentPollSeconds: assessmentPollSeconds
     complianceClassifications: complianceClassifications
     runLogsContainerName: runLogsContainerName
+    durableTaskSchedulerEnabled: durableTaskSchedulerEnabled
+    durableTaskSchedulerEndpoint: durableTaskSchedulerEnabled ? durableTaskScheduler.outputs.endpoint : ''
   }
 }
 
@@ -166,7 +198,12 @@ module rbac 'modules/rbac.bicep' = {
     patchRoleName: patchRoles.outputs.patchRoleName
     rollbackEnabled: rollbackEnabled
     rollbackRoleName: patchRoles.outputs.rollbackRoleName
+    durableTaskSchedulerEnabled: durableTaskSchedulerEnabled
+    durableTaskSchedulerName: durableTaskSchedulerName
   }
+  dependsOn: [
+    durableTaskScheduler
+  ]
 }
 
 module workbook 'modules/workbook.bicep' = {

@@ -102,7 +102,8 @@ def run(fleet_file: Path = DEMO_FLEET, state_dir: Path = DEFAULT_STATE_DIR) -> i
         _say(f"Done in {time.monotonic() - started:.1f}s; discovery result: {json.dumps(result)}")
         for os_name, summary in assessments.items():
             counts = {k: summary[k] for k in ("machines", "assessed", "failed", "timed_out", "not_assessable",
-                                              "unsupported", "compliant", "non_compliant")}
+                                              "unsupported", "compliant", "non_compliant",
+                                              "compliance_unknown")}
             _say(f"  {os_name} assessment: {json.dumps(counts)}")
     _say("")
     _say(f"State kept in {state_dir}. Next:")
@@ -142,7 +143,11 @@ def _run_deployment(stack: LocalStack) -> dict[str, Any]:
 
 
 def _deployment_progress(progress: dict[str, Any]) -> str:
-    if progress.get("stage") not in ("running", "done"):
+    if progress.get("stage") == "running":  # the batches' counts; live ones: GET /api/deployment-runs/{runId}
+        settled = ", ".join(f"{k} {v}" for k, v in (progress.get("batchResults") or {}).items() if v)
+        return (f"running: {progress['batchesDone']}/{progress['batches']} batches of {progress['machines']} "
+                f"machines done; {settled or 'no batch done yet'}")
+    if progress.get("stage") != "done":
         return json.dumps(progress)
     results = ", ".join(f"{k} {v}" for k, v in (progress.get("results") or {}).items() if v)
     return (f"{progress['stage']}: {progress['started']}/{progress['machines']} started, "
@@ -233,7 +238,8 @@ def _print_compliance(stack: LocalStack) -> None:
         rows.append({
             "machine": m["computerName"],
             "os": m["osType"],
-            "compliant": {True: "yes", False: "NO"}.get(m["compliant"], "-"),
+            "compliant": {"Compliant": "yes", "NonCompliant": "NO", "Unknown": "unknown"}.get(
+                m["compliance"], "-"),
             "critical": counts.get("CriticalUpdatesMissing", "-"),
             "security": counts.get("SecurityUpdatesMissing", "-"),
             "other": counts.get("OtherUpdatesMissing", "-"),

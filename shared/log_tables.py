@@ -60,7 +60,8 @@ def _cols(*pairs: tuple[str, ColumnType]) -> tuple[Column, ...]:
 S, B, D, L = ColumnType.STRING, ColumnType.BOOLEAN, ColumnType.DATETIME, ColumnType.LONG
 DYN = ColumnType.DYNAMIC
 
-# One row per machine per discovery: the onboarding check of the legacy Heartbeat table.
+# One row per machine per hour, and one whenever its content changes (shared/fleet/heartbeats.py): the
+# onboarding check of the legacy Heartbeat table.
 HEARTBEAT = LogTable(
     "Heartbeat_CL",
     _cols(
@@ -117,7 +118,7 @@ UPDATE = LogTable(
 )
 
 # One row per machine per assessment or failed assessment (the legacy ``UpdateSummary`` table).
-# Counts and Compliant are empty on a failure row: a failure says nothing about what is missing.
+# Counts, Compliant and Compliance are empty on a failure row: a failure says nothing about what is missing.
 UPDATE_SUMMARY = LogTable(
     "UpdateSummary_CL",
     _cols(
@@ -139,7 +140,8 @@ UPDATE_SUMMARY = LogTable(
         ("OptionalUpdatesMissing", L),
         ("RestartPending", B),
         ("LastAssessedTime", D),
-        ("Compliant", B),
+        ("Compliant", B),  # true only when Compliance is Compliant: Unknown is not compliant
+        ("Compliance", S),  # Compliant | NonCompliant | Unknown (no classification data to judge by)
         ("Readiness", S),
         ("LastError", S),
         ("AssessmentRunId", S),

@@ -17,7 +17,7 @@ class Message(BaseModel):
 class PollingTuning(Message):
     """How a per-machine orchestration waits on ARM: checks of a long-running operation, and retries."""
 
-    poll_seconds: int = Field(default=30, ge=1)
+    poll_seconds: int = Field(default=60, ge=1)  # ASSESSMENT_POLL_SECONDS's default (shared/settings.py)
     # Waits grow by half each poll up to this; ARM reads are rationed (AZURE-FACTS, ARM throttling).
     max_poll_seconds: int = Field(default=300, ge=1)
     # Transient errors (throttling, 5xx) retried this many times with growing waits before recording.

@@ -22,6 +22,10 @@ param assessmentDeadlineMinutes string
 param assessmentPollSeconds string
 param complianceClassifications string
 param runLogsContainerName string
+@description('Durable Functions runs on the Durable Task Scheduler (durable-task-scheduler.bicep)')
+param durableTaskSchedulerEnabled bool = false
+@description('Endpoint of the scheduler, when enabled')
+param durableTaskSchedulerEndpoint string = ''
 
 @minValue(40)
 @maxValue(1000)
@@ -101,6 +105,19 @@ var appSettings = {
   RUN_LOGS_CONTAINER: runLogsContainerName
 }
 
+// The Durable Task Scheduler backend, when enabled: host.json's storage provider overridden by app
+// settings (AzureFunctionsJobHost__ + the host.json path, "host.json reference", override section), and
+// the connection the azureManaged provider reads: endpoint and the user-assigned identity, no key
+// ("Configure managed identity for Durable Task Scheduler"). The Python worker gets the provider from the
+// extension bundle, version 4.32.0 or later (host.json's [4.*, 5.0.0) resolves to the newest 4.x).
+var durableTaskSchedulerSettings = {
+  AzureFunctionsJobHost__extensions__durableTask__storageProvider__type: 'azureManaged'
+  AzureFunctionsJobHost__extensions__durableTask__storageProvider__connectionStringName: 'DURABLE_TASK_SCHEDULER_CONNECTION_STRING'
+  DURABLE_TASK_SCHEDULER_CONNECTION_STRING: 'Endpoint=${durableTaskSchedulerEndpoint};Authentication=ManagedIdentity;ClientID=${identity.properties.clientId}'
+}
+// What the site is given: appSettings, plus the scheduler's settings when it is the backend.
+var siteAppSettings = union(appSettings, durableTaskSchedulerEnabled ? durableTaskSchedulerSettings : {})
+
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   // checkov:skip=CKV_AZURE_225: zone redundancy on Flex Consumption exists only in some regions; a zone outage delays timers, and every scheduled run is idempotent per slot
   name: planName
@@ -141,7 +158,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       scmMinTlsVersion: '1.2'
       ftpsState: 'Disabled'
       http20Enabled: true
-      appSettings: [for setting in items(appSettings): {
+      appSettings: [for setting in items(siteAppSettings): {
         name: setting.key
         value: setting.value
       }]

@@ -12,6 +12,8 @@ param targetSubscriptionIds array
 param patchRoleName string
 param rollbackEnabled bool
 param rollbackRoleName string
+param durableTaskSchedulerEnabled bool = false
+param durableTaskSchedulerName string = ''
 
 // Built-in role definition ids ("Azure built-in roles" reference).
 var roles = {
@@ -21,6 +23,7 @@ var roles = {
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
   logAnalyticsReader: '73c42c96-874c-492b-b04d-ab87d138a893'
   workbookReader: 'b279062a-9be3-42a0-92ae-8b3cf002ec4d'
+  durableTaskDataContributor: '0ad04412-c4d5-4796-b79c-f76d14c8d402'
 }
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
@@ -41,6 +44,11 @@ resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
 
 resource workbook 'Microsoft.Insights/workbooks@2023-06-01' existing = {
   name: workbookName
+}
+
+// Exists only when durableTaskSchedulerEnabled (main.bicep creates it under this name).
+resource durableTaskScheduler 'Microsoft.DurableTask/schedulers@2025-11-01' existing = {
+  name: durableTaskSchedulerName
 }
 
 // Blob Data Owner: the Flex deployment package, the run logs, and the Durable task hub's blobs (leases).
@@ -104,6 +112,19 @@ resource appWorkspaceReader 'Microsoft.Authorization/roleAssignments@2022-04-01'
   scope: workspace
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.logAnalyticsReader)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Durable Task Data Contributor on the scheduler: the app's workers take work items and its HTTP API
+// starts, queries and terminates orchestrations ("Configure managed identity for Durable Task
+// Scheduler": most Durable Functions apps need this role, a superset of Durable Task Worker).
+resource appDurableTaskContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (durableTaskSchedulerEnabled) {
+  name: guid(durableTaskScheduler.id, appPrincipalId, roles.durableTaskDataContributor)
+  scope: durableTaskScheduler
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.durableTaskDataContributor)
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
   }

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from shared.messages import Message, PollingTuning
+from shared.model.assessment_outcome import Compliance
 from shared.settings import Settings
 
 
@@ -63,11 +64,36 @@ class BatchInput(Message):
     tuning: AssessmentTuning
 
 
+class BatchRead(Message):
+    """Input of read_assessment_batch: one batch, from after the machine key ``after`` (None: the first)."""
+
+    run_id: str
+    batch: int
+    after: str | None = None
+
+
+class BatchTargets(Message):
+    """Part of a batch's machines as JSON (machine_to_json), and where the next part starts (None: done).
+    A part stays under MAX_BATCH_PART_CHARS, so no history event of the batch spills to a blob."""
+
+    machines: tuple[str, ...] = ()
+    after: str | None = None
+
+
+class JournalApply(Message):
+    """Input of apply_inventory_journal: journals of batches to apply together (assessment/journal.py)."""
+
+    journals: tuple[str, ...] = Field(min_length=1)
+    at: datetime
+
+
 class MachineAssessmentInput(Message):
     run_id: str
     batch: int
     resource_id: str
     tuning: AssessmentTuning
+    # The machine as the listing saw it (machine_to_json), so that recording reads no table for it.
+    machine: str | None = None
 
 
 class AssessmentActivityInput(Message):
@@ -76,6 +102,7 @@ class AssessmentActivityInput(Message):
     run_id: str
     batch: int
     resource_id: str
+    machine: str | None = None  # as in MachineAssessmentInput; None: read from AssessmentTargets
     token: str | None = None
     at: datetime | None = None
     failure_code: str | None = None
@@ -87,7 +114,15 @@ class MachineResult(Message):
 
     state: Literal["assessed", "failed", "not_assessable", "unsupported", "timed_out"]
     compliant: bool | None = None
+    compliance: Compliance | None = None
     missing_by_classification: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def verdict(self) -> Compliance | None:
+        """``compliance``; a result without it (written before it existed) by its ``compliant``."""
+        if self.compliance is not None or self.compliant is None:
+            return self.compliance
+        return Compliance.COMPLIANT if self.compliant else Compliance.NON_COMPLIANT
 
 
 class AssessmentStep(Message):
@@ -106,6 +141,8 @@ class AssessmentCounts(Message):
     unsupported: int = 0
     compliant: int = 0
     non_compliant: int = 0
+    # Assessed, but not judged: the distribution publishes no classification data (Compliance.UNKNOWN).
+    compliance_unknown: int = 0
     missing_by_classification: dict[str, int] = Field(default_factory=dict)
 
     def plus(self, other: AssessmentCounts) -> AssessmentCounts:
@@ -118,6 +155,7 @@ class AssessmentCounts(Message):
             unsupported=self.unsupported + other.unsupported,
             compliant=self.compliant + other.compliant,
             non_compliant=self.non_compliant + other.non_compliant,
+            compliance_unknown=self.compliance_unknown + other.compliance_unknown,
             missing_by_classification=dict(
                 Counter(self.missing_by_classification) + Counter(other.missing_by_classification)
             ),
@@ -132,7 +170,8 @@ class AssessmentCounts(Message):
             timed_out=int(result.state == "timed_out"),
             not_assessable=int(result.state == "not_assessable"),
             unsupported=int(result.state == "unsupported"),
-            compliant=int(result.compliant is True),
-            non_compliant=int(result.compliant is False),
+            compliant=int(result.verdict is Compliance.COMPLIANT),
+            non_compliant=int(result.verdict is Compliance.NON_COMPLIANT),
+            compliance_unknown=int(result.verdict is Compliance.UNKNOWN),
             missing_by_classification=dict(result.missing_by_classification),
         )

@@ -26,7 +26,13 @@ from pydantic import Field
 
 from shared.log_tables import UPDATE, UPDATE_SUMMARY, record_id
 from shared.messages import Message
-from shared.model.assessment_outcome import AssessmentFailure, AssessmentOutcome, AvailablePatch, Readiness
+from shared.model.assessment_outcome import (
+    AssessmentFailure,
+    AssessmentOutcome,
+    AvailablePatch,
+    Compliance,
+    Readiness,
+)
 from shared.model.classification import (
     REQUIRED_FOR_COMPLIANCE,
     Classification,
@@ -97,7 +103,8 @@ class MachineAssessmentSummary(Message):
     resource_id: str
     readiness: Readiness
     assessed_at: datetime
-    compliant: bool | None = None  # None: no assessment data (a failure)
+    compliant: bool | None = None  # None: no assessment data (a failure); False when compliance is Unknown
+    compliance: Compliance | None = None  # None: no assessment data (a failure)
     reboot_pending: bool | None = None
     missing_by_classification: dict[str, int] = Field(default_factory=dict)  # display names
     missing_total: int = 0  # optional updates excluded
@@ -207,7 +214,7 @@ def summarize(
     assessed_at: datetime,
     required: frozenset[Classification] = REQUIRED_FOR_COMPLIANCE,
 ) -> MachineAssessmentSummary:
-    """Counts by display classification; compliant when nothing in ``required`` is missing."""
+    """Counts by display classification, and the verdict (:func:`compliance`)."""
     counts: Counter[Classification] = Counter({c: 0 for c in api_classes(machine.os_type).values()})
     optional = 0
     counts_only = outcome.patches is None
@@ -224,11 +231,13 @@ def summarize(
         critical, other = unlisted_counts(machine.os_type, outcome)
         counts[Classification.SECURITY] += critical
         counts[catch_all(machine.os_type)] += other
+    verdict = compliance(machine, counts, required)
     return MachineAssessmentSummary(
         resource_id=machine.resource_id,
         readiness=Readiness.READY,
         assessed_at=assessed_at,
-        compliant=not any(counts[c] for c in required),
+        compliant=verdict.compliant,
+        compliance=verdict,
         reboot_pending=outcome.reboot_pending,
         missing_by_classification={c.value: n for c, n in counts.items()},
         missing_total=sum(counts.values()),
@@ -236,6 +245,23 @@ def summarize(
         counts_only=counts_only,
         list_truncated=bool(outcome.truncated) and not counts_only,
     )
+
+
+def compliance(
+    machine: Machine, counts: Mapping[Classification, int], required: frozenset[Classification]
+) -> Compliance:
+    """NonCompliant when anything in ``required`` is missing. Otherwise Compliant, unless ``required``
+    asks for critical or security updates of a distribution that publishes no classification data
+    (:func:`publishes_no_classification`): there, nothing missing under those names proves nothing."""
+    if any(counts.get(c, 0) for c in required):
+        return Compliance.NON_COMPLIANT
+    urgent = counts.get(Classification.CRITICAL, 0) + counts.get(Classification.SECURITY, 0)
+    other = sum(counts.values()) - urgent
+    if required & {Classification.CRITICAL, Classification.SECURITY} and publishes_no_classification(
+        machine, urgent, other
+    ):
+        return Compliance.UNKNOWN
+    return Compliance.COMPLIANT
 
 
 def _arc_counts(os_type: OsType, outcome: AssessmentOutcome) -> Counter[Classification]:
@@ -320,7 +346,7 @@ def update_rows(machine: Machine, records: Iterable[UpdateRecord], run_id: str) 
 def summary_row(
     machine: Machine, summary: MachineAssessmentSummary, run_id: str, last_error: str = ""
 ) -> dict[str, Any]:
-    """``UpdateSummary_CL`` row; counts and Compliant stay empty when the assessment failed."""
+    """``UpdateSummary_CL`` row; counts, Compliant and Compliance stay empty when the assessment failed."""
     row = _machine_columns(machine) | {
         "TimeGenerated": summary.assessed_at,
         "RecordId": record_id(
@@ -330,7 +356,7 @@ def summary_row(
         "LastError": last_error,
         "AssessmentRunId": run_id,
     }
-    if summary.compliant is None:
+    if summary.compliance is None:
         return row
     counts = summary.missing_by_classification
     critical = counts.get(Classification.CRITICAL.value, 0)
@@ -343,7 +369,8 @@ def summary_row(
         "OptionalUpdatesMissing": summary.optional_missing,
         "RestartPending": summary.reboot_pending,
         "LastAssessedTime": summary.assessed_at,
-        "Compliant": summary.compliant,
+        "Compliant": summary.compliance.compliant,
+        "Compliance": summary.compliance.value,
     }
 
 

@@ -18,8 +18,10 @@ from typing import Any
 from azure.data.tables import TableClient
 
 from shared.assessment.arc_patches import with_patch_list
+from shared.assessment.journal import journal_key
 from shared.assessment.messages import (
     AssessmentActivityInput,
+    BatchTargets,
     MachineResult,
     TargetListing,
     TargetListingInput,
@@ -31,7 +33,7 @@ from shared.azure.credentials import credential_for
 from shared.azure.patch_operations import PatchOperations, failure_for
 from shared.azure.tables import ensure_table, table_service, upsert_in_batches
 from shared.fleet.scope import AssessmentScope
-from shared.model.assessment_outcome import AssessmentFailure, AssessmentOutcome, Readiness
+from shared.model.assessment_outcome import AssessmentFailure, Readiness
 from shared.model.machines import (
     Machine,
     PowerState,
@@ -44,6 +46,11 @@ from shared.model.machines import (
 from shared.settings import Settings
 
 TARGETS_TABLE = "AssessmentTargets"
+# A batch's machines reach its orchestration in parts of at most this much machine JSON. The Azure
+# Storage backend keeps a payload larger than a table property (64 KiB as UTF-16, about 30,000
+# characters) in a blob that every replay reads back (AZURE-FACTS, Durable limits); the activity's
+# result encodes the JSON again (quotes escaped, about a tenth longer), so 25,000 stays inline.
+MAX_BATCH_PART_CHARS = 25_000
 
 
 def batch_partition(run_id: str, batch: int) -> str:
@@ -133,17 +140,35 @@ def stored_scope(settings: Settings, run_id: str) -> list[dict[str, Any]]:
     return sorted((dict(e) for e in entities), key=lambda e: str(e["ResourceId"]).lower())
 
 
-def batch_targets(settings: Settings, run_id: str, batch: int) -> list[str]:
-    """The resource ids of one batch (at most a batch size of ids: a few KB)."""
-    entities = _targets(settings).query_entities(
-        "PartitionKey eq @pk", parameters={"pk": batch_partition(run_id, batch)}, select=["ResourceId"]
-    )
-    return sorted(str(e["ResourceId"]) for e in entities)
+def batch_targets(settings: Settings, run_id: str, batch: int, after: str | None = None) -> BatchTargets:
+    """One part of a batch's machines, in machine-key order from after ``after``: whole machines up to
+    MAX_BATCH_PART_CHARS of JSON (at least one), and the key to go on from when more are left."""
+    query, parameters = "PartitionKey eq @pk", {"pk": batch_partition(run_id, batch)}
+    if after is not None:
+        query, parameters = query + " and RowKey gt @after", parameters | {"after": after}
+    machines: list[str] = []
+    size, last = 0, ""
+    found = _targets(settings).query_entities(query, parameters=parameters, select=["RowKey", "Machine"])
+    for entity in found:
+        text = str(entity["Machine"])
+        if machines and size + len(text) > MAX_BATCH_PART_CHARS:
+            return BatchTargets(machines=tuple(machines), after=last)
+        machines.append(text)
+        size += len(text)
+        last = str(entity["RowKey"])
+    return BatchTargets(machines=tuple(machines))
 
 
 def load_target(settings: Settings, run_id: str, batch: int, resource_id: str) -> Machine:
     entity = _targets(settings).get_entity(batch_partition(run_id, batch), machine_key(resource_id))
     return machine_from_json(str(entity["Machine"]))
+
+
+def _machine(settings: Settings, request: AssessmentActivityInput) -> Machine:
+    """The machine the request carries, or (a request from before it carried one) its target entity."""
+    if request.machine:
+        return machine_from_json(request.machine)
+    return load_target(settings, request.run_id, request.batch, request.resource_id)
 
 
 def _operations(settings: Settings, resource_id: str) -> PatchOperations:
@@ -164,15 +189,16 @@ def check_assessment(settings: Settings, request: AssessmentActivityInput) -> Ma
     if outcome is None:
         return None
     outcome = with_patch_list(settings, credential_for(settings), request.resource_id, outcome)
-    machine = load_target(settings, request.run_id, request.batch, request.resource_id)
-    summary = record_assessment(settings, machine, outcome, request.at, request.run_id)
-    return result_from_summary(summary, outcome)
+    machine = _machine(settings, request)
+    summary = record_assessment(settings, machine, outcome, request.at, request.run_id,
+                                journal_key(request.run_id, request.batch))
+    return result_from_summary(summary)
 
 
 def record_machine_failure(settings: Settings, request: AssessmentActivityInput,
                            failure: AssessmentFailure) -> MachineResult:
     assert request.at, "a failure is recorded at a time"
-    machine = load_target(settings, request.run_id, request.batch, request.resource_id)
+    machine = _machine(settings, request)
     record_failure(settings, machine, failure, request.at, request.run_id)
     if failure.code == "AssessmentTimedOut":
         return MachineResult(state="timed_out")
@@ -185,12 +211,11 @@ def failure_from_request(request: AssessmentActivityInput) -> AssessmentFailure:
     return failure_for(request.failure_code or "AssessmentFailed", request.failure_message or "")
 
 
-def result_from_summary(summary: MachineAssessmentSummary, outcome: AssessmentOutcome) -> MachineResult:
-    """The recorder's summary as counts (display classification names, zero counts dropped)."""
-    compliant = summary.compliant
-    if compliant is None:  # the recorder found no data to judge by; the API's own count decides
-        compliant = outcome.critical_and_security_count == 0
+def result_from_summary(summary: MachineAssessmentSummary) -> MachineResult:
+    """The recorder's summary as counts (display classification names, zero counts dropped). The
+    verdict is the recorder's, as stored: never judged again here from the counts, which cannot tell
+    an Unknown (no classification data) from a Compliant."""
     return MachineResult(
-        state="assessed", compliant=compliant,
+        state="assessed", compliant=summary.compliant, compliance=summary.compliance,
         missing_by_classification={str(k): int(v) for k, v in summary.missing_by_classification.items() if v},
     )

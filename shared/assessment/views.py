@@ -15,11 +15,24 @@ from azure.data.tables import TableServiceClient
 from shared.assessment.records import UpdateState
 from shared.assessment.updates_table import UpdateInventory
 from shared.fleet.machines_table import MACHINES_TABLE
+from shared.model.assessment_outcome import Compliance
 from shared.model.classification import Classification
 
 # A machine's detail shows its most recent assessments; older ones stay in the table.
 HISTORY_SHOWN = 30
 _CLASSIFICATION_ORDER = {c.value: i for i, c in enumerate(Classification)}
+
+
+def compliance_of(entity: dict[str, Any]) -> str | None:
+    """An entity's ``Compliance`` (Compliant | NonCompliant | Unknown); None before its first assessment.
+    Entities written before the property existed answer by their ``Compliant`` boolean."""
+    stored = entity.get("Compliance")
+    if stored:
+        return str(stored)
+    compliant = entity.get("Compliant")
+    if compliant is None:
+        return None
+    return (Compliance.COMPLIANT if compliant else Compliance.NON_COMPLIANT).value
 
 
 class ViewError(ValueError):
@@ -39,7 +52,10 @@ def machine_detail(
     entity = dict(found[0])
     updates = UpdateInventory(service)
     needed = UpdateState.NEEDED.value
-    missing = [_gap(g, now) for g in updates.machine_updates(machine_key) if g.get("State") == needed]
+    # An open gap is still missing as of the machine's last assessment (a scan rewrites only what changed).
+    last_assessed = entity.get("LastAssessed")
+    missing = [_gap(g, now, last_assessed) for g in updates.machine_updates(machine_key)
+               if g.get("State") == needed]
     missing.sort(key=lambda g: (_CLASSIFICATION_ORDER.get(g["classification"], 99), -g["ageDays"]))
     recent = zip(range(HISTORY_SHOWN), updates.history(machine_key), strict=False)
     history = [_assessment(h) for _, h in recent]
@@ -53,6 +69,7 @@ def machine_detail(
         "environment": entity.get("Environment"),
         "tags": json.loads(entity.get("Tags") or "{}"),
         "compliant": entity.get("Compliant"),
+        "compliance": compliance_of(entity),
         "readiness": entity.get("Readiness"),
         "lastAssessed": entity.get("LastAssessed"),
         "lastError": entity.get("LastError") or None,
@@ -92,7 +109,7 @@ def machines_needing(service: TableServiceClient, os_type: str, update_key: str)
     )
 
 
-def _gap(entity: dict[str, Any], now: datetime) -> dict[str, Any]:
+def _gap(entity: dict[str, Any], now: datetime, last_assessed: Any) -> dict[str, Any]:
     first = entity.get("FirstSeenMissing")
     return {
         "update": entity["RowKey"],
@@ -105,7 +122,7 @@ def _gap(entity: dict[str, Any], now: datetime) -> dict[str, Any]:
         "rebootBehavior": entity.get("RebootBehavior"),
         "publishedDate": entity.get("PublishedDate"),
         "firstSeenMissing": first,
-        "lastSeenMissing": entity.get("LastSeenMissing"),
+        "lastSeenMissing": last_assessed or entity.get("LastSeenMissing"),
         "ageDays": (now - first).days if isinstance(first, datetime) else 0,
         "moreInfo": entity.get("MoreInfoUrl") or None,
     }
@@ -116,6 +133,7 @@ def _assessment(entity: dict[str, Any]) -> dict[str, Any]:
         "assessedAt": entity.get("AssessedAt"),
         "runId": entity.get("RunId"),
         "compliant": entity.get("Compliant"),
+        "compliance": compliance_of(entity),
         "missingTotal": entity.get("MissingTotal"),
         "rebootPending": entity.get("RebootPending"),
     }

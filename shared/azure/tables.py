@@ -8,6 +8,9 @@ on the account); the connection string is only for the local storage emulator.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from itertools import islice
 from typing import Any
@@ -95,3 +98,83 @@ def split_property(prefix: str, text: str) -> dict[str, Any]:
 def join_property(entity: Mapping[str, Any], prefix: str) -> str:
     """The text :func:`split_property` stored under ``prefix``."""
     return "".join(str(entity[f"{prefix}{n}"]) for n in range(int(entity[f"{prefix}Parts"])))
+
+
+# --- text too long for its entity ------------------------------------------------------------------
+
+# An entity holds at most 1 MiB, strings counted as UTF-16 (2 bytes a character), and a transaction at
+# most 4 MiB (Azure Table Storage limits). Text up to INLINE_TEXT_CHARS (400 KB) stays in its entity,
+# split over properties, so two such texts still fit beside the entity's other columns; longer text,
+# such as the 10,000 resource ids of a large deployment (1.5 to 2.7 MB), goes to rows of its own of
+# ROW_TEXT_CHARS characters each (about 600 KB).
+INLINE_TEXT_CHARS = 200_000
+ROW_TEXT_CHARS = 10 * PROPERTY_CHARS
+# Spilled text is named by its digest, so the rows of a name never change: a process keeps the last few
+# it read (a few MB each at most) instead of reading them again on every read of the owning entity.
+_SPILLED_KEPT = 8
+_spilled: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+_spilled_lock = threading.Lock()
+
+
+def store_text(
+    prefix: str, text: str, partition: str, row_prefix: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``text`` as properties of its owning entity, and the rows to write (:func:`write_text_rows`) before
+    the owner.
+
+    Short text is ``split_property(prefix, text)`` and no rows. Longer text goes to rows in
+    ``partition`` keyed ``{row_prefix}{digest}|{n:04d}``, and the owner gets ``{prefix}Rows`` (how many),
+    ``{prefix}Partition`` and ``{prefix}Key`` (where). Rows named by the text's digest are the same
+    whoever writes them, so a retried or racing writer never changes text another owner points at.
+    """
+    if len(text) <= INLINE_TEXT_CHARS:
+        return split_property(prefix, text), []
+    key = f"{row_prefix}{hashlib.sha256(text.encode()).hexdigest()[:32]}|"
+    rows = [
+        {"PartitionKey": partition, "RowKey": f"{key}{n:04d}",
+         **split_property("Text", text[start:start + ROW_TEXT_CHARS])}
+        for n, start in enumerate(range(0, len(text), ROW_TEXT_CHARS))
+    ]  # fmt: skip
+    return {f"{prefix}Rows": len(rows), f"{prefix}Partition": partition, f"{prefix}Key": key}, rows
+
+
+def write_text_rows(table: TableClient, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write :func:`store_text`'s rows, one request each (two rows may pass the 4 MiB of a transaction)."""
+    for row in rows:
+        table.upsert_entity(dict(row), mode=UpdateMode.REPLACE)
+
+
+def read_text(table: TableClient, entity: Mapping[str, Any], prefix: str) -> str:
+    """The text :func:`store_text` stored for ``entity`` under ``prefix``: inline, or from its rows (read
+    once per process). Rows missing (the owner was written without them) raise LookupError."""
+    if f"{prefix}Rows" not in entity:
+        return join_property(entity, prefix)
+    partition, key = str(entity[f"{prefix}Partition"]), str(entity[f"{prefix}Key"])
+    where = (table.url, partition, key)
+    with _spilled_lock:
+        if where in _spilled:
+            _spilled.move_to_end(where)
+            return _spilled[where]
+    rows = sorted(
+        table.query_entities("PartitionKey eq @p and RowKey ge @lo and RowKey lt @hi",
+                             parameters={"p": partition, "lo": key, "hi": key[:-1] + "}"}),
+        key=lambda row: str(row["RowKey"]),
+    )  # fmt: skip
+    if len(rows) != int(entity[f"{prefix}Rows"]):
+        raise LookupError(f"table {table.table_name}: {prefix} of {entity.get('RowKey')!r} has "
+                          f"{len(rows)} of its {entity[f'{prefix}Rows']} rows under {partition}/{key}")
+    text = "".join(join_property(row, "Text") for row in rows)
+    with _spilled_lock:
+        _spilled[where] = text
+        while len(_spilled) > _SPILLED_KEPT:
+            _spilled.popitem(last=False)
+    return text
+
+
+def delete_text_rows(table: TableClient, properties: Mapping[str, Any], prefix: str) -> None:
+    """Delete the rows of text :func:`store_text` spilled (nothing for inline text); idempotent."""
+    if f"{prefix}Rows" not in properties:
+        return
+    partition, key = str(properties[f"{prefix}Partition"]), str(properties[f"{prefix}Key"])
+    for n in range(int(properties[f"{prefix}Rows"])):
+        table.delete_entity(partition, f"{key}{n:04d}")

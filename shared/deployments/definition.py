@@ -8,6 +8,7 @@ naming the JSON field (a dotted camelCase path such as ``schedule.timeZone``).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -37,8 +38,11 @@ from shared.model.classification import (
 from shared.model.kb import KB_SCHEMA_PATTERN, parse_kb
 from shared.model.machines import RESOURCE_ID_SCHEMA_PATTERN, OsType, parse_resource_id
 
-# Legacy Update Management: at most 1,000 machines per deployment (AZURE-FACTS, limits).
-MAX_MACHINES = 1000
+# Legacy Update Management allowed 1,000 machines per deployment and Azure Update Manager 3,000 per
+# schedule (AZURE-FACTS, limits); this service takes a fleet of 10,000 in one deployment (issue 12). The
+# target lists live in rows of their own when they pass what an entity holds (definitions_table,
+# runs_table), and only batches of DEPLOYMENT_BATCH_SIZE ids cross Durable boundaries.
+MAX_MACHINES = 10_000
 # Legacy Update Management accepts a maintenance window of 30 minutes to 6 hours (the seed).
 MIN_WINDOW_MINUTES = 30
 MAX_WINDOW_MINUTES = 360
@@ -56,10 +60,10 @@ MAX_PACKAGE_MASKS = 1000
 MAX_KB_NUMBERS = 1000
 # Each group is one Log Analytics query or one filter over the inventory when it is evaluated.
 MAX_GROUPS = 100
-# A definition is stored as JSON in one Table entity (at most 1 MiB, strings counted as UTF-16, so 2 bytes
-# a character) beside the frozen group members (1,000 resource ids of at most about 270 characters, some
-# 540 KB); 200,000 characters (400 KB) keeps the two within the entity.
-MAX_DEFINITION_CHARS = 200_000
+# A definition is stored as JSON, in its Table entity up to 200,000 characters and past that in rows of
+# its own (shared.azure.tables.store_text). The cap bounds what one costs to check, store and read:
+# MAX_MACHINES resource ids of about 150 characters (270 at the longest names) and room for the rest.
+MAX_DEFINITION_CHARS = 3_000_000
 PERCENT_PATTERN = re.compile(r"^(\d{1,3})%$")
 # A saved search's KQL is sent in the query API's JSON body; 10,000 characters is plenty for a
 # machine list and keeps the stored definition small.
@@ -184,7 +188,7 @@ class Targets(_Model):
     @classmethod
     def _resource_ids(cls, value: list[str]) -> list[str]:
         if len(value) > MAX_MACHINES:
-            raise ValueError(f"at most {MAX_MACHINES} machines per deployment (the Update Management limit)")
+            raise ValueError(f"at most {MAX_MACHINES:,} machines per deployment")
         for resource_id in value:
             parse_resource_id(resource_id)  # its ValueError names the expected forms
         return list(dict.fromkeys(value))
@@ -385,9 +389,22 @@ def validate_definition(body: Any) -> DeploymentDefinition:
     if stored > MAX_DEFINITION_CHARS:
         raise DefinitionTooLarge(
             "body", f"the definition is {stored:,} characters as stored; at most "
-            f"{MAX_DEFINITION_CHARS:,} fit in its Table Storage entity beside its machines",
+            f"{MAX_DEFINITION_CHARS:,} are accepted",
         )
     return definition
+
+
+@functools.lru_cache(maxsize=16)
+def stored_definition(text: str) -> DeploymentDefinition:
+    """A definition as stored (its JSON text), parsed once per process and text: the stores read a
+    run's definition on every claim, step and finish, and one of 10,000 machines is megabytes to check."""
+    return DeploymentDefinition.model_validate(json.loads(text))
+
+
+@functools.lru_cache(maxsize=16)
+def stored_members(text: str) -> tuple[str, ...]:
+    """Frozen group members as stored (a JSON array of resource ids), parsed once per process and text."""
+    return tuple(json.loads(text))
 
 
 def admit(definition: DeploymentDefinition, now: datetime, managed_subscriptions: Iterable[str]) -> list[str]:

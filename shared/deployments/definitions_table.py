@@ -3,7 +3,10 @@
 Table ``Deployments``: one partition (a few hundred definitions at most, always listed together),
 RowKey = the name in lower case, so names are unique case-insensitively and creation is an insert
 that fails on conflict. Each entity keeps the definition's JSON, the machines its groups held when
-it was created (``evaluateGroupsAt: "create"``), and a few columns for listing.
+it was created (``evaluateGroupsAt: "create"``), and a few columns for listing. A definition or a
+membership too long for the entity (thousands of resource ids) is kept in rows of its own, in the
+partition ``deployment|{name in lower case}`` (shared.azure.tables.store_text), written before the entity
+that points at them and deleted after it no longer does.
 """
 
 from __future__ import annotations
@@ -18,8 +21,15 @@ from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableServiceClient, UpdateMode
 
-from shared.azure.tables import ensure_table, join_property, split_property, table_service
-from shared.deployments.definition import DeploymentDefinition
+from shared.azure.tables import (
+    delete_text_rows,
+    ensure_table,
+    read_text,
+    store_text,
+    table_service,
+    write_text_rows,
+)
+from shared.deployments.definition import DeploymentDefinition, stored_definition, stored_members
 from shared.settings import Settings
 
 DEPLOYMENTS_TABLE = "Deployments"
@@ -60,8 +70,13 @@ class StoredDeployment:
 # --- storage ---------------------------------------------------------------------------------------
 
 
+# The properties whose text may be spilled to rows of their own.
+_TEXTS = ("Definition", "Members")
+
+
 def _entity(stored_name: str, definition: DeploymentDefinition, members: Iterable[str] | None,
-            created: datetime, modified: datetime) -> dict[str, Any]:
+            created: datetime, modified: datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The entity, and the rows its long texts need written first."""
     entity: dict[str, Any] = {
         "PartitionKey": PARTITION,
         "RowKey": stored_name.lower(),
@@ -74,16 +89,15 @@ def _entity(stored_name: str, definition: DeploymentDefinition, members: Iterabl
         "Modified": modified,
         "HasFrozenMembers": members is not None,
     }
-    entity.update(split_property("Definition", json.dumps(definition.to_json(), separators=(",", ":"))))
-    entity.update(split_property("Members", json.dumps(list(members or ()), separators=(",", ":"))))
-    return entity
-
-
-def _stored(entity: Any) -> StoredDeployment:
-    data = dict(entity)
-    definition = DeploymentDefinition.model_validate(json.loads(join_property(data, "Definition")))
-    members = tuple(json.loads(join_property(data, "Members"))) if data.get("HasFrozenMembers") else None
-    return StoredDeployment(definition, members, entity.metadata["etag"], data["Created"], data["Modified"])
+    partition = f"{PARTITION}|{stored_name.lower()}"
+    rows: list[dict[str, Any]] = []
+    texts = {"Definition": json.dumps(definition.to_json(), separators=(",", ":")),
+             "Members": json.dumps(list(members or ()), separators=(",", ":"))}
+    for prefix, text in texts.items():
+        properties, spilled = store_text(prefix, text, partition, f"{prefix.lower()}|")
+        entity.update(properties)
+        rows += spilled
+    return entity, rows
 
 
 class DeploymentStore:
@@ -97,21 +111,34 @@ class DeploymentStore:
     def create(self, definition: DeploymentDefinition, members: Iterable[str] | None,
                now: datetime) -> StoredDeployment:
         """Insert; a name taken in any letter case raises :class:`DeploymentExists`."""
+        entity, rows = _entity(definition.name, definition, members, now, now)
+        write_text_rows(self._table, rows)  # named by their text: a losing racer rewrites the same rows
         try:
-            self._table.create_entity(_entity(definition.name, definition, members, now, now))
+            self._table.create_entity(entity)
         except ResourceExistsError:
+            # Keep the rows the existing deployment points at (the same text has the same rows).
+            self._forget_texts(entity, keep=dict(self._table.get_entity(PARTITION, definition.name.lower())))
             raise DeploymentExists(definition.name) from None
         return self.get(definition.name)
 
     def get(self, name: str) -> StoredDeployment:
         try:
-            return _stored(self._table.get_entity(PARTITION, name.lower()))
+            return self._stored(self._table.get_entity(PARTITION, name.lower()))
         except ResourceNotFoundError:
             raise DeploymentNotFound(name) from None
 
     def list(self) -> list[StoredDeployment]:
         entities = self._table.query_entities("PartitionKey eq @p", parameters={"p": PARTITION})
-        return sorted((_stored(e) for e in entities), key=lambda d: d.definition.name.lower())
+        return sorted((self._stored(e) for e in entities), key=lambda d: d.definition.name.lower())
+
+    def _stored(self, entity: Any) -> StoredDeployment:
+        data = dict(entity)
+        definition = stored_definition(read_text(self._table, data, "Definition"))
+        members = None
+        if data.get("HasFrozenMembers"):
+            members = stored_members(read_text(self._table, data, "Members"))
+        etag = entity.metadata["etag"]
+        return StoredDeployment(definition, members, etag, data["Created"], data["Modified"])
 
     def replace(self, current: StoredDeployment, definition: DeploymentDefinition,
                 members: Iterable[str] | None, etag: str, now: datetime) -> StoredDeployment:
@@ -120,8 +147,10 @@ class DeploymentStore:
         The ETag is the caller's ``If-Match`` when given, else the one read just before: either
         way, an edit never overwrites a change it did not see.
         """
-        entity = _entity(current.definition.name, definition, members, current.created, now)
+        entity, rows = _entity(current.definition.name, definition, members, current.created, now)
+        write_text_rows(self._table, rows)
         try:
+            before = self._table.get_entity(PARTITION, current.definition.name.lower())
             self._table.update_entity(
                 entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
             )
@@ -132,12 +161,23 @@ class DeploymentStore:
                 name = current.definition.name
                 raise EditConflict(f"deployment {name!r} changed since ETag {etag}") from None
             raise
+        self._forget_texts(before, keep=entity)
         return self.get(definition.name)
 
     def delete(self, name: str) -> None:
         """Delete; an unknown name raises :class:`DeploymentNotFound` (the SDK's delete would not)."""
-        self.get(name)
+        try:
+            entity = self._table.get_entity(PARTITION, name.lower())
+        except ResourceNotFoundError:
+            raise DeploymentNotFound(name) from None
         self._table.delete_entity(PARTITION, name.lower())
+        self._forget_texts(entity, keep={})
+
+    def _forget_texts(self, old: Any, keep: dict[str, Any]) -> None:
+        """Delete the rows of ``old``'s spilled texts that ``keep`` does not point at too."""
+        for prefix in _TEXTS:
+            if old.get(f"{prefix}Key") != keep.get(f"{prefix}Key"):
+                delete_text_rows(self._table, old, prefix)
 
 
 def deployment_store(settings: Settings) -> DeploymentStore:

@@ -1,12 +1,14 @@
 """Finishing a machine of a deployment run: its result in the run, and its row queued for Log Analytics.
 
-:func:`finish_machine` records a machine once (:meth:`RunStore.finish_machine`); a retry queues the stored
-row again with the same ``RecordId``, which the outbox (shared/azure/log_outbox.py) keeps once.
+A batch records its ended machines with its next claim (:func:`record_and_claim`: the results, the freed
+slots and the next starts in one transaction); :func:`finish_machine` records one machine alone (the
+reconciler's). Either records a machine once; a retry queues the stored row again with the same
+``RecordId``, which the outbox (shared/azure/log_outbox.py) keeps once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -14,14 +16,21 @@ from azure.core.credentials import TokenCredential
 
 from shared.azure.credentials import credential_for
 from shared.azure.log_outbox import log_outbox
-from shared.deployments.messages import (
-    StepFailure,
-)
+from shared.deployments.messages import ClaimInput, ClaimResult, StepFailure
 from shared.deployments.results import (
     MachineResultStatus,
     run_machine_row,
 )
-from shared.deployments.runs_table import FINAL_STATES, MachineOutcomeRecord, RunRecord, run_store
+from shared.deployments.runs_table import (
+    FINAL_STATES,
+    Ending,
+    Finished,
+    MachineOutcomeRecord,
+    RunRecord,
+    RunTerms,
+    run_store,
+    stored_outcome,
+)
 from shared.log_tables import UPDATE_RUN_MACHINE
 from shared.model.machines import machine_from_json, machine_key
 from shared.settings import Settings
@@ -34,27 +43,60 @@ def finish_machine(settings: Settings, run_id: str, resource_id: str, status: Ma
     """Record the machine's result with the counts its install stored, and free its slot."""
     credential = credential_for(settings)
     store = run_store(settings, credential)
-    key = machine_key(resource_id)
-    row = store.machine(run_id, key)
-    outcome = MachineOutcomeRecord(
-        status=status, reason=reason, installed=int(row.get("Installed", 0)),
-        failed=int(row.get("FailedUpdates", 0)), pending=int(row.get("Pending", 0)),
-        excluded=int(row.get("Excluded", 0)), not_selected=int(row.get("NotSelected", 0)),
-        reboot_status=str(row.get("RebootStatus", "")),
-        error_code=failure.code if failure else str(row.get("ErrorCode", "")),
-        error_message=failure.message if failure else str(row.get("ErrorMessage", "")),
-        hint=failure.hint if failure else "",
-    )  # fmt: skip
-    run = store.get_run(run_id)
-    if store.finish_machine(run_id, key, outcome, at):
-        log_row = _machine_log_row(run, row, outcome, at)
-    else:
-        # Finished before: a retried call that may not have queued its row; queue what the store
-        # holds (same RecordId: the outbox keeps the first).
-        stored = store.machine(run_id, key)
-        log_row = _machine_log_row(run, stored, _stored_outcome(stored), stored.get("FinishedAt") or at)
-    queue_machine_rows(settings, credential, [log_row], at)
+    outcome_of = _outcome_of(status, reason, failure)
+    done = store.finish(run_id, machine_key(resource_id), outcome_of, at)
+    _queue_finished(settings, credential, store.terms(run_id), [(done, at)], at)
+    return done.outcome if done.recorded else outcome_of(done.row)
+
+
+def record_and_claim(settings: Settings, request: ClaimInput) -> ClaimResult:
+    """A batch's claim (:meth:`RunStore.claim`): its ended machines recorded and the ones the gate allows
+    started, in one transaction; then the recorded machines' rows queued for Log Analytics."""
+    credential = credential_for(settings)
+    store = run_store(settings, credential)
+    endings = [
+        Ending(ended.resource_id, _outcome_of(MachineResultStatus(ended.status), ended.reason, ended.failure),
+               ended.at or request.at, ended.outputs)
+        for ended in request.finished
+    ]  # fmt: skip
+    ids = [*request.resource_ids, *(ending.resource_id for ending in endings)]
+    claim = store.claim(request.run_id, request.resource_ids, {rid: machine_key(rid) for rid in ids},
+                        request.at, batch=request.batch, finished=endings)
+    if claim.finished:
+        done = [(finished, ending.at) for finished, ending in zip(claim.finished, endings, strict=True)]
+        _queue_finished(settings, credential, store.terms(request.run_id), done, request.at)
+    return ClaimResult(start=claim.start, stop_reason=claim.stop_reason, not_started=claim.not_started,
+                       running=claim.running)
+
+
+def _outcome_of(status: MachineResultStatus, reason: str,
+                failure: StepFailure | None) -> Callable[[Mapping[str, Any]], MachineOutcomeRecord]:
+    """The result a machine records: its status and why, with the counts its install stored in its row."""
+
+    def outcome(row: Mapping[str, Any]) -> MachineOutcomeRecord:
+        return MachineOutcomeRecord(
+            status=status, reason=reason, installed=int(row.get("Installed", 0)),
+            failed=int(row.get("FailedUpdates", 0)), pending=int(row.get("Pending", 0)),
+            excluded=int(row.get("Excluded", 0)), not_selected=int(row.get("NotSelected", 0)),
+            reboot_status=str(row.get("RebootStatus", "")),
+            error_code=failure.code if failure else str(row.get("ErrorCode", "")),
+            error_message=failure.message if failure else str(row.get("ErrorMessage", "")),
+            hint=failure.hint if failure else "",
+        )  # fmt: skip
+
     return outcome
+
+
+def _queue_finished(settings: Settings, credential: TokenCredential, run: RunTerms,
+                    done: Sequence[tuple[Finished, datetime]], at: datetime) -> None:
+    """Queue the ``UpdateRunMachine_CL`` rows of machines just recorded (each with the time it ended) or
+    recorded before: a retried call that may not have queued them queues the stored rows again (same
+    RecordId: the outbox keeps the first)."""
+    queue_machine_rows(settings, credential, [
+        _machine_log_row(run, finished.row, finished.outcome,
+                         ended if finished.recorded else finished.row.get("FinishedAt") or ended)
+        for finished, ended in done
+    ], at)  # fmt: skip
 
 
 # --- the machines' results in Log Analytics -------------------------------------------------------
@@ -78,7 +120,7 @@ def record_never_started(settings: Settings, run_id: str, at: datetime) -> int:
         return 0
     run = store.get_run(run_id)
     return queue_machine_rows(settings, credential, [
-        _machine_log_row(run, row, _stored_outcome(row), row.get("FinishedAt") or at) for row in never
+        _machine_log_row(run, row, stored_outcome(row), row.get("FinishedAt") or at) for row in never
     ], at)  # fmt: skip
 
 
@@ -88,7 +130,7 @@ def queue_machine_rows(settings: Settings, credential: TokenCredential,
     return log_outbox(settings, credential).put(UPDATE_RUN_MACHINE, rows, at)
 
 
-def _machine_log_row(run: RunRecord, row: Mapping[str, Any], outcome: MachineOutcomeRecord,
+def _machine_log_row(run: RunRecord | RunTerms, row: Mapping[str, Any], outcome: MachineOutcomeRecord,
                      finished_at: datetime) -> dict[str, Any]:
     """A machine's ``UpdateRunMachine_CL`` row from its row in the run; the machine as discovery saw
     it when the row keeps it (queued machines), else its name and resource id only."""
@@ -99,16 +141,4 @@ def _machine_log_row(run: RunRecord, row: Mapping[str, Any], outcome: MachineOut
     return run_machine_row(
         run.run_id, run.deployment_name, resource_id, computer, machine.os_type if machine else None, outcome,
         started_at if isinstance(started_at, datetime) else None, finished_at,
-    )  # fmt: skip
-
-
-def _stored_outcome(row: Mapping[str, Any]) -> MachineOutcomeRecord:
-    """The result a finished machine's row holds (the columns RunStore writes for an outcome)."""
-    return MachineOutcomeRecord(
-        status=MachineResultStatus(row["State"]), reason=str(row.get("Reason") or ""),
-        installed=int(row.get("Installed", 0)), failed=int(row.get("FailedUpdates", 0)),
-        pending=int(row.get("Pending", 0)), excluded=int(row.get("Excluded", 0)),
-        not_selected=int(row.get("NotSelected", 0)), reboot_status=str(row.get("RebootStatus") or ""),
-        error_code=str(row.get("ErrorCode") or ""), error_message=str(row.get("ErrorMessage") or ""),
-        hint=str(row.get("Hint") or ""),
     )  # fmt: skip

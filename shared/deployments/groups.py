@@ -59,7 +59,7 @@ def evaluate_groups(
         raise DefinitionError(
             "targets.groups",
             f"the groups hold {len(found)} machines besides the {len(explicit)} listed; "
-            f"at most {MAX_MACHINES} per deployment (the Update Management limit)",
+            f"at most {MAX_MACHINES:,} per deployment",
         )
     return found
 

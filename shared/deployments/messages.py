@@ -36,8 +36,8 @@ class DeploymentTuning(PollingTuning):
 
     # A batch with machines waiting but no free slot asks the gate again after this long.
     slot_poll_seconds: int = Field(default=60, ge=1)
-    # The master refreshes its custom status from the run's counters after this long, then waits
-    # half as long again each time up to max_progress_seconds (and whenever a batch ends).
+    # Read by no orchestrator since the master's status shows only the batches' counts; kept because every
+    # input written before carries them and a run or child replaying one must still accept it.
     progress_seconds: int = Field(default=60, ge=1)
     max_progress_seconds: int = Field(default=300, ge=1)
     # A pre- or post-scan assessment that takes longer is given up (ASSESSMENT_DEADLINE_MINUTES).
@@ -99,14 +99,20 @@ class DeploymentBatchInput(Message):
 class ClaimInput(Message):
     run_id: str
     batch: int
-    resource_ids: tuple[str, ...]
+    # One batch's waiting machines: the only list of ids that crosses a Durable boundary in a run.
+    resource_ids: tuple[str, ...] = Field(max_length=DEPLOYMENT_BATCH_SIZE)
     at: datetime
+    # The batch's children that ended since its last claim: their results are recorded, and their slots
+    # freed, in the claim's transaction (one write of the run row for both).
+    finished: tuple[MachineRunResult, ...] = Field(default=(), max_length=DEPLOYMENT_BATCH_SIZE)
 
 
 class ClaimResult(Message):
-    start: tuple[str, ...] = ()
+    start: tuple[str, ...] = Field(default=(), max_length=DEPLOYMENT_BATCH_SIZE)
     stop_reason: str | None = None
-    not_started: tuple[str, ...] = ()
+    not_started: tuple[str, ...] = Field(default=(), max_length=DEPLOYMENT_BATCH_SIZE)
+    # Machines of the run running once the claim was made, every batch's (None: not told).
+    running: int | None = None
 
 
 class MachineDeploymentInput(Message):
@@ -178,5 +184,13 @@ class FinishInput(Message):
 
 
 class MachineRunResult(Message):
+    """What a child ends with; its batch records it with its next claim (RunStore.claim)."""
+
     status: str
     reason: str = ""
+    resource_id: str = ""  # empty in results from before the batch recorded them
+    at: datetime | None = None
+    failure: StepFailure | None = None
+    # Steps whose output is kept but not yet in the row's list: the post-scan's, whose check writes
+    # nothing else to the row; listed in the write that records the result.
+    outputs: tuple[str, ...] = ()

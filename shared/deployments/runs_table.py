@@ -9,13 +9,19 @@ Table ``DeploymentRuns``, one partition per run (PartitionKey = run id):
 - RowKey ``m|{machine key}``: one machine: its state (queued, running, then a result status), why
   it did not start, timings, counts, reboot status, the operation tokens and the output it left.
 
+A definition or frozen membership too long for the run row (a deployment of up to 10,000 machines holds
+1.5 to 2.7 MB of resource ids, an entity at most 1 MiB) is kept in rows of its own in the partition
+``{run id}|text`` and read once per process (shared.azure.tables.store_text / read_text).
+
 Keeping a run in one partition lets every change that touches the counters and machine rows be
-one entity-group transaction guarded by ETags: :meth:`RunStore.claim` (start machines if the gate
-allows) and :meth:`RunStore.finish_machine` (record a result, free its slot). Two batches claiming
-at once cannot both take the last slot: the loser's transaction fails on the run's ETag and it
-reads again. Both are idempotent: a machine already running is handed back without counting it
-twice, and a machine already finished is never finished again, so a retried activity changes
-nothing.
+one entity-group transaction guarded by ETags: :meth:`RunStore.claim` (record the batch's machines
+that ended, freeing their slots, and start machines if the gate allows: one read of the run row and
+the batch's rows, one transaction) and :meth:`RunStore.finish_machine` (one machine alone, for the
+reconciler). Two batches claiming at once cannot both take the last slot: the loser's transaction
+fails on the run's ETag and it reads again. Both are idempotent: a machine already running is handed
+back without counting it twice, and a machine already finished is never finished again, so a
+retried activity changes nothing. A worker reads a running run's definition and window once
+(:meth:`RunStore.terms`): they never change once it runs.
 
 Table ``DeploymentRunIndex``: PartitionKey = the deployment name in lower case, RowKey = run id;
 lists the runs of a deployment without scanning every run.
@@ -25,9 +31,11 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -40,11 +48,12 @@ from azure.data.tables import TableClient, TableServiceClient, TableTransactionE
 from shared.azure.tables import (
     MAX_TRANSACTION_ENTITIES,
     ensure_table,
-    join_property,
-    split_property,
+    read_text,
+    store_text,
     table_service,
+    write_text_rows,
 )
-from shared.deployments.definition import DeploymentDefinition
+from shared.deployments.definition import DeploymentDefinition, stored_definition, stored_members
 from shared.deployments.messages import DEPLOYMENT_BATCH_SIZE
 from shared.deployments.results import MachineResultStatus
 from shared.deployments.rollout import (
@@ -68,6 +77,9 @@ assert DEPLOYMENT_BATCH_SIZE < MAX_TRANSACTION_ENTITIES
 MAX_WRITE_ATTEMPTS = 40
 _RETRY_BASE_SECONDS = 0.02
 _RETRY_MAX_SECONDS = 0.5
+# Runs whose terms (RunTerms) a worker process keeps: a worker serves a handful of runs at a time; each
+# run's terms are read once per process instead of once per step of every machine.
+TERMS_KEPT = 256
 
 
 class RunState(StrEnum):
@@ -174,8 +186,12 @@ class RunRecord:
         }
 
 
-def _run_record(entity: Mapping[str, Any]) -> RunRecord:
-    definition = DeploymentDefinition.model_validate(json.loads(join_property(entity, "Definition")))
+def _run_terms(run: RunRecord) -> RunTerms:
+    return RunTerms(run.run_id, run.deployment_name, run.definition, run.window)
+
+
+def _run_record(entity: Mapping[str, Any], table: TableClient) -> RunRecord:
+    definition = stored_definition(read_text(table, entity, "Definition"))
     return RunRecord(
         run_id=str(entity["PartitionKey"]),
         deployment_name=str(entity["DeploymentName"]),
@@ -198,6 +214,32 @@ def _run_record(entity: Mapping[str, Any]) -> RunRecord:
         finished=entity.get("Finished"),
         error=entity.get("Error") or None,
     )
+
+
+@dataclass(frozen=True)
+class RunTerms:
+    """What a running run was created and resolved with: its definition and window never change once
+    it runs, so a worker reads them once (:meth:`RunStore.terms`); the counters are not here."""
+
+    run_id: str
+    deployment_name: str
+    definition: DeploymentDefinition
+    window: Window
+
+
+_terms: OrderedDict[tuple[str, str], RunTerms] = OrderedDict()
+_terms_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What :meth:`RunStore.finish` did: ``recorded`` is False when the machine had finished before.
+    ``row`` is the machine row as read before the write (or as it holds its earlier result), ``outcome``
+    the result recorded now (or then)."""
+
+    recorded: bool
+    row: dict[str, Any]
+    outcome: MachineOutcomeRecord
 
 
 @dataclass(frozen=True)
@@ -230,11 +272,25 @@ class MachineOutcomeRecord:
 
 @dataclass(frozen=True)
 class Claim:
-    """Machines of a batch to start now, and, once the gate stops, the ones that never will."""
+    """Machines of a batch to start now, and, once the gate stops, the ones that never will; ``finished``:
+    what became of each machine the claim was asked to record, in the order asked."""
 
     start: tuple[str, ...] = ()
     stop_reason: str | None = None
     not_started: tuple[str, ...] = ()
+    finished: tuple[Finished, ...] = ()
+    running: int = 0  # machines of the run (every batch's) running once the claim is made
+
+
+@dataclass(frozen=True)
+class Ending:
+    """A machine of the batch that ended, for a claim to record: ``outcome_for`` makes its result of
+    its row (the counts its install stored)."""
+
+    resource_id: str
+    outcome_for: Callable[[Mapping[str, Any]], MachineOutcomeRecord]
+    at: datetime
+    outputs: Sequence[str] = ()  # steps to add to the row's list of outputs (Outputs)
 
 
 def _status_for_stop(reason: str) -> MachineResultStatus:
@@ -278,9 +334,15 @@ class RunStore:
             entity["StopReason"] = reason
         if state is RunState.MISSED:
             entity["Finished"] = created
-        entity.update(split_property("Definition", json.dumps(definition.to_json(), separators=(",", ":"))))
         entity["HasFrozenMembers"] = members is not None
-        entity.update(split_property("Members", json.dumps(list(members or ()), separators=(",", ":"))))
+        # A definition or membership of thousands of resource ids is kept in rows of its own, in the
+        # partition "{run id}|text", written before the run row that points at them (store_text).
+        texts = {"Definition": json.dumps(definition.to_json(), separators=(",", ":")),
+                 "Members": json.dumps(list(members or ()), separators=(",", ":"))}
+        for prefix, text in texts.items():
+            properties, rows = store_text(prefix, text, f"{run_id}|text", f"{prefix.lower()}|")
+            entity.update(properties)
+            write_text_rows(self._runs, rows)
         try:
             self._runs.create_entity(entity)
         except ResourceExistsError:
@@ -292,7 +354,22 @@ class RunStore:
         return True
 
     def get_run(self, run_id: str) -> RunRecord:
-        return _run_record(self._run_entity(run_id))
+        return _run_record(self._run_entity(run_id), self._runs)
+
+    def terms(self, run_id: str) -> RunTerms:
+        """The run's definition and window, read once per process and run (see RunTerms)."""
+        key = (self._runs.url, run_id)
+        with _terms_lock:
+            kept = _terms.get(key)
+            if kept is not None:
+                _terms.move_to_end(key)
+                return kept
+        terms = _run_terms(self.get_run(run_id))
+        with _terms_lock:
+            _terms[key] = terms
+            while len(_terms) > TERMS_KEPT:
+                _terms.popitem(last=False)
+        return terms
 
     def _run_entity(self, run_id: str) -> Any:
         try:
@@ -302,7 +379,9 @@ class RunStore:
 
     def frozen_members(self, run_id: str) -> tuple[str, ...] | None:
         entity = self._run_entity(run_id)
-        return tuple(json.loads(join_property(entity, "Members"))) if entity.get("HasFrozenMembers") else None
+        if not entity.get("HasFrozenMembers"):
+            return None
+        return stored_members(read_text(self._runs, entity, "Members"))
 
     def run_ids(self, deployment_name: str) -> list[str]:
         """The deployment's run ids, newest first (run ids sort by time within a deployment)."""
@@ -378,7 +457,7 @@ class RunStore:
         def attempt() -> RunRecord:
             current = self._run_entity(run_id)
             if current["State"] != RunState.QUEUED.value:
-                return _run_record(current)
+                return _run_record(current, self._runs)
             update = {
                 "PartitionKey": run_id, "RowKey": RUN_ROW, "State": RunState.RUNNING.value,
                 "WindowStart": current.get("WindowStart") or window_start,
@@ -387,7 +466,7 @@ class RunStore:
             }  # fmt: skip
             self._runs.update_entity(update, mode=UpdateMode.MERGE, etag=current.metadata["etag"],
                                      match_condition=MatchConditions.IfNotModified)
-            return self.get_run(run_id)
+            return _run_record({**current, **update}, self._runs)  # as written: not read back
 
         return self._retrying(attempt)
 
@@ -403,7 +482,7 @@ class RunStore:
             "RowKey eq @r and (State eq @q or State eq @s )",
             parameters={"r": RUN_ROW, "q": RunState.QUEUED.value, "s": RunState.RUNNING.value},
         )
-        return [_run_record(row) for row in rows]
+        return [_run_record(row, self._runs) for row in rows]
 
     def close(self, run_id: str, state: RunState, error: str, at: datetime) -> RunRecord:
         """End a run the orchestration will never end (the reconciler): its state, why, and when."""
@@ -414,39 +493,56 @@ class RunStore:
     # --- the gate ------------------------------------------------------------------------------
 
     def claim(self, run_id: str, resource_ids: Sequence[str], machine_keys: Mapping[str, str],
-              now: datetime, batch: int | None = None) -> Claim:
-        """Start as many of a batch's queued machines as the rollout gate allows at ``now``.
+              now: datetime, batch: int | None = None, finished: Sequence[Ending] = ()) -> Claim:
+        """Record the batch's ``finished`` machines, then start as many of its queued machines as the
+        rollout gate allows at ``now``: one read and one transaction, so that a slot freed here is
+        counted and taken in the same write of the run row.
 
         ``resource_ids`` are the batch's machines still waiting, in start order; ``machine_keys``
-        maps each to its row key. Machines already running (a retried call) are returned again;
-        once the gate stops, every waiting machine is recorded with the stop reason and returned in
-        ``not_started``. With ``batch``, the batch's rows are read in one query instead of one by one.
+        maps each of them and of ``finished`` to its row key. Machines already running (a retried call)
+        are returned again, and machines already finished are not recorded twice; once the gate stops,
+        every waiting machine is recorded with the stop reason and returned in ``not_started``. With
+        ``batch``, the run row and the batch's rows are read in one query instead of one by one (the
+        query scans the run's partition for ``Batch`` either way).
         """
-        if len(resource_ids) >= MAX_TRANSACTION_ENTITIES:
-            raise ValueError(
-                f"at most {MAX_TRANSACTION_ENTITIES - 1} machines per claim, got {len(resource_ids)}"
-            )
+        if len(resource_ids) + len(finished) >= MAX_TRANSACTION_ENTITIES:
+            raise ValueError(f"at most {MAX_TRANSACTION_ENTITIES - 1} machines per claim, "
+                             f"got {len(resource_ids) + len(finished)}")
 
         def attempt() -> Claim:
-            run_entity = self._run_entity(run_id)
-            run = _run_record(run_entity)
-            rows = self._claim_rows(run_id, resource_ids, machine_keys, batch)
+            run_entity, rows = self._claim_rows(
+                run_id, [*resource_ids, *(e.resource_id for e in finished)], machine_keys, batch)
+            run = _run_record(run_entity, self._runs)
+            operations: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+            recorded: list[Finished] = []
+            for ending in finished:
+                row = rows[ending.resource_id]
+                if row["State"] in FINAL_STATES:  # recorded by an attempt whose answer was lost
+                    recorded.append(Finished(False, dict(row), stored_outcome(row)))
+                    continue
+                outcome = ending.outcome_for(row)
+                operations.append(_conditional({
+                    "PartitionKey": run_id, "RowKey": machine_row_key(machine_keys[ending.resource_id]),
+                    **_outcome_columns(outcome), "FinishedAt": ending.at,
+                    **_outputs_added(row, ending.outputs),
+                }, row))  # fmt: skip
+                run = _with_finished(run, row, outcome)
+                recorded.append(Finished(True, dict(row), outcome))
             again = tuple(rid for rid in resource_ids if rows[rid]["State"] == MachineState.RUNNING.value)
             queue = [rid for rid in resource_ids if rows[rid]["State"] == MachineState.QUEUED.value]
             decision: Decision = next_to_start(
                 run.rollout_state(), run.definition.rollout, run.window, now, queue,
                 reboot=may_reboot(run.definition.reboot_setting),
             )  # fmt: skip
-            if not decision.start and not decision.stopped:
-                return Claim(start=again)
-            operations: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+            if not operations and not decision.start and not decision.stopped:
+                return Claim(start=again, finished=tuple(recorded), running=run.running)
             for rid in decision.start:
                 operations.append(_conditional({
                     "PartitionKey": run_id, "RowKey": machine_row_key(machine_keys[rid]),
                     "State": MachineState.RUNNING.value, "StartedAt": now,
                 }, rows[rid]))  # fmt: skip
             update: dict[str, Any] = {
-                "PartitionKey": run_id, "RowKey": RUN_ROW,
+                "PartitionKey": run_id, "RowKey": RUN_ROW, **_counter_columns(run),
                 "Started": run.started + len(decision.start), "Running": run.running + len(decision.start),
             }  # fmt: skip
             if decision.stopped:
@@ -467,54 +563,57 @@ class RunStore:
                     update["StopReason"] = decision.stop_reason
             operations.append(_conditional(update, run_entity))
             self._runs.submit_transaction(operations)
-            return Claim(again + decision.start, decision.stop_reason, decision.not_started)
+            return Claim(again + decision.start, decision.stop_reason, decision.not_started, tuple(recorded),
+                         update["Running"])
 
         return self._retrying(attempt)
 
     def _claim_rows(self, run_id: str, resource_ids: Sequence[str], machine_keys: Mapping[str, str],
-                    batch: int | None) -> dict[str, Any]:
+                    batch: int | None) -> tuple[Any, dict[str, Any]]:
+        """The run entity and the machines' rows, each with the ETag the claim's transaction checks."""
         if batch is None:
-            return {rid: self._machine_entity(run_id, machine_keys[rid]) for rid in resource_ids}
+            run_entity = self._run_entity(run_id)
+            return run_entity, {rid: self._machine_entity(run_id, machine_keys[rid]) for rid in resource_ids}
         found = {
             str(row["RowKey"]): row
-            for row in self._runs.query_entities("PartitionKey eq @p and Batch eq @b",
-                                                 parameters={"p": run_id, "b": batch})
+            for row in self._runs.query_entities("PartitionKey eq @p and ( RowKey eq @r or Batch eq @b )",
+                                                 parameters={"p": run_id, "r": RUN_ROW, "b": batch})
         }  # fmt: skip
+        if RUN_ROW not in found:
+            raise RunNotFound(run_id)
         rows = {}
         for rid in resource_ids:
             row = found.get(machine_row_key(machine_keys[rid]))
             if row is None:
                 raise RunNotFound(f"{run_id}/{machine_keys[rid]} (not in batch {batch})")
             rows[rid] = row
-        return rows
+        return found[RUN_ROW], rows
 
     def finish_machine(self, run_id: str, machine_key: str, outcome: MachineOutcomeRecord,
                        at: datetime) -> bool:
         """Record a machine's result and free its slot; False if it had finished before (nothing changes)."""
+        return self.finish(run_id, machine_key, lambda _row: outcome, at).recorded
 
-        def attempt() -> bool:
+    def finish(self, run_id: str, machine_key: str,
+               outcome_for: Callable[[Mapping[str, Any]], MachineOutcomeRecord], at: datetime) -> Finished:
+        """Record the result ``outcome_for`` makes of the machine's row, and free its slot. A batch
+        records its machines with its claims (:meth:`claim`); this is for machines no batch will record
+        (the reconciler's)."""
+
+        def attempt() -> Finished:
             row = self._machine_entity(run_id, machine_key)
             if row["State"] in FINAL_STATES:
-                return False
+                return Finished(False, dict(row), stored_outcome(row))
+            outcome = outcome_for(row)
             run_entity = self._run_entity(run_id)
-            run = _run_record(run_entity)
-            was_running = row["State"] == MachineState.RUNNING.value
-            column = STATUS_COLUMNS[outcome.status]
-            update: dict[str, Any] = {
-                "PartitionKey": run_id, "RowKey": RUN_ROW,
-                column: run.counts.get(outcome.status.value, 0) + 1,
-                "Running": run.running - (1 if was_running else 0),
-            }  # fmt: skip
-            if outcome.status in BUDGET_STATUSES:
-                update["BudgetFailures"] = run.failed + 1
-            if not was_running:  # a queued machine settled without the gate (should not happen)
-                update["ToRun"] = run.to_run - 1
+            run = _with_finished(_run_record(run_entity, self._runs), row, outcome)
+            counters = {"PartitionKey": run_id, "RowKey": RUN_ROW, **_counter_columns(run)}
             self._runs.submit_transaction([
                 _conditional({"PartitionKey": run_id, "RowKey": machine_row_key(machine_key),
                               **_outcome_columns(outcome), "FinishedAt": at}, row),
-                _conditional(update, run_entity),
+                _conditional(counters, run_entity),
             ])  # fmt: skip
-            return True
+            return Finished(True, dict(row), outcome)
 
         return self._retrying(attempt)
 
@@ -523,7 +622,7 @@ class RunStore:
 
         def attempt() -> RunRecord:
             entity = self._run_entity(run_id)
-            run = _run_record(entity)
+            run = _run_record(entity, self._runs)
             if run.cancel_requested or run.state in (RunState.COMPLETED, RunState.CANCELLED, RunState.MISSED,
                                                      RunState.FAILED):
                 return run
@@ -532,7 +631,7 @@ class RunStore:
                 mode=UpdateMode.MERGE, etag=entity.metadata["etag"],
                 match_condition=MatchConditions.IfNotModified,
             )  # fmt: skip
-            return self.get_run(run_id)
+            return replace(run, cancel_requested=True, cancelled_by=by)
 
         return self._retrying(attempt)
 
@@ -543,7 +642,7 @@ class RunStore:
             state = RunState.CANCELLED if run.cancel_requested else RunState.COMPLETED
             self._runs.update_entity({"PartitionKey": run_id, "RowKey": RUN_ROW, "State": state.value,
                                       "Finished": at}, mode=UpdateMode.MERGE)
-            run = self.get_run(run_id)
+            run = replace(run, state=state, finished=at)
         return run
 
     # --- plumbing ------------------------------------------------------------------------------
@@ -560,6 +659,35 @@ class RunStore:
                     raise
                 self._sleep(min(_RETRY_MAX_SECONDS, _RETRY_BASE_SECONDS * number) * random.uniform(0.5, 1.5))
         raise AssertionError("unreachable")
+
+
+def _outputs_added(row: Mapping[str, Any], steps: Sequence[str]) -> dict[str, str]:
+    """The row's Outputs column with ``steps`` added (nothing to write when they are there)."""
+    listed: list[str] = json.loads(row.get("Outputs") or "[]")
+    added = [step for step in steps if step not in listed]
+    return {"Outputs": json.dumps([*listed, *added])} if added else {}
+
+
+def _with_finished(run: RunRecord, row: Mapping[str, Any], outcome: MachineOutcomeRecord) -> RunRecord:
+    """The run's counters once the machine of ``row`` (not finished yet) has ``outcome``: its slot freed,
+    its result counted, a failure charged to the error budget."""
+    was_running = row["State"] == MachineState.RUNNING.value
+    counts = dict(run.counts)
+    counts[outcome.status.value] = counts.get(outcome.status.value, 0) + 1
+    return replace(
+        run, counts=counts, running=run.running - (1 if was_running else 0),
+        failed=run.failed + (1 if outcome.status in BUDGET_STATUSES else 0),
+        # A queued machine settled without the gate (should not happen) leaves the queue the gate counts.
+        to_run=run.to_run - (0 if was_running else 1),
+    )  # fmt: skip
+
+
+def _counter_columns(run: RunRecord) -> dict[str, Any]:
+    """The run row's counter columns as ``run`` holds them."""
+    return {
+        "Running": run.running, "BudgetFailures": run.failed, "ToRun": run.to_run,
+        **{STATUS_COLUMNS[status]: run.counts.get(status.value, 0) for status in MachineResultStatus},
+    }  # fmt: skip
 
 
 def _is_conflict(error: Exception) -> bool:
@@ -582,6 +710,18 @@ def _outcome_columns(outcome: MachineOutcomeRecord) -> dict[str, Any]:
         "NotSelected": outcome.not_selected, "RebootStatus": outcome.reboot_status,
         "ErrorCode": outcome.error_code, "ErrorMessage": outcome.error_message[:4000], "Hint": outcome.hint,
     }  # fmt: skip
+
+
+def stored_outcome(row: Mapping[str, Any]) -> MachineOutcomeRecord:
+    """The result a finished machine's row holds (the columns _outcome_columns writes)."""
+    return MachineOutcomeRecord(
+        status=MachineResultStatus(row["State"]), reason=str(row.get("Reason") or ""),
+        installed=int(row.get("Installed", 0)), failed=int(row.get("FailedUpdates", 0)),
+        pending=int(row.get("Pending", 0)), excluded=int(row.get("Excluded", 0)),
+        not_selected=int(row.get("NotSelected", 0)), reboot_status=str(row.get("RebootStatus") or ""),
+        error_code=str(row.get("ErrorCode") or ""), error_message=str(row.get("ErrorMessage") or ""),
+        hint=str(row.get("Hint") or ""),
+    )  # fmt: skip
 
 
 def machine_to_json(row: Mapping[str, Any]) -> dict[str, Any]:

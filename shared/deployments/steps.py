@@ -1,9 +1,14 @@
 """One step of one machine of a deployment run (pre-scan, install, restart, post-scan): start it, check it.
 
-Idempotent, because Durable delivers an activity at least once: :func:`start_step` keeps the
-operation's continuation token in the machine's row before it returns, and hands back a kept token
+Idempotent, because Durable delivers an activity at least once: :func:`start_step` keeps an install's
+or a restart's continuation token in the machine's row before it returns, and hands back a kept token
 instead of sending the POST again, so a retried or replayed install never installs twice;
 :func:`check_step` writes the same blob, the same ``RecordId``s and the same row columns again.
+
+A scan keeps no token: a second assessPatches after a lost answer changes nothing on the machine (a
+409 while the first still runs is retried), and not keeping one saves a read and a write per scan.
+Each activity reads the machine's row at most once and writes it at most once per purpose (the intent
+before an install's POST, the token after it, a finished step's figures with its output's name).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 from azure.core.credentials import TokenCredential
 
 from shared.assessment.arc_patches import with_patch_list
+from shared.assessment.journal import journal_key
 from shared.assessment.recording import record_assessment
 from shared.azure.credentials import credential_for
 from shared.azure.log_outbox import log_outbox
@@ -91,6 +97,12 @@ def start_step(settings: Settings, request: StepInput) -> StepAnswer:
     """Send the step's POST (assessPatches or installPatches), or return the token kept from before."""
     assert request.at is not None, "a step starts at a time"
     credential = credential_for(settings)
+    if request.step in (PRESCAN, POSTSCAN):
+        try:
+            return StepAnswer(token=_operations(settings, credential, request.resource_id)
+                              .start_assessment(request.resource_id))
+        except PermanentArmError as error:
+            return StepAnswer(failure=_failure(error, request.step))
     store = run_store(settings, credential)
     key = machine_key(request.resource_id)
     row = store.machine(request.run_id, key)
@@ -99,16 +111,14 @@ def start_step(settings: Settings, request: StepInput) -> StepAnswer:
         return StepAnswer(token=str(kept))
     try:
         operations = _operations(settings, credential, request.resource_id)
-        if request.step in (PRESCAN, POSTSCAN):
-            token = operations.start_assessment(request.resource_id)
-        elif request.step == RESTART:
+        if request.step == RESTART:
             token = operations.start_restart(request.resource_id)
         else:
             followed = _install_started_before(store, operations, request, row)
             if followed is not None:
                 store.update_machine(request.run_id, key, {step_column(request.step): followed})
                 return StepAnswer(token=followed)
-            run = store.get_run(request.run_id)
+            run = store.terms(request.run_id)
             machine = machine_from_json(str(row["Machine"]))
             install = install_request(
                 run.definition, machine.os_type, run.window.install_duration(request.at),
@@ -200,15 +210,20 @@ def _scanned(settings: Settings, credential: TokenCredential, request: StepInput
     store, key, row = _machine_row(settings, credential, request)
     machine = machine_from_json(str(row["Machine"]))
     outcome = with_patch_list(settings, credential, request.resource_id, outcome)
-    record_assessment(settings, machine, outcome, request.at, request.run_id)
-    _keep_output(settings, credential, store, request, row, asdict(outcome))
+    record_assessment(settings, machine, outcome, request.at, request.run_id,
+                      journal_key(request.run_id, int(row.get("Batch") or 0)))
+    columns = _keep_output(settings, credential, request, row, asdict(outcome))
     if request.step == POSTSCAN:
-        _late_progress_rows(settings, credential, store, request, row)
+        # The post-scan's name joins the row's outputs with the machine's result (RunStore.claim).
+        pending = _late_progress_rows(settings, credential, store, request, row)
+        if pending:
+            store.update_machine(request.run_id, key, pending)
         return StepOutcome()
-    definition = store.get_run(request.run_id).definition
+    definition = store.terms(request.run_id).definition
     estimate = pending_estimate(definition, outcome)
     store.update_machine(request.run_id, key, {
         "PrescanPending": estimate.updates, "OptionalKbs": json.dumps(optional_kbs(outcome.patches or ())),
+        **columns,
     })  # fmt: skip
     unclassified = estimate.updates == 0 and lacks_classification_data(definition, machine, outcome)
     return StepOutcome(pending=estimate.updates, has_service_pack=estimate.has_service_pack,
@@ -220,14 +235,14 @@ def _installed(settings: Settings, credential: TokenCredential, request: StepInp
     assert request.at is not None
     store, key, row = _machine_row(settings, credential, request)
     machine = machine_from_json(str(row["Machine"]))
-    run = store.get_run(request.run_id)
+    run = store.terms(request.run_id)
     outcome = with_patch_results(settings, credential, request.resource_id, outcome)
     rows = run_progress_rows(machine, outcome, run.deployment_name, request.run_id, request.at)
     log_outbox(settings, credential).put(UPDATE_RUN_PROGRESS, rows, request.at)
     # Where the result came from: the install operation, or (token lost) the VM's patch status.
     followed = bool(request.token and request.token.startswith(FOLLOWED_TOKEN_PREFIX))
     source = {"source": "instanceView" if followed else "installPatches"}
-    _keep_output(settings, credential, store, request, row, asdict(outcome) | source)
+    columns = _keep_output(settings, credential, request, row, asdict(outcome) | source)
     installed_before = int(row.get("Installed", 0)) if request.step != "install1" else 0
     status = machine_result_status(outcome, installed_before)
     store.update_machine(request.run_id, key, {
@@ -235,7 +250,7 @@ def _installed(settings: Settings, credential: TokenCredential, request: StepInp
         "Pending": outcome.pending, "Excluded": outcome.excluded, "NotSelected": outcome.not_selected,
         "RebootStatus": outcome.reboot_status, "InstallStatus": status.value,
         "ErrorCode": outcome.error_code or "", "ErrorMessage": (outcome.error_message or "")[:4000],
-        **_graph_pending(row, request, outcome),
+        **_graph_pending(row, request, outcome), **columns,
     })  # fmt: skip
     return StepOutcome(
         pending=outcome.pending, status=status.value, installed=outcome.installed, failed=outcome.failed,
@@ -258,14 +273,15 @@ def _graph_pending(row: Mapping[str, Any], request: StepInput, outcome: InstallO
 
 
 def _late_progress_rows(settings: Settings, credential: TokenCredential, store: RunStore, request: StepInput,
-                        row: Mapping[str, Any]) -> None:
+                        row: Mapping[str, Any]) -> dict[str, str]:
     """At the post-scan, the UpdateRunProgress_CL rows of the machine's Arc installs whose results
-    Resource Graph did not have at the install step; what it still lacks stays noted in the row."""
+    Resource Graph did not have at the install step; answers the row's GRAPH_PENDING_COLUMN, noting
+    what it still lacks (nothing to write when nothing was pending)."""
     pending: dict[str, dict[str, Any]] = json.loads(row.get(GRAPH_PENDING_COLUMN) or "{}")
     if not pending:
-        return
+        return {}
     machine = machine_from_json(str(row["Machine"]))
-    deployment = store.get_run(request.run_id).deployment_name
+    deployment = store.terms(request.run_id).deployment_name
     rows: list[dict[str, Any]] = []
     for step, noted in list(pending.items()):
         listed = patch_results(settings, credential, request.resource_id, noted["installation"])
@@ -277,26 +293,25 @@ def _late_progress_rows(settings: Settings, credential: TokenCredential, store: 
         del pending[step]
     if rows:
         log_outbox(settings, credential).put(UPDATE_RUN_PROGRESS, rows, at)
-    store.update_machine(request.run_id, machine_key(request.resource_id),
-                         {GRAPH_PENDING_COLUMN: json.dumps(pending)})
+    return {GRAPH_PENDING_COLUMN: json.dumps(pending)}
 
 
 def _restarted(settings: Settings, credential: TokenCredential, request: StepInput) -> StepOutcome:
     assert request.at is not None
     store, key, row = _machine_row(settings, credential, request)
     document = {"operation": "restart", "token": row.get(step_column(RESTART)), "finishedBy": request.at}
-    _keep_output(settings, credential, store, request, row, document)
-    store.update_machine(request.run_id, key, {"RebootStatus": "Completed"})
+    columns = _keep_output(settings, credential, request, row, document)
+    store.update_machine(request.run_id, key, {"RebootStatus": "Completed", **columns})
     return StepOutcome(status=MachineResultStatus.SUCCEEDED.value)
 
 
-def _keep_output(settings: Settings, credential: TokenCredential, store: RunStore, request: StepInput,
-                 row: Mapping[str, Any], document: Mapping[str, Any]) -> None:
-    """The step's whole result in Blob Storage, and its name in the machine's list of outputs."""
+def _keep_output(settings: Settings, credential: TokenCredential, request: StepInput,
+                 row: Mapping[str, Any], document: Mapping[str, Any]) -> dict[str, str]:
+    """The step's whole result in Blob Storage; answers the row's list of outputs with the step's name
+    added, for the caller to write with the step's figures in one merge (nothing when it is there)."""
     key = machine_key(request.resource_id)
     logs = run_log_store(settings, credential)
     logs.ensure()
     logs.put(request.run_id, key, request.step, json.loads(json.dumps(document, default=str)))
     outputs = json.loads(row.get("Outputs") or "[]")
-    if request.step not in outputs:
-        store.update_machine(request.run_id, key, {"Outputs": json.dumps([*outputs, request.step])})
+    return {} if request.step in outputs else {"Outputs": json.dumps([*outputs, request.step])}

@@ -8,7 +8,7 @@ from shared.azure.arm import list_fleet
 from shared.azure.credentials import credential_for
 from shared.azure.log_outbox import log_outbox
 from shared.azure.tables import table_service
-from shared.fleet.heartbeats import heartbeat_row
+from shared.fleet.heartbeats import LastHeartbeat, heartbeats_to_send
 from shared.fleet.machines_table import MachineInventory
 from shared.fleet.messages import DiscoveryCounts, SubscriptionDiscoveryInput
 from shared.log_tables import HEARTBEAT
@@ -19,18 +19,25 @@ from shared.settings import Settings
 def discover_subscription(settings: Settings, request: SubscriptionDiscoveryInput) -> DiscoveryCounts:
     """Idempotent: the inventory is upserted by machine key, and heartbeat rows carry a
     record id derived from the run and the machine, which the outbox keeps once, so a retried activity
-    changes nothing."""
+    changes nothing. A machine's heartbeat goes at most hourly unless its row changed (heartbeats.py)."""
     credential = credential_for(settings)
     machines, failed = list_fleet(credential, settings.arm_endpoint, [request.subscription_id])
     if failed:
         return DiscoveryCounts(subscriptions_failed=tuple(failed))
     inventory = MachineInventory(table_service(settings))
     inventory.ensure()
-    inventory.record(machines, request.observed_at)
-    rows = [heartbeat_row(m, request.observed_at, request.run_id) for m in machines]
-    log_outbox(settings, credential).put(HEARTBEAT, rows, request.observed_at)
+    at = request.observed_at
+    last: dict[str, LastHeartbeat] = {}  # a partition query per subscription listed (usually one)
+    for subscription_id in sorted({m.subscription_id for m in machines}):
+        last |= inventory.last_heartbeats(subscription_id)
+    rows, sent = heartbeats_to_send(machines, at, request.run_id, last)
+    # Rows queued first: if the inventory write then fails, the retry finds no record of them and queues
+    # them again (same RecordIds), rather than finding them recorded as sent and never sending them.
+    log_outbox(settings, credential).put(HEARTBEAT, rows, at)
+    inventory.record(machines, at, sent)
     return DiscoveryCounts(
         machines=len(machines),
+        heartbeats=len(rows),
         by_os=dict(Counter(m.os_type.value for m in machines)),
         by_environment=dict(Counter(m.environment.value for m in machines)),
         by_power_state=dict(Counter(m.power_state.value for m in machines)),

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.model.assessment_outcome import Readiness
+from shared.model.assessment_outcome import Compliance, Readiness
 from shared.model.machines import Environment, OsType, PowerState, Support
 
 DEFAULT_PAGE_SIZE = 100
@@ -36,7 +36,10 @@ _FILTERS: dict[str, tuple[str, dict[str, Any]]] = {
     "support": ("Support", _choices([s.value for s in Support])),
     "powerState": ("PowerState", _choices([p.value for p in PowerState])),
     "readiness": ("Readiness", _choices([r.value for r in Readiness])),
+    # false also lists machines whose compliance is Unknown; compliance=NonCompliant lists only the
+    # machines proven to miss something (machines last assessed before Compliance existed lack it).
     "compliant": ("Compliant", {"true": True, "false": False}),
+    "compliance": ("Compliance", _choices([c.value for c in Compliance])),
 }
 _PAGING = ("pageSize", "nextToken")
 ACCEPTED_PARAMETERS = (*_FILTERS, "tag", *_PAGING)

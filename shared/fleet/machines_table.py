@@ -19,6 +19,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableServiceClient
 
 from shared.azure.tables import ensure_table, upsert_in_batches
+from shared.fleet.heartbeats import HEARTBEAT_FINGERPRINT, LAST_HEARTBEAT_AT, LastHeartbeat, last_heartbeat
 from shared.fleet.machine_query import MAX_PAGE_SIZE
 from shared.model.machines import Machine, machine_key, parse_resource_id
 
@@ -58,8 +59,25 @@ class MachineInventory:
     def ensure(self) -> None:
         ensure_table(self._service, MACHINES_TABLE)
 
-    def record(self, machines: Iterable[Machine], discovered_at: datetime) -> int:
-        return upsert_in_batches(self._table, (machine_entity(m, discovered_at) for m in machines))
+    def record(
+        self, machines: Iterable[Machine], discovered_at: datetime,
+        extra: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> int:
+        """Upsert (merge) each machine's entity, with ``extra`` properties by machine key (a heartbeat's)."""
+        extra = extra or {}
+        return upsert_in_batches(
+            self._table, (machine_entity(m, discovered_at) | dict(extra.get(m.key, {})) for m in machines)
+        )
+
+    def last_heartbeats(self, subscription_id: str) -> dict[str, LastHeartbeat]:
+        """The last heartbeat of each machine of a subscription, by machine key: one partition query
+        (a page per 1,000 machines), not a read per machine."""
+        entities = self._table.query_entities(
+            "PartitionKey eq @p", parameters={"p": subscription_id},
+            select=["RowKey", LAST_HEARTBEAT_AT, HEARTBEAT_FINGERPRINT],
+        )
+        found = ((str(e["RowKey"]), last_heartbeat(dict(e))) for e in entities)
+        return {key: last for key, last in found if last is not None}
 
     def all(self) -> Iterator[dict[str, Any]]:
         yield from self._table.list_entities()

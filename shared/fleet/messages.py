@@ -23,6 +23,7 @@ class SubscriptionDiscoveryInput(Message):
 
 class DiscoveryCounts(Message):
     machines: int = 0
+    heartbeats: int = 0  # Heartbeat_CL rows queued: machines changed or last sent an hour ago
     by_os: dict[str, int] = Field(default_factory=dict)
     by_environment: dict[str, int] = Field(default_factory=dict)
     by_power_state: dict[str, int] = Field(default_factory=dict)
@@ -37,6 +38,7 @@ class DiscoveryCounts(Message):
 
         return DiscoveryCounts(
             machines=self.machines + other.machines,
+            heartbeats=self.heartbeats + other.heartbeats,
             by_os=add(self.by_os, other.by_os),
             by_environment=add(self.by_environment, other.by_environment),
             by_power_state=add(self.by_power_state, other.by_power_state),

@@ -22,6 +22,24 @@ class Readiness(StrEnum):
     FAILED = "Failed"  # the assessment itself failed (agent, permissions, timeout)
 
 
+class Compliance(StrEnum):
+    """An assessed machine's verdict against the compliance classifications. Azure Policy's
+    compliance states, spelled as its API spells them (and as ``Readiness`` is spelled here).
+
+    ``Unknown``: the scan cannot say, because the machine's distribution publishes no classification
+    data (every update is "Other"), so missing nothing critical or security proves nothing there.
+    """
+
+    COMPLIANT = "Compliant"
+    NON_COMPLIANT = "NonCompliant"
+    UNKNOWN = "Unknown"
+
+    @property
+    def compliant(self) -> bool:
+        """The ``Compliant`` boolean older readers know: only a proven compliance is true."""
+        return self is Compliance.COMPLIANT
+
+
 @dataclass(frozen=True)
 class AvailablePatch:
     """One update the machine is missing, as the patch API lists it: classification names as Azure

@@ -12,8 +12,10 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
+from azure.core.pipeline.transport import RequestsTransport
 from azure.monitor.query import LogsQueryClient
 
 import functions.deployments as deployments
@@ -70,6 +72,7 @@ FLEET = parse_fleet({"subscriptions": [{"id": SUB}], "machines": [
     _vm("rg-arc", "arc-good-01", "ubuntu", "22.04", UBUNTU_UPDATES) | {"kind": "arc-server"},
     _vm("rg-arc-lag", "arc-lag-01", "ubuntu", "22.04", UBUNTU_UPDATES, failingPatches=["sudo"])
     | {"kind": "arc-server"},
+    *[_vm("rg-count", f"count-{n:02d}", "ubuntu", "22.04", UBUNTU_UPDATES) for n in range(1, 7)],
     # CentOS publishes no classification data: its updates here are all "Other" (the catalogue's).
     _vm("rg-centos", "centos-01", "centos", "7.9.2009", ["centos-release", "tzdata"]),
 ]})  # fmt: skip
@@ -408,7 +411,7 @@ def test_cancel_stops_new_machines_and_records_the_rest_as_cancelled(stack):
 
     def cancel_once_running() -> None:
         while not cancelled.is_set():
-            progress = (stack.durable.get_status(run_id) or {}).get("customStatus") or {}
+            progress = body(stack.functions.request("GET", f"/api/deployment-runs/{run_id}"))  # the live row
             if progress.get("running"):
                 response = stack.functions.request("POST", f"/api/deployment-runs/{run_id}/cancel")
                 assert response.status_code == 202, response.get_body()
@@ -513,3 +516,37 @@ def test_a_distribution_without_classification_data_is_skipped_saying_so(stack):
         "this distribution publishes no classification data: select Other updates or name the packages"
     )
     assert json.loads(row["Outputs"]) == ["prescan"]  # nothing installed
+
+
+# Issue 12: Table requests per deployed machine, its scans' assessment records apart (they are the
+# inventory's). Measured at 13.3 over 60 machines of a generated fleet, 13.6 over 176; 15 is the target.
+MAX_TABLE_REQUESTS_PER_MACHINE = 15
+
+
+def test_a_deployed_machine_costs_at_most_fifteen_table_requests(stack, monkeypatch):
+    """Every Table request of the run is counted where azure-core sends it: the run's own rows (gate,
+    machines, tokens: table DeploymentRuns, partition = run id) and its rows queued for Log Analytics."""
+    sent: list[tuple[str, str]] = []  # (url, body) of every Table request
+    original = RequestsTransport.send
+    table_port = stack.azurite.table_port
+
+    def counting(transport: RequestsTransport, request: Any, **kwargs: Any) -> Any:
+        if f":{table_port}/" in request.url:
+            content = request.body if isinstance(request.body, bytes | str) else b""
+            sent.append((request.url, content.decode() if isinstance(content, bytes) else content))
+        return original(transport, request, **kwargs)
+
+    monkeypatch.setattr(RequestsTransport, "send", counting)
+    run_id, final = create_and_run(stack, definition("counted", "rg-count", rollout={"maxConcurrent": 3}))
+    monkeypatch.undo()
+    assert final["runtimeStatus"] == "Completed" and final["output"]["results"]["succeeded"] == 6, final
+
+    def of_the_run(url: str, content: str) -> bool:
+        table = url.split("?")[0].split("/")[4].split("(")[0]
+        if table == "$batch":  # an entity group transaction names its table in each operation
+            return ("/DeploymentRuns" in content and run_id in content) or (
+                "/LogOutbox" in content and "UpdateRun" in content and run_id in content)
+        return table == "DeploymentRuns" and run_id in unquote(url)
+
+    requests = sum(1 for url, content in sent if of_the_run(url, content))
+    assert requests / 6 <= MAX_TABLE_REQUESTS_PER_MACHINE, f"{requests} Table requests for 6 machines"

@@ -44,7 +44,7 @@ def stack():
 
 
 def _ready_linux_machine(stack):
-    machines = _get(stack, "/api/machines?os=linux&readiness=Ready&compliant=false")["machines"]
+    machines = _get(stack, "/api/machines?os=linux&readiness=Ready&compliance=NonCompliant")["machines"]
     # an Azure VM with no injected behaviour (failing patches, throttling, ...)
     azure_vms = [
         m for m in machines if "/Microsoft.Compute/" in m["resourceId"] and "simulated" not in m["tags"]

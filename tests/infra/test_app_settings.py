@@ -40,8 +40,23 @@ AZURE_PLATFORM_SETTINGS = {
 }
 
 
+# Set only when the Durable Task Scheduler is the backend (main.bicep durableTaskSchedulerEnabled), read by
+# the Functions host, never by this code: host.json's storage provider type and connection name overridden
+# by app settings ("host.json reference", override section), and the azureManaged provider's connection,
+# endpoint and managed identity ("Configure managed identity for Durable Task Scheduler").
+DURABLE_TASK_SCHEDULER_SETTINGS = {
+    "AzureFunctionsJobHost__extensions__durableTask__storageProvider__type",
+    "AzureFunctionsJobHost__extensions__durableTask__storageProvider__connectionStringName",
+    "DURABLE_TASK_SCHEDULER_CONNECTION_STRING",
+}
+
+
 def _bicep_app_settings() -> dict:
     return module("function-app.bicep")["variables"]["appSettings"]["value"]
+
+
+def _durable_task_scheduler_settings() -> dict:
+    return module("function-app.bicep")["variables"]["durableTaskSchedulerSettings"]["value"]
 
 
 def expected_app_settings() -> set[str]:
@@ -72,7 +87,11 @@ def test_the_site_takes_its_app_settings_from_that_one_object_only():
     site = one("Microsoft.Web/sites").properties["siteConfig"]
     loop = site["appSettings"]
     assert loop["loop_type"]["detail"]["item_name"] == "setting"
-    assert expr(loop["loop_type"]["detail"]["array_name"]) == "items(appSettings)"
+    assert expr(loop["loop_type"]["detail"]["array_name"]) == "items(siteAppSettings)"
+    variables = module("function-app.bicep")["variables"]
+    assert expr(variables["siteAppSettings"]["value"]) == (
+        "union(appSettings, conditional(durableTaskSchedulerEnabled, durableTaskSchedulerSettings, {}))"
+    )
     assert expr(loop["config"]) == "{name: setting.key, value: setting.value}"
     names = [r.config["name"] for r in resources("Microsoft.Web/sites/config")]
     configs = [name for name in names if name != "authsettingsV2"]
@@ -145,3 +164,34 @@ def test_worker_threads_cover_host_json_concurrency():
     host = json.loads((ROOT / "host.json").read_text())["extensions"]["durableTask"]
     threads = int(_resolve_literal(_bicep_app_settings()["PYTHON_THREADPOOL_THREAD_COUNT"]) or 0)
     assert threads >= host["maxConcurrentActivityFunctions"] + host["maxConcurrentOrchestratorFunctions"]
+
+
+def test_the_durable_task_scheduler_settings_select_its_provider_with_the_identity():
+    settings = _durable_task_scheduler_settings()
+    assert set(settings) == DURABLE_TASK_SCHEDULER_SETTINGS
+    assert not set(settings) & expected_app_settings(), "a scheduler setting is already in appSettings"
+    prefix = "AzureFunctionsJobHost__extensions__durableTask__storageProvider__"
+    assert settings[prefix + "type"] == "azureManaged"
+    # The provider reads its connection from the setting this names.
+    assert settings[prefix + "connectionStringName"] == "DURABLE_TASK_SCHEDULER_CONNECTION_STRING"
+    assert settings["DURABLE_TASK_SCHEDULER_CONNECTION_STRING"] == (
+        "Endpoint=${durableTaskSchedulerEndpoint};Authentication=ManagedIdentity;"
+        "ClientID=${identity.properties.clientId}"
+    )
+    # host.json's hub name is the task hub the module creates.
+    host = json.loads((ROOT / "host.json").read_text())["extensions"]["durableTask"]
+    assert host["hubName"] == "%DURABLE_TASK_HUB%"
+    main = template(INFRA / "main.bicep")["modules"]
+    assert main["durableTaskScheduler"]["config"]["config"]["params"]["taskHubName"] == "durableTaskHub"
+    assert main["functionApp"]["config"]["params"]["durableTaskHub"] == "durableTaskHub"
+
+
+def test_the_durable_task_scheduler_is_off_by_default_and_created_only_when_enabled():
+    main = template(INFRA / "main.bicep")
+    assert main["parameters"]["durableTaskSchedulerEnabled"]["default"] is False
+    scheduler = main["modules"]["durableTaskScheduler"]["config"]
+    assert expr(scheduler["condition"]) == "durableTaskSchedulerEnabled"
+    params = main["modules"]["functionApp"]["config"]["params"]
+    assert expr(params["durableTaskSchedulerEndpoint"]) == (
+        "conditional(durableTaskSchedulerEnabled, durableTaskScheduler.outputs.endpoint, )"
+    )

@@ -21,6 +21,12 @@ _SECRET_PATTERNS = re.compile(
 # instrumentation key and endpoints, an identifier rather than a secret, and with DisableLocalAuth
 # the resource refuses telemetry that lacks an Entra token (APPLICATIONINSIGHTS_AUTHENTICATION_STRING).
 _ALLOWED_CONNECTION_STRING = "appInsights.properties.ConnectionString"
+# The Durable Task Scheduler's "connection string" names its endpoint and the managed identity; the
+# scheduler has no keys ("Configure managed identity for Durable Task Scheduler"), and the app setting
+# that points the provider at it is named after host.json's connectionStringName.
+_SCHEDULER_CONNECTION_NAME = (
+    "AzureFunctionsJobHost__extensions__durableTask__storageProvider__connectionStringName"
+)
 
 # Built-in role ids, with their names ("Azure built-in roles" reference).
 BUILT_IN_ROLES = {
@@ -30,6 +36,7 @@ BUILT_IN_ROLES = {
     "monitoringMetricsPublisher": "3913510d-42f4-4e42-8a64-420c390055eb",  # Monitoring Metrics Publisher
     "logAnalyticsReader": "73c42c96-874c-492b-b04d-ab87d138a893",  # Log Analytics Reader
     "workbookReader": "b279062a-9be3-42a0-92ae-8b3cf002ec4d",  # Workbook Reader
+    "durableTaskDataContributor": "0ad04412-c4d5-4796-b79c-f76d14c8d402",  # Durable Task Data Contributor
 }
 # Broad roles the patch role replaces: none of them may be granted.
 _BROAD_ROLES = {
@@ -52,6 +59,7 @@ EXPECTED_GRANTS = {
     ("logAnalyticsReader", "Microsoft.OperationalInsights/workspaces", APP),
     ("logAnalyticsReader", "Microsoft.OperationalInsights/workspaces", READERS),
     ("workbookReader", "Microsoft.Insights/workbooks", READERS),
+    ("durableTaskDataContributor", "Microsoft.DurableTask/schedulers", APP),
     ("patchRole", "subscription", APP),
     ("rollbackRole", "subscription", APP),
 }
@@ -71,7 +79,8 @@ def test_no_key_secret_or_connection_string_anywhere_in_infra():
         found = _SECRET_PATTERNS.findall(text)
         assert not found, f"{path.relative_to(INFRA)}: {found}"
         for match in re.finditer(r"[\w.]*[Cc]onnectionString[\w.]*", text):
-            if match.group() in ("APPLICATIONINSIGHTS_CONNECTION_STRING", _ALLOWED_CONNECTION_STRING):
+            if match.group() in ("APPLICATIONINSIGHTS_CONNECTION_STRING", _ALLOWED_CONNECTION_STRING,
+                                 _SCHEDULER_CONNECTION_NAME):
                 continue
             raise AssertionError(f"{path.relative_to(INFRA)}: {match.group()}")
 
@@ -85,6 +94,16 @@ def test_app_insights_connection_string_is_the_only_one_and_entra_is_required_wi
     assert "STORAGE_CONNECTION_STRING" not in settings
     assert "AzureWebJobsStorage" not in settings, "host storage must use the identity-based settings"
     assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
+
+
+def test_the_durable_task_scheduler_is_reached_with_the_identity_only():
+    settings = module("function-app.bicep")["variables"]["durableTaskSchedulerSettings"]["value"]
+    connection = settings["DURABLE_TASK_SCHEDULER_CONNECTION_STRING"]
+    assert "Authentication=ManagedIdentity" in connection
+    assert "ClientID=${identity.properties.clientId}" in connection
+    grant = next(g for g in resources("Microsoft.Authorization/roleAssignments")
+                 if g.symbol == "appDurableTaskContributor")
+    assert grant.condition == "durableTaskSchedulerEnabled"
 
 
 def test_storage_takes_only_entra_tokens_over_tls_1_2():

@@ -15,10 +15,12 @@ from local.azurite import Azurite
 from local.clock import VirtualClock
 from local.loganalytics import LogAnalyticsStandIn
 from local.tls import LocalTls, ensure_local_tls
-from shared.assessment.recording import record_assessment, record_failure
+from shared.assessment.journal import journal_key
+from shared.assessment.recording import apply_journal, record_assessment, record_failure
+from shared.assessment.records import MachineAssessmentSummary
 from shared.assessment.updates_table import (
     CATALOGUE_TABLE,
-    HISTORY_TABLE,
+    HISTORY_PREFIX,
     MACHINE_UPDATES_TABLE,
     UpdateInventory,
     missing_keys,
@@ -70,6 +72,16 @@ def settings(
             "LOGS_QUERY_ENDPOINT": loganalytics.base_url + "/v1",
         }
     )
+
+
+def record(settings: Settings, vm: Machine, result: AssessmentOutcome, at: datetime,
+           run_id: str) -> MachineAssessmentSummary:
+    """One machine's scan as its own batch: recorded, then the batch's journal applied (as the batch
+    orchestration does at its end). The journal is the run's and the machine's: tests share Azurite."""
+    journal = journal_key(f"{run_id}-{vm.key}", 0)
+    summary = record_assessment(settings, vm, result, at, run_id, journal)
+    apply_journal(settings, [journal], at)
+    return summary
 
 
 def send_queued_rows(settings: Settings) -> None:
@@ -150,12 +162,12 @@ def test_an_installed_update_is_marked_not_needed_and_keeps_its_history(settings
     vm, other = machine(), machine()
     a, b, c, d = kbs(4)
     day1 = outcome(win(a, "Security"), win(b, "Critical"), win(c, "Updates"))
-    record_assessment(settings, vm, day1, DAY1, "run-1")
-    record_assessment(settings, other, outcome(win(b, "Critical")), DAY1, "run-1")
+    record(settings, vm, day1, DAY1, "run-1")
+    record(settings, other, outcome(win(b, "Critical")), DAY1, "run-1")
     assert catalogue_counts(inventory, [f"KB{a}", f"KB{b}"]) == {f"KB{a}": 1, f"KB{b}": 2}
 
     # Day 2: A and B were installed, C is still missing, D appeared.
-    summary = record_assessment(settings, vm, outcome(win(c, "Updates"), win(d, "Updates")), DAY2, "run-2")
+    summary = record(settings, vm, outcome(win(c, "Updates"), win(d, "Updates")), DAY2, "run-2")
 
     assert summary.compliant is True and summary.missing_total == 2
     state = gaps(inventory, vm)
@@ -164,7 +176,6 @@ def test_an_installed_update_is_marked_not_needed_and_keeps_its_history(settings
     assert installed["NoLongerNeededSince"] == DAY2
     assert (installed["FirstSeenMissing"], installed["LastSeenMissing"]) == (DAY1, DAY1)
     assert (state[f"KB{c}"]["State"], state[f"KB{c}"]["FirstSeenMissing"]) == ("Needed", DAY1)
-    assert state[f"KB{c}"]["LastSeenMissing"] == DAY2
     assert state[f"KB{d}"]["FirstSeenMissing"] == DAY2
     assert "NoLongerNeededSince" not in state[f"KB{c}"]
     assert catalogue_counts(inventory, [f"KB{a}", f"KB{b}", f"KB{d}"]) == {
@@ -198,7 +209,7 @@ def test_an_installed_update_is_marked_not_needed_and_keeps_its_history(settings
     )
 
     # Day 3: B is missing again (uninstalled): a new gap, no longer "no longer needed".
-    record_assessment(settings, vm, outcome(win(b, "Critical"), win(c, "Updates")), DAY3, "run-3")
+    record(settings, vm, outcome(win(b, "Critical"), win(c, "Updates")), DAY3, "run-3")
     reopened = gaps(inventory, vm)[f"KB{b}"]
     assert (reopened["State"], reopened["FirstSeenMissing"]) == ("Needed", DAY3)
     assert "NoLongerNeededSince" not in reopened
@@ -212,7 +223,7 @@ def test_the_machine_entity_gets_assessment_state_and_keeps_discovery_fields(set
     machines.record([vm], DAY1 - timedelta(hours=1))
     [kb] = kbs(1)
 
-    record_assessment(settings, vm, outcome(win(kb, "Security"), reboot=True), DAY1, "run-1")
+    record(settings, vm, outcome(win(kb, "Security"), reboot=True), DAY1, "run-1")
 
     entity = machines.get(vm.resource_id)
     assert entity is not None
@@ -227,7 +238,7 @@ def test_a_failure_sets_readiness_and_keeps_the_last_good_assessment(settings, a
     vm = machine()
     machines = MachineInventory(TableServiceClient.from_connection_string(azurite.connection_string))
     [kb] = kbs(1)
-    record_assessment(settings, vm, outcome(win(kb, "Critical")), DAY1, "run-1")
+    record(settings, vm, outcome(win(kb, "Critical")), DAY1, "run-1")
     failure = AssessmentFailure(
         Readiness.FAILED, "VMAgentNotReady", "the VM agent is not ready", "Restart it."
     )
@@ -247,7 +258,7 @@ def test_a_failure_sets_readiness_and_keeps_the_last_good_assessment(settings, a
     )
     assert rows == [{"Readiness": "Ready", "Compliant": False}, {"Readiness": "Failed", "Compliant": None}]
 
-    record_assessment(settings, vm, outcome(), DAY3, "run-3")  # a good assessment clears the error
+    record(settings, vm, outcome(), DAY3, "run-3")  # a good assessment clears the error
     entity = machines.get(vm.resource_id)
     assert entity is not None
     assert (entity["Readiness"], entity["LastError"], entity["Compliant"]) == ("Ready", "", True)
@@ -261,7 +272,6 @@ def snapshot(service: TableServiceClient, vm: Machine, keys: list[str]) -> dict[
     catalogue = service.get_table_client(CATALOGUE_TABLE)
     return {
         "updates": partition(MACHINE_UPDATES_TABLE, vm.key),
-        "history": partition(HISTORY_TABLE, vm.key),
         "machine": dict(service.get_table_client("Machines").get_entity(vm.subscription_id, vm.key)),
         "catalogue": [dict(catalogue.get_entity(vm.os_type.value, k)) for k in keys],
     }
@@ -271,19 +281,17 @@ def test_recording_the_same_assessment_twice_changes_nothing(settings, azurite, 
     service = TableServiceClient.from_connection_string(azurite.connection_string)
     vm = machine(OsType.LINUX)
     package = f"libtest{next(_names)}"
-    record_assessment(
-        settings, vm, outcome(pkg(package, "1.0", "Security"), pkg("bash", "5.1", "Other")), DAY1, "run-1"
-    )
+    record(settings, vm, outcome(pkg(package, "1.0", "Security"), pkg("bash", "5.1", "Other")), DAY1, "run-1")
     second = outcome(pkg(package, "1.1", "Security"))  # a newer version: the same gap; bash installed
-    record_assessment(settings, vm, second, DAY2, "run-2")
+    record(settings, vm, second, DAY2, "run-2")
     before = snapshot(service, vm, [package, "bash"])
 
-    record_assessment(settings, vm, second, DAY2, "run-2")  # the retried activity
+    record(settings, vm, second, DAY2, "run-2")  # the retried activity
 
     assert snapshot(service, vm, [package, "bash"]) == before
     gap = {e["RowKey"]: e for e in before["updates"]}[package]
     assert (gap["FirstSeenMissing"], gap["PackageVersion"]) == (DAY1, "1.1")
-    assert len(before["history"]) == 2
+    assert len([e for e in before["updates"] if e["RowKey"].startswith(HISTORY_PREFIX)]) == 2
     assert before["catalogue"][0]["MachinesNeeding"] == 1
     # The retried rows carry the same RecordIds (bash's Not needed row too): the outbox kept them once.
     send_queued_rows(settings)
@@ -304,7 +312,7 @@ def test_an_arc_count_only_assessment_keeps_the_update_list_as_it_was(settings, 
         kind=MachineKind.ARC_SERVER,
     )
     [kb] = kbs(1)
-    record_assessment(settings, vm, outcome(win(kb, "Security")), DAY1, "run-1")
+    record(settings, vm, outcome(win(kb, "Security")), DAY1, "run-1")
     counts = AssessmentOutcome(
         status="Succeeded",
         activity_id="arc",
@@ -316,7 +324,7 @@ def test_an_arc_count_only_assessment_keeps_the_update_list_as_it_was(settings, 
         counts_by_classification={"Updates": 2},
     )
 
-    summary = record_assessment(settings, vm, counts, DAY2, "run-2")
+    summary = record(settings, vm, counts, DAY2, "run-2")
 
     assert (summary.counts_only, summary.compliant, summary.missing_total) == (True, True, 2)
     assert gaps(inventory, vm)[f"KB{kb}"]["State"] == "Needed"  # no list: nothing is closed
@@ -327,11 +335,11 @@ def test_a_truncated_list_opens_what_it_lists_and_closes_nothing(settings, inven
     vm = machine()
     a, b, c = kbs(3)
     whole = outcome(win(a, "Security"), win(b, "Critical"), win(c, "Updates"))
-    record_assessment(settings, vm, whole, DAY1, "r1")
+    record(settings, vm, whole, DAY1, "r1")
 
     # The agent cut the list to A: B and C were not reported, so nothing says they were installed.
     cut = replace(outcome(win(a, "Security")), truncated=True, critical_and_security_count=2, other_count=1)
-    record_assessment(settings, vm, cut, DAY2, "r2")
+    record(settings, vm, cut, DAY2, "r2")
     found = gaps(inventory, vm)
     assert {key: found[key]["State"] for key in found} == {
         f"KB{a}": "Needed", f"KB{b}": "Needed", f"KB{c}": "Needed"
@@ -339,6 +347,6 @@ def test_a_truncated_list_opens_what_it_lists_and_closes_nothing(settings, inven
     assert found[f"KB{b}"]["FirstSeenMissing"] == DAY1  # the gap is the same one, still open
 
     # A whole list that names only A again closes B and C.
-    record_assessment(settings, vm, outcome(win(a, "Security")), DAY3, "r3")
+    record(settings, vm, outcome(win(a, "Security")), DAY3, "r3")
     found = gaps(inventory, vm)
     assert found[f"KB{b}"]["State"] == found[f"KB{c}"]["State"] == "Not needed"

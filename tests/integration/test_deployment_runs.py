@@ -12,7 +12,7 @@ from azure.data.tables import TableServiceClient
 from shared.deployments.definition import validate_definition
 from shared.deployments.results import MachineResultStatus
 from shared.deployments.rollout import REASON_CANCELLED, REASON_ERROR_BUDGET, REASON_WINDOW_CLOSING
-from shared.deployments.runs_table import MachineOutcomeRecord, MachineTarget, RunState, RunStore
+from shared.deployments.runs_table import Ending, MachineOutcomeRecord, MachineTarget, RunState, RunStore
 
 SUB = "33333333-3333-4333-8333-333333333333"
 START = datetime(2026, 3, 10, 2, 0, tzinfo=UTC)
@@ -132,3 +132,33 @@ def test_concurrent_claims_never_exceed_the_limit(store):
         thread.join()
     run = store.get_run(run_id)
     assert len(granted) == 2 and run.running == 2 and run.started == 2
+
+
+def test_a_claim_records_the_ended_machines_and_gives_their_slots_in_the_same_write(store):
+    """A batch's claim records its children's results (counted once, even when retried) and starts the
+    next machines in the slots they freed: one read and one transaction."""
+    run_id, _, keys = new_run(store)
+    queue = list(keys)
+    assert store.claim(run_id, queue, keys, START, batch=0).start == tuple(queue[:2])
+    store.update_machine(run_id, keys[queue[0]], {"Installed": 3, "Outputs": '["prescan", "install1"]'})
+    at = START + timedelta(minutes=40)
+
+    def ended(n: int, status: MachineResultStatus) -> Ending:
+        def outcome(row):
+            return MachineOutcomeRecord(status, installed=int(row.get("Installed", 0)))
+
+        return Ending(queue[n], outcome, at, outputs=("postscan",))
+
+    endings = [ended(0, MachineResultStatus.SUCCEEDED), ended(1, MachineResultStatus.FAILED)]
+    claim = store.claim(run_id, queue[2:], keys, at, batch=0, finished=endings)
+    assert claim.start == tuple(queue[2:4]) and claim.running == 2
+    assert [(f.recorded, f.outcome.status.value) for f in claim.finished] == [
+        (True, "succeeded"), (True, "failed")]
+    retried = store.claim(run_id, queue[2:], keys, at, batch=0, finished=endings)  # the answer was lost
+    assert retried.start == tuple(queue[2:4]) and not any(f.recorded for f in retried.finished)
+    run = store.get_run(run_id)
+    assert (run.running, run.started, run.failed) == (2, 4, 1)
+    assert (run.counts["succeeded"], run.counts["failed"]) == (1, 1)
+    row = store.machine(run_id, keys[queue[0]])
+    assert row["State"] == "succeeded" and row["Installed"] == 3 and row["FinishedAt"] == at
+    assert row["Outputs"] == '["prescan", "install1", "postscan"]'

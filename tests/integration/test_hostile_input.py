@@ -19,7 +19,12 @@ import function_app
 from functions import deployments_api
 from functions.http import MAX_BODY_BYTES, MAX_JSON_DEPTH
 from local.functions_host import FunctionsHost
-from shared.deployments.definition import MAX_DEFINITION_CHARS, MAX_KB_NUMBERS, MAX_PACKAGE_MASKS
+from shared.deployments.definition import (
+    MAX_DEFINITION_CHARS,
+    MAX_KB_NUMBERS,
+    MAX_MACHINES,
+    MAX_PACKAGE_MASKS,
+)
 from shared.deployments.definitions_table import DeploymentNotFound, deployment_store
 from shared.deployments.runs_table import run_store
 from shared.principal import PRINCIPAL_HEADER, Role, encode_principal
@@ -73,7 +78,7 @@ def test_a_body_over_the_limit_is_413(operator, method, path):
     # Valid JSON up to the end, so only its size is wrong: an 11 MB definition.
     padded = {**definition, "packagesToInclude": ["a" * 200] * 55_000}
     body = json.dumps(padded).encode()
-    assert len(body) > 10 * MAX_BODY_BYTES
+    assert len(body) > 2 * MAX_BODY_BYTES
     response = send(operator, method, path, body, definition["name"])
     assert response.status_code == 413, response.get_body()
     assert error_of(response)["code"] == "BodyTooLarge"
@@ -147,9 +152,12 @@ def test_list_limits_are_400_naming_the_field(operator, path, field, base, value
 @pytest.mark.parametrize("path", ["/api/deployments", "/api/deployment-runs"])
 def test_a_definition_too_big_to_store_is_413_before_anything_is_written(operator, path):
     definition = linux_machines()
-    # Within every list limit and under the body limit, but past what one Table entity holds.
+    # Within every list limit and under the body limit, but past what a definition may hold: MAX_MACHINES
+    # machines with the longest names and full package lists.
+    machine = vm("m").resource_id.replace("/rg/", "/rg-" + "g" * 87 + "/")
     big = {**definition, "packagesToInclude": [f"{n:04d}" + "a" * 240 for n in range(MAX_PACKAGE_MASKS)],
-           "packagesToExclude": [f"{n:04d}" + "b" * 240 for n in range(MAX_PACKAGE_MASKS)]}
+           "packagesToExclude": [f"{n:04d}" + "b" * 240 for n in range(MAX_PACKAGE_MASKS)],
+           "targets": {"machines": [f"{machine}{n:05d}" + "x" * 58 for n in range(MAX_MACHINES)]}}
     body = json.dumps(big).encode()
     assert len(body) < MAX_BODY_BYTES and len(body) > MAX_DEFINITION_CHARS
     response = operator.request("POST", path, body=body)

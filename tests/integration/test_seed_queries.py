@@ -23,7 +23,8 @@ from azure.monitor.query import LogsQueryClient, LogsQueryResult
 from local.clock import VirtualClock
 from local.loganalytics import LogAnalyticsStandIn
 from local.tls import LocalTls
-from shared.assessment.recording import record_assessment
+from shared.assessment.journal import journal_key
+from shared.assessment.recording import apply_journal, record_assessment
 from shared.azure.credentials import EmulatorCredential
 from shared.log_tables import TABLES, Column, ColumnType, LogTable
 from shared.model.classification import REQUIRED_FOR_COMPLIANCE, Classification
@@ -121,8 +122,9 @@ def fleet(settings) -> dict[str, Machine]:  # noqa: F811 - the imported fixture
             else pkg(m.title, "1.0", _API[m.classification])
             for m in missing
         ]
-        record_assessment(settings, vm, outcome(*patches), DAY1, run_id)
+        record_assessment(settings, vm, outcome(*patches), DAY1, run_id, journal_key(run_id, 0))
         machines[name] = vm
+    apply_journal(settings, [journal_key(run_id, 0)], DAY1)  # the batch's end
     send_queued_rows(settings)  # the rows reach Log Analytics through the outbox, as after a batch
     return machines
 

@@ -6,6 +6,7 @@ only the activities are replaced, each steered per machine by :data:`PLAN`.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import defaultdict
 from datetime import timedelta
@@ -17,16 +18,25 @@ import pytest
 from functions import assessment
 from local.clock import VirtualClock
 from local.durable import DurableRunner
-from shared.assessment.messages import AssessmentRunInput, AssessmentStep, MachineResult, TargetListing
+from shared.assessment.messages import (
+    AssessmentRunInput,
+    AssessmentStep,
+    BatchTargets,
+    MachineResult,
+    TargetListing,
+)
+from shared.model.assessment_outcome import Compliance
 
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
 BATCH_SIZE = 100
+PART_SIZE = 40  # machines per read of a batch: a batch of 100 comes in three parts
 
 app = df.DFApp()
 for _orchestrator in assessment.ORCHESTRATORS:
     app.orchestration_trigger(context_name="context")(_orchestrator)
 
-# Per-machine behaviour, by machine name: {"start_failures": n, "permanent": bool, "checks": n | None}
+# Per-machine behaviour, by machine name: {"start_failures": n, "permanent": bool, "checks": n | None,
+# "seconds": n (done once this long after the start, instead of at a number of checks)}
 PLAN: dict[str, dict[str, Any]] = {}
 CALLS: dict[str, list[Any]] = defaultdict(list)  # activity:machine -> clock times of calls
 FAILURES: dict[str, str] = {}  # machine -> recorded failure code
@@ -58,11 +68,15 @@ def list_assessment_targets(request: dict[str, Any]) -> dict[str, Any]:
 
 
 @app.activity_trigger(input_name="request")
-def read_assessment_batch(request: dict[str, Any]) -> list[str]:
+def read_assessment_batch(request: dict[str, Any]) -> dict[str, Any]:
+    """A batch in parts of PART_SIZE machines, as the real one cuts a batch by size."""
     if _called("read", f"batch-{request['batch']}") <= STATE.get("read_failures", 0):
         raise RuntimeError("table storage: 503 ServerBusy")
-    first = request["batch"] * BATCH_SIZE
-    return [machine_id(i) for i in range(first, min(first + BATCH_SIZE, STATE["machines"]))]
+    batch_end = min((request["batch"] + 1) * BATCH_SIZE, STATE["machines"])
+    first = int(request["after"]) + 1 if request.get("after") else request["batch"] * BATCH_SIZE
+    last = min(first + PART_SIZE, batch_end)
+    machines = tuple(json.dumps({"resource_id": machine_id(i)}) for i in range(first, last))
+    return BatchTargets(machines=machines, after=str(last - 1) if last < batch_end else None).model_dump()
 
 
 @app.activity_trigger(input_name="request")
@@ -84,9 +98,17 @@ def check_assessment(request: dict[str, Any]) -> dict[str, Any]:
     assert request["token"] == f"token-{name}"
     calls = _called("check", name)
     needed = PLAN.get(name, {}).get("checks", 1)
-    if needed is None or calls < needed:
+    seconds = PLAN.get(name, {}).get("seconds")
+    if seconds is not None:
+        running = STATE["clock"].now() < CALLS[f"start:{name}"][-1] + timedelta(seconds=seconds)
+        if running:
+            return AssessmentStep(in_progress=True).model_dump()
+    elif needed is None or calls < needed:
         return AssessmentStep(in_progress=True).model_dump()
+    # Names ending in 0 are compliant, in 5 unknown (no classification data), the rest non-compliant.
+    unknown = name.endswith("5")
     result = MachineResult(state="assessed", compliant=name.endswith("0"),
+                           compliance=Compliance.UNKNOWN if unknown else None,
                            missing_by_classification={"Security Updates": 2})
     return AssessmentStep(in_progress=False, result=result).model_dump()
 
@@ -97,6 +119,13 @@ def record_assessment_failure(request: dict[str, Any]) -> dict[str, Any]:
     _called("record", _name(request))
     state = "timed_out" if request["failure_code"] == "AssessmentTimedOut" else "failed"
     return MachineResult(state=state).model_dump()
+
+
+@app.activity_trigger(input_name="request")
+def apply_inventory_journal(request: dict[str, Any]) -> dict[str, int]:
+    for journal in request["journals"]:
+        _called("journal", str(journal))
+    return {"entries": 0}
 
 
 @app.activity_trigger(input_name="request")
@@ -134,7 +163,8 @@ def test_a_fleet_is_split_into_batches_and_the_master_history_stays_small(runner
     output = final["output"]
     assert output["batches"] == 3 and output["batchesDone"] == 3
     assert output["machines"] == output["assessed"] == 250
-    assert output["compliant"] == 25 and output["non_compliant"] == 225  # names ending in 0
+    assert output["compliant"] == 25 and output["non_compliant"] == 200  # names ending in 0, the rest
+    assert output["compliance_unknown"] == 25  # names ending in 5
     assert output["missing_by_classification"] == {"Security Updates": 500}
     assert final["customStatus"] == output  # progress is counts, never machine lists
     batches = [i for i in runner.list_instances() if i["name"] == "assessment_batch"]
@@ -146,8 +176,12 @@ def test_a_fleet_is_split_into_batches_and_the_master_history_stays_small(runner
     # with the fleet, so replaying it stays cheap.
     assert len(master) < 40
     assert not any(e.get("Name") == "assess_machine" for e in master)
-    # The rows the batches queued are sent after each batch: the last batch's before the run ends.
-    assert len(CALLS["send:run"]) == 3
+    # The finished batches' journals are applied together (three batches: once, at the end), each
+    # journal once, then the rows they queued are sent before the run ends.
+    assert len(CALLS["send:run"]) == 1
+    assert sorted(k for k in CALLS if k.startswith("journal:")) == [
+        f"journal:assessment-test|{n:05d}" for n in range(3)
+    ]
 
 
 def test_a_storage_blip_at_the_start_of_a_run_is_retried_not_fatal(runner, clock):
@@ -157,7 +191,8 @@ def test_a_storage_blip_at_the_start_of_a_run_is_retried_not_fatal(runner, clock
     assert final["output"]["assessed"] == 150
     gaps = [(t - started).total_seconds() for t in CALLS["list:run"]]
     assert gaps[0] == 0 and len(gaps) == 3  # retried after STORAGE_RETRY's waits
-    assert len(CALLS["read:batch-0"]) == len(CALLS["read:batch-1"]) == 2
+    # Batch 0 comes in three parts (PART_SIZE), batch 1 in two; each batch's first read fails once.
+    assert (len(CALLS["read:batch-0"]), len(CALLS["read:batch-1"])) == (4, 3)
 
 
 def test_polling_waits_with_growing_timers_until_the_assessment_is_done(runner, clock):
@@ -166,8 +201,21 @@ def test_polling_waits_with_growing_timers_until_the_assessment_is_done(runner, 
     final = run(runner, 1)
     assert final["output"]["assessed"] == 1
     gaps = [(t - started).total_seconds() for t in CALLS["check:vm-0000"]]
-    # 30 s, then 1.5 times longer each poll: 30, 75, 142.5, 243.75 seconds after the start.
-    assert gaps == pytest.approx([30, 75, 142.5, 243.75])
+    # 60 s, then 1.5 times longer each poll: 60, 150, 285, 487.5 seconds after the start.
+    assert gaps == pytest.approx([60, 150, 285, 487.5])
+
+
+@pytest.mark.parametrize(("seconds", "checks"), [(20, 1), (45, 1), (120, 2), (250, 3)])
+def test_an_assessment_of_a_minute_or_so_is_checked_once_and_its_history_stays_short(runner, seconds, checks):
+    """The first check waits a minute (ASSESSMENT_POLL_SECONDS): an assessment takes up to minutes, and each
+    check is an ARM read and eight history events, all replayed on each of the machine's wake-ups."""
+    PLAN["vm-0000"] = {"seconds": seconds}
+    assert run(runner, 1)["output"]["assessed"] == 1
+    assert len(CALLS["check:vm-0000"]) == checks
+    child = next(i for i in runner.list_instances() if i["name"] == "assess_machine")
+    history = runner.get_status(child["instanceId"], show_history=True)["historyEvents"]
+    # 7 events for the start and the last wake-up, then 8 per check (two wake-ups, a timer, an activity).
+    assert len(history) == 7 + 8 * checks
 
 
 def test_an_assessment_that_never_finishes_is_recorded_as_timed_out_at_the_deadline(runner, clock):

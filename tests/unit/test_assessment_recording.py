@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 
+from shared.assessment.messages import AssessmentCounts, MachineResult
 from shared.assessment.records import (
     MachineAssessmentSummary,
     is_optional,
@@ -13,8 +14,9 @@ from shared.assessment.records import (
     update_records,
     update_rows,
 )
+from shared.assessment.run import result_from_summary
 from shared.log_tables import UPDATE, UPDATE_SUMMARY, check_rows, record_id
-from shared.model.assessment_outcome import AssessmentOutcome, AvailablePatch, Readiness
+from shared.model.assessment_outcome import AssessmentOutcome, AvailablePatch, Compliance, Readiness
 from shared.model.classification import Classification
 from shared.model.machines import Machine, MachineKind, OsType, PowerState
 
@@ -314,3 +316,51 @@ def test_a_failure_summary_row_leaves_counts_and_compliance_empty():
     check_rows(UPDATE_SUMMARY, [row])
     assert "Compliant" not in row and "TotalUpdatesMissing" not in row
     assert (row["Readiness"], row["LastError"]) == ("Failed", "VMAgentNotReady: agent down")
+
+
+# -- compliance Unknown: a distribution that publishes no classification data -----------------------
+
+CENTOS = replace(LINUX, os_name="centos", os_version="7.9.2009")
+CENTOS_OUTCOME = outcome(pkg("kernel", "3.10.0-1160.108.1", "Other"), pkg("tzdata", "2024a-1", "Other"))
+CRITICAL_AND_SECURITY = frozenset({Classification.CRITICAL, Classification.SECURITY})
+
+
+def test_a_distribution_without_classification_data_is_unknown_not_compliant():
+    summary = summarize(CENTOS, CENTOS_OUTCOME, update_records(CENTOS, CENTOS_OUTCOME, AT), AT,
+                        required=CRITICAL_AND_SECURITY)
+    assert summary.compliance is Compliance.UNKNOWN
+    assert summary.compliant is False  # the boolean of older readers: not proven compliant
+    row = summary_row(CENTOS, summary, "run-1")
+    check_rows(UPDATE_SUMMARY, [row])
+    assert (row["Compliance"], row["Compliant"], row["OtherUpdatesMissing"]) == ("Unknown", False, 2)
+    result = result_from_summary(summary)  # the run's counts take the recorder's verdict as it is
+    assert (result.compliance, result.compliant) == (Compliance.UNKNOWN, False)
+    counts = AssessmentCounts.of(result)
+    assert (counts.compliant, counts.non_compliant, counts.compliance_unknown) == (0, 0, 1)
+
+
+def test_machines_with_classification_data_or_other_rules_are_judged_as_before():
+    def verdict(machine, assessed, required=CRITICAL_AND_SECURITY):
+        records = update_records(machine, assessed, AT)
+        return summarize(machine, assessed, records, AT, required=required).compliance
+
+    ubuntu_other_only = outcome(pkg("vim", "1", "Other"))
+    assert verdict(LINUX, ubuntu_other_only) is Compliance.COMPLIANT  # Ubuntu classifies: nothing urgent
+    assert verdict(LINUX, LINUX_OUTCOME) is Compliance.NON_COMPLIANT
+    assert verdict(WINDOWS, WINDOWS_OUTCOME) is Compliance.NON_COMPLIANT
+    assert verdict(CENTOS, outcome()) is Compliance.COMPLIANT  # nothing pending at all
+    # Other updates count: CentOS is judged by them.
+    assert verdict(CENTOS, CENTOS_OUTCOME, frozenset({Classification.OTHER})) is Compliance.NON_COMPLIANT
+    # Compliance asks for no critical or security class: the missing classification data does not matter.
+    assert verdict(CENTOS, CENTOS_OUTCOME, frozenset({Classification.TOOLS})) is Compliance.COMPLIANT
+    counted = [AssessmentCounts.of(result_from_summary(summarize(m, o, update_records(m, o, AT), AT)))
+               for m, o in ((LINUX, ubuntu_other_only), (LINUX, LINUX_OUTCOME), (CENTOS, CENTOS_OUTCOME))]
+    total = counted[0].plus(counted[1]).plus(counted[2])
+    assert (total.compliant, total.non_compliant, total.compliance_unknown) == (1, 1, 1)
+
+
+def test_a_result_from_before_the_compliance_field_is_counted_by_its_boolean():
+    assert AssessmentCounts.of(MachineResult(state="assessed", compliant=True)).compliant == 1
+    assert AssessmentCounts.of(MachineResult(state="assessed", compliant=False)).non_compliant == 1
+    failed = AssessmentCounts.of(MachineResult(state="failed"))
+    assert (failed.compliant, failed.non_compliant, failed.compliance_unknown) == (0, 0, 0)

@@ -153,7 +153,13 @@ def test_too_many_machines_is_refused_with_the_limit():
     ids = [vm(f"m{n}").resource_id for n in range(MAX_MACHINES + 1)]
     with pytest.raises(DefinitionError) as caught:
         validate_definition(_set(windows(), "targets.machines", ids))
-    assert caught.value.field == "targets.machines" and "1000" in caught.value.message
+    assert caught.value.field == "targets.machines" and f"{MAX_MACHINES:,}" in caught.value.message
+
+
+def test_a_deployment_of_the_largest_fleet_is_accepted():
+    ids = [vm(f"m{n:05d}").resource_id for n in range(MAX_MACHINES)]
+    definition = validate_definition(_set(windows(), "targets.machines", ids))
+    assert len(definition.targets.machines) == MAX_MACHINES
 
 
 def test_a_body_that_is_not_an_object_is_refused():
@@ -189,3 +195,13 @@ def test_a_saved_search_returning_something_else_than_machines_names_the_group()
     with pytest.raises(DefinitionError) as caught:
         evaluate_groups(definition, list, lambda query: ["not-a-resource-id"])
     assert caught.value.field == "targets.groups.1.savedSearch.query"
+
+
+def test_groups_of_the_largest_fleet_are_evaluated_and_one_more_machine_is_refused():
+    definition = validate_definition(linux())
+    fleet = [vm(f"web{n:05d}", tags={"env": "prod"}) for n in range(MAX_MACHINES)]
+    members = evaluate_groups(definition, lambda: fleet, lambda query: [])
+    assert len(members) == MAX_MACHINES
+    with pytest.raises(DefinitionError) as caught:
+        evaluate_groups(definition, lambda: fleet, lambda query: [vm("one-more").resource_id])
+    assert caught.value.field == "targets.groups" and f"{MAX_MACHINES:,}" in caught.value.message

@@ -22,6 +22,7 @@ import pytest
 from functions import deployments
 from local.clock import VirtualClock
 from local.durable import DurableRunner
+from local.durable.history import EventType
 from shared.deployments.definition import DeploymentDefinition, validate_definition
 from shared.deployments.messages import (
     MAX_INSTALL_CALLS,
@@ -81,7 +82,7 @@ TUNING = {"poll_seconds": 300, "max_poll_seconds": 600, "slot_poll_seconds": 600
 STATE: dict[str, Any] = {}
 CALLS: dict[str, list[datetime]] = defaultdict(list)  # "activity:step:machine" -> clock times of calls
 TOKENS: dict[str, list[str]] = defaultdict(list)  # machine -> steps started (a token was handed out)
-FINISHED: dict[str, FinishInput] = {}  # machine -> what deploy_machine recorded through the finish activity
+FINISHED: dict[str, FinishInput] = {}  # machine -> the result it ended with, as its batch recorded it
 _lock = threading.Lock()
 
 
@@ -213,7 +214,7 @@ class RunTable:
                 self.run = replace(run, state=state, finished=at)
 
     def progress(self) -> dict[str, Any]:
-        """What ``read_deployment_progress`` and ``complete_deployment_run`` answer."""
+        """What ``complete_deployment_run`` answers."""
         with self.lock:
             run = self.record().to_json()
         keys = ("state", "machines", "started", "running", "queued", "results", "stopReason",
@@ -245,6 +246,13 @@ def resolve_deployment_run(request: dict[str, Any]) -> dict[str, Any]:
 
 
 @app.activity_trigger(input_name="request")
+def apply_inventory_journal(request: dict[str, Any]) -> dict[str, int]:
+    for journal in request["journals"]:
+        _called("journal", "batch", str(journal))
+    return {"entries": 0}
+
+
+@app.activity_trigger(input_name="request")
 def read_deployment_batch(request: dict[str, Any]) -> list[str]:
     assert request["runId"] == RUN_ID
     return TABLE.batch(int(request["batch"]))
@@ -252,8 +260,13 @@ def read_deployment_batch(request: dict[str, Any]) -> list[str]:
 
 @app.activity_trigger(input_name="request")
 def claim_deployment_machines(request: dict[str, Any]) -> dict[str, Any]:
-    claim = TABLE.claim(ClaimInput.model_validate(request))
-    _called("claim", str(request["batch"]), "run")
+    parsed = ClaimInput.model_validate(request)
+    for ended in parsed.finished:  # recorded before the gate decides, as ``RunStore.claim`` does
+        _record(FinishInput(run_id=parsed.run_id, resource_id=ended.resource_id, status=ended.status,
+                            reason=ended.reason, at=ended.at or parsed.at, failure=ended.failure))
+    claim = TABLE.claim(parsed)
+    # A claim that only records ended children (nothing waits) is not an ask of the gate.
+    _called("claim" if parsed.resource_ids else "record", str(request["batch"]), "run")
     with _lock:
         lose = claim.start and STATE.get("lose_claim_answers", 0) > 0
         if lose:
@@ -322,19 +335,10 @@ def _outcome(plan: dict[str, Any], step: str, started: datetime) -> StepOutcome:
                        failed=failed, window_exceeded=install.maintenance_window_exceeded)
 
 
-@app.activity_trigger(input_name="request")
-def finish_deployment_machine(request: dict[str, Any]) -> dict[str, Any]:
-    parsed = FinishInput.model_validate(request)
+def _record(parsed: FinishInput) -> None:
     with _lock:
         FINISHED.setdefault(_name(parsed.resource_id), parsed)
     TABLE.finish(parsed)
-    return {"status": parsed.status}
-
-
-@app.activity_trigger(input_name="run_id")
-def read_deployment_progress(run_id: str) -> dict[str, Any]:
-    assert run_id == RUN_ID
-    return TABLE.progress()
 
 
 @app.activity_trigger(input_name="request")
@@ -370,10 +374,21 @@ def runner(clock):
         yield running
 
 
-def run(runner: DurableRunner, machines: int, *, window_minutes: int = 120, max_concurrent: int | str = "50%",
-        error_budget: int | str = "100%", reboot_setting: str = "IfRequired", batch_size: int = 50,
-        settings: Settings | None = None, **tuning: int) -> dict[str, Any]:
+def run(runner: DurableRunner, machines: int, **options: Any) -> dict[str, Any]:
     """Create a run of ``machines`` machines as ``POST /deployments/{name}/runs`` does, run it to the end."""
+    start_run(runner, machines, **options)
+    final = runner.wait_for_completion(RUN_ID, timeout=30)
+    assert final["runtimeStatus"] == "Completed", final["output"]
+    failed = [i["instanceId"] for i in runner.list_instances() if i["runtimeStatus"] != "Completed"]
+    assert failed == [], f"orchestrations that did not complete: {failed}"
+    return final
+
+
+def start_run(runner: DurableRunner, machines: int, *, window_minutes: int = 120,
+              max_concurrent: int | str = "50%", error_budget: int | str = "100%",
+              reboot_setting: str = "IfRequired", batch_size: int = 50, settings: Settings | None = None,
+              **tuning: int) -> None:
+    """Create a run of ``machines`` machines as ``POST /deployments/{name}/runs`` does and start it."""
     ids = [machine_id(i) for i in range(machines)]
     definition = validate_definition({
         "name": "patch-test", "operatingSystem": "Linux", "targets": {"machines": ids},
@@ -392,11 +407,6 @@ def run(runner: DurableRunner, machines: int, *, window_minutes: int = 120, max_
         coarse = {k: v for k, v in TUNING.items() if k != "poll_seconds"}
         run_input = started.model_copy(update={"tuning": started.tuning.model_copy(update=coarse)})
     runner.start_new("deployment_run", RUN_ID, run_input.model_dump(mode="json"))
-    final = runner.wait_for_completion(RUN_ID, timeout=30)
-    assert final["runtimeStatus"] == "Completed", final["output"]
-    failed = [i["instanceId"] for i in runner.list_instances() if i["runtimeStatus"] != "Completed"]
-    assert failed == [], f"orchestrations that did not complete: {failed}"
-    return final
 
 
 def installs(name: str) -> list[str]:
@@ -432,6 +442,31 @@ def test_a_run_over_three_batches_prescans_installs_and_postscans_every_machine(
     assert runner.get_status(RUN_ID)["customStatus"] == {"stage": "done", **output}
     # The queued log rows are sent after each batch and once more when the run is complete.
     assert len(CALLS["send:run"]) == 4
+
+
+def test_the_master_waits_on_its_batches_alone_and_its_status_shows_their_counts(runner):
+    """No timer and no progress read in the master (each was replayed on every wake-up): its history holds
+    the resolve, the batches, the log sends and the completion; while batches run, its status says how
+    many ended and with what. The live counters are the run's row (GET /api/deployment-runs/{runId})."""
+    gone = {"code": "ResourceNotFound", "message": "the machine was deleted"}
+    PLAN["vm-0000"] = PLAN["vm-0001"] = {"fail": {"prescan": gone}}  # batch 0 ends without a timer
+    with runner.hold_clock():  # the other batches' machines wait on their first check
+        start_run(runner, 5, window_minutes=360, batch_size=2, max_concurrent=5)
+        runner.run_until_idle(10)
+        assert runner.get_status(RUN_ID)["customStatus"] == {
+            "stage": "running", "machines": 5, "batches": 3, "batchesDone": 1,
+            "batchResults": {MachineResultStatus.FAILED.value: 2},
+        }  # fmt: skip
+    output = runner.wait_for_completion(RUN_ID, timeout=30)["output"]
+    results = {k: v for k, v in output["results"].items() if v}
+    assert results == {MachineResultStatus.FAILED.value: 2, SUCCEEDED: 3}
+    history = runner.get_status(RUN_ID, show_history=True)["historyEvents"]
+    kinds = [EventType(e["EventType"]) for e in history]
+    assert EventType.TIMER_CREATED not in kinds
+    activities = [e["Name"] for e in history if e["EventType"] == EventType.TASK_SCHEDULED]
+    assert activities == ["resolve_deployment_run", "send_log_rows", "send_log_rows", "send_log_rows",
+                          "complete_deployment_run", "send_log_rows"]
+    assert kinds.count(EventType.SUB_ORCHESTRATION_CREATED) == 3
 
 
 def test_a_machine_with_nothing_pending_is_recorded_not_needed_without_an_install(runner):

@@ -61,6 +61,7 @@ USES_ADAPTERS = frozenset({
     "shared.fleet.machines_table",  # the Machines table
     "shared.assessment.arc_patches",  # an Arc server's update list from Resource Graph
     "shared.assessment.baselines_table",  # LightCheckBaseline; the light check's ARM and Resource Graph reads
+    "shared.assessment.journal",  # a batch's InventoryJournal, applied to Machines, index, catalogue, outbox
     "shared.assessment.recording",  # writes the update tables and queues the Log Analytics rows
     "shared.assessment.run",  # the assessment activities' work: ARM calls, AssessmentTargets table
     "shared.assessment.updates_table",  # the update inventory and its history
@@ -91,6 +92,8 @@ CROSS_CAPABILITY_ADAPTERS = {
     ("shared.assessment.views", "shared.fleet.machines_table"),
     # A deployment's pre- and post-scans are assessments, recorded as any other assessment.
     ("shared.deployments.steps", "shared.assessment.recording"),
+    # ... into the deployment batch's inventory journal, applied when the batch ends.
+    ("shared.deployments.steps", "shared.assessment.journal"),
     # ... and an Arc server's scan takes its update list from Resource Graph as any Arc assessment does.
     ("shared.deployments.steps", "shared.assessment.arc_patches"),
 }

@@ -6,6 +6,7 @@ import function_app
 from functions.http import required_role
 from functions.openapi import openapi_document
 from local.app_index import app_functions
+from shared.deployments.definition import MAX_MACHINES
 from shared.fleet import scope
 from shared.fleet.machine_query import ACCEPTED_PARAMETERS
 from shared.principal import PRINCIPAL_HEADER
@@ -68,6 +69,7 @@ def test_the_definition_shows_its_bounds_and_patterns():
     window = definition["maintenanceWindowMinutes"]
     assert (window["minimum"], window["maximum"]) == (30, 360)
     assert "Critical" in definition["classifications"]["items"]["enum"]
-    assert schemas["Targets"]["properties"]["machines"]["maxItems"] == 1000
+    assert schemas["Targets"]["properties"]["machines"]["maxItems"] == MAX_MACHINES
+    assert schemas["Deployment"]["properties"]["frozenGroupMembers"]["maxItems"] == MAX_MACHINES
     start = schemas["Schedule"]["properties"]["startTime"]
     assert "format" not in start and start["pattern"].endswith("$")  # a wall time, without an offset

@@ -1,0 +1,49 @@
+"""What a phase of a bench cost this machine: wall time, CPU seconds, peak memory.
+
+CPU and memory are the bench's own process: the app, the Durable runner and the Python stand-ins (ARM,
+Log Analytics, Resource Graph) all run in it; Azurite is a Node.js process of its own, read from
+``/proc`` where there is one.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass(frozen=True)
+class Usage:
+    wall: float  # seconds, time.perf_counter
+    cpu: float  # seconds of this process, every thread (time.process_time)
+    peak_rss_kb: int  # the process's peak resident set so far (getrusage; Linux reports KB)
+    other_cpu: float | None  # seconds of another process (Azurite), None when it cannot be read
+
+    @classmethod
+    def now(cls, other_pid: int | None = None) -> Usage:
+        return cls(time.perf_counter(), time.process_time(),
+                   resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, process_cpu_seconds(other_pid))
+
+    def since(self, earlier: Usage) -> Usage:
+        """The wall and CPU seconds from ``earlier`` to this; the peak RSS stays the process's so far."""
+        other = None
+        if self.other_cpu is not None and earlier.other_cpu is not None:
+            other = self.other_cpu - earlier.other_cpu
+        return Usage(self.wall - earlier.wall, self.cpu - earlier.cpu, self.peak_rss_kb, other)
+
+
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """User and system seconds of process ``pid`` and its waited-for children, from ``/proc/{pid}/stat``."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": field 3 (state) is fields[0]
+    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+    return (utime + stime + cutime + cstime) / _TICKS_PER_SECOND
