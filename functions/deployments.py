@@ -374,10 +374,11 @@ def complete_deployment_run(request: dict[str, Any]) -> dict[str, Any]:
     settings = load_settings()
     record_never_started(settings, str(request["runId"]), at)
     run = run_store(settings).complete(str(request["runId"]), at)
-    return _progress(run.to_json())
+    return run_progress(run.to_json())
 
 
-def _progress(run: dict[str, Any]) -> dict[str, Any]:
+def run_progress(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's live counters as the run's row has them (the gate and the batches keep them there)."""
     keys = ("state", "machines", "started", "running", "queued", "results", "stopReason", "cancelRequested",
             "windowStart", "windowEnd")
     return {k: run[k] for k in keys}

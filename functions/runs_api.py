@@ -8,7 +8,9 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from functions.deployments import ORCHESTRATOR as DEPLOYMENT_RUN_ORCHESTRATOR
+from functions.deployments import run_progress
 from functions.http import error_response, json_response, requires
+from shared.deployments.runs_table import run_store
 from shared.principal import Role
 from shared.settings import SettingsError, load_settings
 
@@ -51,4 +53,17 @@ async def read_run(req: func.HttpRequest, client: df.DurableOrchestrationClient)
     # prefix) has its machines and results at /api/deployment-runs/{id}.
     if status.name == DEPLOYMENT_RUN_ORCHESTRATOR:
         body["details"] = f"/api/deployment-runs/{run_id}"
+        if status.runtime_status is df.OrchestrationRuntimeStatus.Running:
+            body["progress"] = _live_progress(run_id, status.custom_status)
     return json_response(body)
+
+
+def _live_progress(run_id: str, master_status: Any) -> Any:
+    """A running deployment's counters as its row has them now, as /api/deployment-runs/{id} shows them
+    (the master's status has only the batches that ended); the master's status if the row is unreadable."""
+    try:
+        record = run_store(load_settings()).get_run(run_id)
+    except Exception:  # noqa: BLE001 - storage away: what the orchestration knows is still an answer
+        return master_status
+    batches = master_status if isinstance(master_status, dict) else {}
+    return {**batches, **run_progress(record.to_json()), "stage": "running"}

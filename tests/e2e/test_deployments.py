@@ -413,6 +413,10 @@ def test_cancel_stops_new_machines_and_records_the_rest_as_cancelled(stack):
         while not cancelled.is_set():
             progress = body(stack.functions.request("GET", f"/api/deployment-runs/{run_id}"))  # the live row
             if progress.get("running"):
+                # The route the README points to shows the same live counters while the run runs.
+                live = body(stack.functions.request("GET", f"/api/runs/{run_id}"))["progress"]
+                assert live["stage"] == "running" and live["running"] >= 1, live
+                assert {"started", "queued", "results"} <= set(live), live
                 response = stack.functions.request("POST", f"/api/deployment-runs/{run_id}/cancel")
                 assert response.status_code == 202, response.get_body()
                 cancelled.set()
