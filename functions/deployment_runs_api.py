@@ -17,13 +17,14 @@ import azure.functions as func
 
 from functions.deployments import ORCHESTRATOR, adhoc_run_id, run_input
 from functions.durable import runtime_status
-from functions.http import error_response, json_response, read_json, requires, run_accepted
-from shared.deployments.definition import validate_definition
+from functions.http import error_response, find_machine, json_response, read_json, requires, run_accepted
+from shared.deployments.definition import validate_inline_definition
 from shared.deployments.definitions_table import DeploymentNotFound, deployment_store
 from shared.deployments.messages import Step
 from shared.deployments.outputs import RunLogNotFound, run_log_store
 from shared.deployments.reconcile import close_lost_run, is_lost
 from shared.deployments.results import MachineResultStatus
+from shared.deployments.run_machines import RunMachines
 from shared.deployments.runs_table import (
     MachineState,
     RunNotFound,
@@ -33,6 +34,7 @@ from shared.deployments.runs_table import (
     machine_to_json,
     run_store,
 )
+from shared.fleet.machine_names import MachineEntry
 from shared.model.install_outcome import InstallationState, PatchInstallResult
 from shared.principal import Principal, Role
 from shared.settings import Settings, load_settings
@@ -66,11 +68,6 @@ def _machine_link(run_id: str, machine: str) -> str:
 
 def _run_not_found(run_id: str) -> func.HttpResponse:
     return error_response(404, "RunNotFound", f"no deployment run {run_id!r}")
-
-
-def _machine_not_found(run_id: str, machine: str) -> func.HttpResponse:
-    message = f"run {run_id} has no machine {machine!r}; machine ids come from GET {_run_link(run_id)}"
-    return error_response(404, "MachineNotFound", message)
 
 
 def _parse_top(raw: str | None) -> int | None:
@@ -112,16 +109,15 @@ def _store(settings: Settings) -> RunStore:
     return run_store(settings)
 
 
-def _run_machine(store: RunStore, run_id: str, machine: str) -> dict[str, Any] | func.HttpResponse:
-    """The machine's row in the run, or the 404 naming what is missing (the run or the machine)."""
+def _run_machine(store: RunStore, run_id: str, machine: str) -> MachineEntry | func.HttpResponse:
+    """The machine's row in the run, named by its key, resource id or computer name, or the 404 naming
+    what is missing (the run or the machine), or the 409 listing the machines of an ambiguous name."""
     try:
         store.get_run(run_id)
     except RunNotFound:
         return _run_not_found(run_id)
-    try:
-        return store.machine(run_id, machine)
-    except RunNotFound:
-        return _machine_not_found(run_id, machine)
+    machines = RunMachines(store, run_id)
+    return find_machine(machines, machine, machines.where)
 
 
 # --- start now, cancel ---------------------------------------------------------------------------
@@ -154,12 +150,12 @@ async def start_inline_deployment(
     req: func.HttpRequest, client: df.DurableOrchestrationClient
 ) -> func.HttpResponse:
     """Run a definition given in the body now, without storing it as a deployment; groups are evaluated
-    when the run starts."""
-    definition = read_json(req, validate_definition)
+    when the run starts. Its ``schedule`` may be left out (the run starts now either way)."""
+    now = datetime.now(UTC)
+    definition = read_json(req, lambda body: validate_inline_definition(body, now))
     if isinstance(definition, func.HttpResponse):
         return definition
     settings = load_settings()
-    now = datetime.now(UTC)
     run_id = adhoc_run_id(definition.name, now)
     run_store(settings).create_run(run_id, definition, "http-inline", now)
     await client.start_new(ORCHESTRATOR, run_id, run_input(run_id, definition, "http-inline", settings))
@@ -249,11 +245,11 @@ def read_deployment_run(req: func.HttpRequest) -> func.HttpResponse:
 def read_deployment_run_machine(req: func.HttpRequest) -> func.HttpResponse:
     """One machine of a run: its result, the updates its install reported, and links to its step outputs."""
     run_id = req.route_params.get("runId", "")
-    machine = req.route_params.get("machine", "")
     settings = load_settings()
-    row = _run_machine(_store(settings), run_id, machine)
-    if isinstance(row, func.HttpResponse):
-        return row
+    found = _run_machine(_store(settings), run_id, req.route_params.get("machine", ""))
+    if isinstance(found, func.HttpResponse):
+        return found
+    machine, row = found.key, found.row
     logs = run_log_store(settings)
     steps = _in_step_order(logs.list_steps(run_id, machine))
     outputs = []
@@ -280,12 +276,12 @@ def read_deployment_run_machine(req: func.HttpRequest) -> func.HttpResponse:
 def read_deployment_run_output(req: func.HttpRequest) -> func.HttpResponse:
     """The document a step stored, as it was stored (an assessment or an install result)."""
     run_id = req.route_params.get("runId", "")
-    machine = req.route_params.get("machine", "")
     step = req.route_params.get("step", "")
     settings = load_settings()
-    found = _run_machine(_store(settings), run_id, machine)
+    found = _run_machine(_store(settings), run_id, req.route_params.get("machine", ""))
     if isinstance(found, func.HttpResponse):
         return found
+    machine = found.key
     message = f"machine {machine} of run {run_id} has no output of step {step!r} (steps: {', '.join(STEPS)})"
     missing = error_response(404, "RunLogNotFound", message, "step")
     if step not in STEPS:

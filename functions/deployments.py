@@ -21,7 +21,6 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
-from functions.assessment import APPLY_INVENTORY_JOURNAL
 from functions.durable import (
     STORAGE_RETRY,
     batch_instance_id,
@@ -32,8 +31,6 @@ from functions.durable import (
     send_log_rows,
     start_once,
 )
-from shared.assessment.journal import journal_key
-from shared.assessment.messages import JournalApply
 from shared.azure.tables import table_service
 from shared.deployments.definition import DeploymentDefinition
 from shared.deployments.definitions_table import deployment_store
@@ -43,6 +40,9 @@ from shared.deployments.messages import (
     POSTSCAN,
     PRESCAN,
     RESTART,
+    BatchJournalApply,
+    BatchMachines,
+    BatchMachinesRead,
     ClaimInput,
     ClaimResult,
     DeploymentBatchInput,
@@ -66,7 +66,7 @@ from shared.deployments.runs_table import RunState, run_store
 from shared.deployments.scheduler import FIRST_LOOKBACK, RUN_PREFIX, look_since, record_occurrences
 from shared.deployments.scheduler_state import SchedulerState
 from shared.deployments.selection import NO_CLASSIFICATION_DATA
-from shared.deployments.steps import check_step, start_step
+from shared.deployments.steps import apply_batch_journal, check_step, start_step
 from shared.settings import Settings, load_settings
 
 bp = df.Blueprint()
@@ -174,9 +174,19 @@ def _running(plan: RunPlan, settled: dict[str, int], batches_done: int) -> dict[
 
 def deployment_batch(context: df.DurableOrchestrationContext) -> Any:
     batch = DeploymentBatchInput.model_validate(context.get_input())
-    queue: list[str] = list((yield call_storage(context, "read_deployment_batch", {
-        "runId": batch.run_id, "batch": batch.batch,
-    })))  # fmt: skip
+    # The batch's machines as JSON, each handed to its child so that its steps read no row for it; read in
+    # parts, so no event of this history spills to a blob (MAX_BATCH_PART_CHARS).
+    machines: dict[str, str | None] = {}
+    after: str | None = None
+    while True:
+        read = BatchMachinesRead(run_id=batch.run_id, batch=batch.batch, after=after)
+        part = BatchMachines.model_validate((yield call_storage(context, "read_deployment_batch",
+                                                                read.model_dump(mode="json"))))
+        machines |= dict(zip(part.resource_ids, part.machines, strict=True))
+        if part.after is None:
+            break
+        after = part.after
+    queue = sorted(machines)
     running: dict[Any, str] = {}
     results: dict[str, int] = {}
     ended: list[MachineRunResult] = []  # children's results the gate has not recorded yet
@@ -191,7 +201,8 @@ def deployment_batch(context: df.DurableOrchestrationContext) -> Any:
             ended = []
             for resource_id in claim.start:
                 child = context.call_sub_orchestrator("deploy_machine", MachineDeploymentInput(
-                    run_id=batch.run_id, resource_id=resource_id, window_start=batch.window_start,
+                    run_id=batch.run_id, resource_id=resource_id, machine=machines.get(resource_id),
+                    batch=batch.batch, window_start=batch.window_start,
                     window_minutes=batch.window_minutes, reboot=batch.reboot, restart_only=batch.restart_only,
                     tuning=batch.tuning,
                 ).model_dump(mode="json"), machine_instance_id(batch.run_id, resource_id))  # fmt: skip
@@ -222,9 +233,10 @@ def deployment_batch(context: df.DurableOrchestrationContext) -> Any:
             result = MachineRunResult.model_validate(finished.result)
             results[result.status] = results.get(result.status, 0) + 1
             ended.append(result.model_copy(update={"resource_id": resource_id}))
-    # The scans' Machines states, reverse index, catalogue counts and rows (shared/assessment/journal.py).
-    yield call_storage(context, APPLY_INVENTORY_JOURNAL, JournalApply(
-        journals=(journal_key(batch.run_id, batch.batch),), at=context.current_utc_datetime,
+    # The scans' Machines states, reverse index, catalogue counts and rows (shared/assessment/journal.py),
+    # with the installs' progress rows the machines' rows carry (steps.apply_batch_journal).
+    yield call_storage(context, "apply_deployment_journal", BatchJournalApply(
+        run_id=batch.run_id, batch=batch.batch, at=context.current_utc_datetime,
     ).model_dump(mode="json"))  # fmt: skip
     return results
 
@@ -251,6 +263,7 @@ def deploy_machine(context: df.DurableOrchestrationContext) -> Any:
         return _result(context, request, MachineResultStatus.SKIPPED, decision.reason)
 
     install: StepOutcome | None = None
+    results_pending = False  # an Arc install whose per-update results the post-scan reads again
     for call in range(1, MAX_INSTALL_CALLS + 1):
         answer = yield from _step(context, request, install_step(call), request.install_deadline())
         if isinstance(answer, StepFailure):
@@ -259,6 +272,7 @@ def deploy_machine(context: df.DurableOrchestrationContext) -> Any:
                 return _result(context, request, status, f"install: {answer.code}", answer)
             break  # the first call's result stands; the second could not start
         install = answer
+        results_pending = results_pending or answer.results_pending
         # Another call only for what a capped call (3 h 55 min) left while the window still has room.
         room = timedelta(minutes=MINUTES_PER_UPDATE + (MINUTES_FOR_REBOOT if request.reboot else 0))
         if install.pending == 0 or install.failed or window.time_left(context.current_utc_datetime) < room:
@@ -266,7 +280,8 @@ def deploy_machine(context: df.DurableOrchestrationContext) -> Any:
     assert install is not None and install.status is not None
     status = MachineResultStatus(install.status)
 
-    postscan = yield from _step(context, request, POSTSCAN, context.current_utc_datetime + scan_deadline)
+    postscan = yield from _step(context, request, POSTSCAN, context.current_utc_datetime + scan_deadline,
+                                results_pending=results_pending)
     reason = "" if not isinstance(postscan, StepFailure) else f"post-scan failed: {postscan.code}"
     if status is MachineResultStatus.WINDOW_EXCEEDED and not reason:
         reason = f"{install.pending} updates left pending when the window ran out"
@@ -285,10 +300,13 @@ def _restart_only(context: df.DurableOrchestrationContext, request: MachineDeplo
                    scanned=not isinstance(postscan, StepFailure))
 
 
-def _step(context: df.DurableOrchestrationContext, request: MachineDeploymentInput, step: str,
-          deadline: datetime) -> Generator[Any, Any, StepOutcome | StepFailure]:
+def _step(
+    context: df.DurableOrchestrationContext, request: MachineDeploymentInput, step: str, deadline: datetime,
+    results_pending: bool = False,
+) -> Generator[Any, Any, StepOutcome | StepFailure]:
     """Start a step, then check it on durable timers until it is done, it fails, or the deadline passes."""
-    base = StepInput(run_id=request.run_id, resource_id=request.resource_id, step=step)  # type: ignore[arg-type]
+    base = StepInput(run_id=request.run_id, resource_id=request.resource_id, step=step,  # type: ignore[arg-type]
+                     machine=request.machine, batch=request.batch, results_pending=results_pending)
     polled = yield from poll_operation(
         context, "start_machine_step", "check_machine_step", base, done=_step_done,
         tuning=request.tuning, deadline=deadline, subject=request.resource_id,
@@ -347,8 +365,16 @@ def resolve_deployment_run(request: dict[str, Any]) -> dict[str, Any]:
 
 
 @bp.activity_trigger(input_name="request")
-def read_deployment_batch(request: dict[str, Any]) -> list[str]:
-    return run_store(load_settings()).batch_machines(str(request["runId"]), int(request["batch"]))
+def read_deployment_batch(request: dict[str, Any]) -> dict[str, Any]:
+    read = BatchMachinesRead.model_validate(request)
+    return run_store(load_settings()).batch_part(read.run_id, read.batch, read.after).model_dump(mode="json")
+
+
+@bp.activity_trigger(input_name="request")
+def apply_deployment_journal(request: dict[str, Any]) -> dict[str, int]:
+    """The batch's inventory journal and what its machines' rows carry for it (steps.apply_batch_journal)."""
+    apply = BatchJournalApply.model_validate(request)
+    return apply_batch_journal(load_settings(), apply.run_id, apply.batch, apply.at)
 
 
 @bp.activity_trigger(input_name="request")

@@ -13,7 +13,7 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
-from functions.http import error_response, json_response, read_json, requires
+from functions.http import error_response, invalid_fields, json_response, read_json, requires
 from shared.azure.credentials import credential_for
 from shared.deployments.definition import DefinitionError, DeploymentDefinition, admit, validate_definition
 from shared.deployments.definitions_table import (
@@ -46,7 +46,7 @@ def _admit(definition: DeploymentDefinition, settings: Settings) -> list[str] | 
     try:
         return admit(definition, datetime.now(UTC), settings.target_subscription_ids)
     except DefinitionError as error:
-        return error_response(400, "InvalidField", str(error), error.field)
+        return invalid_fields(error)
 
 
 def _members(
@@ -55,7 +55,7 @@ def _members(
     try:
         return frozen_members(definition, settings, credential_for(settings))
     except DefinitionError as error:
-        return error_response(400, "InvalidField", str(error), error.field)
+        return invalid_fields(error)
     except GroupEvaluationError as error:
         return error_response(502, "GroupEvaluationFailed", str(error), "targets.groups")
 

@@ -7,13 +7,20 @@ import inspect
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
 import azure.functions as func
 from azure.core.exceptions import AzureError, HttpResponseError
 from pydantic import ValidationError
 
+from shared.fleet.machine_names import (
+    MachineDirectory,
+    MachineEntry,
+    MachineNameNotUnique,
+    MachineNotFound,
+    resolve_machine,
+)
 from shared.principal import PRINCIPAL_HEADER, NotSignedIn, Principal, Role, parse_principal
 from shared.settings import AuthenticationFront, authentication_front
 
@@ -45,11 +52,40 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None) -> func.HttpResponse:
+def error_response(status: int, code: str, message: str, field: str | None = None,
+                   details: Iterable[tuple[str, str]] | None = None) -> func.HttpResponse:
+    """``{"error": {code, message, field}}``; ``details`` lists every field at fault with its rule
+    (``field`` and ``message`` then describe the first)."""
     error: dict[str, Any] = {"code": code, "message": message}
     if field:
         error["field"] = field
+    if details is not None:
+        error["details"] = [{"field": at, "message": rule} for at, rule in details]
     return json_response({"error": error}, status)
+
+
+def invalid_fields(error: ValueError) -> func.HttpResponse:
+    """The 400 for a ValueError naming its ``field`` (and, when it has them, its ``details``: every
+    field at fault), such as shared.deployments.definition.DefinitionError."""
+    at: str = getattr(error, "field", None) or "body"
+    details = getattr(error, "details", None) or ((at, getattr(error, "message", None) or str(error)),)
+    return error_response(400, "InvalidField", str(error), at, details)
+
+
+def find_machine(directory: MachineDirectory, given: str, where: str) -> MachineEntry | func.HttpResponse:
+    """The machine ``given`` names (key, URL-encoded resource id or computer name), or its 404 / 409."""
+    try:
+        return resolve_machine(directory, given, where)
+    except MachineNotFound as error:
+        return machine_not_found(error)
+    except MachineNameNotUnique as error:
+        body = {"error": {"code": "MachineNameNotUnique", "message": str(error),
+                          "candidates": [c.to_json() for c in error.candidates]}}
+        return json_response(body, 409)
+
+
+def machine_not_found(error: MachineNotFound) -> func.HttpResponse:
+    return error_response(404, "MachineNotFound", str(error))
 
 
 def run_accepted(run_id: str) -> func.HttpResponse:
@@ -65,8 +101,9 @@ def read_json(
 
     Size (413 beyond :data:`MAX_BODY_BYTES`), UTF-8, nesting depth (:data:`MAX_JSON_DEPTH`), strict JSON,
     then ``parse`` (the typed model) given the decoded value, or ``if_empty`` for an empty body. ``parse``
-    raises pydantic's ValidationError or a ValueError with a ``field``; one that also has ``too_large``
-    set (a value too big to store) is a 413.
+    raises pydantic's ValidationError or a ValueError with a ``field`` (and ``details``, every field at
+    fault); one that also has ``too_large`` set (a value too big to store) is a 413. A 400 for the
+    body's fields lists each of them in ``error.details``.
     """
     body = req.get_body() or b""
     if len(body) > MAX_BODY_BYTES:
@@ -95,16 +132,17 @@ def read_json(
     try:
         return parse(value)
     except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "body"
-        return error_response(400, "InvalidField", f"{field}: {first['msg']}", field)
+        details = [(".".join(str(p) for p in e["loc"]) or "body", str(e["msg"])) for e in error.errors()]
+        details = list(dict.fromkeys(details))
+        field, rule = details[0]
+        return error_response(400, "InvalidField", f"{field}: {rule}", field, details)
     except ValueError as error:
         at: str | None = getattr(error, "field", None)
         if at is None:
             raise
         if getattr(error, "too_large", False):
             return error_response(413, "TooLargeToStore", str(error), at)
-        return error_response(400, "InvalidField", str(error), at)
+        return invalid_fields(error)
 
 
 def _too_deep(text: str) -> bool:

@@ -10,7 +10,7 @@ import azure.durable_functions as df
 import azure.functions as func
 from azure.data.tables import TableServiceClient
 
-from functions.http import error_response, json_response, requires
+from functions.http import error_response, find_machine, json_response, machine_not_found, requires
 from shared.assessment.updates_table import UpdateInventory
 from shared.assessment.views import (
     ViewError,
@@ -20,8 +20,9 @@ from shared.assessment.views import (
     missing_updates,
 )
 from shared.azure.tables import table_service
+from shared.fleet.machine_names import MachineNotFound
 from shared.fleet.machine_query import QueryError, parse_machine_query
-from shared.fleet.machines_table import MachineInventory
+from shared.fleet.machines_table import InventoryDirectory, MachineInventory
 from shared.model.machines import OsType
 from shared.principal import Role
 from shared.settings import load_settings
@@ -46,7 +47,7 @@ def list_machines(req: func.HttpRequest) -> func.HttpResponse:
     try:
         query = parse_machine_query(dict(req.params))
     except QueryError as error:
-        return error_response(400, "InvalidFilter", str(error), error.field)
+        return error_response(400, "InvalidFilter", str(error), error.field, error.details)
     inventory = MachineInventory(_service())
     try:
         page = inventory.page(query.equals, query.page_size, query.next_token)
@@ -86,18 +87,22 @@ def _public_machine(entity: dict[str, Any]) -> dict[str, Any]:
 @bp.route(route="machines/{machineId}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 @requires(Role.READER)
 def read_machine(req: func.HttpRequest) -> func.HttpResponse:
-    """One machine: its missing updates with the age of each gap, and its recent assessments.
-    ``?on=YYYY-MM-DD`` also answers whether it was compliant on that day."""
+    """One machine, named by its id, its resource id (URL-encoded) or its computer name: its missing
+    updates with the age of each gap, and its recent assessments. ``?on=YYYY-MM-DD`` also answers
+    whether it was compliant on that day."""
     on = req.params.get("on")
     try:
         day = date.fromisoformat(on) if on else None
     except ValueError:
         return error_response(400, "InvalidParameter", "on: must be a date like 2026-01-31", "on")
-    machine_id = req.route_params.get("machineId", "")
-    detail = machine_detail(_service(), machine_id, datetime.now(UTC), day)
-    if detail is None:
-        message = f"no machine {machine_id!r}; ids come from GET /api/machines"
-        return error_response(404, "MachineNotFound", message)
+    service = _service()
+    directory = InventoryDirectory(service, load_settings().target_subscription_ids)
+    found = find_machine(directory, req.route_params.get("machineId", ""), directory.where)
+    if isinstance(found, func.HttpResponse):
+        return found
+    detail = machine_detail(service, found.key, datetime.now(UTC), day, machine=found.row)
+    if detail is None:  # deleted between the two reads
+        return machine_not_found(MachineNotFound(found.key, directory.where))
     return json_response(detail)
 
 

@@ -39,6 +39,7 @@ def openapi(req: func.HttpRequest) -> func.HttpResponse:
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _DEFINITION = {"$ref": "#/components/schemas/DeploymentDefinition"}
+_INLINE_DEFINITION = {"$ref": "#/components/schemas/InlineDeploymentDefinition"}
 _DEPLOYMENT = {"$ref": "#/components/schemas/Deployment"}
 _RUN = {"$ref": "#/components/schemas/DeploymentRun"}
 _ACCEPTED = {"$ref": "#/components/schemas/RunAccepted"}
@@ -46,6 +47,8 @@ _RUN_LIST = {"$ref": "#/components/schemas/DeploymentRunList"}
 _RUN_DETAIL = {"$ref": "#/components/schemas/DeploymentRunDetail"}
 _RUN_MACHINE_DETAIL = {"$ref": "#/components/schemas/DeploymentRunMachineDetail"}
 _SIGNED_IN = "appServiceAuthentication"
+_MACHINE_NAMES = ("the machine's id (as listed), its resource id URL-encoded (%2Fsubscriptions%2F...) or its "
+                  "computer name, ignoring case")
 _IGNORING_CASE = "matched ignoring case"
 
 
@@ -91,7 +94,8 @@ def _op(summary: str, handler: Any, responses: dict[str, str], body: dict[str, A
         responses = {**responses, "401": "not signed in", "403": f"lacks the app role {role.value}",
                      "503": "the app's storage could not complete the request; try again"}
     if body is not None:  # every body is read as JSON within the host's size limit
-        responses = {"400": "not JSON, or an invalid field (error.field names it)", **responses,
+        responses = {"400": "not JSON, or invalid fields (error.details lists each with its rule)",
+                     **responses,
                      "413": "body too large"}
     operation: dict[str, Any] = {
         "operationId": user_function(handler).__name__,
@@ -117,8 +121,10 @@ def _op(summary: str, handler: Any, responses: dict[str, str], body: dict[str, A
 
 
 def _paths() -> dict[str, Any]:
-    bad = "invalid field (error.field names it)"
-    run_id, machine = ("runId", {"type": "string", "minLength": 1}), "machine"
+    bad = "invalid fields (error.details lists each with its rule; error.field is the first)"
+    run_id = ("runId", {"type": "string", "minLength": 1})
+    machine = ("machine", {"type": "string", "minLength": 1, "description": _MACHINE_NAMES})
+    not_unique = "the computer name is not unique (error.candidates lists the machines)"
     health = {"type": "object", "properties": {
         "status": {"enum": ["ok", "misconfigured"]},
         "problems": {"type": "array", "items": {"type": "string"}},
@@ -128,10 +134,12 @@ def _paths() -> dict[str, Any]:
                                    {"200": "ok", "503": "bad settings"}, ok_schema=health,
                                    schemas={"503": health})},
         "/api/machines": {"get": _op("The machine inventory, paged and filtered", inventory_api.list_machines,
-                                     {"200": "machines", "400": "bad filter"}, query=_MACHINE_FILTERS)},
+                                     {"200": "machines", "400": "bad filters (error.details lists each)"},
+                                     query=_MACHINE_FILTERS)},
         "/api/machines/{machineId}": {"get": _op(
             "One machine's missing updates and assessments", inventory_api.read_machine,
-            {"200": "machine", "400": "bad date", "404": "unknown"}, params=["machineId"], query=[_ON])},
+            {"200": "machine", "400": "bad date", "404": "no machine by that name", "409": not_unique},
+            params=[("machineId", machine[1])], query=[_ON])},
         "/api/updates/missing": {"get": _op(
             "Updates missing in the fleet", inventory_api.list_missing_updates,
             {"200": "updates", "400": "bad filter"}, query=_MISSING_FILTERS)},
@@ -168,7 +176,7 @@ def _paths() -> dict[str, Any]:
         "/api/deployment-runs": {"post": _op(
             "Run a definition given in the body now, without storing it",
             deployment_runs_api.start_inline_deployment,
-            {"202": "started", "400": bad}, body=_DEFINITION, ok_schema=_ACCEPTED)},
+            {"202": "started", "400": bad}, body=_INLINE_DEFINITION, ok_schema=_ACCEPTED)},
         "/api/deployment-runs/{runId}": {"get": _op(
             "One deployment run and its machines (?status=failed, comma-separated for several)",
             deployment_runs_api.read_deployment_run,
@@ -182,13 +190,13 @@ def _paths() -> dict[str, Any]:
         "/api/deployment-runs/{runId}/machines/{machine}": {"get": _op(
             "One machine of a run: result, updates its install reported, links to its step outputs",
             deployment_runs_api.read_deployment_run_machine,
-            {"200": "machine", "404": "unknown run or machine",
+            {"200": "machine", "404": "unknown run or machine", "409": not_unique,
              "500": "a stored install output is unreadable"},
             params=[run_id, machine], ok_schema=_RUN_MACHINE_DETAIL)},
         "/api/deployment-runs/{runId}/machines/{machine}/outputs/{step}": {"get": _op(
             "The output a step stored (prescan, install1, install2, postscan), as stored",
             deployment_runs_api.read_deployment_run_output,
-            {"200": "the stored document", "404": "unknown run, machine or step output"},
+            {"200": "the stored document", "404": "unknown run, machine or step output", "409": not_unique},
             params=[run_id, machine, ("step", _one_of(STEPS, "a step of the run"))])},
         "/api/deployments/{name}": {
             "get": _op("One update deployment", deployments_api.read_deployment,
@@ -210,6 +218,12 @@ def openapi_document() -> dict[str, Any]:
     )
     schemas: dict[str, Any] = schema.pop("$defs", {})
     schemas["DeploymentDefinition"] = schema
+    # POST /api/deployment-runs starts now: its schedule may be left out.
+    schemas["InlineDeploymentDefinition"] = {
+        **schema, "title": "InlineDeploymentDefinition",
+        "required": [name for name in schema.get("required", []) if name != "schedule"],
+        "description": "a deployment definition to run now; schedule is optional (the run starts at once)",
+    }
     moment = {"type": ["string", "null"], "format": "date-time"}
     # The definition's own properties and what the store adds: not an allOf, since the definition
     # refuses properties it does not name (additionalProperties: false) and so would refuse these.
@@ -228,7 +242,16 @@ def openapi_document() -> dict[str, Any]:
         "type": "object",
         "required": ["error"],
         "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
-            "code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"},
+            "code": {"type": "string"},
+            "message": {"type": "string", "description": "the (first) problem"},
+            "field": {"type": "string", "description": "the (first) field at fault"},
+            "details": {"type": "array", "description": "a 400 for invalid fields: each field with its rule",
+                        "items": {"type": "object", "required": ["field", "message"], "properties": {
+                            "field": {"type": "string"}, "message": {"type": "string"}}}},
+            "candidates": {"type": "array", "description": "a 409 for a computer name several machines "
+                           "have: those machines", "items": {"type": "object", "properties": {
+                               "id": {"type": "string"}, "resourceId": {"type": "string"},
+                               "computerName": {"type": ["string", "null"]}}}},
         }}},
     }
     schemas.update(_run_schemas())
@@ -268,6 +291,7 @@ def _run_schemas() -> dict[str, Any]:
         "machine": {**text, "description": "the machine's key within the run"}, "resourceId": text,
         "computer": nullable_text, "status": {"enum": list(MACHINE_STATUSES)}, "reason": nullable_text,
         "startedAt": moment, "finishedAt": moment, "duration": {**nullable_text, "description": "ISO 8601"},
+        "durationText": {**nullable_text, "description": "the duration as people read it: 37 min 53 s"},
         "installed": integer, "failed": integer, "pending": integer, "excluded": integer,
         "rebootStatus": nullable_text, "errorCode": nullable_text, "errorMessage": nullable_text,
         "hint": nullable_text, "outputs": {"type": "array", "items": {"enum": list(STEPS)}},

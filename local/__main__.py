@@ -1,7 +1,10 @@
 """``python -m local``: the one-machine host's command line.
 
-  run                                  what `make run` does
-  serve [--fleet FILE] [--port N]      keep the whole host up (real clock) until Ctrl-C
+  run [--fresh] [--state-dir DIR]      what `make run` does: adds the demo data to the state folder
+                                       (--fresh: starts from nothing)
+  serve [--fleet FILE] [--state-dir DIR] [--port N] [--speed X]
+                                       keep the whole host up until Ctrl-C, on the state folder's
+                                       clock (X times wall time, 60 by default), firing every timer
   azure --state-dir DIR [--fleet FILE] [--speed X]
                                        only the stand-ins for Azure (Azurite, ARM, Log Analytics,
                                        Resource Graph), which outlive a crashed host
@@ -17,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from local.clock import Clock
 from local.stack import DEFAULT_STATE_DIR, DEMO_FLEET
 
 
@@ -26,17 +30,25 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd = commands.add_parser("run", help="run the product's main job on the demo fleet and summarise")
     run_cmd.add_argument("--fleet", type=Path, default=DEMO_FLEET)
     run_cmd.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    run_cmd.add_argument("--fresh", action="store_true",
+                         help="start from nothing: drop what the state folder holds (deployments included)")
     serve_cmd = commands.add_parser("serve", help="keep the host up with the API on a local port")
     serve_cmd.add_argument("--fleet", type=Path, default=DEMO_FLEET)
+    serve_cmd.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    serve_cmd.add_argument("--port", type=int, default=0, help="the API's port (default: any free one)")
+    serve_cmd.add_argument("--speed", type=_positive, default=None,
+                           help="the clock runs this many times faster than wall time (default: the "
+                           "state folder's last speed, else 60: a 2-hour window in two minutes)")
     azure_cmd = commands.add_parser("azure", help="only the stand-ins for Azure, for `host` to attach to")
     azure_cmd.add_argument("--fleet", type=Path, default=DEMO_FLEET)
     azure_cmd.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
-    azure_cmd.add_argument("--speed", type=float, default=1.0, help="time runs this many times faster")
+    azure_cmd.add_argument("--speed", type=_positive, default=1.0, help="time runs this many times faster")
     host_cmd = commands.add_parser("host", help="only the Functions host, attached to `azure`")
     host_cmd.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     host_cmd.add_argument("--port", type=int, default=0)
     query_cmd = commands.add_parser("query", help="run KQL against the local Log Analytics")
     query_cmd.add_argument("kql")
+    query_cmd.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     fleet_cmd = commands.add_parser("fleet", help="simulated fleets")
     fleet_sub = fleet_cmd.add_subparsers(dest="fleet_command", required=True)
     generate = fleet_sub.add_parser("generate", help="generate a fleet file from a seed")
@@ -48,9 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from local.run import run
 
-        return run(args.fleet, args.state_dir)
+        return run(args.fleet, args.state_dir, fresh=args.fresh)
     if args.command == "serve":
-        return _serve(args.fleet)
+        from local.serve import serve
+
+        return serve(args.fleet, args.state_dir, args.speed, args.port)
     if args.command == "azure":
         return _azure(args.fleet, args.state_dir, args.speed)
     if args.command == "host":
@@ -62,34 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("azure").setLevel(logging.WARNING)  # not every HTTP request of the SDKs
         return run_host(args.state_dir, args.port)
     if args.command == "query":
-        return _query(args.kql)
+        return _query(args.kql, args.state_dir)
     if args.command == "fleet":
         return _generate(args.machines, args.seed, args.out)
     return 2
 
 
-def _serve(fleet_file: Path) -> int:
-    from local.arm.fleet import load_fleet
-    from local.clock import RealClock
-    from local.stack import SIGN_IN_NOTICE, LocalStack
-    from local.workbook import serve_workbook
-
-    stack = LocalStack(load_fleet(fleet_file), clock=RealClock(), state_dir=DEFAULT_STATE_DIR)
-    with stack.start(serve_http=True):
-        print(f"API          {stack.api_base_url}/api")
-        print(f"Sign-in      {SIGN_IN_NOTICE}")
-        print(f"             try: curl {stack.api_base_url}/api/machines")
-        print(f"Workbook     {serve_workbook(stack)}  (Update Management views over the local data)")
-        print(f"ARM          {stack.arm.base_url if stack.arm else ''}")
-        print(f"Log Analytics {stack.logs.base_url if stack.logs else ''}")
-        print(f"Resource Graph {stack.graph.base_url if stack.graph else ''}")
-        print("Ctrl-C stops everything.", flush=True)
-        try:
-            while True:
-                time.sleep(1)
-        except KeyboardInterrupt:
-            print("stopping")
-    return 0
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
 
 
 def _azure(fleet_file: Path, state_dir: Path, speed: float) -> int:
@@ -97,10 +94,11 @@ def _azure(fleet_file: Path, state_dir: Path, speed: float) -> int:
     from datetime import UTC, datetime
 
     from local.arm.fleet import load_fleet
-    from local.clock import ScaledClock
+    from local.clock import ScaledClock, save_clock, saved_clock
     from local.stack import LocalStack
 
-    clock = ScaledClock(datetime.now(UTC), speed)
+    saved = saved_clock(state_dir)  # one clock: go on from where the last command on the folder stopped
+    clock = ScaledClock(saved.now if saved else datetime.now(UTC), speed)
     stack = LocalStack(load_fleet(fleet_file), clock=clock, state_dir=state_dir).start_azure()
     signal.signal(signal.SIGTERM, _interrupt)
     print(f"Azure stand-ins up; attach a host: python -m local host --state-dir {state_dir}", flush=True)
@@ -111,6 +109,7 @@ def _azure(fleet_file: Path, state_dir: Path, speed: float) -> int:
         print("stopping")
     finally:
         stack.stop()
+        save_clock(state_dir, clock.now(), speed)
     return 0
 
 
@@ -118,21 +117,34 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
-def _query(kql: str) -> int:
-    from local.loganalytics.store import LogStore
+def _query(kql: str, state_dir: Path) -> int:
+    from local.loganalytics.query_errors import refusal_line
+    from local.loganalytics.store import KqlQueryError, LogStore, StoreBusy
     from local.report import table
 
-    db = DEFAULT_STATE_DIR / "loganalytics.duckdb"
+    db = state_dir / "loganalytics.duckdb"
     if not db.exists():
         print(f"no local Log Analytics data at {db}: run `make run` first", file=sys.stderr)
         return 1
-    store = LogStore.open_read_only(db)
-    rows = store.query(kql)
+    store = LogStore.open_read_only(db, clock=_stopped_clock(state_dir))
+    try:
+        rows = store.query(kql)
+    except (KqlQueryError, StoreBusy) as error:
+        print(refusal_line(kql, str(error)), file=sys.stderr)
+        return 1
     if not rows:
         print("(no rows)")
         return 0
     print(table(rows, list(rows[0].keys())))
     return 0
+
+
+def _stopped_clock(state_dir: Path) -> Clock | None:
+    """``ago()`` in a query means before where the state folder's clock stopped, as in the workbook."""
+    from local.clock import VirtualClock, saved_clock
+
+    saved = saved_clock(state_dir)
+    return VirtualClock(saved.now) if saved else None
 
 
 def _generate(machines: int, seed: int, out: Path | None) -> int:

@@ -3,15 +3,22 @@
 The Durable runner, the ARM stand-in and the simulated fleet read time from one
 clock object. With :class:`VirtualClock` nothing moves until the runner advances
 it (to the next durable timer when all other work is idle), so a six-hour
-maintenance window passes in milliseconds. :class:`RealClock` is wall time, for
-``python -m local serve`` when a person wants to watch things happen.
+maintenance window passes in milliseconds. :class:`ScaledClock` is wall time sped up, for
+``python -m local serve`` when a person wants to watch things happen; :class:`RealClock` is wall time.
+
+A state folder keeps its clock (``clock.json``: where the last command's clock stopped, and its speed), so
+``serve`` goes on from where ``make run`` stopped, and what one command wrote is current for the next.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Protocol
 
 
@@ -107,3 +114,37 @@ class ScaledClock:
     def from_json(cls, data: dict[str, object]) -> ScaledClock:
         return cls(datetime.fromisoformat(str(data["start"])), float(str(data["speed"])),
                    float(str(data["wallStart"])))
+
+
+# --- one clock across commands ---------------------------------------------------------------------
+
+CLOCK_FILE = "clock.json"  # in the state folder: where the last command's clock stopped, and its speed
+# ``serve``'s default: a 2-hour maintenance window passes in two minutes.
+DEFAULT_SPEED = 60.0
+
+
+@dataclass(frozen=True)
+class SavedClock:
+    now: datetime
+    speed: float
+
+
+def saved_clock(state_dir: Path) -> SavedClock | None:
+    """The clock a previous command on ``state_dir`` left, or None on a new (or pre-clock) folder."""
+    path = state_dir / CLOCK_FILE
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return SavedClock(datetime.fromisoformat(data["now"]).astimezone(UTC), float(data["speed"]))
+
+
+def save_clock(state_dir: Path, now: datetime, speed: float) -> None:
+    """Keep where the clock is, so the next command on the folder goes on from there (never back).
+    Written to a temporary file and renamed, so a command killed mid-write leaves the last good one."""
+    previous = saved_clock(state_dir) if (state_dir / CLOCK_FILE).exists() else None
+    if previous is not None and previous.now > now:
+        now = previous.now
+    state_dir.mkdir(parents=True, exist_ok=True)
+    temporary = state_dir / (CLOCK_FILE + ".tmp")
+    temporary.write_text(json.dumps({"now": now.astimezone(UTC).isoformat(), "speed": speed}))
+    os.replace(temporary, state_dir / CLOCK_FILE)

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from local.app_clock import app_on_clock
 from local.clock import Clock, RealClock, ScaledClock
 from local.durable import DurableRunner
 from local.durable.store import TableStore
@@ -42,10 +43,16 @@ def run_host(state_dir: Path, port: int = 0, stop: threading.Event | None = None
     clock: Clock = ScaledClock.from_json(attach["clock"]) if attach.get("clock") else RealClock()
     import function_app  # after the settings exist, as the host would
 
+    with app_on_clock(clock):  # the app's "now" is the stand-ins' clock, as Azure's is in Azure
+        return _host(function_app.app, attach, clock, state_dir, port, stop)
+
+
+def _host(app: Any, attach: dict[str, Any], clock: Clock, state_dir: Path, port: int,
+          stop: threading.Event | None) -> int:
     store = TableStore(attach["settings"]["STORAGE_CONNECTION_STRING"], TASK_HUB)
-    durable = DurableRunner(function_app.app, clock, activity_concurrency=host_json_activity_concurrency(),
+    durable = DurableRunner(app, clock, activity_concurrency=host_json_activity_concurrency(),
                             task_hub=TASK_HUB, store=store).start()
-    functions = FunctionsHost(function_app.app, durable.client_binding_json,
+    functions = FunctionsHost(app, durable.client_binding_json,
                               signed_in_principal=encode_principal(LOCAL_OPERATOR, list(Role)))
     api = functions.serve(port=port)
     (state_dir / HOST_FILE).write_text(json.dumps({"pid": os.getpid(), "api": api}))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from local.arm.fleet import load_fleet
+from local.clock import CLOCK_FILE, DEFAULT_SPEED, VirtualClock, save_clock, saved_clock
 from local.report import table
 from local.stack import DEFAULT_STATE_DIR, DEMO_FLEET, SIGN_IN_NOTICE, LocalStack
 from local.workbook import serve_workbook
@@ -51,18 +52,42 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def run(fleet_file: Path = DEMO_FLEET, state_dir: Path = DEFAULT_STATE_DIR) -> int:
+# What a state folder holds that ``--fresh`` drops: storage (inventory, deployments, runs, the task hub),
+# the Log Analytics rows, and the clock.
+_STATE = ("azurite", "loganalytics.duckdb", "loganalytics.duckdb.wal", CLOCK_FILE)
+
+
+def run(fleet_file: Path = DEMO_FLEET, state_dir: Path = DEFAULT_STATE_DIR, *, fresh: bool = False) -> int:
     fleet = load_fleet(fleet_file)
-    # Each run starts from a clean slate, so its summary describes this run only.
-    for stale in ("azurite", "loganalytics.duckdb", "loganalytics.duckdb.wal"):
-        path = state_dir / stale
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    if fresh:
+        for stale in _STATE:
+            path = state_dir / stale
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    saved = saved_clock(state_dir)
+    # One clock: go on from where the last command on this folder stopped (`serve` goes on from here).
+    clock = VirtualClock(saved.now) if saved else VirtualClock()
     started = time.monotonic()
+    if saved:
+        _say(f"Adding the demo data to the state in {state_dir}: what is there stays (deployments and "
+             f"runs included); the clock goes on from {saved.now:%Y-%m-%d %H:%M} UTC. "
+             "`python -m local run --fresh` starts from nothing.")
+    elif (state_dir / "azurite").exists():  # made before the folder kept its clock
+        _say(f"Adding the demo data to the state in {state_dir}, which kept no clock: its older times may "
+             "not line up with this run's; `python -m local run --fresh` starts from nothing.")
+    else:
+        _say(f"Starting from nothing in {state_dir}; the clock starts at {clock.now():%Y-%m-%d %H:%M} UTC.")
     _say(f"Starting the local host with {len(fleet.machines)} machines from {fleet_file.name} ...")
-    with LocalStack(fleet, state_dir=state_dir).start(serve_http=True) as stack:
+    try:
+        return _run(fleet, fleet_file, state_dir, clock, started)
+    finally:
+        save_clock(state_dir, clock.now(), saved.speed if saved else DEFAULT_SPEED)
+
+
+def _run(fleet: Any, fleet_file: Path, state_dir: Path, clock: VirtualClock, started: float) -> int:
+    with LocalStack(fleet, clock=clock, state_dir=state_dir).start(serve_http=True) as stack:
         assert stack.functions and stack.durable and stack.logs and stack.arm and stack.azurite
         assert stack.graph
         _say(f"  Azurite          tables on 127.0.0.1:{stack.azurite.table_port}")
@@ -106,14 +131,14 @@ def run(fleet_file: Path = DEMO_FLEET, state_dir: Path = DEFAULT_STATE_DIR) -> i
                                               "compliance_unknown")}
             _say(f"  {os_name} assessment: {json.dumps(counts)}")
     _say("")
-    _say(f"State kept in {state_dir}. Next:")
+    _say(f"State kept in {state_dir} (clock stopped at {clock.now():%Y-%m-%d %H:%M} UTC). Next:")
     _say("  .venv/bin/python -m local query \\")
     _say("    'UpdateRunProgress | where InstallationStatus == \"failed\" "
          "| summarize count() by Computer, Title, UpdateRunName'")
     _say("  .venv/bin/python -m local query \\")
     _say("    'Update | where UpdateState == \"Needed\" and Optional == false "
          "| summarize count() by Classification'")
-    _say("  .venv/bin/python -m local serve    # the whole host, with the API on a local port")
+    _say("  .venv/bin/python -m local serve    # the whole host, live from this clock, timers firing")
     return 0
 
 
@@ -131,8 +156,10 @@ def _api(stack: LocalStack, method: str, path: str, body: Any = None) -> Any:
 
 def _run_deployment(stack: LocalStack) -> dict[str, Any]:
     name = DEMO_DEPLOYMENT["name"]
-    created = _api(stack, "POST", "/api/deployments", DEMO_DEPLOYMENT)
-    _say(f"   created deployment {created['name']}: {created['operatingSystem']}, "
+    existing = [d for d in _api(stack, "GET", "/api/deployments")["deployments"] if d["name"] == name]
+    created = existing[0] if existing else _api(stack, "POST", "/api/deployments", DEMO_DEPLOYMENT)
+    made = "is already in the state (an earlier run made it)" if existing else "created"
+    _say(f"   deployment {created['name']} {made}: {created['operatingSystem']}, "
          f"{', '.join(created['classifications'])}, excluding {', '.join(created['packagesToExclude'])}, "
          f"window {created['maintenanceWindowMinutes']} min, at most {created['rollout']['maxConcurrent']} "
          f"at once, error budget {created['rollout']['errorBudget']}")
@@ -165,7 +192,7 @@ def _print_deployment(stack: LocalStack, run_id: str) -> None:
             "pending": m["pending"],
             "excluded": m["excluded"],
             "reboot": m["rebootStatus"] or "",
-            "took": (m["duration"] or "").removeprefix("PT"),
+            "took": m.get("durationText") or "",
             "why / error": m["reason"] or m["errorCode"] or "",
         }
         for m in run["machines"]

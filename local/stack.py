@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from local.app_clock import app_on_clock
 from local.arm.fleet import Fleet
 from local.arm.server import ArmStandIn
 from local.azurite import Azurite, start_azurite
@@ -62,14 +64,17 @@ class LocalStack:
     functions: FunctionsHost | None = None
     api_base_url: str | None = None
     durable_store: bool = False  # keep the task hub in Azurite tables (local/durable/store.py)
+    # The app reads "now" from ``clock`` too (local/app_clock.py), as it reads Azure's time in Azure.
+    app_on_clock: bool = True
     _saved_env: dict[str, str | None] = field(default_factory=dict)
     _tmp: tempfile.TemporaryDirectory[str] | None = None
+    _on_clock: ExitStack = field(default_factory=ExitStack)
 
-    def start(self, *, serve_http: bool = False) -> LocalStack:
+    def start(self, *, serve_http: bool = False, port: int = 0) -> LocalStack:
         if self.functions is not None:  # already running (``with LocalStack(...).start()``)
             return self
         try:
-            self._start(serve_http)
+            self._start(serve_http, port)
         except BaseException:
             self.stop()
             raise
@@ -90,13 +95,15 @@ class LocalStack:
             raise
         return self
 
-    def _start(self, serve_http: bool) -> None:
+    def _start(self, serve_http: bool, port: int) -> None:
         self._start_azure()
         self._set_app_settings()
         if self.app is None:
             import function_app  # imported after the settings exist, as the host would
 
             self.app = function_app.app
+        if self.app_on_clock:
+            self._on_clock.enter_context(app_on_clock(self.clock))
         store = None
         if self.durable_store:
             assert self.azurite is not None
@@ -112,7 +119,7 @@ class LocalStack:
             signed_in_principal=encode_principal(LOCAL_OPERATOR, list(Role)),
         )
         if serve_http:
-            self.api_base_url = self.functions.serve()
+            self.api_base_url = self.functions.serve(port=port)
 
     def _start_azure(self) -> None:
         if self.state_dir is None:
@@ -152,7 +159,8 @@ class LocalStack:
             "LOGS_DCR_IMMUTABLE_ID": DCR_IMMUTABLE_ID,
             "LOG_ANALYTICS_WORKSPACE_ID": WORKSPACE_ID,
             "LOGS_QUERY_ENDPOINT": self.logs.base_url + "/v1",
-            "FLEET_DISCOVERY_SCHEDULE": "0 */15 * * * *",
+            # A schedule set in the environment wins (tests and `serve` users choose short ones).
+            "FLEET_DISCOVERY_SCHEDULE": os.environ.get("FLEET_DISCOVERY_SCHEDULE") or "0 */15 * * * *",
             # Trust the local CA for the stand-ins' HTTPS (requests honours this variable).
             "REQUESTS_CA_BUNDLE": str(self.tls.ca_file),
         }
@@ -167,6 +175,7 @@ class LocalStack:
             if component is not None:
                 component.stop()
         self.functions = self.durable = self.graph = self.logs = self.arm = self.azurite = None
+        self._on_clock.close()
         for key, value in self._saved_env.items():
             if value is None:
                 os.environ.pop(key, None)

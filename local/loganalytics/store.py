@@ -159,9 +159,10 @@ class LogStore:
             self._create_tables()
 
     @classmethod
-    def open_read_only(cls, db_path: Path, tables: Sequence[LogTable] = TABLES) -> LogStore:
+    def open_read_only(cls, db_path: Path, tables: Sequence[LogTable] = TABLES,
+                       clock: Clock | None = None) -> LogStore:
         """For the CLI: reads a file a server wrote, without taking DuckDB's writer lock."""
-        return cls(db_path, tables, read_only=True)
+        return cls(db_path, tables, read_only=True, clock=clock)
 
     @property
     def tables(self) -> tuple[LogTable, ...]:

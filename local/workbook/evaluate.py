@@ -294,6 +294,7 @@ def _evaluate_query(
         "title": item.title,
         "visualization": item.visualization,
         "widthPercent": item.width_percent,
+        "seriesColours": dict(item.series_colours),
         "noDataMessage": item.no_data_message,
         "kql": kql,
         "timespan": None,

@@ -104,6 +104,8 @@ class QueryItem:
     time_from_parameter: str | None
     no_data_message: str
     width_percent: int | None = None
+    # chartSettings.seriesLabelSettings: a chart's colour by series (or slice) name, as Workbooks names them.
+    series_colours: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -235,7 +237,18 @@ def _query(name: str, content: dict[str, Any], where: str, width: Any) -> QueryI
         time_from_parameter=content.get("timeContextFromParameter"),
         no_data_message=str(content.get("noDataMessage") or "The query returned no results."),
         width_percent=int(width) if width else None,
+        series_colours=_series_colours(content.get("chartSettings"), f"{where}.content.chartSettings"),
     )
+
+
+def _series_colours(raw: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if raw is None:
+        return ()
+    settings = raw.get("seriesLabelSettings", []) if isinstance(raw, dict) else None
+    if not isinstance(settings, list) or not all(isinstance(s, dict) for s in settings):
+        raise WorkbookError(f"{where}.seriesLabelSettings: a list of {{seriesName, color}} is required")
+    return tuple((str(s["seriesName"]), str(s["color"]))
+                 for s in settings if s.get("seriesName") and s.get("color"))
 
 
 def _visibility(raw: Any, where: str) -> Visibility | None:

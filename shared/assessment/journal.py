@@ -19,6 +19,15 @@ Idempotent: an entry is an upsert of the same JSON; applying again is skipped on
 written, and before that every step is an upsert or a create, except the catalogue's counts, which
 remember the applications they took (``AppliedBatches``: the journal, or a digest of the set).
 
+A deployment batch keeps most of its entries elsewhere: a step that writes its machine's row anyway
+carries the entry there (:func:`carried_columns`, the pre-scan's) and the batch's end reads the batch's
+rows and applies those entries with the journal's (``apply(..., carried=...)``); the same rules hold
+(a redelivered step merges the same columns; the ``~applied`` row covers both).
+
+An Arc server assessed by a run leaves only a flagged entry (``awaiting_list``): its scan is recorded
+when the journal is applied, with the list one Resource Graph read finds for every flagged machine of the
+application (``apply(..., complete=...)``, shared.assessment.arc_patches), and applied with the rest.
+
 Left for the operator: a batch that never reaches its end (its orchestration terminated) leaves its
 journal unapplied; the machines' own partitions are right, the catalogue's counts lag until
 ``apply_journal`` runs for it.
@@ -29,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -49,7 +58,16 @@ APPLIED_ROW = "~applied"
 # An entity holds at most 1 MiB (Table service data model), UTF-16 counted: an entry whose JSON is
 # longer (thousands of Update_CL rows) queues its rows in the outbox directly and journals the rest.
 MAX_ENTRY_CHARS = 400_000
+# An entry or list of rows carried in another entity (a deployment's machine row, beside its machine, its
+# figures and up to two other such texts) stays under this many characters, so three of them take at most
+# 720 KB of the entity's 1 MiB (UTF-16); a longer one goes to the journal table (or the outbox) instead.
+MAX_CARRIED_CHARS = 120_000
 _TABLES = {t.name: t for t in TABLES}
+
+
+# What InventoryJournal.apply calls with the entries awaiting a list: records their machines (with the list,
+# or from the counts) and answers their entries (shared.assessment.recording.recorded_with_lists).
+Completion = Callable[[Sequence["JournalEntry"]], Sequence["JournalEntry"]]
 
 
 def journal_key(run_id: str, batch: int) -> str:
@@ -69,6 +87,9 @@ class JournalEntry:
     deltas: dict[str, int] = field(default_factory=dict)  # update key -> +1 opened / -1 closed
     catalogue: dict[str, dict[str, Any]] = field(default_factory=dict)  # update key -> catalogue fields
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # Log Analytics table -> rows
+    # An Arc server whose scan is recorded when the journal is applied, with the list Resource Graph has
+    # then (shared.assessment.arc_patches.ListWanted: what recording it needs); None for every other scan.
+    awaiting_list: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps({
@@ -76,6 +97,7 @@ class JournalEntry:
             "state": _typed(self.machine_state), "index": self.index, "deltas": self.deltas,
             "catalogue": {k: _typed(v) for k, v in self.catalogue.items()},
             "rows": {t: [wire_row(r) for r in rows] for t, rows in self.rows.items()},
+            **({"awaiting": self.awaiting_list} if self.awaiting_list is not None else {}),
         }, separators=(",", ":"))  # fmt: skip
 
     @classmethod
@@ -85,6 +107,7 @@ class JournalEntry:
             machine_key=data["machine"], os_type=data["os"], at=datetime.fromisoformat(data["at"]),
             machine_state=_untyped(data["state"]), index=data["index"], deltas=data["deltas"],
             catalogue={k: _untyped(v) for k, v in data["catalogue"].items()}, rows=data["rows"],
+            awaiting_list=data.get("awaiting"),
         )  # fmt: skip
 
 
@@ -118,11 +141,17 @@ class InventoryJournal:
         self._table.upsert_entity({"PartitionKey": journal, "RowKey": f"{entry.machine_key}|{millis:015d}",
                                    **split_property("Entry", text)})
 
-    def apply(self, journals: Sequence[str], at: datetime) -> dict[str, int]:
+    def apply(self, journals: Sequence[str], at: datetime, carried: Sequence[JournalEntry] = (),
+              carried_rows: Mapping[str, Sequence[dict[str, Any]]] | None = None,
+              complete: Completion | None = None) -> dict[str, int]:
         """Apply batches' journals to the fleet-wide tables together (each once; again is a no-op).
 
         Several batches at once share their transactions: a reverse-index partition (one update) or a
-        subscription's Machines takes one transaction for all of them, not one per batch.
+        subscription's Machines takes one transaction for all of them, not one per batch. ``carried``:
+        entries of these journals kept elsewhere (:func:`carried_columns`); ``carried_rows``: Log
+        Analytics rows (by table) to queue with them; both only when the journals are not applied yet.
+        ``complete``: records the machines of the entries awaiting a list (``awaiting_list``), all in one
+        call (one Resource Graph read), and answers their recorded entries, which are applied instead.
         """
         todo = [j for j in journals if not self._applied(j)]
         if not todo:
@@ -131,8 +160,12 @@ class InventoryJournal:
             "PartitionKey eq @p", parameters={"p": j})), key=lambda e: str(e["RowKey"]))  # fmt: skip
         entries = [JournalEntry.from_json(join_property(e, "Entry")) for e in entities
                    if e["RowKey"] != APPLIED_ROW]
+        entries = self._completed(entries, complete)
+        entries += carried
         self._inventory.ensure()
         rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for table, table_rows in (carried_rows or {}).items():
+            rows[table].extend(table_rows)
         states: dict[str, dict[str, Any]] = {}
         index: dict[tuple[str, str], dict[str, Any]] = {}
         deltas: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -158,6 +191,30 @@ class InventoryJournal:
         return {"entries": len(entries), "machines": len(states), "indexed": len(index),
                 "rows": sum(len(r) for r in rows.values())}
 
+    def put_or_carry(self, journal: str, entry: JournalEntry, prefix: str) -> dict[str, Any]:
+        """The columns that carry ``entry`` in an entity its caller writes anyway (:func:`carried_columns`),
+        or, for an entry too long to carry, nothing: it is kept in the journal table (:meth:`put`)."""
+        columns = carried_columns(prefix, entry.to_json())
+        if columns is None:
+            self.put(journal, entry)
+            return {}
+        return columns
+
+    @staticmethod
+    def _completed(entries: list[JournalEntry], complete: Completion | None) -> list[JournalEntry]:
+        """``entries`` with those awaiting a list replaced by what ``complete`` recorded for them. Not
+        kept back in the journal: a retried application records them again, which rewrites the same
+        entities (one more Resource Graph read per application, not a Table write per machine)."""
+        waiting = [n for n, e in enumerate(entries) if e.awaiting_list is not None]
+        if not waiting:
+            return entries
+        if complete is None:
+            raise ValueError(f"{len(waiting)} journal entries await their machine's recording: pass complete")
+        completed = list(entries)
+        for n, entry in zip(waiting, complete([entries[n] for n in waiting]), strict=True):
+            completed[n] = entry
+        return completed
+
     def _applied(self, journal: str) -> bool:
         try:
             self._table.get_entity(journal, APPLIED_ROW)
@@ -169,6 +226,17 @@ class InventoryJournal:
         for name, table_rows in rows.items():
             table: LogTable = _TABLES[name]
             self._outbox.put(table, table_rows, at)
+
+
+def carried_columns(prefix: str, text: str) -> dict[str, Any] | None:
+    """``text`` (an entry's or rows' JSON) as columns ``{prefix}0``, ... of another entity; None when
+    longer than MAX_CARRIED_CHARS."""
+    return split_property(prefix, text) if len(text) <= MAX_CARRIED_CHARS else None
+
+
+def carried_text(entity: Mapping[str, Any], prefix: str) -> str | None:
+    """The text :func:`carried_columns` left in ``entity`` under ``prefix``, if any."""
+    return join_property(entity, prefix) if f"{prefix}Parts" in entity else None
 
 
 def _token(journals: Sequence[str]) -> str:

@@ -72,6 +72,14 @@ class BatchRead(Message):
     after: str | None = None
 
 
+# A batch's machines reach its orchestration in parts of at most this much machine JSON (assessment and
+# deployment batches alike). The Azure Storage backend keeps a payload larger than a table property
+# (64 KiB as UTF-16, about 30,000 characters) in a blob that every replay reads back (AZURE-FACTS, Durable
+# limits); the activity's result encodes the JSON again (quotes escaped, about a tenth longer), so 25,000
+# stays inline.
+MAX_BATCH_PART_CHARS = 25_000
+
+
 class BatchTargets(Message):
     """Part of a batch's machines as JSON (machine_to_json), and where the next part starts (None: done).
     A part stays under MAX_BATCH_PART_CHARS, so no history event of the batch spills to a blob."""

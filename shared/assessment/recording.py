@@ -14,10 +14,12 @@ time: it says the machine was assessed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
-from shared.assessment.journal import InventoryJournal, entry_for
+from shared.assessment.arc_patches import ListWanted, with_patch_lists
+from shared.assessment.journal import InventoryJournal, JournalEntry, entry_for
 from shared.assessment.records import (
     MachineAssessmentSummary,
     failure_summary,
@@ -29,11 +31,12 @@ from shared.assessment.records import (
     update_rows,
 )
 from shared.assessment.updates_table import UpdateInventory, failure_state
+from shared.azure.credentials import credential_for
 from shared.azure.log_outbox import log_outbox
 from shared.azure.tables import table_service
 from shared.log_tables import UPDATE, UPDATE_SUMMARY
 from shared.model.assessment_outcome import AssessmentFailure, AssessmentOutcome
-from shared.model.machines import Machine
+from shared.model.machines import Machine, machine_from_json, machine_to_json
 from shared.settings import Settings
 
 # -- entry points ----------------------------------------------------------------------------
@@ -46,9 +49,31 @@ def record_assessment(
     assessed_at: datetime,
     run_id: str,
     journal: str,
+    *,
+    list_awaited: bool = False,
 ) -> MachineAssessmentSummary:
     """Write the machine's partition, then its entry in the batch's ``journal``. Compliance follows the
-    ``COMPLIANCE_CLASSIFICATIONS`` setting. A retry rewrites the same entities and the same entry."""
+    ``COMPLIANCE_CLASSIFICATIONS`` setting. A retry rewrites the same entities and the same entry.
+
+    ``list_awaited``: an Arc server's counts-only outcome whose list Resource Graph gives when the journal
+    is applied (shared.assessment.arc_patches). Only the entry is written now, flagged; the partition is
+    written then (:func:`recorded_with_lists`), once, with the list or from these counts."""
+    if list_awaited:
+        summary = summarize(machine, outcome, [], assessed_at, settings.compliance_classifications)
+        wanted = ListWanted(machine_to_json(machine), run_id, outcome).to_json()
+        entry = JournalEntry(machine.key, machine.os_type.value, assessed_at, {}, awaiting_list=wanted)
+    else:
+        summary, entry = record_scan(settings, machine, outcome, assessed_at, run_id)
+    InventoryJournal(table_service(settings), log_outbox(settings)).put(journal, entry)
+    return summary
+
+
+def record_scan(
+    settings: Settings, machine: Machine, outcome: AssessmentOutcome, assessed_at: datetime, run_id: str
+) -> tuple[MachineAssessmentSummary, JournalEntry]:
+    """:func:`record_assessment` without the journal's write: the machine's partition written, the entry
+    answered for the caller to keep (in the journal, or carried in a row it writes anyway: a deployment's
+    steps). A retry rewrites the same entities and answers the same entry."""
     records = update_records(machine, outcome, assessed_at)
     summary = summarize(machine, outcome, records, assessed_at, settings.compliance_classifications)
     service = table_service(settings)
@@ -63,13 +88,33 @@ def record_assessment(
         UPDATE_SUMMARY.name: [summary_row(machine, summary, run_id, outcome_error(outcome))],
     }
     entry = entry_for(machine, assessed_at, scan.machine_state, scan.opened, scan.closed, scan.revised, rows)
-    InventoryJournal(service, log_outbox(settings)).put(journal, entry)
-    return summary
+    return summary, entry
 
 
-def apply_journal(settings: Settings, journals: Sequence[str], at: datetime) -> dict[str, int]:
-    """Apply finished batches' journals together (each once; again is a no-op)."""
-    return InventoryJournal(table_service(settings), log_outbox(settings)).apply(journals, at)
+def apply_journal(
+    settings: Settings, journals: Sequence[str], at: datetime, carried: Sequence[JournalEntry] = (),
+    carried_rows: Mapping[str, Sequence[dict[str, Any]]] | None = None,
+) -> dict[str, int]:
+    """Apply finished batches' journals together (each once; again is a no-op), with the entries and
+    rows kept elsewhere for them (InventoryJournal.apply)."""
+    journal = InventoryJournal(table_service(settings), log_outbox(settings))
+    return journal.apply(journals, at, carried, carried_rows,
+                         complete=lambda waiting: recorded_with_lists(settings, waiting))
+
+
+def recorded_with_lists(settings: Settings, waiting: Sequence[JournalEntry]) -> list[JournalEntry]:
+    """The Arc servers whose entries await a list (``awaiting_list``) recorded, each with the list one
+    Resource Graph read found for all of them, or from its counts when Resource Graph has none for it
+    yet or cannot be read (the next assessment brings it): their recorded entries, in order. Recording
+    again (a retried application) rewrites the same entities and answers the same entries."""
+    wanted = [ListWanted.from_json(entry.awaiting_list or {}) for entry in waiting]
+    machines = [machine_from_json(w.machine) for w in wanted]
+    outcomes = with_patch_lists(settings, credential_for(settings),
+                                [(m.resource_id, w.outcome) for m, w in zip(machines, wanted, strict=True)])
+    return [
+        record_scan(settings, machine, outcome, entry.at, w.run_id)[1]
+        for entry, machine, w, outcome in zip(waiting, machines, wanted, outcomes, strict=True)
+    ]
 
 
 def record_failure(

@@ -17,9 +17,10 @@ from typing import Any
 
 from azure.data.tables import TableClient
 
-from shared.assessment.arc_patches import with_patch_list
+from shared.assessment.arc_patches import awaits_list
 from shared.assessment.journal import journal_key
 from shared.assessment.messages import (
+    MAX_BATCH_PART_CHARS,
     AssessmentActivityInput,
     BatchTargets,
     MachineResult,
@@ -46,11 +47,6 @@ from shared.model.machines import (
 from shared.settings import Settings
 
 TARGETS_TABLE = "AssessmentTargets"
-# A batch's machines reach its orchestration in parts of at most this much machine JSON. The Azure
-# Storage backend keeps a payload larger than a table property (64 KiB as UTF-16, about 30,000
-# characters) in a blob that every replay reads back (AZURE-FACTS, Durable limits); the activity's
-# result encodes the JSON again (quotes escaped, about a tenth longer), so 25,000 stays inline.
-MAX_BATCH_PART_CHARS = 25_000
 
 
 def batch_partition(run_id: str, batch: int) -> str:
@@ -183,15 +179,17 @@ def start_assessment(settings: Settings, request: AssessmentActivityInput) -> st
 
 def check_assessment(settings: Settings, request: AssessmentActivityInput) -> MachineResult | None:
     """One status check; once finished, records the assessment and returns the machine's small result.
-    An Arc server's list, which its result lacks, is read from Resource Graph here (arc_patches)."""
+    An Arc server's list, which its result lacks, is not read here: the result is answered from its
+    counts, and the machine recorded with its list when the run applies the batch's journal, one Resource
+    Graph read for every Arc server of the application (arc_patches)."""
     assert request.token and request.at, "check_assessment needs the continuation token and the time"
     outcome = _operations(settings, request.resource_id).check_assessment(request.resource_id, request.token)
     if outcome is None:
         return None
-    outcome = with_patch_list(settings, credential_for(settings), request.resource_id, outcome)
     machine = _machine(settings, request)
     summary = record_assessment(settings, machine, outcome, request.at, request.run_id,
-                                journal_key(request.run_id, request.batch))
+                                journal_key(request.run_id, request.batch),
+                                list_awaited=awaits_list(request.resource_id, outcome))
     return result_from_summary(summary)
 
 

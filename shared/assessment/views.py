@@ -7,6 +7,7 @@ and returns plain dicts with the API's field names.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
 
@@ -42,14 +43,18 @@ class ViewError(ValueError):
 
 
 def machine_detail(
-    service: TableServiceClient, machine_key: str, now: datetime, compliant_on: date | None = None
+    service: TableServiceClient, machine_key: str, now: datetime, compliant_on: date | None = None,
+    machine: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """The machine, what it misses now (with the age of each gap) and its recent assessments."""
-    machines = service.get_table_client(MACHINES_TABLE)
-    found = list(machines.query_entities("RowKey eq @k", parameters={"k": machine_key}))
-    if not found:
-        return None
-    entity = dict(found[0])
+    """The machine, what it misses now (with the age of each gap) and its recent assessments.
+    ``machine`` is its Machines entity when the caller has read it (shared.fleet.machine_names)."""
+    if machine is None:
+        machines = service.get_table_client(MACHINES_TABLE)
+        found = list(machines.query_entities("RowKey eq @k", parameters={"k": machine_key}))
+        if not found:
+            return None
+        machine = found[0]
+    entity = dict(machine)
     updates = UpdateInventory(service)
     needed = UpdateState.NEEDED.value
     # An open gap is still missing as of the machine's last assessment (a scan rewrites only what changed).

@@ -626,6 +626,38 @@ def latest_assessment(graph: ResourceGraph, machine_id: str) -> MachineAssessmen
     """One machine's latest assessment, summary and patches, with one query."""
     machine = _machines([machine_id])[0]
     rows = list(graph.rows(machine_assessment_query(machine), [parse_resource_id(machine).subscription_id]))
+    return _machine_assessment(machine, rows)
+
+
+def latest_assessments_query(machine_ids: Sequence[str]) -> str:
+    """The latest assessment of each of ``machine_ids``, summary and patch rows: a row is kept when its id,
+    cut before ``/softwarePatches/``, is one of the machines' ``.../patchAssessmentResults/latest``."""
+    listed = ", ".join(kql_string(f"{m}/patchAssessmentResults/latest".lower()) for m in machine_ids)
+    return (
+        "patchassessmentresources"
+        " | extend assessment = tostring(split(tolower(id), '/softwarepatches/')[0])"
+        f" | where assessment in~ ({listed})"
+        " | project id, name, type, properties | order by id asc"
+    )
+
+
+def latest_assessments(graph: ResourceGraph, machine_ids: Iterable[str]) -> dict[str, MachineAssessment]:
+    """:func:`latest_assessment` of many machines, keyed by lower-case machine id (every machine asked
+    for, with no summary when Resource Graph has none): one query per :data:`GROUP_SIZE` machines over
+    their own subscriptions, paged, instead of one query per machine."""
+    machines = _machines(machine_ids)
+    rows: dict[str, list[dict[str, Any]]] = {m.lower(): [] for m in machines}
+    for group in _groups(machines):
+        subscriptions = sorted({parse_resource_id(m).subscription_id for m in group})
+        asked = {m.lower() for m in group}
+        for row in graph.rows(latest_assessments_query(group), subscriptions):
+            machine = (machine_id_of(_text(row.get("id"))) or "").lower()
+            if machine in asked:  # a row of a machine not asked for is not this answer's
+                rows[machine].append(row)
+    return {m.lower(): _machine_assessment(m, rows[m.lower()]) for m in machines}
+
+
+def _machine_assessment(machine: str, rows: Sequence[Mapping[str, Any]]) -> MachineAssessment:
     summary = next((s for s in map(last_assessment, rows) if s is not None), None)
     patches = tuple(p for p in map(assessed_patch, rows) if p is not None)
     return MachineAssessment(machine, summary, patches)

@@ -2,8 +2,8 @@
 
 The HTTP body is parsed into :class:`DeploymentDefinition` at the edge; every rule lives here so
 that the API, the scheduler and the ad-hoc runner agree on what a valid deployment is.
-:func:`validate_definition` reports the first broken rule as one :class:`DefinitionError`
-naming the JSON field (a dotted camelCase path such as ``schedule.timeZone``).
+:func:`validate_definition` reports every broken rule at once in one :class:`DefinitionError`,
+each naming the JSON field (a dotted camelCase path such as ``schedule.timeZone``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 import math
 import re
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import (
@@ -78,12 +78,15 @@ EvaluateGroupsAt = Literal["create", "run"]
 
 
 class DefinitionError(ValueError):
-    """An invalid definition; :attr:`field` is the dotted camelCase path of the field at fault."""
+    """An invalid definition; :attr:`field` is the dotted camelCase path of the (first) field at fault,
+    :attr:`details` each field at fault with its rule, in the order of the body."""
 
-    def __init__(self, field_name: str, message: str) -> None:
+    def __init__(self, field_name: str, message: str,
+                 details: Iterable[tuple[str, str]] = ()) -> None:
         super().__init__(f"{field_name}: {message}")
         self.field = field_name
         self.message = message
+        self.details: tuple[tuple[str, str], ...] = tuple(details) or ((field_name, message),)
 
 
 class DefinitionTooLarge(DefinitionError):
@@ -376,15 +379,21 @@ def _message(error: Any) -> str:
     return str(error["msg"])
 
 
+def field_errors(error: ValidationError) -> list[tuple[str, str]]:
+    """Each bad field of a pydantic error with its rule, once each, in the order pydantic found them."""
+    found = ((_field_path(e["loc"]), _message(e)) for e in error.errors())
+    return list(dict.fromkeys(found))
+
+
 def validate_definition(body: Any) -> DeploymentDefinition:
-    """The definition in ``body`` (parsed JSON), or :class:`DefinitionError` for the first bad field."""
+    """The definition in ``body`` (parsed JSON), or one :class:`DefinitionError` listing every bad field."""
     if not isinstance(body, dict):
         raise DefinitionError("body", "must be a JSON object")
     try:
         definition = DeploymentDefinition.model_validate(body)
     except ValidationError as error:
-        first = error.errors()[0]
-        raise DefinitionError(_field_path(first["loc"]), _message(first)) from None
+        details = field_errors(error)
+        raise DefinitionError(*details[0], details=details) from None
     stored = len(json.dumps(definition.to_json(), separators=(",", ":")))
     if stored > MAX_DEFINITION_CHARS:
         raise DefinitionTooLarge(
@@ -392,6 +401,16 @@ def validate_definition(body: Any) -> DeploymentDefinition:
             f"{MAX_DEFINITION_CHARS:,} are accepted",
         )
     return definition
+
+
+def validate_inline_definition(body: Any, now: datetime) -> DeploymentDefinition:
+    """A definition to run now (``POST /api/deployment-runs``): as :func:`validate_definition`, but the
+    ``schedule`` may be left out, since the run starts at once; then it is recorded as a one-time
+    schedule at ``now`` in UTC."""
+    if isinstance(body, dict) and "schedule" not in body:
+        wall = now.astimezone(UTC).replace(tzinfo=None, microsecond=0)
+        body = {**body, "schedule": {"startTime": wall.isoformat(), "timeZone": "UTC"}}
+    return validate_definition(body)
 
 
 @functools.lru_cache(maxsize=16)
@@ -409,32 +428,38 @@ def stored_members(text: str) -> tuple[str, ...]:
 
 def admit(definition: DeploymentDefinition, now: datetime, managed_subscriptions: Iterable[str]) -> list[str]:
     """The rules that need the clock and the app's settings, checked when a definition is created or
-    edited: :class:`DefinitionError` for one that can never work, else its warnings (may be empty)."""
+    edited: :class:`DefinitionError` (listing every field at fault) for one that can never work, else
+    its warnings (may be empty)."""
     managed = {s.lower() for s in managed_subscriptions}
+    problems: list[tuple[str, str]] = []
     for index, resource_id in enumerate(definition.targets.machines):
         subscription = parse_resource_id(resource_id).subscription_id.lower()
         if subscription not in managed:
-            raise DefinitionError(f"targets.machines.{index}",
-                                  f"{subscription} not in TARGET_SUBSCRIPTION_IDS")
+            problems.append((f"targets.machines.{index}", f"{subscription} not in TARGET_SUBSCRIPTION_IDS"))
     for index, group in enumerate(definition.targets.groups):
         if group.filter is not None:
             outside = sorted({s.lower() for s in group.filter.get("subscriptionIds", [])} - managed)
             if outside:
-                raise DefinitionError(f"targets.groups.{index}.filter.subscriptionIds",
-                                      f"{', '.join(outside)} not in TARGET_SUBSCRIPTION_IDS")
-    schedule = definition.schedule
+                problems.append((f"targets.groups.{index}.filter.subscriptionIds",
+                                 f"{', '.join(outside)} not in TARGET_SUBSCRIPTION_IDS"))
+    problems.extend(_schedule_problems(definition.schedule, now))
+    if problems:
+        raise DefinitionError(*problems[0], details=problems)
+    return skipped_months(definition.schedule)
+
+
+def _schedule_problems(schedule: Schedule, now: datetime) -> list[tuple[str, str]]:
     try:
         start = to_utc(schedule.start_time, schedule.zone)
         expiry = None if schedule.expiry_time is None else to_utc(schedule.expiry_time, schedule.zone)
         upcoming = next_occurrence(schedule, now)
     except OverflowError:  # a wall time late in year 9999 has no UTC instant in zones behind UTC
-        raise DefinitionError("schedule", "a time is out of range (past the year 9999 in UTC)") from None
+        return [("schedule", "a time is out of range (past the year 9999 in UTC)")]
     if schedule.recurrence is None:
         if start <= now:
-            raise DefinitionError("schedule.startTime",
-                                  "is in the past: a one-time schedule must start later")
+            return [("schedule.startTime", "is in the past: a one-time schedule must start later")]
     elif upcoming is None:
         if expiry is not None and expiry <= now:
-            raise DefinitionError("schedule.expiryTime", "is in the past: the schedule has no run left")
-        raise DefinitionError("schedule.recurrence", "produces no run (no month of the series has the day)")
-    return skipped_months(schedule)
+            return [("schedule.expiryTime", "is in the past: the schedule has no run left")]
+        return [("schedule.recurrence", "produces no run (no month of the series has the day)")]
+    return []

@@ -1,9 +1,11 @@
 """Finishing a machine of a deployment run: its result in the run, and its row queued for Log Analytics.
 
 A batch records its ended machines with its next claim (:func:`record_and_claim`: the results, the freed
-slots and the next starts in one transaction); :func:`finish_machine` records one machine alone (the
-reconciler's). Either records a machine once; a retry queues the stored row again with the same
-``RecordId``, which the outbox (shared/azure/log_outbox.py) keeps once.
+slots and the next starts in one transaction) and queues their rows at its end from the machines' rows
+(:func:`finished_machine_rows`, with the rest its end applies: shared.deployments.steps
+``apply_batch_journal``), one outbox transaction per batch instead of one per claim; :func:`finish_machine`
+records and queues one machine alone (the reconciler's). Either records a machine once; a retry queues
+the stored row again with the same ``RecordId``, which the outbox (shared/azure/log_outbox.py) keeps once.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def finish_machine(settings: Settings, run_id: str, resource_id: str, status: Ma
 
 def record_and_claim(settings: Settings, request: ClaimInput) -> ClaimResult:
     """A batch's claim (:meth:`RunStore.claim`): its ended machines recorded and the ones the gate allows
-    started, in one transaction; then the recorded machines' rows queued for Log Analytics."""
+    started, in one transaction. Their rows for Log Analytics are queued at the batch's end
+    (:func:`finished_machine_rows`)."""
     credential = credential_for(settings)
     store = run_store(settings, credential)
     endings = [
@@ -62,9 +65,6 @@ def record_and_claim(settings: Settings, request: ClaimInput) -> ClaimResult:
     ids = [*request.resource_ids, *(ending.resource_id for ending in endings)]
     claim = store.claim(request.run_id, request.resource_ids, {rid: machine_key(rid) for rid in ids},
                         request.at, batch=request.batch, finished=endings)
-    if claim.finished:
-        done = [(finished, ending.at) for finished, ending in zip(claim.finished, endings, strict=True)]
-        _queue_finished(settings, credential, store.terms(request.run_id), done, request.at)
     return ClaimResult(start=claim.start, stop_reason=claim.stop_reason, not_started=claim.not_started,
                        running=claim.running)
 
@@ -100,6 +100,17 @@ def _queue_finished(settings: Settings, credential: TokenCredential, run: RunTer
 
 
 # --- the machines' results in Log Analytics -------------------------------------------------------
+
+
+def finished_machine_rows(run: RunTerms, rows: Sequence[Mapping[str, Any]],
+                          at: datetime) -> list[dict[str, Any]]:
+    """The ``UpdateRunMachine_CL`` rows of the machines of ``rows`` that started and have their result
+    (the ones a batch's claims recorded), each as its stored row holds it; for a batch's end. The ones
+    that never started are queued when the run completes (:func:`record_never_started`)."""
+    return [
+        _machine_log_row(run, row, stored_outcome(row), row.get("FinishedAt") or at) for row in rows
+        if row.get("StartedAt") and row["State"] in FINAL_STATES
+    ]  # fmt: skip
 
 
 def record_never_started(settings: Settings, run_id: str, at: datetime) -> int:

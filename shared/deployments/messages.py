@@ -115,9 +115,40 @@ class ClaimResult(Message):
     running: int | None = None
 
 
+class BatchMachinesRead(Message):
+    """Input of read_deployment_batch: one batch's machines from after the row key ``after`` (None: from
+    the first); answered as a part (BatchMachines)."""
+
+    run_id: str
+    batch: int
+    after: str | None = None
+
+
+class BatchMachines(Message):
+    """Part of a batch's machines: their resource ids and, beside each, the machine as JSON (None when
+    its row keeps none), at most MAX_BATCH_PART_CHARS of it (shared.assessment.messages), so no event of
+    the batch's history spills to a blob; ``after``: where the next part starts (None: done)."""
+
+    resource_ids: tuple[str, ...] = Field(default=(), max_length=DEPLOYMENT_BATCH_SIZE)
+    machines: tuple[str | None, ...] = Field(default=(), max_length=DEPLOYMENT_BATCH_SIZE)
+    after: str | None = None
+
+
+class BatchJournalApply(Message):
+    """Input of apply_deployment_journal: the batch whose journal and rows are applied at its end."""
+
+    run_id: str
+    batch: int
+    at: datetime
+
+
 class MachineDeploymentInput(Message):
     run_id: str
     resource_id: str
+    # The machine as the run's resolution saw it (machine_to_json) and its batch, so that the steps read
+    # no row for them; None in inputs from before they were carried (read from the machine's row).
+    machine: str | None = None
+    batch: int | None = None
     window_start: datetime
     window_minutes: int
     reboot: bool
@@ -139,6 +170,10 @@ class StepInput(Message):
     step: Step
     at: datetime | None = None
     token: str | None = None
+    machine: str | None = None  # as in MachineDeploymentInput
+    batch: int | None = None
+    # Post-scan: the install step left Arc results for it to read again (StepOutcome.results_pending).
+    results_pending: bool = False
 
 
 class StepFailure(Message):
@@ -163,6 +198,8 @@ class StepOutcome(Message):
     installed: int = 0
     failed: int = 0
     window_exceeded: bool = False
+    # Install only: an Arc server's per-update results Resource Graph did not have yet (steps).
+    results_pending: bool = False
 
 
 class StepAnswer(Message):

@@ -11,6 +11,10 @@ takes (:func:`shared.deployments.finish.finish_machine`: the run's counts and it
 - a machine that was running is ``failed`` with the code ``RunLost``: an install may have happened,
   and what it did is in the machine's patch history, not in the run.
 
+Each batch's inventory journal is applied too, with what its machines' rows carry for it (the
+pre-scans' entries, the installs' ``UpdateRunProgress_CL`` rows, the ``UpdateRunMachine_CL`` rows of the
+machines its claims recorded: shared.deployments.steps ``apply_batch_journal``), as the batch's end would.
+
 The orchestration's runtime status is asked of the Durable client by the caller (a plain string, or
 None when the instance does not exist), so this module stays free of Azure Functions.
 """
@@ -21,11 +25,13 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from shared.deployments.finish import finish_machine
 from shared.deployments.messages import StepFailure
 from shared.deployments.results import MachineResultStatus
 from shared.deployments.runs_table import FINAL_STATES, MachineState, RunRecord, RunState, run_store
+from shared.deployments.steps import apply_batch_journal
 from shared.settings import Settings
 
 # Durable runtime statuses of an orchestration that may still close its run (Durable Functions'
@@ -84,7 +90,8 @@ def close_lost_run(settings: Settings, run_id: str, status: str | None, at: date
         return None
     what = describe(status)
     closed = 0
-    for row in store.machines(run_id):
+    rows = store.machines(run_id)
+    for row in rows:
         if row["State"] in FINAL_STATES:
             continue
         result, started = machine_result(str(row["State"]), run.cancel_requested)
@@ -95,6 +102,14 @@ def close_lost_run(settings: Settings, run_id: str, status: str | None, at: date
             reason, failure = f"{REASON_LOST} ({what}): not started", None
         finish_machine(settings, run_id, str(row["ResourceId"]), result, reason, at, failure)
         closed += 1
+    # What the batches would have applied and queued at their ends: here, once (a batch that did reach
+    # its end is skipped). The rows were read before this reconciler finished any machine.
+    by_batch: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        if int(row.get("Batch", -1)) >= 0:
+            by_batch.setdefault(int(row["Batch"]), []).append(row)
+    for batch, batch_rows in sorted(by_batch.items()):
+        apply_batch_journal(settings, run_id, batch, at, batch_rows)
     state = RunState.CANCELLED if run.cancel_requested else RunState.FAILED
     store.close(run_id, state, f"{REASON_LOST}: {what}", at)
     return ClosedRun(run_id, state, what, closed)

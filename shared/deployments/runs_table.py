@@ -45,6 +45,7 @@ from azure.core.credentials import TokenCredential
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
 
+from shared.assessment.messages import MAX_BATCH_PART_CHARS
 from shared.azure.tables import (
     MAX_TRANSACTION_ENTITIES,
     ensure_table,
@@ -54,7 +55,7 @@ from shared.azure.tables import (
     write_text_rows,
 )
 from shared.deployments.definition import DeploymentDefinition, stored_definition, stored_members
-from shared.deployments.messages import DEPLOYMENT_BATCH_SIZE
+from shared.deployments.messages import DEPLOYMENT_BATCH_SIZE, BatchMachines
 from shared.deployments.results import MachineResultStatus
 from shared.deployments.rollout import (
     REASON_CANCELLED,
@@ -64,6 +65,7 @@ from shared.deployments.rollout import (
     may_reboot,
     next_to_start,
 )
+from shared.durations import readable_duration
 from shared.settings import Settings
 
 RUNS_TABLE = "DeploymentRuns"
@@ -424,6 +426,32 @@ class RunStore:
         )
         return sorted(str(r["ResourceId"]) for r in rows)
 
+    def batch_part(self, run_id: str, batch: int, after: str | None = None) -> BatchMachines:
+        """One part of the batch's machines, in row-key order from after ``after``: whole machines up to
+        MAX_BATCH_PART_CHARS of JSON (at least one), and the key to go on from when more are left."""
+        query, parameters = "PartitionKey eq @p and Batch eq @b", {"p": run_id, "b": batch}
+        if after is not None:
+            query, parameters = query + " and RowKey gt @after", parameters | {"after": after}
+        ids: list[str] = []
+        machines: list[str | None] = []
+        size, last = 0, ""
+        columns = ["RowKey", "ResourceId", "Machine"]
+        for row in self._runs.query_entities(query, parameters=parameters, select=columns):
+            text = str(row.get("Machine") or "") or None
+            if ids and size + len(text or "") > MAX_BATCH_PART_CHARS:
+                return BatchMachines(resource_ids=tuple(ids), machines=tuple(machines), after=last)
+            ids.append(str(row["ResourceId"]))
+            machines.append(text)
+            size += len(text or "")
+            last = str(row["RowKey"])
+        return BatchMachines(resource_ids=tuple(ids), machines=tuple(machines))
+
+    def batch_rows(self, run_id: str, batch: int) -> list[dict[str, Any]]:
+        """The batch's machine rows, whole: what its steps left for its end (steps.apply_batch_journal)."""
+        rows = self._runs.query_entities("PartitionKey eq @p and Batch eq @b",
+                                         parameters={"p": run_id, "b": batch})
+        return [dict(r) for r in rows]
+
     # --- resolving targets ---------------------------------------------------------------------
 
     def resolve(self, run_id: str, window_start: datetime, targets: Sequence[MachineTarget],
@@ -742,6 +770,7 @@ def machine_to_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "startedAt": moment("StartedAt"),
         "finishedAt": moment("FinishedAt"),
         "duration": _duration(row),
+        "durationText": _duration_text(row),
         "installed": int(row.get("Installed", 0)),
         "failed": int(row.get("FailedUpdates", 0)),
         "pending": int(row.get("Pending", 0)),
@@ -760,6 +789,14 @@ def _duration(row: Mapping[str, Any]) -> str | None:
         return None
     seconds = max(0, int((finished - started) / timedelta(seconds=1)))
     return f"PT{seconds // 3600}H{seconds % 3600 // 60}M{seconds % 60}S"
+
+
+def _duration_text(row: Mapping[str, Any]) -> str | None:
+    """The same duration as people read it (``37 min 53 s``)."""
+    started, finished = row.get("StartedAt"), row.get("FinishedAt")
+    if not isinstance(started, datetime) or not isinstance(finished, datetime):
+        return None
+    return readable_duration(finished - started)
 
 
 def counts_by_status(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:

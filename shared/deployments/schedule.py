@@ -1,8 +1,11 @@
 """Deployment schedules: the ``Schedule`` model and the occurrences it produces.
 
-A schedule is written in local wall time in an IANA time zone, as an administrator thinks of it
+A schedule is written in local wall time in a time zone, as an administrator thinks of it
 ("02:00 Europe/Berlin, the second Tuesday of each month plus three days"), and the engine turns
-it into UTC instants. The rules, documented here once:
+it into UTC instants. The zone is an IANA name (``Europe/Berlin``) or a Windows one
+(``W. Europe Standard Time``, as Azure Update Manager's maintenance configurations write it), read
+through the CLDR mapping ``tzlocal`` ships; it is kept and shown as written. The rules, documented
+here once:
 
 - Day, Week and Month schedules stay on the wall clock: 02:00 local is 01:00 UTC in winter and
   00:00 UTC in summer in Berlin.
@@ -27,11 +30,13 @@ import calendar
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from tzlocal.windows_tz import win_tz  # CLDR windowsZones.xml, territory 001: Windows name -> IANA
 
 
 class Frequency(StrEnum):
@@ -195,11 +200,28 @@ def _wall_time_schema(schema: dict[str, Any]) -> None:
             part["description"] = "a local wall time in timeZone, without an offset or Z"
 
 
+_WINDOWS_ZONES = {name.lower(): iana for name, iana in win_tz.items()}
+TIME_ZONE_RULE = ("an IANA time zone name such as Europe/Berlin, or a Windows one such as "
+                  "W. Europe Standard Time")
+
+
+@lru_cache(maxsize=512)
+def zone_named(name: str) -> ZoneInfo:
+    """The zone of an IANA name, else of a Windows time zone name (ignoring case); ValueError if neither."""
+    for candidate in (name, _WINDOWS_ZONES.get(name.strip().lower())):
+        try:
+            if candidate:
+                return ZoneInfo(candidate)
+        except (ZoneInfoNotFoundError, ValueError):
+            continue
+    raise ValueError(f"timeZone must be {TIME_ZONE_RULE}, got {name!r}")
+
+
 class Schedule(_Wire):
     """When a deployment runs. Times are local wall times in ``time_zone``, without an offset."""
 
     start_time: datetime = Field(json_schema_extra=_wall_time_schema)
-    time_zone: str
+    time_zone: str = Field(description=f"{TIME_ZONE_RULE}; kept as written")
     recurrence: Recurrence | None = None
     expiry_time: datetime | None = Field(None, json_schema_extra=_wall_time_schema)
 
@@ -216,12 +238,7 @@ class Schedule(_Wire):
     @field_validator("time_zone")
     @classmethod
     def _known_time_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as error:
-            raise ValueError(
-                f"timeZone must be an IANA time zone name such as Europe/Berlin, got {value!r}"
-            ) from error
+        zone_named(value)
         return value
 
     @field_validator("expiry_time")
@@ -234,7 +251,7 @@ class Schedule(_Wire):
 
     @property
     def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.time_zone)
+        return zone_named(self.time_zone)
 
 
 def to_utc(wall: datetime, zone: ZoneInfo) -> datetime:
@@ -391,4 +408,5 @@ __all__ = [
     "require_aware",
     "skipped_months",
     "to_utc",
+    "zone_named",
 ]

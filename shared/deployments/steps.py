@@ -7,14 +7,23 @@ instead of sending the POST again, so a retried or replayed install never instal
 
 A scan keeps no token: a second assessPatches after a lost answer changes nothing on the machine (a
 409 while the first still runs is retried), and not keeping one saves a read and a write per scan.
-Each activity reads the machine's row at most once and writes it at most once per purpose (the intent
-before an install's POST, the token after it, a finished step's figures with its output's name).
+Each activity writes the machine's row at most once per purpose (the intent before an install's POST,
+the token after it, a finished step's figures with its output's name) and reads it only for what its
+input does not carry: an install's start reads it for a kept token or intent, a second install call for
+the first's counts, a post-scan for Arc results still pending; the machine and its batch come in the
+input (StepInput.machine, .batch).
+
+What the batch applies at its end (:func:`apply_batch_journal`) rides in the row writes the steps make
+anyway: the pre-scan's journal entry (shared.assessment.journal) and each install's
+``UpdateRunProgress_CL`` rows, instead of a journal write and an outbox transaction per machine; the
+batch's end queues its machines' ``UpdateRunMachine_CL`` rows with them (shared.deployments.finish). A
+batch that never reaches its end (its orchestration terminated) leaves them unapplied, as its journal.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,12 +31,21 @@ from typing import Any
 from azure.core.credentials import TokenCredential
 
 from shared.assessment.arc_patches import with_patch_list
-from shared.assessment.journal import journal_key
-from shared.assessment.recording import record_assessment
+from shared.assessment.journal import (
+    InventoryJournal,
+    JournalEntry,
+    carried_columns,
+    carried_text,
+    journal_key,
+)
+from shared.assessment.recording import apply_journal, record_assessment, record_scan
 from shared.azure.credentials import credential_for
+from shared.azure.log_ingestion import wire_row
 from shared.azure.log_outbox import log_outbox
 from shared.azure.patch_operations import PatchOperations, PermanentArmError, failure_for
+from shared.azure.tables import table_service
 from shared.deployments.arc_results import needs_patch_results, patch_results, with_patch_results
+from shared.deployments.finish import finished_machine_rows
 from shared.deployments.install import install_request
 from shared.deployments.messages import (
     POSTSCAN,
@@ -47,10 +65,10 @@ from shared.deployments.results import (
 )
 from shared.deployments.runs_table import RunStore, run_store
 from shared.deployments.selection import lacks_classification_data, optional_kbs, pending_estimate
-from shared.log_tables import UPDATE_RUN_PROGRESS
+from shared.log_tables import UPDATE_RUN_MACHINE, UPDATE_RUN_PROGRESS
 from shared.model.assessment_outcome import Readiness
 from shared.model.install_outcome import InstallOutcome
-from shared.model.machines import machine_from_json, machine_key, parse_resource_id
+from shared.model.machines import Machine, machine_from_json, machine_key, parse_resource_id
 from shared.settings import Settings
 
 # An install followed through the VM's instance view after its continuation token was lost.
@@ -65,6 +83,19 @@ UNREACHABLE_CODES = frozenset({"VMAgentStatusCommunicationError", "HybridAgentNo
 # The Arc installs of a run whose per-update results Resource Graph did not have when the install step
 # ended (JSON: step -> installation id, start, end): the post-scan reads them again (arc_results).
 GRAPH_PENDING_COLUMN = "ProgressFromGraph"
+# Where a machine's row carries what the batch's end applies: the pre-scan's journal entry, and each
+# install call's UpdateRunProgress_CL rows (JSON over {prefix}0, {prefix}1, ..., {prefix}Parts).
+PRESCAN_ENTRY_PREFIX = "Journal_prescan_"
+
+
+def progress_prefix(step: str) -> str:
+    return f"Progress_{step}_"
+
+
+# The outputs a machine's row lists before a step's check adds its own, for the steps whose check reads
+# no row: the child runs them in this order (functions/deployments.py deploy_machine), and each step's
+# check lists its output in the write that stores its figures.
+_LISTED_BEFORE: dict[str, tuple[str, ...]] = {PRESCAN: (), "install1": (PRESCAN,), RESTART: ()}
 # What an administrator can do when an install (not an assessment) is refused.
 _INSTALL_HINTS = {
     "AuthorizationFailed": (
@@ -196,34 +227,50 @@ def check_step(settings: Settings, request: StepInput) -> StepAnswer:
         return StepAnswer(failure=_failure(error, request.step))
 
 
-def _machine_row(settings: Settings, credential: TokenCredential,
-                 request: StepInput) -> tuple[RunStore, str, dict[str, Any]]:
-    """The run store, the machine's key and its row in the run."""
+def _machine_row(settings: Settings, credential: TokenCredential, request: StepInput,
+                 needed: bool = False) -> tuple[RunStore, str, dict[str, Any] | None]:
+    """The run store, the machine's key and its row in the run: read when ``needed`` or when the input
+    does not carry the machine and its batch (an input from before they were carried), else None."""
     store = run_store(settings, credential)
     key = machine_key(request.resource_id)
+    if not needed and request.machine is not None and request.batch is not None:
+        return store, key, None
     return store, key, store.machine(request.run_id, key)
+
+
+def _machine(request: StepInput, row: Mapping[str, Any] | None) -> Machine:
+    return machine_from_json(request.machine if request.machine is not None else str((row or {})["Machine"]))
+
+
+def _journal(request: StepInput, row: Mapping[str, Any] | None) -> str:
+    batch = request.batch if request.batch is not None else int((row or {}).get("Batch") or 0)
+    return journal_key(request.run_id, batch)
 
 
 def _scanned(settings: Settings, credential: TokenCredential, request: StepInput,
              outcome: Any) -> StepOutcome:
     assert request.at is not None
-    store, key, row = _machine_row(settings, credential, request)
-    machine = machine_from_json(str(row["Machine"]))
+    store, key, row = _machine_row(settings, credential, request, needed=request.results_pending)
+    machine = _machine(request, row)
     outcome = with_patch_list(settings, credential, request.resource_id, outcome)
-    record_assessment(settings, machine, outcome, request.at, request.run_id,
-                      journal_key(request.run_id, int(row.get("Batch") or 0)))
-    columns = _keep_output(settings, credential, request, row, asdict(outcome))
     if request.step == POSTSCAN:
+        record_assessment(settings, machine, outcome, request.at, request.run_id, _journal(request, row))
+        _keep_output(settings, credential, request, row, asdict(outcome))
         # The post-scan's name joins the row's outputs with the machine's result (RunStore.claim).
-        pending = _late_progress_rows(settings, credential, store, request, row)
+        pending = _late_progress_rows(settings, credential, store, request, row) if row is not None else {}
         if pending:
             store.update_machine(request.run_id, key, pending)
         return StepOutcome()
+    # The pre-scan writes its row anyway: its journal entry rides there (or, too long, in the journal).
+    _, entry = record_scan(settings, machine, outcome, request.at, request.run_id)
+    journal = InventoryJournal(table_service(settings, credential), log_outbox(settings, credential))
+    carried = journal.put_or_carry(_journal(request, row), entry, PRESCAN_ENTRY_PREFIX)
+    columns = _keep_output(settings, credential, request, row, asdict(outcome))
     definition = store.terms(request.run_id).definition
     estimate = pending_estimate(definition, outcome)
     store.update_machine(request.run_id, key, {
         "PrescanPending": estimate.updates, "OptionalKbs": json.dumps(optional_kbs(outcome.patches or ())),
-        **columns,
+        **columns, **carried,
     })  # fmt: skip
     unclassified = estimate.updates == 0 and lacks_classification_data(definition, machine, outcome)
     return StepOutcome(pending=estimate.updates, has_service_pack=estimate.has_service_pack,
@@ -233,41 +280,48 @@ def _scanned(settings: Settings, credential: TokenCredential, request: StepInput
 def _installed(settings: Settings, credential: TokenCredential, request: StepInput,
                outcome: Any) -> StepOutcome:
     assert request.at is not None
-    store, key, row = _machine_row(settings, credential, request)
-    machine = machine_from_json(str(row["Machine"]))
+    # A second call adds to the first's count and keeps the first's pending Arc results: it reads the row.
+    store, key, row = _machine_row(settings, credential, request, needed=request.step != "install1")
+    machine = _machine(request, row)
     run = store.terms(request.run_id)
     outcome = with_patch_results(settings, credential, request.resource_id, outcome)
     rows = run_progress_rows(machine, outcome, run.deployment_name, request.run_id, request.at)
-    log_outbox(settings, credential).put(UPDATE_RUN_PROGRESS, rows, request.at)
+    # Carried in the row this step writes anyway, queued by the batch's end (apply_batch_journal).
+    progress = carried_columns(progress_prefix(request.step), json.dumps([wire_row(r) for r in rows]))
+    if progress is None:
+        log_outbox(settings, credential).put(UPDATE_RUN_PROGRESS, rows, request.at)
     # Where the result came from: the install operation, or (token lost) the VM's patch status.
     followed = bool(request.token and request.token.startswith(FOLLOWED_TOKEN_PREFIX))
     source = {"source": "instanceView" if followed else "installPatches"}
     columns = _keep_output(settings, credential, request, row, asdict(outcome) | source)
-    installed_before = int(row.get("Installed", 0)) if request.step != "install1" else 0
+    installed_before = int(row.get("Installed", 0)) if row is not None and request.step != "install1" else 0
     status = machine_result_status(outcome, installed_before)
     store.update_machine(request.run_id, key, {
         "Installed": installed_before + outcome.installed, "FailedUpdates": outcome.failed,
         "Pending": outcome.pending, "Excluded": outcome.excluded, "NotSelected": outcome.not_selected,
         "RebootStatus": outcome.reboot_status, "InstallStatus": status.value,
         "ErrorCode": outcome.error_code or "", "ErrorMessage": (outcome.error_message or "")[:4000],
-        **_graph_pending(row, request, outcome), **columns,
+        **_graph_pending(row, request, outcome), **columns, **(progress or {}),
     })  # fmt: skip
     return StepOutcome(
         pending=outcome.pending, status=status.value, installed=outcome.installed, failed=outcome.failed,
         window_exceeded=outcome.maintenance_window_exceeded,
+        results_pending=needs_patch_results(request.resource_id, outcome),
     )  # fmt: skip
 
 
-def _graph_pending(row: Mapping[str, Any], request: StepInput, outcome: InstallOutcome) -> dict[str, str]:
+def _graph_pending(row: Mapping[str, Any] | None, request: StepInput,
+                   outcome: InstallOutcome) -> dict[str, str]:
     """The machine's GRAPH_PENDING_COLUMN with this install step noted (its results still missing) or
-    taken off (found, on a retried delivery); nothing to write when neither applies."""
+    taken off (found, on a retried delivery); nothing to write when neither applies. Without the row (the
+    first install call, which nothing was noted before), the column is written either way."""
     assert request.at is not None
-    pending = json.loads(row.get(GRAPH_PENDING_COLUMN) or "{}")
+    pending = json.loads((row or {}).get(GRAPH_PENDING_COLUMN) or "{}")
     if needs_patch_results(request.resource_id, outcome):
         started = outcome.started_at.isoformat() if outcome.started_at else None
         pending[request.step] = {"installation": outcome.activity_id, "startedAt": started,
                                  "at": request.at.isoformat()}
-    elif pending.pop(request.step, None) is None:
+    elif pending.pop(request.step, None) is None and row is not None:
         return {}
     return {GRAPH_PENDING_COLUMN: json.dumps(pending)}
 
@@ -280,7 +334,7 @@ def _late_progress_rows(settings: Settings, credential: TokenCredential, store: 
     pending: dict[str, dict[str, Any]] = json.loads(row.get(GRAPH_PENDING_COLUMN) or "{}")
     if not pending:
         return {}
-    machine = machine_from_json(str(row["Machine"]))
+    machine = _machine(request, row)
     deployment = store.terms(request.run_id).deployment_name
     rows: list[dict[str, Any]] = []
     for step, noted in list(pending.items()):
@@ -299,19 +353,50 @@ def _late_progress_rows(settings: Settings, credential: TokenCredential, store: 
 def _restarted(settings: Settings, credential: TokenCredential, request: StepInput) -> StepOutcome:
     assert request.at is not None
     store, key, row = _machine_row(settings, credential, request)
-    document = {"operation": "restart", "token": row.get(step_column(RESTART)), "finishedBy": request.at}
+    # The check's token is the one start_step kept in the row (or handed back from it).
+    document = {"operation": "restart", "token": request.token, "finishedBy": request.at}
     columns = _keep_output(settings, credential, request, row, document)
     store.update_machine(request.run_id, key, {"RebootStatus": "Completed", **columns})
     return StepOutcome(status=MachineResultStatus.SUCCEEDED.value)
 
 
 def _keep_output(settings: Settings, credential: TokenCredential, request: StepInput,
-                 row: Mapping[str, Any], document: Mapping[str, Any]) -> dict[str, str]:
+                 row: Mapping[str, Any] | None, document: Mapping[str, Any]) -> dict[str, str]:
     """The step's whole result in Blob Storage; answers the row's list of outputs with the step's name
-    added, for the caller to write with the step's figures in one merge (nothing when it is there)."""
+    added, for the caller to write with the step's figures in one merge (nothing when it is there).
+    Without the row, the list is the steps that ran before (_LISTED_BEFORE) and this one."""
     key = machine_key(request.resource_id)
     logs = run_log_store(settings, credential)
     logs.ensure()
     logs.put(request.run_id, key, request.step, json.loads(json.dumps(document, default=str)))
+    if row is None:
+        return {"Outputs": json.dumps([*_LISTED_BEFORE.get(request.step, ()), request.step])}
     outputs = json.loads(row.get("Outputs") or "[]")
     return {} if request.step in outputs else {"Outputs": json.dumps([*outputs, request.step])}
+
+
+# --- the batch's end --------------------------------------------------------------------------------
+
+
+def apply_batch_journal(settings: Settings, run_id: str, batch: int, at: datetime,
+                        rows: Sequence[Mapping[str, Any]] | None = None) -> dict[str, int]:
+    """Apply the batch's inventory journal (shared.assessment.journal) with what its machines' rows carry:
+    the pre-scans' entries, the installs' UpdateRunProgress_CL rows, and the UpdateRunMachine_CL rows of
+    the machines its claims recorded. Once; again is a no-op. ``rows``: the batch's machine rows when the
+    caller has read them (else read here)."""
+    store = run_store(settings)
+    rows = rows if rows is not None else store.batch_rows(run_id, batch)
+    entries: list[JournalEntry] = []
+    progress: list[dict[str, Any]] = []
+    for row in rows:
+        text = carried_text(row, PRESCAN_ENTRY_PREFIX)
+        if text is not None:
+            entries.append(JournalEntry.from_json(text))
+        for step in ("install1", "install2"):
+            text = carried_text(row, progress_prefix(step))
+            if text is not None:
+                progress += json.loads(text)
+    machines = finished_machine_rows(store.terms(run_id), rows, at)
+    queued = {UPDATE_RUN_PROGRESS.name: progress, UPDATE_RUN_MACHINE.name: machines}
+    return apply_journal(settings, [journal_key(run_id, batch)], at, entries,
+                         {table: table_rows for table, table_rows in queued.items() if table_rows})

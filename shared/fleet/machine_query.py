@@ -20,8 +20,12 @@ MAX_PAGE_SIZE = 1000
 
 
 class QueryError(ValueError):
-    def __init__(self, field_name: str, message: str) -> None:
+    """Bad query parameters: :attr:`field` the first, :attr:`details` each with its rule."""
+
+    def __init__(self, field_name: str, message: str, details: tuple[tuple[str, str], ...] = ()) -> None:
         self.field = field_name
+        self.message = message
+        self.details = details or ((field_name, message),)
         super().__init__(f"{field_name}: {message}")
 
 
@@ -64,24 +68,30 @@ class MachineQuery:
 
 
 def parse_machine_query(params: Mapping[str, str]) -> MachineQuery:
-    """``params`` as the HTTP request gives them; ``tag`` may be ``key:value`` or several joined by ','."""
-    unknown = sorted(set(params) - set(ACCEPTED_PARAMETERS))
-    if unknown:
-        raise QueryError(unknown[0], f"unknown parameter; accepted: {', '.join(ACCEPTED_PARAMETERS)}")
+    """``params`` as the HTTP request gives them; ``tag`` may be ``key:value`` or several joined by ','.
+    Every bad parameter is reported at once (one QueryError)."""
+    problems: list[tuple[str, str]] = [
+        (name, f"unknown parameter; accepted: {', '.join(ACCEPTED_PARAMETERS)}")
+        for name in sorted(set(params) - set(ACCEPTED_PARAMETERS))
+    ]
     equals: dict[str, Any] = {}
     for name, (column, accepted) in _FILTERS.items():
         if name in params:
             value = accepted.get(params[name].strip().lower())
             if value is None:
-                raise QueryError(name, f"must be one of {', '.join(str(v) for v in accepted.values())}")
-            equals[column] = value
+                problems.append((name, f"must be one of {', '.join(str(v) for v in accepted.values())}"))
+            else:
+                equals[column] = value
     tags: dict[str, str] = {}
     for pair in filter(None, (p.strip() for p in params.get("tag", "").split(","))):
         key, sep, value = pair.partition(":")
         if not sep or not key:
-            raise QueryError("tag", f"{pair!r} must be key:value")
-        tags[key] = value
+            problems.append(("tag", f"{pair!r} must be key:value"))
+        else:
+            tags[key] = value
     raw_size = params.get("pageSize", str(DEFAULT_PAGE_SIZE))
     if not raw_size.isdigit() or not 1 <= int(raw_size) <= MAX_PAGE_SIZE:
-        raise QueryError("pageSize", f"must be a whole number from 1 to {MAX_PAGE_SIZE}")
+        problems.append(("pageSize", f"must be a whole number from 1 to {MAX_PAGE_SIZE}"))
+    if problems:
+        raise QueryError(*problems[0], details=tuple(problems))
     return MachineQuery(equals, tags, int(raw_size), params.get("nextToken") or None)

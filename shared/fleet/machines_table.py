@@ -20,6 +20,7 @@ from azure.data.tables import TableServiceClient
 
 from shared.azure.tables import ensure_table, upsert_in_batches
 from shared.fleet.heartbeats import HEARTBEAT_FINGERPRINT, LAST_HEARTBEAT_AT, LastHeartbeat, last_heartbeat
+from shared.fleet.machine_names import MachineEntry
 from shared.fleet.machine_query import MAX_PAGE_SIZE
 from shared.model.machines import Machine, machine_key, parse_resource_id
 
@@ -105,6 +106,39 @@ class MachineInventory:
         ).by_page(continuation_token=_decode_token(token))
         entities = [dict(e) for e in next(pages, [])]
         return MachinePage(entities, _encode_token(getattr(pages, "continuation_token", None)))
+
+
+class InventoryDirectory:
+    """The inventory as a :class:`~shared.fleet.machine_names.MachineDirectory`: a key is a point read in
+    each managed subscription (the partitions discovery writes); a name reads the table once, keys and
+    names only."""
+
+    where = "the inventory"
+
+    def __init__(self, service: TableServiceClient, subscriptions: Iterable[str]) -> None:
+        self._table = service.get_table_client(MACHINES_TABLE)
+        self._subscriptions = tuple(dict.fromkeys(s.lower() for s in subscriptions))
+
+    def by_key(self, key: str) -> MachineEntry | None:
+        for subscription in self._subscriptions:
+            try:
+                return _entry(dict(self._table.get_entity(subscription, key)))
+            except ResourceNotFoundError:
+                continue
+        return None
+
+    def entries(self) -> Iterator[MachineEntry]:
+        names = ["PartitionKey", "RowKey", "ResourceId", "ComputerName"]
+        for entity in self._table.list_entities(select=names, results_per_page=MAX_PAGE_SIZE):
+            yield _entry(dict(entity))
+
+    def complete(self, entry: MachineEntry) -> MachineEntry:
+        return _entry(dict(self._table.get_entity(entry.row["PartitionKey"], entry.key)))
+
+
+def _entry(entity: dict[str, Any]) -> MachineEntry:
+    return MachineEntry(str(entity["RowKey"]), str(entity.get("ResourceId") or ""),
+                        entity.get("ComputerName") or None, entity)
 
 
 @dataclass(frozen=True)

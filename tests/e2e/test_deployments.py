@@ -523,11 +523,14 @@ def test_a_distribution_without_classification_data_is_skipped_saying_so(stack):
 
 
 # Issue 12: Table requests per deployed machine, its scans' assessment records apart (they are the
-# inventory's). Measured at 13.3 over 60 machines of a generated fleet, 13.6 over 176; 15 is the target.
-MAX_TABLE_REQUESTS_PER_MACHINE = 15
+# inventory's). Here 58 for 6 machines (9.7): the steps read no row for the machine, the pre-scan's
+# journal entry and the install's progress rows ride in the row writes the steps make anyway, and the
+# machines' UpdateRunMachine_CL rows are queued once per batch. With the scans' records included,
+# bench.fleet_cycle measures about 14 per machine over 100 and 300 machines (the target is 15).
+MAX_TABLE_REQUESTS_PER_MACHINE = 10
 
 
-def test_a_deployed_machine_costs_at_most_fifteen_table_requests(stack, monkeypatch):
+def test_a_deployed_machine_costs_at_most_ten_table_requests_of_its_run(stack, monkeypatch):
     """Every Table request of the run is counted where azure-core sends it: the run's own rows (gate,
     machines, tokens: table DeploymentRuns, partition = run id) and its rows queued for Log Analytics."""
     sent: list[tuple[str, str]] = []  # (url, body) of every Table request

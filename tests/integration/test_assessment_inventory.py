@@ -15,8 +15,8 @@ from local.azurite import Azurite
 from local.clock import VirtualClock
 from local.loganalytics import LogAnalyticsStandIn
 from local.tls import LocalTls, ensure_local_tls
-from shared.assessment.journal import journal_key
-from shared.assessment.recording import apply_journal, record_assessment, record_failure
+from shared.assessment.journal import JournalEntry, carried_columns, carried_text, journal_key
+from shared.assessment.recording import apply_journal, record_assessment, record_failure, record_scan
 from shared.assessment.records import MachineAssessmentSummary
 from shared.assessment.updates_table import (
     CATALOGUE_TABLE,
@@ -350,3 +350,25 @@ def test_a_truncated_list_opens_what_it_lists_and_closes_nothing(settings, inven
     record(settings, vm, outcome(win(a, "Security")), DAY3, "r3")
     found = gaps(inventory, vm)
     assert found[f"KB{b}"]["State"] == found[f"KB{c}"]["State"] == "Not needed"
+
+
+def test_an_entry_carried_in_another_row_is_applied_once_with_its_journal(settings, inventory, loganalytics):
+    """A deployment's pre-scan keeps its entry in the machine's row, not in the journal table
+    (shared.deployments.steps): the batch's end hands it to the apply, which counts it once."""
+    vm = machine()
+    (kb,) = kbs(1)
+    journal = journal_key(f"carried-{vm.key}", 0)
+    _, entry = record_scan(settings, vm, outcome(win(kb, "Security")), DAY1, "run-carried")
+    row = carried_columns("Journal_prescan_", entry.to_json())  # what the step merges into its row
+    assert row is not None
+    text = carried_text(row, "Journal_prescan_")
+    assert text is not None
+    carried = [JournalEntry.from_json(text)]
+
+    apply_journal(settings, [journal], DAY1, carried)
+    apply_journal(settings, [journal], DAY1, carried)  # the batch's activity, redelivered
+
+    assert catalogue_counts(inventory, [f"KB{kb}"]) == {f"KB{kb}": 1}
+    send_queued_rows(settings)
+    rows = loganalytics.query(f"UpdateSummary_CL | where Computer == '{vm.computer_name}' | count")
+    assert rows == [{"Count": 1}]

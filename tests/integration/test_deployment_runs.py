@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from azure.data.tables import TableServiceClient
 
+from shared.assessment.messages import MAX_BATCH_PART_CHARS
 from shared.deployments.definition import validate_definition
 from shared.deployments.results import MachineResultStatus
 from shared.deployments.rollout import REASON_CANCELLED, REASON_ERROR_BUDGET, REASON_WINDOW_CLOSING
@@ -162,3 +163,26 @@ def test_a_claim_records_the_ended_machines_and_gives_their_slots_in_the_same_wr
     row = store.machine(run_id, keys[queue[0]])
     assert row["State"] == "succeeded" and row["Installed"] == 3 and row["FinishedAt"] == at
     assert row["Outputs"] == '["prescan", "install1", "postscan"]'
+
+
+def test_a_batch_reads_its_machines_in_parts_that_stay_inline_in_its_history(store):
+    """The batch hands each child its machine (RunStore.batch_part): parts of at most MAX_BATCH_PART_CHARS
+    of JSON, so that no history event spills to a blob, together naming every machine of the batch once."""
+    run_id = f"deploy-store-test-{uuid.uuid4().hex[:8]}"
+    assert store.create_run(run_id, definition(), "http", START, occurrence=START)
+    machine_json = "x" * 6_000  # stands for machine_to_json; four fit in a part
+    targets = [MachineTarget(f"k{n:02d}", rid(n), f"vm-{n:02d}", 0, machine_json) for n in range(10)]
+    store.resolve(run_id, START, targets, [])
+
+    parts, after = [], None
+    while True:
+        part = store.batch_part(run_id, 0, after)
+        parts.append(part)
+        if part.after is None:
+            break
+        after = part.after
+
+    assert [len(p.resource_ids) for p in parts] == [4, 4, 2]
+    assert all(sum(len(m or "") for m in p.machines) <= MAX_BATCH_PART_CHARS for p in parts)
+    assert sorted(r for p in parts for r in p.resource_ids) == [rid(n) for n in range(10)]
+    assert store.batch_part(run_id, 1).resource_ids == ()

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from azure.data.tables import TableServiceClient
@@ -237,6 +238,22 @@ def test_an_unknown_machine_is_a_404(reader, stored_run):
         assert response.status_code == 404, path
         error = body_of(response)["error"]
         assert error["code"] == "MachineNotFound" and "0123abcd" in error["message"]
+
+
+def test_a_run_machine_answers_to_its_computer_name_and_resource_id(reader, stored_run):
+    resource_id = vm("app01", OsType.WINDOWS).resource_id
+    base = f"/api/deployment-runs/{stored_run.run_id}/machines"
+    for name in ("APP01", "app01", quote(resource_id, safe="")):
+        response = reader.request("GET", f"{base}/{name}")
+        assert response.status_code == 200, (name, response.get_body())
+        shown = body_of(response)
+        assert (shown["machine"], shown["computer"]) == (stored_run.keys["app01"], "app01")
+        assert shown["link"] == machine_path(stored_run, "app01")  # links use the key
+        assert shown["durationText"] == "42 min 0 s" and shown["duration"] == "PT0H42M0S"
+    output = reader.request("GET", f"{base}/App01/outputs/install2")
+    assert output.status_code == 200 and body_of(output) == stored_run.outputs[("app01", "install2")]
+    # gone01 has a row in the run (skipped) though it is in no inventory: found by its name too.
+    assert body_of(reader.request("GET", f"{base}/gone01"))["status"] == "skipped"
 
 
 # --- GET .../outputs/{step} ----------------------------------------------------------------------------

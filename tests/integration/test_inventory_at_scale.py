@@ -33,7 +33,7 @@ from shared.assessment.updates_table import (
 )
 from shared.azure.log_outbox import OUTBOX_TABLE, log_outbox
 from shared.azure.tables import upsert_in_batches
-from shared.log_tables import HEARTBEAT, record_id
+from shared.log_tables import HEARTBEAT, TABLES, record_id
 from shared.model.machines import OsType, machine_from_json
 from tests.integration.test_assessment_inventory import (  # noqa: F401 - fixtures used by name
     DAY1,
@@ -168,10 +168,13 @@ def test_the_sender_reads_what_waits_never_the_tombstones(settings, azurite: Azu
     port = urlparse(TableServiceClient.from_connection_string(azurite.connection_string).url).port
     assert port is not None
 
+    # Other tests of the session may leave envelopes claimed by a sender that is still "alive": those
+    # are read (and left alone); the 500 tombstones are not.
+    waiting = sum(len(outbox._envelopes(table)) for table in TABLES)
     with table_reads(port) as reads:
-        report = outbox.send_pending("nothing-waits", DAY1)
+        outbox.send_pending("nothing-waits", DAY1)
 
-    assert report.sent == 0 and reads[OUTBOX_TABLE] == 0  # 500 tombstones, none read
+    assert reads[OUTBOX_TABLE] == waiting < 500
     assert outbox.put(HEARTBEAT, rows, DAY1) == 0  # and still each row queued once
 
 

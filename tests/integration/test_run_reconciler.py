@@ -22,7 +22,9 @@ from functions.durable import batch_instance_id
 from local.clock import VirtualClock
 from local.durable import DurableRunner
 from local.functions_host import FunctionsHost
+from shared.assessment.journal import APPLIED_ROW, JOURNAL_TABLE, journal_key
 from shared.azure.log_outbox import log_outbox
+from shared.azure.tables import table_service
 from shared.deployments.definition import validate_definition
 from shared.deployments.messages import DeploymentRunInput
 from shared.deployments.runs_table import MachineTarget, RunStore, run_store
@@ -110,6 +112,10 @@ def test_the_reconciler_closes_a_terminated_run_and_records_each_machine(durable
     queued = log_outbox(load_settings()).states(UPDATE_RUN_MACHINE)
     for computer in COMPUTERS:
         assert record_id(UPDATE_RUN_MACHINE.name, run_id, vm(computer, OsType.WINDOWS).resource_id) in queued
+    # The batches' journals (and what the machines' rows carry for them) are applied, as at a batch's end.
+    journal = table_service(load_settings()).get_table_client(JOURNAL_TABLE)
+    for batch in (0, 7):
+        assert journal.get_entity(journal_key(run_id, batch), APPLIED_ROW)["AppliedAt"]
 
     operator.fire_timer("reconcile_deployment_runs")  # closed once: nothing changes
     assert body_of(operator.request("GET", f"/api/deployment-runs/{run_id}")) == details

@@ -18,13 +18,14 @@ import pytest
 
 from local.clock import VirtualClock
 from local.resourcegraph import ResourceGraphStore
-from shared.assessment.arc_patches import with_listed_patches
+from shared.assessment.arc_patches import ListWanted, awaits_list, with_listed_patches
 from shared.azure.resource_graph import (
     InstallationRun,
     LastInstallation,
     MachineAssessment,
     installation_run,
     latest_assessment,
+    latest_assessments,
 )
 from shared.deployments.arc_results import finished_patches, needs_patch_results
 from shared.model.assessment_outcome import AssessmentOutcome
@@ -86,6 +87,28 @@ def test_one_query_gives_a_machines_latest_assessment_with_its_patches(store: Re
     assert found.summary is not None and found.summary.assessment_id == ARC_ASSESSMENT
     assert [p.patch.name for p in found.patches] == ["openssl", "tzdata"]  # the VM's rows are not its
     assert latest_assessment(graph, ARC.replace("ubu-arc-01", "other")).summary is None  # type: ignore[arg-type]
+
+
+def test_one_query_gives_the_latest_assessments_of_many_machines_as_one_query_each_would(
+    store: ResourceGraphStore,
+):
+    graph = StoreGraph(store)
+    absent = ARC.replace("ubu-arc-01", "other")
+    found = latest_assessments(graph, [ARC.upper(), VM, absent])  # type: ignore[arg-type]
+    assert len(graph.queries) == 1
+    for machine in (ARC, VM, absent):
+        one = latest_assessment(StoreGraph(store), machine)  # type: ignore[arg-type]
+        assert (found[machine.lower()].summary, found[machine.lower()].patches) == (one.summary, one.patches)
+    assert found[absent.lower()].summary is None
+
+
+def test_only_a_finished_arc_assessment_without_a_list_awaits_one_and_its_wait_survives_json():
+    assert awaits_list(ARC, arc_outcome())
+    assert not awaits_list(VM, arc_outcome())
+    assert not awaits_list(ARC, arc_outcome(patches=()))
+    assert not awaits_list(ARC, arc_outcome(status="Failed"))
+    wanted = ListWanted('{"name": "ubu-arc-01"}', "run-1", arc_outcome())
+    assert ListWanted.from_json(json.loads(json.dumps(wanted.to_json()))) == wanted
 
 
 def test_one_query_gives_an_installation_run_by_the_installs_activity_id(store: ResourceGraphStore):

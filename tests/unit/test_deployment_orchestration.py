@@ -10,6 +10,7 @@ install statuses by the real ``machine_result_status``).
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, replace
@@ -26,6 +27,8 @@ from local.durable.history import EventType
 from shared.deployments.definition import DeploymentDefinition, validate_definition
 from shared.deployments.messages import (
     MAX_INSTALL_CALLS,
+    BatchMachines,
+    BatchMachinesRead,
     ClaimInput,
     ClaimResult,
     DeploymentRunInput,
@@ -246,16 +249,19 @@ def resolve_deployment_run(request: dict[str, Any]) -> dict[str, Any]:
 
 
 @app.activity_trigger(input_name="request")
-def apply_inventory_journal(request: dict[str, Any]) -> dict[str, int]:
-    for journal in request["journals"]:
-        _called("journal", "batch", str(journal))
+def apply_deployment_journal(request: dict[str, Any]) -> dict[str, int]:
+    _called("journal", "batch", str(request["batch"]))
     return {"entries": 0}
 
 
 @app.activity_trigger(input_name="request")
-def read_deployment_batch(request: dict[str, Any]) -> list[str]:
-    assert request["runId"] == RUN_ID
-    return TABLE.batch(int(request["batch"]))
+def read_deployment_batch(request: dict[str, Any]) -> dict[str, Any]:
+    """The batch's machines as JSON in one part (RunStore.batch_part), as resolution stored them."""
+    read = BatchMachinesRead.model_validate(request)
+    assert read.run_id == RUN_ID and read.after is None
+    ids = TABLE.batch(read.batch)
+    machines = [json.dumps({"resource_id": rid}) for rid in ids]  # stands for machine_to_json
+    return BatchMachines(resource_ids=tuple(ids), machines=tuple(machines)).model_dump(mode="json")
 
 
 @app.activity_trigger(input_name="request")

@@ -41,6 +41,7 @@ APP = ("azure.functions", "azure.durable_functions", "functions", "function_app"
 PURE_RULES = frozenset({
     "shared.fleet.scope",  # which machines a run covers: subscriptions, groups, tags, OS, ids
     "shared.fleet.machine_query",  # the machine list's query string: filters, tag filters, page bounds
+    "shared.fleet.machine_names",  # a machine by its key, resource id or computer name, in any directory
     "shared.fleet.heartbeats",  # a discovered machine's Heartbeat_CL row
     "shared.fleet.messages",  # discovery orchestration inputs and counts (pydantic)
     "shared.assessment.records",  # an assessment as update records, a summary and Log Analytics rows
@@ -76,6 +77,7 @@ USES_ADAPTERS = frozenset({
     "shared.deployments.resolve",  # lists a run's targets (ARM) and queues them in the run table
     "shared.deployments.reconcile",  # closes runs whose orchestration is gone, through finish and runs_table
     "shared.deployments.runs_table",  # the DeploymentRuns table
+    "shared.deployments.run_machines",  # a run's machine rows, looked up by any name of the machine
     # Its rules take RunState/RunStore from runs_table and StoredDeployment from definitions_table.
     "shared.deployments.scheduler",
     "shared.deployments.scheduler_state",  # the SchedulerState table

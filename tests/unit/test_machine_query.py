@@ -32,3 +32,10 @@ def test_bad_parameters_name_the_field(params, field):
     with pytest.raises(QueryError) as caught:
         parse_machine_query(params)
     assert caught.value.field == field
+
+
+def test_every_bad_parameter_is_reported_at_once():
+    with pytest.raises(QueryError) as raised:
+        parse_machine_query({"os": "BeOS", "colour": "blue", "tag": "nokey", "pageSize": "0"})
+    assert [field for field, _ in raised.value.details] == ["colour", "os", "tag", "pageSize"]
+    assert raised.value.field == "colour" and str(raised.value).startswith("colour: unknown parameter")

@@ -35,6 +35,7 @@ from shared.azure.resource_graph import (
     last_assessment,
     last_installation,
     latest_assessment_patches,
+    latest_assessments,
     machine_id_of,
     summaries_query,
 )
@@ -183,6 +184,22 @@ def test_patches_of_many_machines_are_asked_for_in_groups_over_their_own_subscri
     assert len(found) == 8  # each call answered with the fixture's four patches
     with pytest.raises(ValueError, match="not a virtual machine or Arc-enabled server"):
         latest_assessment_patches(graph, ["/subscriptions/x/resourceGroups/rg"])  # type: ignore[arg-type]
+
+
+def test_latest_assessments_of_many_machines_are_asked_for_in_groups_and_every_machine_answered():
+    other = "33333333-3333-4333-8333-333333333333"
+    machines = [ARC.replace("ubu-arc-01", f"arc-{i:03d}") for i in range(GROUP_SIZE - 1)]
+    machines += [ARC.upper(), VM.replace(SUB, other)]
+    graph = FakeGraph({"patchassessmentresources": ASSESSMENT})
+    found = latest_assessments(graph, [*machines, machines[0].upper()])  # type: ignore[arg-type]
+    assert len(graph.calls) == 2  # GROUP_SIZE machines, then the one left, over their own subscriptions
+    assert graph.calls[0][1] == [SUB] and graph.calls[1][1] == [other]
+    latest = kql_string(f"{ARC}/patchAssessmentResults/latest".lower())
+    assert f", {latest})" in graph.calls[0][0] and "project id, name, type, properties" in graph.calls[0][0]
+    assert len(found) == GROUP_SIZE + 1
+    arc = found[ARC.lower()]  # the fixture's rows answered for this machine; none for the others
+    assert arc.summary is not None and [p.patch.name for p in arc.patches] == ["openssl", "tzdata"]
+    assert found[machines[0].lower()].summary is None and found[machines[0].lower()].patches == ()
 
 
 def test_one_installation_is_asked_for_by_its_rows_id():

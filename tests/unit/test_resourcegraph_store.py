@@ -60,6 +60,19 @@ def test_the_products_assessment_query_gives_the_patches_of_the_machines_named(s
     assert rows[0]["properties"]["classifications"] == ["Definition Updates"]  # dynamic values stay JSON
 
 
+def test_in_tilde_matches_a_list_case_insensitively_and_in_exactly(store: ResourceGraphStore):
+    """KQL's ``in~``: "equals to any of the elements", case-insensitive; ``in`` is case-sensitive (Kusto
+    documentation, "in and notin~ operators" / "String operators"): the batched read of Arc lists relies
+    on it (latest_assessments_query)."""
+    latest = f"{ARC}/patchAssessmentResults/latest"
+    asked = f"'{latest.upper()}', '{VM.lower()}/patchassessmentresults/latest', 'no-such-id'"
+    query = f"patchassessmentresources | where id in~ ({asked}) | project id | order by id asc"
+    assert [r["id"] for r in store.query(query, [SUB])] == [f"{VM}/patchAssessmentResults/latest", latest]
+    query = f"patchassessmentresources | where id in ('{latest.upper()}', '{latest}') | project id"
+    exact = store.query(query, [SUB])
+    assert [r["id"] for r in exact] == [latest]
+
+
 def test_the_products_installation_query_gives_the_runs_patches(store: ResourceGraphStore):
     rows = store.query(installation_patches_query(ARC, "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"), [SUB])
     states = [p.patch.state for p in map(installed_patch, rows) if p is not None]
