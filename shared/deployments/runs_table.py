@@ -438,11 +438,13 @@ class RunStore:
         columns = ["RowKey", "ResourceId", "Machine"]
         for row in self._runs.query_entities(query, parameters=parameters, select=columns):
             text = str(row.get("Machine") or "") or None
-            if ids and size + len(text or "") > MAX_BATCH_PART_CHARS:
+            # The part carries the resource id beside each machine: both count against the limit.
+            cost = len(text or "") + len(str(row["ResourceId"]))
+            if ids and size + cost > MAX_BATCH_PART_CHARS:
                 return BatchMachines(resource_ids=tuple(ids), machines=tuple(machines), after=last)
             ids.append(str(row["ResourceId"]))
             machines.append(text)
-            size += len(text or "")
+            size += cost
             last = str(row["RowKey"])
         return BatchMachines(resource_ids=tuple(ids), machines=tuple(machines))
 
