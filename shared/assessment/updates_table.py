@@ -191,10 +191,6 @@ class UpdateInventory:
             self._updates.submit_transaction([("upsert", e, {"mode": UpdateMode.REPLACE}) for e in chunk])
         return scan
 
-    def record_failure(self, machine: Machine, failure: AssessmentFailure, at: datetime, run_id: str) -> None:
-        """Readiness and the error on the machine entity; its last good assessment stays."""
-        self._machines.upsert_entity(failure_state(machine, failure, at, run_id), mode=UpdateMode.MERGE)
-
     # -- per batch: the Machines entities, the reverse index, the catalogue ------------------------
 
     def apply_machine_states(self, states: Iterable[Mapping[str, Any]]) -> int:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from local.tls import LocalTls, ensure_local_tls
+
 SUBSCRIPTION = "00000000-0000-0000-0000-0000000000aa"
 UNREACHABLE = "https://127.0.0.1:9"
 
@@ -28,3 +30,9 @@ def app_settings(monkeypatch, azurite) -> dict[str, str]:
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     return values
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> LocalTls:
+    """The throwaway local CA the stand-ins serve HTTPS with, one for the session."""
+    return ensure_local_tls(tmp_path_factory.mktemp("tls"))

@@ -22,7 +22,7 @@ from local.azurite import Azurite
 from local.clock import VirtualClock
 from local.loganalytics import LogAnalyticsStandIn
 from local.resourcegraph import ResourceGraphStandIn
-from local.tls import LocalTls, ensure_local_tls
+from local.tls import LocalTls
 from shared.assessment import arc_patches
 from shared.assessment.journal import APPLIED_ROW, JOURNAL_TABLE, journal_key
 from shared.assessment.recording import apply_journal, record_assessment
@@ -45,10 +45,6 @@ NOW = AT + timedelta(hours=1)
 ARC_MACHINES = 12
 _names = itertools.count(1)
 
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> LocalTls:
-    return ensure_local_tls(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from azure.data.tables import TableServiceClient
 from local.azurite import Azurite
 from local.clock import VirtualClock
 from local.loganalytics import LogAnalyticsStandIn
-from local.tls import LocalTls, ensure_local_tls
+from local.tls import LocalTls
 from shared.assessment.journal import JournalEntry, carried_columns, carried_text, journal_key
 from shared.assessment.recording import apply_journal, record_assessment, record_failure, record_scan
 from shared.assessment.records import MachineAssessmentSummary
@@ -40,10 +40,6 @@ DAY3 = DAY1 + timedelta(days=2)
 NOW = DAY3 + timedelta(hours=6)
 _names = itertools.count(1)
 
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> LocalTls:
-    return ensure_local_tls(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

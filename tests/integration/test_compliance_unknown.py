@@ -17,7 +17,7 @@ from local.azurite import Azurite
 from local.clock import VirtualClock
 from local.functions_host import FunctionsHost
 from local.loganalytics import LogAnalyticsStandIn
-from local.tls import LocalTls, ensure_local_tls
+from local.tls import LocalTls
 from shared.assessment.journal import journal_key
 from shared.assessment.messages import AssessmentCounts
 from shared.assessment.recording import apply_journal, record_assessment
@@ -35,10 +35,6 @@ WORKSPACE = "00000000-0000-4000-8000-0000000000cc"
 DCR = "dcr-00000000000000000000000000000ccc"
 AT = datetime(2026, 1, 12, 3, 0, tzinfo=UTC)
 
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> LocalTls:
-    return ensure_local_tls(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from local.arm.server import ArmStandIn
 from local.azurite import Azurite
 from local.clock import VirtualClock
 from local.loganalytics import LogAnalyticsStandIn
-from local.tls import LocalTls, ensure_local_tls
+from local.tls import LocalTls
 from shared.azure.log_outbox import log_outbox
 from shared.fleet.discovery import discover_subscription
 from shared.fleet.messages import SubscriptionDiscoveryInput
@@ -25,10 +25,6 @@ DCR = "dcr-00000000000000000000000000000ddd"
 START = datetime(2026, 1, 12, 0, 0, 2, tzinfo=UTC)  # an orchestration starts a moment after its slot
 PERIOD = timedelta(minutes=15)  # FLEET_DISCOVERY_SCHEDULE's default
 
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> LocalTls:
-    return ensure_local_tls(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

@@ -43,7 +43,6 @@ from tests.integration.test_assessment_inventory import (  # noqa: F401 - fixtur
     pkg,
     send_queued_rows,
     settings,
-    tls,
 )
 
 

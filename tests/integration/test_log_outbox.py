@@ -14,7 +14,7 @@ from azure.data.tables import TableServiceClient
 from local.azurite import Azurite
 from local.clock import VirtualClock
 from local.loganalytics import LogAnalyticsStandIn
-from local.tls import LocalTls, ensure_local_tls
+from local.tls import LocalTls
 from shared.azure.log_outbox import CLAIM_TIMEOUT, KEEP_SENT, PENDING, SENDING, SENT, LogOutbox, log_outbox
 from shared.log_tables import HEARTBEAT, UPDATE_RUN_MACHINE, LogTable, record_id
 from shared.settings import Settings, load_settings
@@ -24,10 +24,6 @@ DCR = "dcr-00000000000000000000000000000bbb"
 SUBSCRIPTION = "00000000-0000-0000-0000-0000000000bb"
 NOW = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
 
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> LocalTls:
-    return ensure_local_tls(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

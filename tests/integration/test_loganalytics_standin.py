@@ -22,7 +22,7 @@ from azure.monitor.query import LogsQueryClient, LogsQueryPartialResult, LogsQue
 from local.clock import VirtualClock
 from local.loganalytics import LogAnalyticsStandIn, LogStore
 from local.loganalytics.store import StoreBusy, TableRejected
-from local.tls import LocalTls, ensure_local_tls
+from local.tls import LocalTls
 from shared.azure.log_ingestion import LogSink
 from shared.log_tables import HEARTBEAT, Column, ColumnType, LogTable
 
@@ -57,10 +57,6 @@ class FakeCredential:
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
         return AccessToken("test-token", int(time.time()) + 3600)
 
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> LocalTls:
-    return ensure_local_tls(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

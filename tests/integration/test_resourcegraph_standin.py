@@ -21,7 +21,7 @@ from local.arm.fleet import parse_fleet
 from local.arm.simulation import InstallOutcome, Simulation
 from local.clock import VirtualClock
 from local.resourcegraph import ResourceGraphStandIn
-from local.tls import LocalTls, ensure_local_tls
+from local.tls import LocalTls
 from shared.azure.credentials import EmulatorCredential
 from shared.azure.resource_graph import (
     PAGE_SIZE,
@@ -53,10 +53,6 @@ class Token:
     def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
         return AccessToken(self.token, int(time.time()) + 3600)
 
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> LocalTls:
-    return ensure_local_tls(tmp_path_factory.mktemp("tls"))
 
 
 def _vm_rows(subscription: str, count: int) -> list[dict[str, Any]]:

@@ -39,7 +39,6 @@ from tests.integration.test_assessment_inventory import (  # noqa: F401 - fixtur
     pkg,
     send_queued_rows,
     settings,
-    tls,
     win,
 )
 
@@ -96,7 +95,7 @@ _API = {
 
 
 @pytest.fixture
-def loganalytics(tls: LocalTls) -> Iterator[LogAnalyticsStandIn]:  # noqa: F811 - adds Event_CL
+def loganalytics(tls: LocalTls) -> Iterator[LogAnalyticsStandIn]:
     with LogAnalyticsStandIn(
         None,
         tls,
@@ -130,7 +129,7 @@ def fleet(settings) -> dict[str, Machine]:  # noqa: F811 - the imported fixture
 
 
 @pytest.fixture
-def logs(loganalytics: LogAnalyticsStandIn, tls: LocalTls) -> Iterator[LogsQueryClient]:  # noqa: F811
+def logs(loganalytics: LogAnalyticsStandIn, tls: LocalTls) -> Iterator[LogsQueryClient]:
     client = LogsQueryClient(
         EmulatorCredential(), endpoint=loganalytics.base_url + "/v1", connection_verify=str(tls.ca_file)
     )
@@ -218,7 +217,7 @@ def test_error_events_for_machines_missing_critical_or_security_updates(
     logs,
     fleet,
     loganalytics,
-    tls,  # noqa: F811 - the imported fixture
+    tls,
 ):
     events = [
         {
