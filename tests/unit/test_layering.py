@@ -53,6 +53,7 @@ PURE_RULES = frozenset({
     "shared.deployments.selection",  # which missing updates a deployment would install
     "shared.deployments.results",  # an install's meaning for a machine: status, UpdateRunProgress_CL rows
     "shared.deployments.messages",  # messages between the deployment functions
+    "shared.governance.patch_refs",  # one update at one exact version, and its keys
 })
 
 # The modules of the capability packages that use an Azure SDK or an adapter, directly or through
