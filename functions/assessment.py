@@ -213,10 +213,16 @@ def assessment_batch(context: df.DurableOrchestrationContext) -> Any:
                                        tuning=batch.tuning, machine=machine)
         children.append(context.call_sub_orchestrator(
             "assess_machine", child.model_dump(mode="json"), machine_instance_id(batch.run_id, resource_id)))
-    results = yield context.task_all(children)
+    # Machines are folded in as each one finishes, so the batch's custom status carries live counts that
+    # GET /api/runs/{id} adds up over the running batches (functions/runs_api.py).
     total = AssessmentCounts()
-    for result in results:
-        total = total.plus(AssessmentCounts.of(MachineResult.model_validate(result)))
+    context.set_custom_status(total.model_dump(mode="json"))
+    waiting = list(children)
+    while waiting:
+        finished = yield context.task_any(waiting)
+        waiting = [task for task in waiting if task is not finished]
+        total = total.plus(AssessmentCounts.of(MachineResult.model_validate(finished.result)))
+        context.set_custom_status(total.model_dump(mode="json"))
     return total.model_dump(mode="json")
 
 

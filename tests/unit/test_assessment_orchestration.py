@@ -6,16 +6,19 @@ only the activities are replaced, each steered per machine by :data:`PLAN`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
+import time
 from collections import defaultdict
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import azure.durable_functions as df
 import pytest
 
-from functions import assessment
+from functions import assessment, runs_api
 from local.clock import VirtualClock
 from local.durable import DurableRunner
 from shared.assessment.messages import (
@@ -36,7 +39,8 @@ for _orchestrator in assessment.ORCHESTRATORS:
     app.orchestration_trigger(context_name="context")(_orchestrator)
 
 # Per-machine behaviour, by machine name: {"start_failures": n, "permanent": bool, "checks": n | None,
-# "seconds": n (done once this long after the start, instead of at a number of checks)}
+# "seconds": n (done once this long after the start, instead of at a number of checks),
+# "gate": a threading.Event its checks wait for (real time: the test looks at the run meanwhile)}
 PLAN: dict[str, dict[str, Any]] = {}
 CALLS: dict[str, list[Any]] = defaultdict(list)  # activity:machine -> clock times of calls
 FAILURES: dict[str, str] = {}  # machine -> recorded failure code
@@ -96,6 +100,9 @@ def start_assessment(request: dict[str, Any]) -> dict[str, Any]:
 def check_assessment(request: dict[str, Any]) -> dict[str, Any]:
     name = _name(request)
     assert request["token"] == f"token-{name}"
+    gate = PLAN.get(name, {}).get("gate")
+    if gate is not None and not gate.wait(timeout=60):
+        raise RuntimeError("the test never opened the gate")
     calls = _called("check", name)
     needed = PLAN.get(name, {}).get("checks", 1)
     seconds = PLAN.get(name, {}).get("seconds")
@@ -255,3 +262,45 @@ def test_a_permanent_error_is_recorded_and_the_batch_completes(runner):
     assert FAILURES == {"vm-0001": "VMAgentStatusCommunicationError"}
     assert "check:vm-0001" not in CALLS
     assert all(i["runtimeStatus"] == "Completed" for i in runner.list_instances())
+
+
+class _RunnerClient:
+    """What ``functions.runs_api`` reads of a Durable client, answered from the runner."""
+
+    def __init__(self, runner: DurableRunner) -> None:
+        self.runner = runner
+
+    async def get_status(self, instance_id: str) -> Any:
+        status = self.runner.get_status(instance_id)
+        if status is None:
+            return None
+        return SimpleNamespace(runtime_status=df.OrchestrationRuntimeStatus(status["runtimeStatus"]),
+                               output=status["output"], custom_status=status["customStatus"])
+
+
+def test_a_running_assessment_counts_each_machine_as_it_finishes_not_each_batch(runner):
+    held = threading.Event()
+    PLAN["vm-0002"] = {"gate": held}  # one machine of the first batch keeps it running
+    STATE["machines"] = 150
+    run_input = AssessmentRunInput(trigger="test", subscription_ids=(SUBSCRIPTION,))
+    runner.start_new("assessment_run", "assessment-live", run_input.model_dump(mode="json"))
+    try:
+        def progress() -> dict[str, Any]:
+            master = runner.get_status("assessment-live")
+            assert master is not None
+            return asyncio.run(runs_api._live_assessment(_RunnerClient(runner), "assessment-live",
+                                                         master["customStatus"]))
+
+        deadline = time.monotonic() + 30
+        while not (isinstance(live := progress(), dict) and live.get("assessed") == 149):
+            assert time.monotonic() < deadline, live
+            time.sleep(0.05)
+        # The master has folded in only the second batch; the first is counted machine by machine.
+        assert live["batchesDone"] == 1 and live["stage"] == "assessing"
+        assert live["machines"] == 149 and live["compliant"] == 15  # names ending in 0
+        batch = runner.get_status("assessment-live-b00000")
+        assert batch is not None and batch["customStatus"]["assessed"] == 99
+    finally:
+        held.set()
+    final = runner.wait_for_completion("assessment-live", timeout=60)
+    assert final["output"]["assessed"] == 150
