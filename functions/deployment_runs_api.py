@@ -16,6 +16,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from functions.deployments import ORCHESTRATOR, adhoc_run_id, run_input
+from functions.deployments_api import enforcement_refusal
 from functions.durable import runtime_status
 from functions.http import error_response, find_machine, json_response, read_json, requires, run_accepted
 from shared.deployments.definition import validate_inline_definition
@@ -156,6 +157,10 @@ async def start_inline_deployment(
     if isinstance(definition, func.HttpResponse):
         return definition
     settings = load_settings()
+    # The approval rule as at a create (checked again when the run starts, as for every run).
+    refused = enforcement_refusal(definition, None, settings)
+    if refused is not None:
+        return refused
     run_id = adhoc_run_id(definition.name, now)
     run_store(settings).create_run(run_id, definition, "http-inline", now)
     await client.start_new(ORCHESTRATOR, run_id, run_input(run_id, definition, "http-inline", settings))

@@ -61,12 +61,14 @@ from shared.deployments.messages import (
 from shared.deployments.reconcile import open_runs, reconcile
 from shared.deployments.resolve import resolve
 from shared.deployments.results import MachineResultStatus
+from shared.deployments.ring_notifications import notify_run_ended, notify_run_resolved
 from shared.deployments.rollout import MINUTES_FOR_REBOOT, MINUTES_PER_UPDATE
 from shared.deployments.runs_table import RunState, run_store
 from shared.deployments.scheduler import FIRST_LOOKBACK, RUN_PREFIX, look_since, record_occurrences
 from shared.deployments.scheduler_state import SchedulerState
 from shared.deployments.selection import NO_CLASSIFICATION_DATA
 from shared.deployments.steps import apply_batch_journal, check_step, start_step
+from shared.governance.releases import HELD_REASON
 from shared.settings import Settings, load_settings
 
 bp = df.Blueprint()
@@ -256,7 +258,7 @@ def deploy_machine(context: df.DurableOrchestrationContext) -> Any:
         return _result(context, request, MachineResultStatus.SKIPPED, NO_CLASSIFICATION_DATA)
     if prescan.pending == 0:
         return _result(context, request, MachineResultStatus.NOT_NEEDED,
-                       "no pending update matches the deployment")
+                       HELD_REASON if prescan.held else "no pending update matches the deployment")
     decision = window.can_start(context.current_utc_datetime, prescan.pending, prescan.has_service_pack,
                                 request.reboot)
     if not decision.ok:
@@ -285,6 +287,8 @@ def deploy_machine(context: df.DurableOrchestrationContext) -> Any:
     reason = "" if not isinstance(postscan, StepFailure) else f"post-scan failed: {postscan.code}"
     if status is MachineResultStatus.WINDOW_EXCEEDED and not reason:
         reason = f"{install.pending} updates left pending when the window ran out"
+    if prescan.held and not reason:
+        reason = HELD_REASON  # a release package offered only at an untested version (the row lists it)
     return _result(context, request, status, reason, scanned=not isinstance(postscan, StepFailure))
 
 
@@ -361,7 +365,11 @@ for _orchestrator in ORCHESTRATORS:
 @bp.activity_trigger(input_name="request")
 def resolve_deployment_run(request: dict[str, Any]) -> dict[str, Any]:
     parsed = ResolveInput.model_validate(request)
-    return resolve(load_settings(), parsed.run_id, parsed.at, parsed.batch_size).model_dump(mode="json")
+    settings = load_settings()
+    plan = resolve(settings, parsed.run_id, parsed.at, parsed.batch_size)
+    # A run on a category ring: RingRun.Started (or .Failed when it could not start), once per run.
+    notify_run_resolved(settings, parsed.run_id, parsed.at)
+    return plan.model_dump(mode="json")
 
 
 @bp.activity_trigger(input_name="request")
@@ -400,6 +408,7 @@ def complete_deployment_run(request: dict[str, Any]) -> dict[str, Any]:
     settings = load_settings()
     record_never_started(settings, str(request["runId"]), at)
     run = run_store(settings).complete(str(request["runId"]), at)
+    notify_run_ended(settings, run, at)  # a run on a category ring: RingRun.Finished or .Failed, once
     return run_progress(run.to_json())
 
 

@@ -24,9 +24,11 @@ from shared.deployments.definitions_table import (
     StoredDeployment,
     deployment_store,
 )
+from shared.deployments.governed import enforcement
 from shared.deployments.groups import GroupEvaluationError, frozen_members
 from shared.deployments.runs_table import RunStore, run_store
 from shared.deployments.schedule import next_occurrence
+from shared.governance.enforcement import APPROVAL_RULE
 from shared.principal import Role
 from shared.settings import Settings, load_settings
 
@@ -58,6 +60,19 @@ def _members(
         return invalid_fields(error)
     except GroupEvaluationError as error:
         return error_response(502, "GroupEvaluationFailed", str(error), "targets.groups")
+
+
+def enforcement_refusal(definition: DeploymentDefinition, members: tuple[str, ...] | None,
+             settings: Settings) -> func.HttpResponse | None:
+    """The 400 when the definition breaks the approval rule or names a release it cannot use
+    (shared.deployments.governed.enforcement), else None."""
+    problems = enforcement(settings, definition, [*definition.targets.machines, *(members or ())])
+    if not problems:
+        return None
+    code = APPROVAL_RULE if any(p.message.startswith(APPROVAL_RULE) for p in problems) else "InvalidField"
+    first = problems[0]
+    return error_response(400, code, f"{first.field}: {first.message}", first.field,
+                          [(p.field, p.message) for p in problems])
 
 
 def _view(stored: StoredDeployment, runs: RunStore, now: datetime) -> dict[str, Any]:
@@ -101,6 +116,9 @@ def create_deployment(req: func.HttpRequest) -> func.HttpResponse:
     members = _members(definition, settings)
     if isinstance(members, func.HttpResponse):
         return members
+    refused = enforcement_refusal(definition, members, settings)
+    if refused is not None:
+        return refused
     try:
         stored = _store(settings).create(definition, members, datetime.now(UTC))
     except DeploymentExists as error:
@@ -155,6 +173,9 @@ def edit_deployment(req: func.HttpRequest) -> func.HttpResponse:
         if isinstance(evaluated, func.HttpResponse):
             return evaluated
         members = evaluated
+    refused = enforcement_refusal(definition, members, settings)
+    if refused is not None:
+        return refused
     try:
         stored = store.replace(current, definition, members, req.headers.get("If-Match") or current.etag,
                                datetime.now(UTC))

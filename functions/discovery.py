@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import azure.durable_functions as df
@@ -10,8 +11,10 @@ from pydantic import BaseModel, ConfigDict
 
 from functions.durable import adhoc_instance_id, current_slot, send_log_rows, start_once
 from functions.http import error_response, read_json, requires, run_accepted
+from shared.azure.credentials import credential_for
 from shared.fleet.discovery import discover_subscription as discover_subscription_machines
 from shared.fleet.messages import DiscoveryCounts, DiscoveryRunInput, SubscriptionDiscoveryInput
+from shared.governance.categories_table import fleet_placer, refresh_all_searches
 from shared.principal import Role
 from shared.settings import load_settings
 
@@ -67,6 +70,15 @@ async def start_discovery(req: func.HttpRequest, client: df.DurableOrchestration
 @bp.orchestration_trigger(context_name="context")
 def fleet_discovery_run(context: df.DurableOrchestrationContext) -> Any:
     run = DiscoveryRunInput.model_validate(context.get_input())
+    context.set_custom_status({"stage": "category searches"})
+    # The asset categories' saved searches run once per pass, before the subscriptions are placed. A
+    # failure leaves their last members in place (each activity places with those), never the pass.
+    try:
+        searches = yield context.call_activity(
+            "refresh_category_searches", context.current_utc_datetime.isoformat()
+        )
+    except Exception as error:  # noqa: BLE001 - a failed activity reaches the orchestrator as Exception
+        searches = {"error": str(error)}
     context.set_custom_status({"stage": "discovering", "subscriptions": len(run.subscription_ids)})
     tasks = [
         context.call_activity_with_retry(
@@ -86,7 +98,7 @@ def fleet_discovery_run(context: df.DurableOrchestrationContext) -> Any:
     total = DiscoveryCounts()
     for result in results:
         total = total.plus(DiscoveryCounts.model_validate(result))
-    summary = total.model_dump(mode="json")
+    summary = total.model_dump(mode="json") | {"categorySearches": searches}
     yield send_log_rows(context)  # the heartbeats the activities queued
     context.set_custom_status({"stage": "done", **summary})
     return summary
@@ -95,6 +107,14 @@ def fleet_discovery_run(context: df.DurableOrchestrationContext) -> Any:
 @bp.activity_trigger(input_name="request")
 def discover_subscription(request: dict[str, Any]) -> dict[str, Any]:
     request_model = SubscriptionDiscoveryInput.model_validate(request)
-    counts = discover_subscription_machines(load_settings(), request_model)
+    settings = load_settings()
+    counts = discover_subscription_machines(settings, request_model, fleet_placer(settings))
     return counts.model_dump(mode="json")
+
+
+@bp.activity_trigger(input_name="at")
+def refresh_category_searches(at: str) -> dict[str, Any]:
+    """Run every asset category's saved search once for this discovery pass (see categories_table)."""
+    settings = load_settings()
+    return refresh_all_searches(settings, credential_for(settings), datetime.fromisoformat(at)).to_json()
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -21,8 +23,11 @@ from shared.assessment.views import (
 )
 from shared.azure.tables import table_service
 from shared.fleet.machine_names import MachineNotFound
-from shared.fleet.machine_query import QueryError, parse_machine_query
+from shared.fleet.machine_query import MachineQuery, QueryError, parse_machine_query
 from shared.fleet.machines_table import InventoryDirectory, MachineInventory
+from shared.fleet.placement import ASSET_CATEGORY, RING, stored_placement
+from shared.governance.categories import UNCATEGORISED
+from shared.governance.categories_table import CategoryNotFound, category_store
 from shared.model.machines import OsType
 from shared.principal import Role
 from shared.settings import load_settings
@@ -43,18 +48,54 @@ def _service() -> TableServiceClient:
 @requires(Role.READER)
 def list_machines(req: func.HttpRequest) -> func.HttpResponse:
     """Machines, filtered and paged: ``?os=&environment=&support=&powerState=&readiness=&compliant=
-    &compliance=&tag=key:value&pageSize=&nextToken=``. Follow ``nextToken`` until it is null."""
+    &compliance=&category=&ring=&tag=key:value&pageSize=&nextToken=``. Follow ``nextToken`` until it is
+    null."""
     try:
         query = parse_machine_query(dict(req.params))
     except QueryError as error:
         return error_response(400, "InvalidFilter", str(error), error.field, error.details)
-    inventory = MachineInventory(_service())
+    service = _service()
+    spelt = _placement_spelling(query, service)
+    if isinstance(spelt, func.HttpResponse):
+        return spelt
+    query = spelt
+    inventory = MachineInventory(service)
     try:
         page = inventory.page(query.equals, query.page_size, query.next_token)
     except ValueError as error:
         return error_response(400, "InvalidFilter", f"nextToken: {error}", "nextToken")
     machines = [_public_machine(e) for e in page.machines if query.matches_tags(e)]
     return json_response({"count": len(machines), "machines": machines, "nextToken": page.next_token})
+
+
+def _placement_spelling(query: MachineQuery, service: TableServiceClient) -> MachineQuery | func.HttpResponse:
+    """The query with ``category`` and ``ring`` spelt as the category spells them (names are unique
+    ignoring case; the table compares exactly), or the 400 for a category or ring that does not exist."""
+    name = query.equals.get(ASSET_CATEGORY)
+    if name is None:
+        return query
+    if name.lower() == UNCATEGORISED:
+        return replace(query, equals=query.equals | {ASSET_CATEGORY: UNCATEGORISED})
+    try:
+        category = category_store(load_settings(), service).get(name).category
+    except CategoryNotFound as error:
+        return error_response(400, "InvalidFilter", f"category: {error}", "category")
+    equals = query.equals | {ASSET_CATEGORY: category.name}
+    ring_name = query.equals.get(RING)
+    if ring_name is not None:
+        ring = category.ring(ring_name)
+        if ring is None:
+            rings = ", ".join(r.name for r in category.rings)
+            return error_response(400, "InvalidFilter", f"ring: category {category.name!r} has no ring "
+                                  f"{ring_name!r}; its rings: {rings}", "ring")
+        equals[RING] = ring.name
+    return replace(query, equals=equals)
+
+
+def _placement(entity: Mapping[str, Any]) -> dict[str, Any]:
+    """The machine's asset category and ring (``uncategorised`` until a discovery or a category placed it)."""
+    category, ring = stored_placement(entity) or (UNCATEGORISED, None)
+    return {"category": category, "ring": ring}
 
 
 def _public_machine(entity: dict[str, Any]) -> dict[str, Any]:
@@ -81,7 +122,7 @@ def _public_machine(entity: dict[str, Any]) -> dict[str, Any]:
         "lastError": entity.get("LastError") or None,
         "lastErrorHint": entity.get("LastErrorHint") or None,
         "rebootPending": entity.get("RebootPending"),
-    }
+    } | _placement(entity)
 
 
 @bp.route(route="machines/{machineId}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -103,7 +144,7 @@ def read_machine(req: func.HttpRequest) -> func.HttpResponse:
     detail = machine_detail(service, found.key, datetime.now(UTC), day, machine=found.row)
     if detail is None:  # deleted between the two reads
         return machine_not_found(MachineNotFound(found.key, directory.where))
-    return json_response(detail)
+    return json_response(detail | _placement(found.row))
 
 
 @bp.route(route="updates/missing", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

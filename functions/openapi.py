@@ -7,11 +7,16 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
+import functions.approvals_api as approvals_api
 import functions.assessment as assessment
+import functions.audit_api as audit_api
+import functions.categories_api as categories_api
 import functions.deployment_runs_api as deployment_runs_api
 import functions.deployments_api as deployments_api
 import functions.discovery as discovery
 import functions.inventory_api as inventory_api
+import functions.patches_api as patches_api
+import functions.releases_api as releases_api
 import functions.runs_api as runs_api
 from functions.deployment_runs_api import DEFAULT_RUNS_TOP, MACHINE_STATUSES, MAX_RUNS_TOP, STEPS
 from functions.discovery import StartDiscoveryBody
@@ -19,8 +24,21 @@ from functions.http import json_response, required_role, user_function
 from shared.deployments.definition import MAX_MACHINES, DeploymentDefinition
 from shared.deployments.results import MachineResultStatus
 from shared.deployments.runs_table import RunState
-from shared.fleet.machine_query import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, filter_values
+from shared.fleet.machine_query import (
+    DEFAULT_PAGE_SIZE,
+    MAX_NAME_FILTER_CHARS,
+    MAX_PAGE_SIZE,
+    NAME_FILTERS,
+    filter_values,
+)
 from shared.fleet.scope import scope_json_schema
+from shared.governance.approvals import DecisionBody, RequestBody
+from shared.governance.approvals_table import RequestState
+from shared.governance.audit import DEFAULT_PAGE_SIZE as AUDIT_PAGE_SIZE
+from shared.governance.audit import FORMATS as AUDIT_FORMATS
+from shared.governance.categories import category_json_schema
+from shared.governance.patches import Action, FactsEdit, Impact, PatchState
+from shared.governance.releases import HELD_REASON, ReleaseRequest
 from shared.model.classification import Classification
 from shared.model.install_outcome import InstallationState
 from shared.model.machines import OsType
@@ -68,6 +86,11 @@ _STATUS = _query("status", {"type": "string", "pattern": f"^({_STATUS_NAME})(,({
                  f"one or more (comma-separated) of: {', '.join(MACHINE_STATUSES)}")
 _OS_NAMES = [o.value for o in OsType]
 _MACHINE_FILTERS = [_query(name, _one_of(values)) for name, values in filter_values().items()] + [
+    _query(name, {"type": "string", "minLength": 1, "maxLength": MAX_NAME_FILTER_CHARS},
+           f"the machines placed in this asset {name} ({_IGNORING_CASE} when category names the "
+           "category; 'uncategorised' for those no category takes)")
+    for name in NAME_FILTERS
+] + [
     _query("tag", {"type": "string", "pattern": "^[^:,]+:[^,]*(,[^:,]+:[^,]*)*$"},
            "key:value, several joined by ',' (all must match)"),
     _query("pageSize",
@@ -198,6 +221,10 @@ def _paths() -> dict[str, Any]:
             deployment_runs_api.read_deployment_run_output,
             {"200": "the stored document", "404": "unknown run, machine or step output", "409": not_unique},
             params=[run_id, machine, ("step", _one_of(STEPS, "a step of the run"))])},
+        **_category_paths(bad),
+        **_release_paths(bad),
+        **_patch_paths(bad),
+        **_audit_paths(),
         "/api/deployments/{name}": {
             "get": _op("One update deployment", deployments_api.read_deployment,
                        {"200": "deployment", "404": "unknown"}, params=["name"], ok_schema=_DEPLOYMENT),
@@ -210,6 +237,227 @@ def _paths() -> dict[str, Any]:
                           {"204": "deleted", "404": "unknown"}, params=["name"]),
         },
     }
+
+
+_PATCH_VIEW = {"$ref": "#/components/schemas/PatchView"}
+_APPROVAL_REQUEST = {"$ref": "#/components/schemas/ApprovalRequest"}
+
+
+def _patch_paths(bad: str) -> dict[str, Any]:
+    """The patch inventory and approval routes (functions.patches_api, functions.approvals_api)."""
+    os_type = ("osType", _one_of(_OS_NAMES))
+    key = ("key", {"type": "string", "minLength": 1,
+                   "description": "URL-encoded: KB5034441 (Windows) or name=version (Linux)"})
+    request_id = ("id", {"type": "string", "minLength": 1})
+    states = [s.value for s in PatchState]
+    filters = [_query("osType", _one_of(_OS_NAMES)), _query("category", {"type": "string"}),
+               _query("state", _one_of(states, "with category: that category's state")),
+               _query("classification", {"type": "string"}, "the display name, ignoring case"),
+               _query("approvedAt", {"type": "string", "format": "date-time"},
+                      "with category: the updates approved for it at that time (from the history)")]
+    listed = {"type": "object", "properties": {"count": {"type": "integer"},
+                                               "patches": {"type": "array", "items": _PATCH_VIEW}}}
+    requests = {"type": "object", "properties": {"count": {"type": "integer"},
+                                                 "requests": {"type": "array", "items": _APPROVAL_REQUEST}}}
+    return {
+        "/api/patches": {"get": _op(
+            "The patch inventory: every update version seen, its state per category (autoApprove rules are "
+            "evaluated first)", patches_api.list_patches, {"200": "updates", "400": bad}, query=filters,
+            ok_schema=listed)},
+        "/api/patches/{osType}/{key}": {
+            "get": _op("One update: facts, state per category, history (newest first)",
+                       patches_api.read_patch, {"200": "update", "404": "unknown"}, params=[os_type, key],
+                       ok_schema=_PATCH_VIEW),
+            "patch": _op("Edit an update's facts: impact, references, justification (If-Match optional)",
+                         patches_api.edit_patch, {"200": "edited", "404": "unknown",
+                                                  "412": "changed since the ETag"},
+                         body=FactsEdit.model_json_schema(by_alias=True), params=[os_type, key],
+                         query=[{**_IF_MATCH, "description": "the ETag of the update as read"}],
+                         ok_schema=_PATCH_VIEW),
+        },
+        "/api/approvals": {
+            "get": _op("Approval requests, newest first (pending: awaiting an approver)",
+                       approvals_api.list_approval_requests, {"200": "requests", "400": "bad state"},
+                       query=[_query("state", _one_of([s.value for s in RequestState])),
+                              _query("category", {"type": "string"})], ok_schema=requests),
+            "post": _op("Request approval of updates (or a release's items) that passed in a category",
+                        approvals_api.create_approval_request,
+                        {"201": "requested", "409": "an update has not passed (error.details lists each)"},
+                        body=RequestBody.model_json_schema(by_alias=True), ok_schema=_APPROVAL_REQUEST),
+        },
+        "/api/approvals/{id}": {"get": _op("One approval request", approvals_api.read_approval_request,
+                                           {"200": "request", "404": "unknown"}, params=[request_id],
+                                           ok_schema=_APPROVAL_REQUEST)},
+        "/api/approvals/{id}/decision": {"post": _op(
+            "Approve, reject or defer a whole request, with a justification; 403 SeparationOfDuties when the "
+            "requester decides", approvals_api.decide_approval_request,
+            {"200": "decided", "404": "unknown", "409": "decided already, or an update cannot move"},
+            body=DecisionBody.model_json_schema(by_alias=True), params=[request_id],
+            ok_schema=_APPROVAL_REQUEST)},
+    }
+
+
+def _patch_schemas() -> dict[str, Any]:
+    text, nullable_text = {"type": "string"}, {"type": ["string", "null"]}
+    moment = {"type": ["string", "null"], "format": "date-time"}
+    ref = {"osType": {"enum": _OS_NAMES}, "key": text}
+    status = {"type": "object", "properties": {
+        "category": text, "state": {"enum": [s.value for s in PatchState]}, "since": moment,
+        "by": {**nullable_text, "description": "a principal, system:evidence or rule:<category>"},
+        "justification": nullable_text, "deferUntil": moment, "requestedBy": nullable_text,
+        "requestId": nullable_text, "evidence": {"type": "object"}}}
+    history = {"type": "object", "properties": {
+        **ref, "category": text, "at": {"type": "string", "format": "date-time"}, "by": text,
+        "action": {"enum": [a.value for a in Action]}, "from": nullable_text, "to": nullable_text,
+        "justification": nullable_text, "requestId": nullable_text, "deferUntil": moment}}
+    return {
+        "PatchView": {"type": "object", "properties": {
+            **ref, "kbId": nullable_text, "packageName": nullable_text, "version": nullable_text,
+            "title": nullable_text, "classification": nullable_text, "product": nullable_text,
+            "firstSeen": moment, "machinesNeedingAtFirstSeen": {"type": ["integer", "null"]},
+            "impact": Impact.model_json_schema(by_alias=True), "references": {"type": "array", "items": text},
+            "justification": nullable_text, "categories": {"type": "array", "items": status},
+            "history": {"type": "array", "items": history}}},
+        "ApprovalRequest": {"type": "object", "properties": {
+            "id": text, "category": text, "release": nullable_text,
+            "patches": {"type": "array", "items": {"type": "object", "properties": ref}},
+            "requestedBy": text, "requestedAt": {"type": "string", "format": "date-time"},
+            "justification": text, "state": {"enum": [s.value for s in RequestState]},
+            "decidedBy": nullable_text, "decidedAt": moment, "decisionJustification": nullable_text,
+            "deferUntil": moment, "skipped": {"type": "array", "items": {"type": "object"}}, "link": text}},
+    }  # fmt: skip
+
+
+_CATEGORY = {"$ref": "#/components/schemas/AssetCategory"}
+_CATEGORY_VIEW = {"$ref": "#/components/schemas/AssetCategoryView"}
+_CATEGORY_IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
+                      "description": "the ETag of the category as read; 412 if it changed since"}
+
+
+_RELEASE = {"$ref": "#/components/schemas/Release"}
+
+
+def _release_paths(bad: str) -> dict[str, Any]:
+    """The release routes (functions.releases_api); a release is immutable: no PUT."""
+    listed = {"type": "object", "required": ["count", "releases"], "properties": {
+        "count": {"type": "integer"}, "releases": {"type": "array", "items": _RELEASE}}}
+    return {
+        "/api/releases": {
+            "get": _op("List releases (?category= one category's)", releases_api.list_releases,
+                       {"200": "releases"}, query=[_query("category", {"type": "string"})], ok_schema=listed),
+            "post": _op("Create a release: explicit items, from: passed (what passed testing for the "
+                        "category) or from: ring (the versions a ring's machines had installed at a time)",
+                        releases_api.create_release,
+                        {"201": "created", "400": bad, "409": "name taken (ignoring case)"},
+                        body={"$ref": "#/components/schemas/ReleaseRequest"}, ok_schema=_RELEASE),
+        },
+        "/api/releases/{name}": {
+            "get": _op("One release", releases_api.read_release, {"200": "release", "404": "unknown"},
+                       params=["name"], ok_schema=_RELEASE),
+            "delete": _op("Delete a release no deployment names", releases_api.delete_release,
+                          {"204": "deleted", "404": "unknown", "409": "deployments name it (listed)"},
+                          params=["name"]),
+        },
+    }
+
+
+def _release_schemas() -> dict[str, Any]:
+    request = ReleaseRequest.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+    schemas: dict[str, Any] = request.pop("$defs", {})
+    schemas["ReleaseRequest"] = request
+    text, moment = {"type": "string"}, {"type": ["string", "null"], "format": "date-time"}
+    item = {"type": "object", "required": ["osType", "key"], "properties": {
+        "osType": {"enum": _OS_NAMES}, "key": {**text, "description": "KB5034441 or name=version"},
+        "kbId": text, "packageName": text, "version": text}}
+    schemas["Release"] = {"type": "object", "properties": {
+        "name": text, "category": text, "description": text, "items": {"type": "array", "items": item},
+        "createdBy": text, "createdAt": moment, "source": {"enum": ["items", "passed", "ring"]},
+        "frozenAt": moment, "ring": {"type": ["string", "null"]}}}
+    return schemas
+
+
+def _category_paths(bad: str) -> dict[str, Any]:
+    """The asset category routes (functions.categories_api)."""
+    listed = {"type": "object", "required": ["count", "categories"], "properties": {
+        "count": {"type": "integer"}, "categories": {"type": "array", "items": _CATEGORY_VIEW}}}
+    deleted = {"type": "object", "properties": {"deleted": {"type": "string"},
+                                                "placement": {"$ref": "#/components/schemas/Placement"}}}
+    return {
+        "/api/categories": {
+            "get": _op("List asset categories, in the order membership is decided (priority, then name)",
+                       categories_api.list_categories, {"200": "categories"}, ok_schema=listed),
+            "post": _op("Create an asset category; the fleet is re-placed at once",
+                        categories_api.create_category,
+                        {"201": "created (placement: what re-placing the fleet did)", "400": bad,
+                         "409": "name taken (ignoring case), or the category limit reached"},
+                        body=_CATEGORY, ok_schema=_CATEGORY_VIEW),
+        },
+        "/api/categories/{name}": {
+            "get": _op("One asset category", categories_api.read_category,
+                       {"200": "category", "404": "unknown"}, params=["name"], ok_schema=_CATEGORY_VIEW),
+            "put": _op("Replace an asset category (If-Match: ETag optional); the fleet is re-placed when its "
+                       "membership, rings or priority changed", categories_api.edit_category,
+                       {"200": "replaced", "400": bad, "404": "unknown", "412": "changed since the ETag"},
+                       body=_CATEGORY, params=["name"], query=[_CATEGORY_IF_MATCH], ok_schema=_CATEGORY_VIEW),
+            "delete": _op("Delete an asset category (If-Match: ETag optional); its machines are re-placed",
+                          categories_api.delete_category,
+                          {"200": "deleted", "404": "unknown", "412": "changed since the ETag"},
+                          params=["name"], query=[_CATEGORY_IF_MATCH], ok_schema=deleted),
+        },
+    }
+
+
+def _category_schemas() -> dict[str, Any]:
+    """AssetCategory (the body), its parts, the view the routes answer and the placement report."""
+    schema = category_json_schema()
+    schemas: dict[str, Any] = schema.pop("$defs", {})
+    schemas["AssetCategory"] = schema
+    moment = {"type": "string", "format": "date-time"}
+    integer = {"type": "integer"}
+    schemas["Placement"] = {"type": ["object", "null"], "description": "what re-placing the fleet did and "
+                            "cost (null: an edit that moves no machine); error when it could not be done",
+                            "properties": {
+        "machines": {**integer, "description": "machines read from the inventory"},
+        "changed": {**integer, "description": "machines whose category or ring changed (rows written)"},
+        "kept": {**integer, "description": "machines left as they were: a saved search they need has no "
+                 "result yet"},
+        "byCategory": {"type": "object", "additionalProperties": integer},
+        "searches": {"type": "object", "properties": {"run": integer, "failed": {
+            "type": "object", "additionalProperties": {"type": "string"},
+            "description": "saved searches that failed, by category (or category|ring), with why"}}},
+        "seconds": {"type": "number"}, "error": {"type": "string"}}}
+    schemas["AssetCategoryView"] = {**schema, "title": "AssetCategoryView", "properties": {
+        **schema["properties"], "created": moment, "modified": moment,
+        "testRing": {"type": "string", "description": "the first ring, where patches are tested"},
+        "machines": {"type": "string", "description": "GET this for the category's machines"},
+        "placement": {"$ref": "#/components/schemas/Placement"}}}
+    return schemas
+
+
+def _audit_paths() -> dict[str, Any]:
+    """The audit route (functions.audit_api)."""
+    query = [
+        _query("on", {"type": "string", "format": "date"},
+               "the day audited (UTC), today or earlier; default today"),
+        _query("category", {"type": "string", "minLength": 1, "maxLength": 64},
+               "one asset category's machines ('uncategorised': those no category takes)"),
+        _query("machine", {"type": "string", "minLength": 1, "description": _MACHINE_NAMES}),
+        _query("format", _one_of(list(AUDIT_FORMATS)), "json (default) or csv (one row per machine and "
+               "finding, RFC 4180, UTF-8 with a byte order mark)"),
+        _query("pageSize", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE,
+                            "default": AUDIT_PAGE_SIZE}),
+        _query("nextToken", {"type": "string"},
+               "the nextToken (CSV: the X-Next-Token header) of the last page"),
+    ]
+    operation = _op(
+        "Installed against authorized, missing and overdue, failed installs: per machine, on a day",
+        audit_api.read_audit,
+        {"200": "the audit (JSON, or text/csv with format=csv)",
+         "400": "bad parameters (error.details lists each)", "404": "no machine or category by that name",
+         "409": "the computer name is not unique (error.candidates lists the machines)"},
+        query=query)
+    operation["responses"]["200"]["content"]["text/csv"] = {"schema": {"type": "string"}}
+    return {"/api/audit": {"get": operation}}
 
 
 def openapi_document() -> dict[str, Any]:
@@ -255,6 +503,15 @@ def openapi_document() -> dict[str, Any]:
         }}},
     }
     schemas.update(_run_schemas())
+    for name, part in _patch_schemas().items():
+        if schemas.setdefault(name, part) != part:
+            raise ValueError(f"two schemas named {name} differ: rename one of the models")
+    for name, part in _release_schemas().items():
+        if schemas.setdefault(name, part) != part:
+            raise ValueError(f"two schemas named {name} differ: rename one of the models")
+    for name, part in _category_schemas().items():
+        if schemas.setdefault(name, part) != part:
+            raise ValueError(f"two schemas named {name} differ: rename one of the models")
     return {
         "openapi": "3.1.0",
         "info": {"title": "Patch management API", "version": "1"},
@@ -295,6 +552,11 @@ def _run_schemas() -> dict[str, Any]:
         "installed": integer, "failed": integer, "pending": integer, "excluded": integer,
         "rebootStatus": nullable_text, "errorCode": nullable_text, "errorMessage": nullable_text,
         "hint": nullable_text, "outputs": {"type": "array", "items": {"enum": list(STEPS)}},
+        "held": {"type": "array", "description": "a deployment of a release: its packages the pre-scan "
+                 "offered only at an untested version, not installed",
+                 "items": {"type": "object", "properties": {
+                     "update": {**text, "description": "name: offered X, tested Y"},
+                     "reason": {"const": HELD_REASON}}}},
         "link": text,
     }}  # fmt: skip
     update = {"type": "object", "properties": {

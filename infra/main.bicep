@@ -48,6 +48,13 @@ param assessmentPollSeconds string = '60'
 param complianceClassifications string = 'Critical Updates,Security Updates'
 param runLogsContainerName string = 'run-logs'
 
+// Notifications (README "Notifications"): always to the Event Grid topic this deployment creates; also
+// to a webhook when its URL is given, signed with a secret the app reads from Key Vault.
+@description('Webhook that also receives every notification, signed (X-Signature-256); empty: none')
+param notificationWebhookUrl string = ''
+@description('Key Vault secret URI of the webhook signing secret (https://<vault>.vault.azure.net/secrets/<name>); the app\'s identity needs Key Vault Secrets User on it')
+param notificationWebhookSecretUri string = ''
+
 // The Durable backend. Off: the Azure Storage provider in the app's storage account (host.json, 16
 // partitions). On: a Durable Task Scheduler with the app's task hub, for fleets of thousands of machines
 // (durable-task-scheduler.bicep). Task hub data does not move between backends: switch before a fleet's
@@ -107,6 +114,16 @@ module monitoring 'modules/monitoring.bicep' = {
   }
 }
 
+module eventGrid 'modules/event-grid.bicep' = {
+  name: 'event-grid'
+  scope: rg
+  params: {
+    name: 'evgt-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
 module durableTaskScheduler 'modules/durable-task-scheduler.bicep' = if (durableTaskSchedulerEnabled) {
   name: 'durable-task-scheduler'
   scope: rg
@@ -146,6 +163,9 @@ module functionApp 'modules/function-app.bicep' = {
     assessmentPollSeconds: assessmentPollSeconds
     complianceClassifications: complianceClassifications
     runLogsContainerName: runLogsContainerName
+    eventGridTopicEndpoint: eventGrid.outputs.endpoint
+    notificationWebhookUrl: notificationWebhookUrl
+    notificationWebhookSecretUri: notificationWebhookSecretUri
     durableTaskSchedulerEnabled: durableTaskSchedulerEnabled
     durableTaskSchedulerEndpoint: durableTaskSchedulerEnabled ? durableTaskScheduler.outputs.endpoint : ''
   }
@@ -200,6 +220,7 @@ module rbac 'modules/rbac.bicep' = {
     rollbackRoleName: patchRoles.outputs.rollbackRoleName
     durableTaskSchedulerEnabled: durableTaskSchedulerEnabled
     durableTaskSchedulerName: durableTaskSchedulerName
+    eventGridTopicName: eventGrid.outputs.name
   }
   dependsOn: [
     durableTaskScheduler

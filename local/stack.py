@@ -24,6 +24,7 @@ from local.azurite import Azurite, start_azurite
 from local.clock import Clock, ScaledClock, VirtualClock
 from local.durable import DurableRunner
 from local.durable.store import TableStore
+from local.eventgrid import EventGridTopicStandIn, WebhookReceiver
 from local.functions_host import FunctionsHost
 from local.loganalytics import LogAnalyticsStandIn
 from local.resourcegraph import ResourceGraphStandIn
@@ -41,6 +42,8 @@ SIGN_IN_NOTICE = (
     f"every call is signed in as {LOCAL_OPERATOR} with every app role (no App Service Authentication "
     "runs locally; the host stands in for it: LOCAL_AUTHENTICATION_STANDIN)"
 )
+# The local webhook's signing secret: a fixed value, the receiver is on a loopback port and holds nothing.
+LOCAL_WEBHOOK_SECRET = "local-webhook-secret"
 ATTACH_FILE = "azure.json"  # what the stand-ins of `python -m local azure` tell a host that attaches
 
 
@@ -60,6 +63,8 @@ class LocalStack:
     arm: ArmStandIn | None = None
     logs: LogAnalyticsStandIn | None = None
     graph: ResourceGraphStandIn | None = None
+    events: EventGridTopicStandIn | None = None  # the notifications' Event Grid topic
+    webhook: WebhookReceiver | None = None  # the notifications' signed webhook
     durable: DurableRunner | None = None
     functions: FunctionsHost | None = None
     api_base_url: str | None = None
@@ -142,9 +147,13 @@ class LocalStack:
             clock=self.clock,
         )
         self.logs.start()
+        # Where notifications go: an Event Grid topic and a webhook checking the signature with its secret.
+        self.events = EventGridTopicStandIn(self.tls).start()
+        self.webhook = WebhookReceiver(LOCAL_WEBHOOK_SECRET).start()
 
     def app_settings(self) -> dict[str, str]:
         assert self.arm and self.logs and self.graph and self.azurite and self.tls
+        assert self.events and self.webhook
         return {
             "DURABLE_TASK_HUB": TASK_HUB,
             "AZURE_AUTH_MODE": "emulator",
@@ -159,6 +168,9 @@ class LocalStack:
             "LOGS_DCR_IMMUTABLE_ID": DCR_IMMUTABLE_ID,
             "LOG_ANALYTICS_WORKSPACE_ID": WORKSPACE_ID,
             "LOGS_QUERY_ENDPOINT": self.logs.base_url + "/v1",
+            "EVENT_GRID_TOPIC_ENDPOINT": self.events.endpoint,
+            "NOTIFICATION_WEBHOOK_URL": self.webhook.url,
+            "NOTIFICATION_WEBHOOK_SECRET": self.webhook.secret,
             # A schedule set in the environment wins (tests and `serve` users choose short ones).
             "FLEET_DISCOVERY_SCHEDULE": os.environ.get("FLEET_DISCOVERY_SCHEDULE") or "0 */15 * * * *",
             # Trust the local CA for the stand-ins' HTTPS (requests honours this variable).
@@ -171,10 +183,12 @@ class LocalStack:
             os.environ[key] = value
 
     def stop(self) -> None:
-        for component in (self.functions, self.durable, self.graph, self.logs, self.arm, self.azurite):
+        for component in (self.functions, self.durable, self.webhook, self.events, self.graph, self.logs,
+                          self.arm, self.azurite):
             if component is not None:
                 component.stop()
         self.functions = self.durable = self.graph = self.logs = self.arm = self.azurite = None
+        self.events = self.webhook = None
         self._on_clock.close()
         for key, value in self._saved_env.items():
             if value is None:

@@ -83,6 +83,8 @@ HEARTBEAT = LogTable(
         ("Category", S),  # Azure VM | Arc-enabled server
         ("Solutions", S),
         ("Tags", DYN),  # the resource's Azure tags, {name: value}; the production alert reads them
+        ("AssetCategory", S),  # the asset category the machine is placed in (shared.governance.categories)
+        ("Ring", S),  # its ring within the category; empty when uncategorised
     ),
 )
 
@@ -171,6 +173,11 @@ UPDATE_RUN_PROGRESS = LogTable(
         ("SourceComputerId", S),
         ("StartTime", D),  # the machine's install start: the API gives no per-update times
         ("EndTime", D),
+        # Governed patching (shared.deployments.governed.record_batch): false only for an update not
+        # approved for the machine's asset category where it requires approval; AuthorizedBy says what
+        # approved it (an approval request id, rule:<category>), "not required" or "unauthorized".
+        ("Authorized", B),
+        ("AuthorizedBy", S),
     ),
 )
 
@@ -206,7 +213,66 @@ UPDATE_RUN_MACHINE = LogTable(
     ),
 )
 
-TABLES: tuple[LogTable, ...] = (HEARTBEAT, UPDATE, UPDATE_SUMMARY, UPDATE_RUN_PROGRESS, UPDATE_RUN_MACHINE)
+# One row per change of an update's governed state (shared.governance.patches_table): first seen in the
+# fleet, each state change per asset category (evidence, request, decision, automatic rule), and each edit
+# of its facts. The PatchInventory table keeps the same history forever; this is its searchable copy.
+PATCH_INVENTORY = LogTable(
+    "PatchInventory_CL",
+    _cols(
+        ("TimeGenerated", D),  # when the change happened
+        ("RecordId", S),  # deterministic from the update and its history row
+        ("OSType", S),  # Windows | Linux
+        ("PatchKey", S),  # KB5034441 | openssl=3.0.2-0ubuntu1.12 (shared.governance.patch_refs)
+        ("KBID", S),  # digits only, as Update_CL
+        ("PackageName", S),
+        ("PackageVersion", S),
+        ("UpdateTitle", S),  # as Update_CL
+        ("Classification", S),  # display names, as Update_CL
+        ("Product", S),
+        ("AssetCategory", S),  # empty for a change of the update itself (first seen, facts edited)
+        ("Action", S),  # first seen | edit | test | pass | fail | authorize | approve | reject | defer | ...
+        ("FromState", S),  # new | in test | passed | failed | authorized | approved | rejected | deferred
+        ("ToState", S),
+        ("ChangedBy", S),  # a principal's name, system:evidence, or rule:<category>
+        ("Justification", S),  # why (an evidence failure's reason)
+        ("RequestId", S),  # the approval request the change belongs to
+        ("DeferUntil", D),
+    ),
+)
+
+# One row per machine per UTC day (shared.governance.audit, the daily compliance timer): the audit of the
+# day before, as GET /api/audit?on= answers it. Counts per finding; the overdue ones with the worst delay.
+PATCH_COMPLIANCE = LogTable(
+    "PatchCompliance_CL",
+    _cols(
+        ("TimeGenerated", D),  # when the day was audited
+        ("RecordId", S),  # deterministic from the machine and the day
+        ("AuditDate", D),  # the day audited (00:00 UTC)
+        ("Computer", S),
+        ("ResourceId", S),
+        ("SubscriptionId", S),
+        ("SourceComputerId", S),  # the machine key, as Heartbeat_CL
+        ("ComputerEnvironment", S),  # Azure | Non-Azure
+        ("OSType", S),
+        ("AssetCategory", S),  # as Heartbeat_CL; uncategorised when no category takes the machine
+        ("Ring", S),
+        ("Owner", S),  # the category owner's name
+        ("OwnerContact", S),
+        ("LastAssessed", D),  # the last assessment up to the day's end; empty when there was none
+        ("MissingUpdates", L),  # what that assessment found missing
+        ("InstalledAuthorized", L),
+        ("InstalledUnauthorized", L),
+        ("AuthorizedMissing", L),
+        ("Overdue", L),  # missing past the category's deadline for their classification
+        ("MaxOverdueDays", L),
+        ("FailedInstalls", L),
+        ("IncompleteInstalls", L),
+    ),
+)
+
+TABLES: tuple[LogTable, ...] = (HEARTBEAT, UPDATE, UPDATE_SUMMARY, UPDATE_RUN_PROGRESS, UPDATE_RUN_MACHINE,
+                                PATCH_INVENTORY,
+                                PATCH_COMPLIANCE)
 TABLES_BY_STREAM: dict[str, LogTable] = {t.stream: t for t in TABLES}
 
 

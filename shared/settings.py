@@ -210,6 +210,24 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("RUN_RECONCILER_SCHEDULE", "NCRONTAB schedule of the timer that closes deployment runs "
                 "whose orchestration no longer exists (every 15 minutes by default)", _ncrontab,
                 default="0 */15 * * * *"),
+    # Notifications (shared/governance/notifications.py): CloudEvents to an Event Grid topic and/or a signed
+    # webhook; with neither set, notifications are only recorded in the NotificationOutbox table.
+    SettingSpec("EVENT_GRID_TOPIC_ENDPOINT", "Event Grid topic endpoint the notifications are published to "
+                "(https://<topic>.<region>-1.eventgrid.azure.net/api/events); empty: not published",
+                _url, required=False),
+    SettingSpec("NOTIFICATION_WEBHOOK_URL", "Webhook the notifications are also POSTed to, signed with "
+                "NOTIFICATION_WEBHOOK_SECRET (header X-Signature-256); empty: no webhook", _url,
+                required=False),
+    SettingSpec("NOTIFICATION_WEBHOOK_SECRET", "HMAC-SHA256 key of the webhook's X-Signature-256 header "
+                "(a Key Vault reference in Azure)", str, required=False),
+    # Notifications are sent when raised; the timer sends what a refused or failed send left.
+    SettingSpec("NOTIFICATION_OUTBOX_SCHEDULE", "NCRONTAB schedule of the timer that sends the notifications "
+                "waiting in the outbox (every 5 minutes by default)", _ncrontab, default="0 */5 * * * *"),
+    # The audit of a UTC day (PatchCompliance_CL, one row per machine) is written once the day is over; half
+    # past midnight leaves the day's last assessments and installs time to be recorded.
+    SettingSpec("COMPLIANCE_AUDIT_SCHEDULE", "NCRONTAB schedule of the timer that writes each machine's "
+                "daily PatchCompliance_CL row for the day before (00:30 UTC by default)", _ncrontab,
+                default="0 30 0 * * *"),
     SettingSpec("RUN_LOGS_CONTAINER", "Blob container holding each deployment run's per-machine operation "
                 "output", _pattern(_CONTAINER, "must be 3-63 lowercase letters, digits or single hyphens, "
                 "starting and ending with a letter or digit"), default="run-logs"),
@@ -253,6 +271,11 @@ class Settings:
     deployment_scheduler_schedule: str
     log_outbox_schedule: str
     run_reconciler_schedule: str
+    event_grid_topic_endpoint: str | None
+    notification_webhook_url: str | None
+    notification_webhook_secret: str | None
+    notification_outbox_schedule: str
+    compliance_audit_schedule: str
     run_logs_container: str
     website_auth_enabled: bool | None
     local_authentication_standin: bool | None
@@ -294,13 +317,16 @@ def _cross_checks(values: dict[str, Any]) -> list[str]:
         )
     if values.get("azure_auth_mode") == AuthMode.EMULATOR:
         for name in ("arm_endpoint", "resource_graph_endpoint", "logs_ingestion_endpoint",
-                     "logs_query_endpoint"):
+                     "logs_query_endpoint", "event_grid_topic_endpoint"):
             url = values.get(name)
             if url and not _is_loopback(url):
                 problems.append(
                     f"{name.upper()} must be a loopback address when AZURE_AUTH_MODE is emulator "
                     f"(got {url!r}); the emulator token is never sent to a real endpoint"
                 )
+    if values.get("notification_webhook_url") and not values.get("notification_webhook_secret"):
+        problems.append("NOTIFICATION_WEBHOOK_SECRET is required when NOTIFICATION_WEBHOOK_URL is set "
+                        "(the webhook's X-Signature-256 is an HMAC-SHA256 with it)")
     if has_connection and values.get("azure_auth_mode") != AuthMode.EMULATOR:
         problems.append(
             "STORAGE_CONNECTION_STRING is accepted only with AZURE_AUTH_MODE=emulator; "

@@ -22,6 +22,12 @@ param assessmentDeadlineMinutes string
 param assessmentPollSeconds string
 param complianceClassifications string
 param runLogsContainerName string
+@description('Endpoint of the notifications\' Event Grid topic (event-grid.bicep)')
+param eventGridTopicEndpoint string
+@description('Webhook that also receives the notifications; empty: none')
+param notificationWebhookUrl string = ''
+@description('Key Vault secret URI of the webhook signing secret; empty: none')
+param notificationWebhookSecretUri string = ''
 @description('Durable Functions runs on the Durable Task Scheduler (durable-task-scheduler.bicep)')
 param durableTaskSchedulerEnabled bool = false
 @description('Endpoint of the scheduler, when enabled')
@@ -38,6 +44,9 @@ param instanceMemoryMB int = 2048
 // host.json runs up to 8 activities and 4 orchestrators at once per worker; a thread for each.
 var pythonThreadCount = '12'
 var logsQueryEndpoint = 'https://api.loganalytics.io/v1'
+// The platform resolves a Key Vault reference with the identity named by keyVaultReferenceIdentity
+// ("Use Key Vault references as app settings"); the app reads the secret itself, never the URI.
+var notificationWebhookSecret = empty(notificationWebhookSecretUri) ? '' : '@Microsoft.KeyVault(SecretUri=${notificationWebhookSecretUri})'
 
 resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' existing = {
   name: identityName
@@ -102,7 +111,12 @@ var appSettings = {
   DEPLOYMENT_SCHEDULER_SCHEDULE: deploymentSchedulerSchedule
   LOG_OUTBOX_SCHEDULE: '0 */5 * * * *'
   RUN_RECONCILER_SCHEDULE: '0 */15 * * * *'
+  COMPLIANCE_AUDIT_SCHEDULE: '0 30 0 * * *'
   RUN_LOGS_CONTAINER: runLogsContainerName
+  EVENT_GRID_TOPIC_ENDPOINT: eventGridTopicEndpoint
+  NOTIFICATION_WEBHOOK_URL: notificationWebhookUrl
+  NOTIFICATION_WEBHOOK_SECRET: notificationWebhookSecret
+  NOTIFICATION_OUTBOX_SCHEDULE: '0 */5 * * * *'
 }
 
 // The Durable Task Scheduler backend, when enabled: host.json's storage provider overridden by app
@@ -153,6 +167,8 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     httpsOnly: true
     clientCertEnabled: false
     publicNetworkAccess: 'Enabled'
+    // Key Vault references (the webhook secret) are resolved as the app's user-assigned identity.
+    keyVaultReferenceIdentity: identity.id
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'

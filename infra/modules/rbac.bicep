@@ -14,6 +14,7 @@ param rollbackEnabled bool
 param rollbackRoleName string
 param durableTaskSchedulerEnabled bool = false
 param durableTaskSchedulerName string = ''
+param eventGridTopicName string
 
 // Built-in role definition ids ("Azure built-in roles" reference).
 var roles = {
@@ -24,6 +25,7 @@ var roles = {
   logAnalyticsReader: '73c42c96-874c-492b-b04d-ab87d138a893'
   workbookReader: 'b279062a-9be3-42a0-92ae-8b3cf002ec4d'
   durableTaskDataContributor: '0ad04412-c4d5-4796-b79c-f76d14c8d402'
+  eventGridDataSender: 'd5a91429-5739-47e2-a06b-3470a27159e7'
 }
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
@@ -125,6 +127,21 @@ resource appDurableTaskContributor 'Microsoft.Authorization/roleAssignments@2022
   scope: durableTaskScheduler
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.durableTaskDataContributor)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource eventGridTopic 'Microsoft.EventGrid/topics@2025-02-15' existing = {
+  name: eventGridTopicName
+}
+
+// EventGrid Data Sender on the notifications' topic: the app publishes with its identity (local auth is off).
+resource appEventGridSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(eventGridTopic.id, appPrincipalId, roles.eventGridDataSender)
+  scope: eventGridTopic
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.eventGridDataSender)
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
   }

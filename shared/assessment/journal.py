@@ -46,7 +46,12 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient
 
-from shared.assessment.updates_table import UpdateInventory, catalogue_fields, index_entity
+from shared.assessment.updates_table import (
+    NewVersions,
+    UpdateInventory,
+    catalogue_fields,
+    index_entity,
+)
 from shared.azure.log_ingestion import wire_row
 from shared.azure.log_outbox import LogOutbox
 from shared.azure.tables import ensure_table, join_property, split_property
@@ -143,7 +148,8 @@ class InventoryJournal:
 
     def apply(self, journals: Sequence[str], at: datetime, carried: Sequence[JournalEntry] = (),
               carried_rows: Mapping[str, Sequence[dict[str, Any]]] | None = None,
-              complete: Completion | None = None) -> dict[str, int]:
+              complete: Completion | None = None,
+              on_new_versions: NewVersions | None = None) -> dict[str, int]:
         """Apply batches' journals to the fleet-wide tables together (each once; again is a no-op).
 
         Several batches at once share their transactions: a reverse-index partition (one update) or a
@@ -152,6 +158,7 @@ class InventoryJournal:
         Analytics rows (by table) to queue with them; both only when the journals are not applied yet.
         ``complete``: records the machines of the entries awaiting a list (``awaiting_list``), all in one
         call (one Resource Graph read), and answers their recorded entries, which are applied instead.
+        ``on_new_versions``: told of the update versions the catalogue did not hold (apply_catalogue).
         """
         todo = [j for j in journals if not self._applied(j)]
         if not todo:
@@ -170,6 +177,8 @@ class InventoryJournal:
         index: dict[tuple[str, str], dict[str, Any]] = {}
         deltas: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         fields: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        # Every version the batch brought per update (machines may be offered different ones).
+        versions: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
         for entry in sorted(entries, key=lambda e: (e.machine_key, e.at)):  # a machine's later scan wins
             for table, table_rows in entry.rows.items():
                 rows[table].extend(table_rows)
@@ -179,12 +188,16 @@ class InventoryJournal:
             for key, delta in entry.deltas.items():
                 deltas[entry.os_type][key] += delta
             fields[entry.os_type].update(entry.catalogue)
+            if on_new_versions is not None:
+                for key, seen in entry.catalogue.items():
+                    versions[entry.os_type][key].append(seen)
         self._queue_rows(rows, at)
         self._inventory.apply_machine_states(states.values())
         self._inventory.apply_index(index.values())
         token = _token(todo)
         for os_type in sorted(set(deltas) | set(fields)):
-            self._inventory.apply_catalogue(os_type, deltas[os_type], fields[os_type], token)
+            self._inventory.apply_catalogue(os_type, deltas[os_type], fields[os_type], token,
+                                            on_new_versions, versions[os_type])
         for journal in todo:
             self._table.upsert_entity({"PartitionKey": journal, "RowKey": APPLIED_ROW, "AppliedAt": at,
                                        "AppliedAs": token})

@@ -14,7 +14,7 @@ time: it says the machine was assessed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -30,7 +30,7 @@ from shared.assessment.records import (
     update_records,
     update_rows,
 )
-from shared.assessment.updates_table import UpdateInventory, failure_state
+from shared.assessment.updates_table import NewVersion, UpdateInventory, failure_state
 from shared.azure.credentials import credential_for
 from shared.azure.log_outbox import log_outbox
 from shared.azure.tables import table_service
@@ -38,6 +38,31 @@ from shared.log_tables import UPDATE, UPDATE_SUMMARY
 from shared.model.assessment_outcome import AssessmentFailure, AssessmentOutcome
 from shared.model.machines import Machine, machine_from_json, machine_to_json
 from shared.settings import Settings
+
+# Told, with the settings and the application's time, of the update versions an applied journal brought
+# that the catalogue did not hold. The governed patch inventory listens (registered in function_app.py):
+# the assessment may not import governance, which reads the assessment's tables (tests/unit/test_layering).
+NewVersionsListener = Callable[[Settings, list[NewVersion], datetime], object]
+_new_version_listeners: list[NewVersionsListener] = []
+
+
+def listen_for_new_versions(listener: NewVersionsListener) -> None:
+    """Tell ``listener`` of every new update version from now on (once, however often registered)."""
+    if listener not in _new_version_listeners:
+        _new_version_listeners.append(listener)
+
+
+def _tell_new_versions(settings: Settings, at: datetime) -> Callable[[list[NewVersion]], None] | None:
+    if not _new_version_listeners:
+        return None
+    listeners = tuple(_new_version_listeners)
+
+    def tell(versions: list[NewVersion]) -> None:
+        for listener in listeners:
+            listener(settings, versions, at)
+
+    return tell
+
 
 # -- entry points ----------------------------------------------------------------------------
 
@@ -99,7 +124,8 @@ def apply_journal(
     rows kept elsewhere for them (InventoryJournal.apply)."""
     journal = InventoryJournal(table_service(settings), log_outbox(settings))
     return journal.apply(journals, at, carried, carried_rows,
-                         complete=lambda waiting: recorded_with_lists(settings, waiting))
+                         complete=lambda waiting: recorded_with_lists(settings, waiting),
+                         on_new_versions=_tell_new_versions(settings, at))
 
 
 def recorded_with_lists(settings: Settings, waiting: Sequence[JournalEntry]) -> list[JournalEntry]:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import islice
@@ -117,6 +117,23 @@ class RecordedScan:
     @property
     def changed_keys(self) -> set[str]:
         return {str(e["RowKey"]) for e in (*self.opened, *self.closed, *self.revised)}
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """An update version the catalogue had not held: a new entry, or an entry whose KB or package version
+    changed (the governed inventory records it, shared.governance). ``machines_needing`` is the entry's
+    count after the batch (for a Linux package: machines needing the package, at any version)."""
+
+    os_type: str
+    key: str  # the update key: KB<digits> or the package name
+    fields: Mapping[str, Any]  # catalogue fields: Title, KBID, PackageName, PackageVersion, Classification
+    machines_needing: int
+
+
+# Told the batch's new versions before the catalogue commits them: a retried application tells again
+# (what it calls must be idempotent), one that crashed after the commit has already told.
+NewVersions = Callable[[list[NewVersion]], None]
 
 
 class UpdateInventory:
@@ -202,7 +219,9 @@ class UpdateInventory:
         return upsert_in_batches(self._index, entries, UpdateMode.REPLACE)
 
     def apply_catalogue(
-        self, os_type: str, deltas: Mapping[str, int], fields: Mapping[str, Mapping[str, Any]], batch: str
+        self, os_type: str, deltas: Mapping[str, int], fields: Mapping[str, Mapping[str, Any]], batch: str,
+        on_new_versions: NewVersions | None = None,
+        versions: Mapping[str, Iterable[Mapping[str, Any]]] | None = None,
     ) -> int:
         """Change each update's ``MachinesNeeding`` by the batch's delta, under ETags, once per ``batch``.
 
@@ -210,12 +229,22 @@ class UpdateInventory:
         machines); entries go in transactions of 100. A transaction that loses a race (another batch
         changed an entry since the read) is read again and retried; after a few lost races its entries
         go one by one, so one busy entry cannot hold the others back.
+
+        ``on_new_versions`` is told of the versions (``versions``: every one the batch brought per key,
+        else ``fields``) that the catalogue entry does not hold yet (a new entry, or another KB or package
+        version), before the commit. Only keys with ``fields`` (gaps the batch opened or revised) are
+        compared: an unchanged entry costs nothing more.
         """
         pending = {k: d for k, d in deltas.items()} | {k: 0 for k in fields if k not in deltas}
+        told: set[tuple[str, Any, Any]] = set()
         for _ in range(MAX_CATALOGUE_ATTEMPTS):
             if not pending:
                 return len(deltas)
             current = self._catalogue_entries(os_type, pending)
+            if on_new_versions is not None:
+                new = _new_versions(os_type, pending, fields, versions or {}, current, told)
+                if new:
+                    on_new_versions(new)
             operations = []
             for key in sorted(pending):
                 operation = _catalogue_operation(os_type, key, pending[key], fields.get(key, {}),
@@ -259,7 +288,8 @@ class UpdateInventory:
         return {
             str(e["RowKey"]): dict(e) | {"_etag": e.metadata["etag"]}
             for e in self._catalogue.query_entities("PartitionKey eq @p", parameters={"p": os_type},
-                                                    select=["RowKey", "MachinesNeeding", "AppliedBatches"])
+                                                    select=["RowKey", "MachinesNeeding", "AppliedBatches",
+                                                            "KBID", "PackageVersion"])
             if e["RowKey"] in wanted
         }
 
@@ -282,10 +312,12 @@ class UpdateInventory:
         for entity in self._catalogue.list_entities():
             yield dict(entity)
 
-    def history(self, key: str) -> Iterator[dict[str, Any]]:
-        """Newest first."""
+    def history(self, key: str, until: datetime | None = None) -> Iterator[dict[str, Any]]:
+        """Newest first; with ``until``, only the assessments at or before it (one RowKey range, paged
+        lazily: a caller that stops early reads no further)."""
         query = "PartitionKey eq @p and RowKey ge @start and RowKey lt @end"
-        parameters = {"p": key, "start": HISTORY_PREFIX, "end": _HISTORY_END}
+        start = HISTORY_PREFIX if until is None else history_row_key(until)
+        parameters = {"p": key, "start": start, "end": _HISTORY_END}
         for entity in self._updates.query_entities(query, parameters=parameters):
             yield dict(entity)
 
@@ -320,7 +352,8 @@ def index_entity(os_type: str, gap: Mapping[str, Any], machine_key: str, resourc
 
 def catalogue_fields(gap: Mapping[str, Any]) -> dict[str, Any]:
     """What the catalogue shows of an update, from a machine's gap."""
-    names = ("Title", "KBID", "PackageName", "Classification", "Optional", "MoreInfoUrl", "PublishedDate")
+    names = ("Title", "KBID", "PackageName", "PackageVersion", "Product", "Classification", "Optional",
+             "MoreInfoUrl", "PublishedDate")
     return {n: gap[n] for n in names if gap.get(n) is not None}
 
 
@@ -333,6 +366,32 @@ def failure_state(machine: Machine, failure: AssessmentFailure, at: datetime, ru
         "LastErrorAt": at,
         "LastErrorRun": run_id,
     }
+
+
+def _version(fields: Mapping[str, Any]) -> tuple[Any, Any]:
+    return (fields.get("KBID") or None, fields.get("PackageVersion") or None)
+
+
+def _new_versions(
+    os_type: str, pending: Mapping[str, int], fields: Mapping[str, Mapping[str, Any]],
+    versions: Mapping[str, Iterable[Mapping[str, Any]]], current: Mapping[str, Mapping[str, Any]],
+    told: set[tuple[str, Any, Any]],
+) -> list[NewVersion]:
+    """The versions of ``pending`` keys the catalogue does not hold, not yet ``told`` (which it extends)."""
+    new = []
+    for key in sorted(pending):
+        if key not in fields:
+            continue
+        entry = current.get(key)
+        held = _version(entry) if entry else None
+        count = max(0, int((entry or {}).get("MachinesNeeding") or 0) + pending[key])
+        for seen in (*versions.get(key, ()), fields[key]):
+            version = _version(seen)
+            if version == held or (key, *version) in told:
+                continue
+            told.add((key, *version))
+            new.append(NewVersion(os_type, key, dict(seen), count))
+    return new
 
 
 def _catalogue_operation(

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from shared.deployments.schedule import Schedule, next_occurrence, skipped_months, to_utc
 from shared.fleet.scope import AssessmentScope, ScopeError, scope_json_schema
@@ -37,6 +38,7 @@ from shared.model.classification import (
 )
 from shared.model.kb import KB_SCHEMA_PATTERN, parse_kb
 from shared.model.machines import RESOURCE_ID_SCHEMA_PATTERN, OsType, parse_resource_id
+from shared.model.validation import NAME_PATTERN, NAME_RULE, SavedSearch, field_errors
 
 # Legacy Update Management allowed 1,000 machines per deployment and Azure Update Manager 3,000 per
 # schedule (AZURE-FACTS, limits); this service takes a fleet of 10,000 in one deployment (issue 12). The
@@ -46,9 +48,6 @@ MAX_MACHINES = 10_000
 # Legacy Update Management accepts a maintenance window of 30 minutes to 6 hours (the seed).
 MIN_WINDOW_MINUTES = 30
 MAX_WINDOW_MINUTES = 360
-# Letters, digits, '-', '_' and '.', starting with a letter or digit; 64 characters keeps the
-# name usable inside Durable instance ids and Table keys (which refuse '/', '\\', '#', '?').
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # Package masks: what package names and versions are made of plus the '*' and '?' wildcards,
 # the characters the install API and the ARM stand-in (local/arm/simulation.py) match. An include
 # mask may pin a version as "name=version" (Azure/LinuxPatchExtension PackageFilter splits on '=').
@@ -65,9 +64,6 @@ MAX_GROUPS = 100
 # MAX_MACHINES resource ids of about 150 characters (270 at the longest names) and room for the rest.
 MAX_DEFINITION_CHARS = 3_000_000
 PERCENT_PATTERN = re.compile(r"^(\d{1,3})%$")
-# A saved search's KQL is sent in the query API's JSON body; 10,000 characters is plenty for a
-# machine list and keeps the stored definition small.
-MAX_QUERY_CHARS = 10_000
 # Defaults: half the targets at once, as AWS SSM's MaxConcurrency default (AZURE-FACTS); no error
 # budget by default ("100%"), which is legacy Update Management's behaviour (it never stops a rollout).
 DEFAULT_MAX_CONCURRENT = "50%"
@@ -125,10 +121,6 @@ class _Model(BaseModel):
     )
 
 
-class SavedSearch(_Model):
-    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
-
-
 class TargetGroup(_Model):
     """Exactly one of: a saved log search returning a ``ResourceId`` column, or a dynamic filter.
 
@@ -175,10 +167,26 @@ class TargetGroup(_Model):
         return AssessmentScope.parse(self.filter)
 
 
+class CategoryTarget(_Model):
+    """The machines placed in an asset category (and, when given, one of its rings), as the Machines
+    entity's ``AssetCategory`` and ``Ring`` columns hold them (shared.governance.categories), at each run."""
+
+    category: str = Field(json_schema_extra={"pattern": NAME_PATTERN.pattern})
+    ring: str | None = Field(None, json_schema_extra={"pattern": NAME_PATTERN.pattern})
+
+    @field_validator("category", "ring")
+    @classmethod
+    def _names(cls, value: str | None) -> str | None:
+        if value is not None and not NAME_PATTERN.match(value):
+            raise ValueError(NAME_RULE)
+        return value
+
+
 class Targets(_Model):
     model_config = ConfigDict(json_schema_extra={"anyOf": [
-        {"required": [name], "properties": {name: {"minItems": 1}}} for name in ("machines", "groups")
-    ], "description": "at least one machine or one group"})
+        {"required": [name], "properties": {name: {"minItems": 1}}}
+        for name in ("machines", "groups", "categories")
+    ], "description": "at least one machine, one group or one category"})
 
     machines: list[str] = Field(default_factory=list, json_schema_extra={
         "items": {"type": "string", "pattern": RESOURCE_ID_SCHEMA_PATTERN}, "maxItems": MAX_MACHINES})
@@ -186,6 +194,8 @@ class Targets(_Model):
     # "create" freezes group membership when the deployment is created (legacy behaviour);
     # "run" re-evaluates the groups at each run, the fix for the seed's documented limitation.
     evaluate_groups_at: EvaluateGroupsAt = "create"
+    # Asset categories (and rings) whose machines the deployment takes, read when each run starts.
+    categories: list[CategoryTarget] | None = Field(None, max_length=MAX_GROUPS)
 
     @field_validator("machines")
     @classmethod
@@ -198,8 +208,8 @@ class Targets(_Model):
 
     @model_validator(mode="after")
     def _not_empty(self) -> Targets:
-        if not self.machines and not self.groups:
-            raise ValueError("name at least one machine or one group")
+        if not self.machines and not self.groups and not self.categories:
+            raise ValueError("name at least one machine, one group or one category")
         return self
 
 
@@ -285,8 +295,10 @@ class DeploymentDefinition(_Model):
     name: str = Field(json_schema_extra={"pattern": NAME_PATTERN.pattern})
     operating_system: OsType
     targets: Targets
-    classifications: list[str] = Field(min_length=1, json_schema_extra={"items": {"enum": list(dict.fromkeys(
-        name for os_type in OsType for name in accepted_names(os_type))), "description": _BY_OS}})
+    # Required unless the deployment names a release or says approvedOnly (then it installs those by name).
+    classifications: list[str] = Field(default_factory=list, json_schema_extra={"items": {
+        "enum": list(dict.fromkeys(name for os_type in OsType for name in accepted_names(os_type))),
+        "description": _BY_OS}})
     kb_numbers_to_include: list[str] = Field(default_factory=list, max_length=MAX_KB_NUMBERS,
                                              json_schema_extra=_items_matching(KB_SCHEMA_PATTERN))
     kb_numbers_to_exclude: list[str] = Field(default_factory=list, max_length=MAX_KB_NUMBERS,
@@ -300,6 +312,49 @@ class DeploymentDefinition(_Model):
         json_schema_extra={"minimum": MIN_WINDOW_MINUTES, "maximum": MAX_WINDOW_MINUTES})
     reboot_setting: RebootSetting = "IfRequired"
     rollout: Rollout = Field(default_factory=Rollout)
+    # A release (shared.governance.releases): install exactly its items for the operatingSystem.
+    release: str | None = Field(None, json_schema_extra={"pattern": NAME_PATTERN.pattern})
+    # Install only the updates approved for each machine's asset category (shared.governance.enforcement).
+    approved_only: bool | None = None
+
+    @field_validator("release")
+    @classmethod
+    def _release(cls, value: str | None) -> str | None:
+        if value is not None and not NAME_PATTERN.match(value):
+            raise ValueError(NAME_RULE)
+        return value
+
+    @model_validator(mode="after")
+    def _what_to_install(self) -> DeploymentDefinition:
+        """Classifications choose what to install, unless a release or approvedOnly names it: then the
+        request lists exactly those updates, and classifications or include lists would add others."""
+        named_by = "release" if self.release else "approvedOnly" if self.approved_only else None
+        problems: list[tuple[str, str]] = []
+        if named_by is None and not self.classifications:
+            problems.append(("classifications", "name at least 1 (or a release, or approvedOnly: true)"))
+        if self.release and self.approved_only:
+            problems.append(("approvedOnly", "not allowed with a release, which installs its own items"))
+        for name, value in (("classifications", self.classifications),
+                            ("kbNumbersToInclude", self.kb_numbers_to_include),
+                            ("packagesToInclude", self.packages_to_include)):
+            if named_by is not None and value:
+                problems.append((name, f"not allowed with {named_by}, which installs exactly the updates "
+                                       "it names"))
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, [
+                InitErrorDetails(type=PydanticCustomError("value_error", message), loc=(name,), input=None)
+                for name, message in problems
+            ])  # fmt: skip
+        return self
+        if self.release and self.approved_only:
+            raise ValueError("release and approvedOnly exclude each other: a release installs its own items")
+        given = [name for name, value in (("classifications", self.classifications),
+                                          ("kbNumbersToInclude", self.kb_numbers_to_include),
+                                          ("packagesToInclude", self.packages_to_include)) if value]
+        if given:
+            raise ValueError(f"{', '.join(given)}: not allowed with {named_by}, which installs exactly "
+                             "the updates it names")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -362,27 +417,6 @@ class DeploymentDefinition(_Model):
     def to_json(self) -> dict[str, Any]:
         """The camelCase JSON form that :func:`validate_definition` reads back."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-def _field_path(loc: tuple[int | str, ...]) -> str:
-    """``('targets', 'groups', 0, 'filter')`` -> ``targets.groups.0.filter``; empty means the body."""
-    return ".".join(str(part) for part in loc) or "body"
-
-
-def _message(error: Any) -> str:
-    if error["type"] == "value_error" and "error" in error.get("ctx", {}):
-        return str(error["ctx"]["error"])
-    if error["type"] == "extra_forbidden":
-        return "unknown field"
-    if error["type"] == "too_long":
-        return f"at most {error['ctx']['max_length']:,} items (got {error['ctx']['actual_length']:,})"
-    return str(error["msg"])
-
-
-def field_errors(error: ValidationError) -> list[tuple[str, str]]:
-    """Each bad field of a pydantic error with its rule, once each, in the order pydantic found them."""
-    found = ((_field_path(e["loc"]), _message(e)) for e in error.errors())
-    return list(dict.fromkeys(found))
 
 
 def validate_definition(body: Any) -> DeploymentDefinition:

@@ -25,6 +25,8 @@ from datetime import timedelta
 from shared.azure.patch_operations import InstallParameters, to_sdk_parameters
 from shared.deployments.definition import DeploymentDefinition
 from shared.deployments.rollout import MAX_INSTALL_DURATION
+from shared.deployments.selection import with_install_lists
+from shared.governance.releases import InstallLists
 from shared.model.install_outcome import InstallRequest
 from shared.model.kb import parse_kb
 from shared.model.machines import MachineKind, OsType
@@ -49,8 +51,20 @@ def install_request(
     *,
     exclude_kbs: Iterable[str] = (),
     maintenance_run_id: str | None = None,
+    governed: InstallLists | None = None,
 ) -> InstallRequest:
-    """The request for one machine of ``definition`` with ``time_left`` of the window remaining."""
+    """The request for one machine of ``definition`` with ``time_left`` of the window remaining.
+
+    ``governed``: the updates a release or ``approvedOnly`` names for the machine; the request then has no
+    classification and includes exactly those (an empty list is refused: with no classification and no
+    inclusion, Azure's Linux agent installs every update, PackageFilter.is_msft_all_classification_included).
+    """
+    if governed is not None:
+        if not governed.kb_numbers_to_include and not governed.packages_to_include:
+            raise InstallParameterError(
+                "release", f"names no {os_type.value} update for this machine: nothing to install by name"
+            )
+        definition = with_install_lists(definition, governed)
     if os_type is not definition.operating_system:
         raise InstallParameterError(
             "operatingSystem", f"the deployment is for {definition.operating_system.value}, the machine runs "
@@ -98,9 +112,11 @@ def install_parameters(
     kind: MachineKind = MachineKind.AZURE_VM,
     exclude_kbs: Iterable[str] = (),
     maintenance_run_id: str | None = None,
+    governed: InstallLists | None = None,
 ) -> InstallParameters:
     """The SDK parameters for an Azure VM (default) or an Arc server (``kind``)."""
     request = install_request(
-        definition, os_type, time_left, exclude_kbs=exclude_kbs, maintenance_run_id=maintenance_run_id
+        definition, os_type, time_left, exclude_kbs=exclude_kbs, maintenance_run_id=maintenance_run_id,
+        governed=governed,
     )
     return to_sdk_parameters(request, kind)

@@ -193,6 +193,8 @@ class StepOutcome(Message):
     has_service_pack: bool = False
     # Pre-scan only: nothing selectable because the distribution classifies nothing (selection).
     unclassified: bool = False
+    # Pre-scan only: release packages offered only at an untested version (shared.governance.releases).
+    held: int = 0
     # Install only: the machine's result status by the run_results rules, and counts.
     status: str | None = None
     installed: int = 0

@@ -30,6 +30,7 @@ from typing import Any
 from shared.deployments.finish import finish_machine
 from shared.deployments.messages import StepFailure
 from shared.deployments.results import MachineResultStatus
+from shared.deployments.ring_notifications import notify_run_ended
 from shared.deployments.runs_table import FINAL_STATES, MachineState, RunRecord, RunState, run_store
 from shared.deployments.steps import apply_batch_journal
 from shared.settings import Settings
@@ -111,7 +112,8 @@ def close_lost_run(settings: Settings, run_id: str, status: str | None, at: date
     for batch, batch_rows in sorted(by_batch.items()):
         apply_batch_journal(settings, run_id, batch, at, batch_rows)
     state = RunState.CANCELLED if run.cancel_requested else RunState.FAILED
-    store.close(run_id, state, f"{REASON_LOST}: {what}", at)
+    ended = store.close(run_id, state, f"{REASON_LOST}: {what}", at)
+    notify_run_ended(settings, ended, at)  # a run on a category ring: RingRun.Failed (lost), once
     return ClosedRun(run_id, state, what, closed)
 
 

@@ -15,6 +15,7 @@ from shared.azure.arm import list_fleet
 from shared.azure.credentials import credential_for
 from shared.deployments.definition import DeploymentDefinition
 from shared.deployments.finish import queue_machine_rows
+from shared.deployments.governed import category_members, enforcement
 from shared.deployments.groups import GroupEvaluationError, evaluate_groups, saved_search_runner
 from shared.deployments.messages import (
     RunPlan,
@@ -55,6 +56,8 @@ def resolve(settings: Settings, run_id: str, at: datetime, batch_size: int) -> R
     credential = credential_for(settings)
     store = run_store(settings, credential)
     run = store.get_run(run_id)
+    if run.state is RunState.FAILED:  # failed to resolve before: a retried activity answers the same
+        return RunPlan(error=run.error or "the run failed")
     if run.state is not RunState.QUEUED:
         return _plan(run, batch_size)  # resolved before: a retried activity
     definition = run.definition
@@ -65,6 +68,12 @@ def resolve(settings: Settings, run_id: str, at: datetime, batch_size: int) -> R
     except GroupEvaluationError as error:
         store.fail(run_id, str(error), at)
         return RunPlan(error=str(error))
+    # The approval rule again at the run's start: approvals and placements change after creation.
+    refused = enforcement(settings, definition, wanted)
+    if refused:
+        why = "; ".join(f"{p.field}: {p.message}" for p in refused)
+        store.fail(run_id, why, at)
+        return RunPlan(error=why)
     queued: list[Machine] = []
     settled: list[tuple[MachineTarget, MachineOutcomeRecord]] = []
     settled_rows: list[dict[str, Any]] = []
@@ -109,8 +118,12 @@ def _target_ids(settings: Settings, credential: TokenCredential, store: RunStore
         if failed:
             raise GroupEvaluationError(f"could not list the machines of subscriptions {', '.join(failed)}")
         members = evaluate_groups(definition, lambda: machines, saved_search_runner(settings, credential))
+    placed: list[str] = []
+    if definition.targets.categories:
+        wanted = [(t.category, t.ring) for t in definition.targets.categories]
+        placed = category_members(settings, wanted, definition.operating_system)
     seen: dict[str, str] = {}
-    for resource_id in [*definition.targets.machines, *(members or ())]:
+    for resource_id in [*definition.targets.machines, *(members or ()), *placed]:
         seen.setdefault(resource_id.lower(), resource_id)
     return list(seen.values())
 

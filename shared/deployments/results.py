@@ -109,6 +109,9 @@ def patch_progress_rows(
         "SourceComputerId": machine.key,
         "StartTime": started_at,
         "EndTime": at,
+        # Filled at the batch's end from the machine's category and its approvals (governed.record_batch).
+        "Authorized": None,
+        "AuthorizedBy": None,
     }
     rows = []
     for patch in patches:

@@ -66,6 +66,7 @@ from shared.deployments.rollout import (
     next_to_start,
 )
 from shared.durations import readable_duration
+from shared.governance.releases import HELD_REASON
 from shared.settings import Settings
 
 RUNS_TABLE = "DeploymentRuns"
@@ -404,6 +405,18 @@ class RunStore:
             parameters={"p": run_id, "lo": MACHINE_ROW_PREFIX, "hi": MACHINE_ROW_PREFIX[:-1] + "}"},
         )
         return sorted((dict(r) for r in rows), key=lambda r: str(r.get("Computer", "")).lower())
+
+    def machines_in_states(self, run_id: str, states: Sequence[str]) -> list[dict[str, Any]]:
+        """The run's machine rows whose result is one of ``states`` (filtered by the table service)."""
+        if not states:
+            return []
+        names = {f"s{n}": state for n, state in enumerate(states)}
+        # Spaces around the parentheses: azure-data-tables substitutes @names split at whitespace.
+        query = "PartitionKey eq @p and RowKey gt @lo and RowKey lt @hi and ( {} )".format(
+            " or ".join(f"State eq @{name}" for name in names))
+        rows = self._runs.query_entities(query, parameters={
+            "p": run_id, "lo": MACHINE_ROW_PREFIX, "hi": MACHINE_ROW_PREFIX[:-1] + "}", **names})
+        return [dict(r) for r in rows]
 
     def machine(self, run_id: str, machine_key: str) -> dict[str, Any]:
         return dict(self._machine_entity(run_id, machine_key))
@@ -782,6 +795,8 @@ def machine_to_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "errorMessage": text("ErrorMessage"),
         "hint": text("Hint"),
         "outputs": json.loads(row.get("Outputs") or "[]"),
+        # A release's packages the pre-scan offered only at an untested version ("name: offered X, tested Y").
+        "held": [{"update": held, "reason": HELD_REASON} for held in json.loads(row.get("Held") or "[]")],
     }
 
 

@@ -38,6 +38,7 @@ from fnmatch import fnmatchcase
 
 from shared.assessment.records import is_optional, publishes_no_classification, unlisted_counts
 from shared.deployments.definition import DeploymentDefinition
+from shared.governance.releases import InstallLists
 from shared.model.assessment_outcome import AssessmentOutcome, AvailablePatch
 from shared.model.classification import catch_all, read_class, request_classes, to_display, to_request
 from shared.model.machines import Machine, OsType
@@ -96,6 +97,16 @@ def mask_matches(mask: str, name: str, version: str | None = None) -> bool:
     if not (fnmatchcase(name, name_mask) or fnmatchcase(bare, name_mask)):
         return False
     return not versioned or version is None or fnmatchcase(version, version_mask.strip())
+
+
+def with_install_lists(definition: DeploymentDefinition, lists: InstallLists) -> DeploymentDefinition:
+    """The definition as the install request of a release or of ``approvedOnly`` sees it: no
+    classification, and exactly the named KBs (Windows) or ``name=version`` masks (Linux) included; the
+    definition's exclusions stay (an exclusion always wins)."""
+    return definition.model_copy(update={
+        "classifications": [], "kb_numbers_to_include": list(lists.kb_numbers_to_include),
+        "packages_to_include": list(lists.packages_to_include),
+    })  # fmt: skip
 
 
 def _linux_groups(request_names: Iterable[str]) -> set[str]:

@@ -46,6 +46,7 @@ from shared.azure.patch_operations import PatchOperations, PermanentArmError, fa
 from shared.azure.tables import table_service
 from shared.deployments.arc_results import needs_patch_results, patch_results, with_patch_results
 from shared.deployments.finish import finished_machine_rows
+from shared.deployments.governed import governed_install, record_batch, stored_lists
 from shared.deployments.install import install_request
 from shared.deployments.messages import (
     POSTSCAN,
@@ -64,7 +65,13 @@ from shared.deployments.results import (
     run_progress_rows,
 )
 from shared.deployments.runs_table import RunStore, run_store
-from shared.deployments.selection import lacks_classification_data, optional_kbs, pending_estimate
+from shared.deployments.selection import (
+    lacks_classification_data,
+    optional_kbs,
+    pending_estimate,
+    with_install_lists,
+)
+from shared.governance.releases_table import ReleaseNotFound
 from shared.log_tables import UPDATE_RUN_MACHINE, UPDATE_RUN_PROGRESS
 from shared.model.assessment_outcome import Readiness
 from shared.model.install_outcome import InstallOutcome
@@ -153,7 +160,7 @@ def start_step(settings: Settings, request: StepInput) -> StepAnswer:
             machine = machine_from_json(str(row["Machine"]))
             install = install_request(
                 run.definition, machine.os_type, run.window.install_duration(request.at),
-                exclude_kbs=json.loads(row.get("OptionalKbs") or "[]"),
+                exclude_kbs=json.loads(row.get("OptionalKbs") or "[]"), governed=stored_lists(row),
             )  # fmt: skip
             token = operations.start_install(request.resource_id, install)
     except PermanentArmError as error:
@@ -267,14 +274,24 @@ def _scanned(settings: Settings, credential: TokenCredential, request: StepInput
     carried = journal.put_or_carry(_journal(request, row), entry, PRESCAN_ENTRY_PREFIX)
     columns = _keep_output(settings, credential, request, row, asdict(outcome))
     definition = store.terms(request.run_id).definition
-    estimate = pending_estimate(definition, outcome)
+    try:
+        governed = governed_install(settings, definition, machine, outcome)
+    except ReleaseNotFound as error:
+        raise PermanentArmError(failure_for("ReleaseNotFound", str(error))) from None
+    # A release or approvedOnly names what to install: the estimate is of exactly those updates.
+    selecting = with_install_lists(definition, governed.lists) if governed else definition
+    estimate = pending_estimate(selecting, outcome)
+    to_install = estimate.updates
+    if governed is not None and outcome.patches is None:
+        to_install = governed.items  # counts only (Arc): named updates cannot be counted; at most all of them
     store.update_machine(request.run_id, key, {
-        "PrescanPending": estimate.updates, "OptionalKbs": json.dumps(optional_kbs(outcome.patches or ())),
-        **columns, **carried,
+        "PrescanPending": to_install, "OptionalKbs": json.dumps(optional_kbs(outcome.patches or ())),
+        **columns, **carried, **(governed.columns() if governed else {}),
     })  # fmt: skip
-    unclassified = estimate.updates == 0 and lacks_classification_data(definition, machine, outcome)
-    return StepOutcome(pending=estimate.updates, has_service_pack=estimate.has_service_pack,
-                       unclassified=unclassified)
+    unclassified = (to_install == 0 and governed is None
+                    and lacks_classification_data(definition, machine, outcome))
+    return StepOutcome(pending=to_install, has_service_pack=estimate.has_service_pack,
+                       unclassified=unclassified, held=len(governed.held) if governed else 0)
 
 
 def _installed(settings: Settings, credential: TokenCredential, request: StepInput,
@@ -396,6 +413,8 @@ def apply_batch_journal(settings: Settings, run_id: str, batch: int, at: datetim
             text = carried_text(row, progress_prefix(step))
             if text is not None:
                 progress += json.loads(text)
+    # Authorization columns on the progress rows, MachineChanges, test evidence (shared.deployments.governed).
+    record_batch(settings, progress, rows, at)
     machines = finished_machine_rows(store.terms(run_id), rows, at)
     queued = {UPDATE_RUN_PROGRESS.name: progress, UPDATE_RUN_MACHINE.name: machines}
     return apply_journal(settings, [journal_key(run_id, batch)], at, entries,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from shared.fleet.placement import ASSET_CATEGORY, RING, MachinePlacement
 from shared.log_tables import HEARTBEAT, record_id
 from shared.model.machines import Machine
 
@@ -44,7 +45,11 @@ class LastHeartbeat:
     fingerprint: str
 
 
-def heartbeat_row(machine: Machine, observed_at: datetime, run_id: str) -> dict[str, Any]:
+def heartbeat_row(
+    machine: Machine, observed_at: datetime, run_id: str, placement: MachinePlacement | None = None
+) -> dict[str, Any]:
+    """The row; ``placement`` is the machine's asset category and ring (empty when not placed yet)."""
+    category, ring = placement or ("", None)
     return {
         "TimeGenerated": observed_at,
         "RecordId": record_id(HEARTBEAT.name, run_id, machine.resource_id),
@@ -66,6 +71,8 @@ def heartbeat_row(machine: Machine, observed_at: datetime, run_id: str) -> dict[
         "Category": "Azure VM" if machine.environment.value == "Azure" else "Arc-enabled server",
         "Solutions": "updates",
         "Tags": dict(machine.tags),
+        ASSET_CATEGORY: category,
+        RING: ring or "",
     }
 
 
@@ -99,14 +106,17 @@ def last_heartbeat(entity: dict[str, Any]) -> LastHeartbeat | None:
 
 
 def heartbeats_to_send(
-    machines: Iterable[Machine], observed_at: datetime, run_id: str, last: Mapping[str, LastHeartbeat]
+    machines: Iterable[Machine], observed_at: datetime, run_id: str, last: Mapping[str, LastHeartbeat],
+    placements: Mapping[str, MachinePlacement] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """The rows a discovery sends, and the Machines properties (by machine key) that remember them.
-    ``last``: each machine's last heartbeat, by machine key, as the Machines table keeps it."""
+    ``last``: each machine's last heartbeat, by machine key, as the Machines table keeps it;
+    ``placements``: each machine's asset category and ring, by machine key (a change sends the row)."""
     rows: list[dict[str, Any]] = []
     sent: dict[str, dict[str, Any]] = {}
+    placements = placements or {}
     for machine in machines:
-        row = heartbeat_row(machine, observed_at, run_id)
+        row = heartbeat_row(machine, observed_at, run_id, placements.get(machine.key))
         if heartbeat_due(row, observed_at, last.get(machine.key)):
             rows.append(row)
             sent[machine.key] = heartbeat_properties(row, observed_at)

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.fleet.placement import ASSET_CATEGORY, RING
 from shared.model.assessment_outcome import Compliance, Readiness
 from shared.model.machines import Environment, OsType, PowerState, Support
 
@@ -45,8 +46,13 @@ _FILTERS: dict[str, tuple[str, dict[str, Any]]] = {
     "compliant": ("Compliant", {"true": True, "false": False}),
     "compliance": ("Compliance", _choices([c.value for c in Compliance])),
 }
+# Filters on a name as the table keeps it (an asset category's or ring's, shared.fleet.placement); the
+# API matches the category's spelling before filtering (names are unique ignoring case).
+NAME_FILTERS = {"category": ASSET_CATEGORY, "ring": RING}
+# Category and ring names are at most 64 characters (shared.governance.categories' NAME_PATTERN).
+MAX_NAME_FILTER_CHARS = 64
 _PAGING = ("pageSize", "nextToken")
-ACCEPTED_PARAMETERS = (*_FILTERS, "tag", *_PAGING)
+ACCEPTED_PARAMETERS = (*_FILTERS, *NAME_FILTERS, "tag", *_PAGING)
 
 
 def filter_values() -> dict[str, list[str]]:
@@ -80,6 +86,13 @@ def parse_machine_query(params: Mapping[str, str]) -> MachineQuery:
             value = accepted.get(params[name].strip().lower())
             if value is None:
                 problems.append((name, f"must be one of {', '.join(str(v) for v in accepted.values())}"))
+            else:
+                equals[column] = value
+    for name, column in NAME_FILTERS.items():
+        if name in params:
+            value = params[name].strip()
+            if not 1 <= len(value) <= MAX_NAME_FILTER_CHARS:
+                problems.append((name, f"must be a name of 1 to {MAX_NAME_FILTER_CHARS} characters"))
             else:
                 equals[column] = value
     tags: dict[str, str] = {}

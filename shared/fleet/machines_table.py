@@ -22,7 +22,7 @@ from shared.azure.tables import ensure_table, upsert_in_batches
 from shared.fleet.heartbeats import HEARTBEAT_FINGERPRINT, LAST_HEARTBEAT_AT, LastHeartbeat, last_heartbeat
 from shared.fleet.machine_names import MachineEntry
 from shared.fleet.machine_query import MAX_PAGE_SIZE
-from shared.model.machines import Machine, machine_key, parse_resource_id
+from shared.model.machines import Machine, MachineKind, OsType, PowerState, machine_key, parse_resource_id
 
 MACHINES_TABLE = "Machines"
 
@@ -50,6 +50,33 @@ def machine_entity(machine: Machine, discovered_at: datetime) -> dict[str, Any]:
         "Tags": json.dumps(machine.tags, sort_keys=True),
         "LastDiscovered": discovered_at,
     }
+
+
+# What machine_of_entity reads: what placing a machine in its asset category needs (the image is not
+# kept on the entity).
+MACHINE_COLUMNS = (
+    "PartitionKey", "RowKey", "ResourceId", "Name", "ComputerName", "Kind", "ResourceGroup", "Location",
+    "OsType", "OsName", "OsVersion", "PowerState", "PatchMode", "Tags",
+)
+
+
+def machine_of_entity(entity: Mapping[str, Any]) -> Machine:
+    """The machine a Machines entity (:func:`machine_entity`) records, as discovery last saw it."""
+    return Machine(
+        resource_id=str(entity["ResourceId"]),
+        name=str(entity.get("Name") or ""),
+        computer_name=str(entity.get("ComputerName") or ""),
+        kind=MachineKind(entity.get("Kind") or MachineKind.AZURE_VM.value),
+        subscription_id=str(entity["PartitionKey"]),
+        resource_group=str(entity.get("ResourceGroup") or ""),
+        location=str(entity.get("Location") or ""),
+        os_type=OsType(entity["OsType"]),
+        os_name=str(entity.get("OsName") or ""),
+        os_version=str(entity.get("OsVersion") or ""),
+        power_state=PowerState(entity.get("PowerState") or PowerState.UNKNOWN.value),
+        patch_mode=str(entity.get("PatchMode") or ""),
+        tags=json.loads(entity.get("Tags") or "{}"),
+    )
 
 
 class MachineInventory:
@@ -82,6 +109,15 @@ class MachineInventory:
 
     def all(self) -> Iterator[dict[str, Any]]:
         yield from self._table.list_entities()
+
+    def columns(self, names: Iterable[str]) -> Iterator[dict[str, Any]]:
+        """Every machine's entity, only the properties ``names`` (pages of MAX_PAGE_SIZE)."""
+        for entity in self._table.list_entities(select=list(names), results_per_page=MAX_PAGE_SIZE):
+            yield dict(entity)
+
+    def merge(self, properties: Iterable[Mapping[str, Any]]) -> int:
+        """Merge ``properties`` (each with PartitionKey and RowKey) into existing machines' entities."""
+        return upsert_in_batches(self._table, properties)
 
     def get(self, resource_id: str) -> dict[str, Any] | None:
         ref = parse_resource_id(resource_id)

@@ -29,17 +29,25 @@ from local.workbook import load_workbook, logs_runner_for, run_query_item, workb
 from local.workbook.evaluate import ResultTable, resolve_parameters
 from local.workbook.model import QueryItem
 from local.workbook.parameters import substitute
+from shared.azure.log_outbox import log_outbox
 from shared.deployments.results import MachineResultStatus
 from shared.deployments.rollout import REASON_CANCELLED, REASON_ERROR_BUDGET, REASON_WINDOW_CLOSING
 from shared.deployments.runs_table import STATUS_COLUMNS
+from shared.governance.audit import ComplianceRunInput
+from shared.governance.patch_refs import PatchRef
+from shared.governance.patches import Action, PatchState
+from shared.governance.patches_table import patch_inventory
 from shared.log_tables import TABLES, LogTable
 from shared.model.install_outcome import InstallationState, InstallOutcome, PatchInstallResult
+from shared.model.machines import OsType
+from shared.principal import Role
+from shared.settings import load_settings
 
 pytestmark = pytest.mark.e2e
 
 ALERT_RULES_FILE = REPO_ROOT / "infra" / "alerts" / "alert-rules.json"
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
-TABS = ("overview", "machines", "missing", "deployments")
+TABS = ("overview", "machines", "missing", "deployments", "governance")
 # What the alert rules promise (their descriptions name the same figures).
 OVERDUE_AFTER = timedelta(days=14)
 MAX_ASSESSMENT_AGE = timedelta(hours=24)
@@ -127,6 +135,37 @@ def update_run(stack) -> UpdateRun:
     return UpdateRun(name, run_id, outcomes, {m["computer"]: m for m in machines})
 
 
+@dataclass(frozen=True)
+class Governance:
+    request: dict[str, Any]  # the approval request waiting in the queue
+    audit: dict[str, Any]  # GET /api/audit for the audited day, the whole fleet
+
+
+@pytest.fixture(scope="module")
+def governance(stack, update_run) -> Governance:
+    """After the run: an operator's approval request for one missing update in a category (evidence passed
+    first), and the daily compliance run for today, as the timer starts it for the day before."""
+    settings = load_settings()
+    now = stack.clock.now()
+    kb = next(u["kbId"] for u in _api(stack, "/api/updates/missing")["updates"] if u["kbId"])
+    ref = PatchRef(OsType.WINDOWS, kb=kb)
+    patches = patch_inventory(settings)
+    patches.record_evidence_result(ref, "web", PatchState.IN_TEST, None, now)
+    patches.record_evidence_result(ref, "web", PatchState.PASSED, None, now)
+    patches.change(ref, "web", Action.AUTHORIZE, "olga", now, "fixes the web tier's TLS",
+                   roles=[Role.OPERATOR], request_id="req-e2e")
+    assert not log_outbox(settings).send_pending("e2e-governance", now).errors
+    day = now.date()
+    run = ComplianceRunInput(day=day, generated_at=now)
+    instance = stack.durable.start_new("daily_compliance_run", "compliance-e2e", run.model_dump(mode="json"))
+    final = stack.durable.wait_for_completion(instance, timeout=RUN_TIMEOUT)
+    assert final["runtimeStatus"] == "Completed", final
+    stack.clock.advance(timedelta(minutes=1))
+    request = {"AssetCategory": "web", "PatchKey": ref.key, "OSType": "Windows", "RequestedBy": "olga",
+               "RequestId": "req-e2e", "Justification": "fixes the web tier's TLS"}
+    return Governance(request, _api(stack, f"/api/audit?on={day.isoformat()}&pageSize=1000"))
+
+
 def _outcome(stored: dict[str, Any]) -> InstallOutcome:
     """An install outcome from its stored JSON form (``dataclasses.asdict`` of InstallOutcome)."""
     patches = tuple(
@@ -167,7 +206,7 @@ def runner(stack):
 
 
 @pytest.fixture(scope="module")
-def results(stack, update_run, workbook, runner) -> dict[str, ResultTable]:
+def results(stack, update_run, governance, workbook, runner) -> dict[str, ResultTable]:
     """Every workbook query with the default parameters (last 7 days, every subscription, OS, environment)."""
     values = resolve_parameters(workbook, {}, runner, stack.clock.now()).values
     return {
@@ -176,7 +215,7 @@ def results(stack, update_run, workbook, runner) -> dict[str, ResultTable]:
 
 
 @pytest.fixture(scope="module")
-def fired(stack, update_run, alert_rules, runner) -> dict[str, ResultTable]:
+def fired(stack, update_run, governance, alert_rules, runner) -> dict[str, ResultTable]:
     """Each alert query over its window, as the alert service runs it: now, or, for the run-failure
     rule (a one-hour window), at its first evaluation after the run's failed updates were written."""
     failed_at = max(r["TimeGenerated"] for r in stack.logs.query(
@@ -303,6 +342,47 @@ EXPECTED_COLUMNS = {
         "EndTime",
         "UpdateRunId",
     ],
+    "approval-queue": [
+        "RequestedAt",
+        "AssetCategory",
+        "PatchKey",
+        "UpdateTitle",
+        "Classification",
+        "OSType",
+        "RequestedBy",
+        "RequestId",
+        "Justification",
+    ],
+    "overdue-by-owner": [
+        "Owner",
+        "OwnerContact",
+        "AssetCategory",
+        "Machines",
+        "MachinesOverdue",
+        "UpdatesOverdue",
+        "MaxOverdueDays",
+        "InstalledUnauthorized",
+        "AuthorizedMissing",
+        "FailedInstalls",
+        "IncompleteInstalls",
+        "AuditDate",
+    ],
+    "machine-compliance": [
+        "Computer",
+        "AssetCategory",
+        "Ring",
+        "Owner",
+        "MissingUpdates",
+        "Overdue",
+        "MaxOverdueDays",
+        "InstalledUnauthorized",
+        "AuthorizedMissing",
+        "InstalledAuthorized",
+        "FailedInstalls",
+        "IncompleteInstalls",
+        "LastAssessed",
+        "AuditDate",
+    ],
 }
 
 
@@ -408,12 +488,28 @@ def test_failed_updates_view_lists_each_failed_update(results, update_run):
                       if p.state.value == "Failed"}
 
 
+def test_the_approval_queue_lists_the_waiting_request(results, governance):
+    [row] = results["approval-queue"].as_dicts()
+    assert {k: row[k] for k in governance.request} == governance.request
+
+
+def test_the_audit_views_show_each_machines_daily_row_as_the_audit_api_answers(results, governance, machines):
+    audited = {m["computer"]: m for m in governance.audit["machines"]}
+    assert set(audited) == {m["computerName"] for m in machines}
+    rows = {r["Computer"]: r for r in results["machine-compliance"].as_dicts()}
+    assert {c: (r["MissingUpdates"], r["Overdue"], r["AssetCategory"]) for c, r in rows.items()} == {
+        c: (m["missing"], m["counts"]["overdue"], m["category"]) for c, m in audited.items()}
+    [owner] = results["overdue-by-owner"].as_dicts()  # the demo fleet is uncategorised: no owner
+    assert (owner["AssetCategory"], owner["Machines"], owner["UpdatesOverdue"]) == (
+        "uncategorised", len(machines), governance.audit["summary"]["findings"]["overdue"])
+
+
 # --- alert rules -------------------------------------------------------------------------------------
 
 
 def test_alert_rules_have_the_agreed_shape(alert_rules):
     names = [r["name"] for r in alert_rules]
-    assert sorted(names) == sorted(set(names)) and len(names) == 4
+    assert sorted(names) == sorted(set(names)) and len(names) == 6
     for rule in alert_rules:
         assert set(rule) == {
             "name",
@@ -517,6 +613,16 @@ def test_automatic_updates_alert(stack, alert_rules, fired):
 
 
 # --- the queries name only declared columns: a rename in shared/logschema fails here -----------------
+
+
+def test_governance_alerts_stay_quiet_on_the_uncategorised_demo_fleet(alert_rules, fired, governance):
+    # Every demo machine is uncategorised: no install needs approval, and no update has been missing for
+    # longer than a deadline (all were first seen by today's assessments). tests/integration/
+    # test_audit_api.py fires both on a category's history.
+    for name in ("unauthorized-installs", "compliance-deadline-breaches"):
+        rule = next(r for r in alert_rules if r["name"] == name)
+        assert not _fires(rule, fired[name]), fired[name].as_dicts()
+    assert governance.audit["summary"]["findings"]["installed unauthorized"] == 0
 
 
 def _all_queries(workbook, alert_rules, stack) -> dict[str, str]:
@@ -649,7 +755,7 @@ def _chromium(url: str, *extra: str, profile: Path) -> subprocess.CompletedProce
 
 
 @pytest.fixture(scope="module")
-def page(stack, update_run):
+def page(stack, update_run, governance):
     with workbook_server_for(stack) as server:
         yield server
 

@@ -37,6 +37,7 @@ BUILT_IN_ROLES = {
     "logAnalyticsReader": "73c42c96-874c-492b-b04d-ab87d138a893",  # Log Analytics Reader
     "workbookReader": "b279062a-9be3-42a0-92ae-8b3cf002ec4d",  # Workbook Reader
     "durableTaskDataContributor": "0ad04412-c4d5-4796-b79c-f76d14c8d402",  # Durable Task Data Contributor
+    "eventGridDataSender": "d5a91429-5739-47e2-a06b-3470a27159e7",  # EventGrid Data Sender
 }
 # Broad roles the patch role replaces: none of them may be granted.
 _BROAD_ROLES = {
@@ -60,6 +61,7 @@ EXPECTED_GRANTS = {
     ("logAnalyticsReader", "Microsoft.OperationalInsights/workspaces", READERS),
     ("workbookReader", "Microsoft.Insights/workbooks", READERS),
     ("durableTaskDataContributor", "Microsoft.DurableTask/schedulers", APP),
+    ("eventGridDataSender", "Microsoft.EventGrid/topics", APP),
     ("patchRole", "subscription", APP),
     ("rollbackRole", "subscription", APP),
 }

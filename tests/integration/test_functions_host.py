@@ -25,8 +25,11 @@ def reader():
 def test_functions_are_indexed_from_the_app_metadata():
     host = FunctionsHost(function_app.app)
     assert host.timers() == [
-        "assess_linux_fleet", "assess_windows_fleet", "discover_fleet", "light_check",
+        "apply_approval_rules", "assess_linux_fleet", "assess_windows_fleet", "audit_daily_compliance",
+        "discover_fleet",
+        "evaluate_test_evidence", "light_check",
         "reconcile_deployment_runs", "schedule_deployments", "send_log_outbox",
+        "send_notifications",
     ]
     assert host.functions["read_run"].route == "runs/{runId}"
     assert host.functions["start_discovery"].client_binding == "client"

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from functions import assessment, discovery, light_check
+from functions import assessment, compliance_audit, discovery, light_check
 from functions.deployments import adhoc_run_id
 from functions.durable import adhoc_instance_id, batch_instance_id, machine_instance_id
 from local.durable.limits import instance_id_problem
@@ -44,6 +44,7 @@ def _runs() -> dict[str, str]:
         "light check's assessment": light_check.assessment_instance_id(check),
         "scheduled deployment": occurrence_instance_id(LONGEST_DEPLOYMENT, AT),
         "deployment started now": adhoc_run_id(LONGEST_DEPLOYMENT, AT),
+        "daily compliance": compliance_audit.run_for("0 30 0 * * *", AT)[0],
     }
 
 

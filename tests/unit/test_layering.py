@@ -43,6 +43,7 @@ PURE_RULES = frozenset({
     "shared.fleet.machine_query",  # the machine list's query string: filters, tag filters, page bounds
     "shared.fleet.machine_names",  # a machine by its key, resource id or computer name, in any directory
     "shared.fleet.heartbeats",  # a discovered machine's Heartbeat_CL row
+    "shared.fleet.placement",  # a machine's asset category and ring as the fleet keeps them
     "shared.fleet.messages",  # discovery orchestration inputs and counts (pydantic)
     "shared.assessment.records",  # an assessment as update records, a summary and Log Analytics rows
     "shared.assessment.messages",  # assessment orchestration ids, tuning and counts
@@ -54,6 +55,13 @@ PURE_RULES = frozenset({
     "shared.deployments.results",  # an install's meaning for a machine: status, UpdateRunProgress_CL rows
     "shared.deployments.messages",  # messages between the deployment functions
     "shared.governance.patch_refs",  # one update at one exact version, and its keys
+    "shared.governance.audit",  # installed vs authorized, missing, overdue and failed on a day; the daily row
+    "shared.governance.categories",  # asset categories: membership, rings, deadlines; placement of a machine
+    "shared.governance.patches",  # an update's state per category, its transitions and history
+    "shared.governance.releases",  # a release's model and rules; the install lists and held packages it makes
+    "shared.governance.evidence",  # the test-evidence rule (passed, failed, in test), change-history values
+    "shared.governance.enforcement",  # the approval rule of deployments; approvedOnly's install lists
+    "shared.governance.deadlines",  # which missing updates' deadlines fall within the warning window
 })
 
 # The modules of the capability packages that use an Azure SDK or an adapter, directly or through
@@ -83,6 +91,19 @@ USES_ADAPTERS = frozenset({
     "shared.deployments.scheduler",
     "shared.deployments.scheduler_state",  # the SchedulerState table
     "shared.deployments.steps",  # one machine step: patch operations, run table, blobs, ingestion
+    "shared.governance.patches_table",  # the PatchInventory table: facts, states, history; PatchInventory_CL
+    "shared.governance.first_seen",  # a new update version's inventory record and FirstSeen notification
+    "shared.governance.approvals",  # approval requests, decisions and automatic rules, over the stores
+    "shared.governance.approvals_table",  # the ApprovalRequests table
+    "shared.governance.audit_inputs",  # the audit's reads per machine partition; daily rows to the outbox
+    "shared.governance.categories_table",  # the AssetCategories table; placement written to Machines
+    "shared.governance.notifications",  # the NotificationOutbox table; Event Grid and the webhook
+    "shared.governance.releases_table",  # the Releases table
+    "shared.governance.evidence_table",  # the PatchEvidence and MachineChanges tables
+    "shared.governance.deadline_warnings",  # the DeadlineWarnings table; Deadline.Approaching notifications
+    "shared.deployments.ring_notifications",  # RingRun.Started/Finished/Failed of a run on a category ring
+    # Releases, approvedOnly, the approval rule and a batch's evidence: reads and writes governance's tables.
+    "shared.deployments.governed",
 })
 
 # A capability uses another capability's pure modules only; these adapter-using imports across
@@ -99,6 +120,26 @@ CROSS_CAPABILITY_ADAPTERS = {
     ("shared.deployments.steps", "shared.assessment.journal"),
     # ... and an Arc server's scan takes its update list from Resource Graph as any Arc assessment does.
     ("shared.deployments.steps", "shared.assessment.arc_patches"),
+    # The audit reads what a machine was missing on a past day from the assessments' MachineUpdates
+    # partition (gaps and ~history rows), and the machines to audit (with their placement) from Machines.
+    ("shared.governance.audit_inputs", "shared.assessment.updates_table"),
+    ("shared.governance.audit_inputs", "shared.fleet.machines_table"),
+    # A category created, edited or deleted re-places the fleet: AssetCategory and Ring on the fleet's
+    # Machines entities (read with the columns placement needs, merged where they changed).
+    ("shared.governance.categories_table", "shared.fleet.machines_table"),
+    # Governed deployments (shared.deployments.governed): a release or approvedOnly names what a machine
+    # installs, from the release, the machine's placement on its Machines entity and its category's
+    # approved updates; a run's start checks the approval rule; a batch's end writes test evidence, the
+    # change history and each update's state.
+    ("shared.deployments.governed", "shared.fleet.machines_table"),
+    ("shared.deployments.governed", "shared.governance.categories_table"),
+    ("shared.deployments.governed", "shared.governance.evidence_table"),
+    ("shared.deployments.governed", "shared.governance.patches_table"),
+    ("shared.deployments.governed", "shared.governance.releases_table"),
+    # A pre-scan names a release that was deleted: the machine fails with the release's error.
+    ("shared.deployments.steps", "shared.governance.releases_table"),
+    # A run on a category ring tells of its start and end (RingRun.*) through governance's notifications.
+    ("shared.deployments.ring_notifications", "shared.governance.notifications"),
 }
 
 

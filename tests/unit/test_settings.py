@@ -120,3 +120,19 @@ def test_the_principal_header_is_trusted_only_behind_app_service_authentication_
     assert authentication_front(dict(local, AZURE_AUTH_MODE="managed-identity")) is AuthenticationFront.NONE
     with pytest.raises(SettingsError, match="LOCAL_AUTHENTICATION_STANDIN is accepted only with"):
         load_settings(dict(VALID, LOCAL_AUTHENTICATION_STANDIN="true"))
+
+
+def test_notifications_are_optional_and_a_webhook_needs_its_secret():
+    settings = load_settings(VALID)
+    assert settings.event_grid_topic_endpoint is None and settings.notification_webhook_url is None
+    assert settings.notification_outbox_schedule == "0 */5 * * * *"
+    with pytest.raises(SettingsError, match="NOTIFICATION_WEBHOOK_SECRET is required when"):
+        load_settings(dict(VALID, NOTIFICATION_WEBHOOK_URL="https://hooks.contoso.com/patching"))
+    with pytest.raises(SettingsError, match="NOTIFICATION_WEBHOOK_URL must use https"):
+        load_settings(dict(VALID, NOTIFICATION_WEBHOOK_URL="http://hooks.contoso.com",
+                           NOTIFICATION_WEBHOOK_SECRET="s"))
+    emulator = dict(VALID, AZURE_AUTH_MODE="emulator", ARM_ENDPOINT="https://127.0.0.1:1",
+                    LOGS_INGESTION_ENDPOINT="https://127.0.0.1:1", LOGS_QUERY_ENDPOINT="https://127.0.0.1:1/v1",
+                    EVENT_GRID_TOPIC_ENDPOINT="https://evgt.westeurope-1.eventgrid.azure.net/api/events")
+    with pytest.raises(SettingsError, match="EVENT_GRID_TOPIC_ENDPOINT must be a loopback address"):
+        load_settings(emulator)
