@@ -12,9 +12,18 @@ from typing import Any
 
 from local.arm.fleet import load_fleet
 from local.clock import CLOCK_FILE, DEFAULT_SPEED, VirtualClock, save_clock, saved_clock
+from local.governance_demo import (
+    TEST_RING_GROUPS,
+    UNAUTHORIZED_ALERT,
+    Api,
+    GovernanceDemo,
+    retire_earlier_demos,
+    run_governance_demo,
+)
 from local.report import table
 from local.stack import DEFAULT_STATE_DIR, DEMO_FLEET, SIGN_IN_NOTICE, LocalStack
 from local.workbook import serve_workbook
+from shared.governance.audit import ComplianceRunInput
 
 _WAIT_SECONDS = 300
 # Two of the seed's searches, through the workspace functions: what the latest assessment of each machine
@@ -89,11 +98,12 @@ def run(fleet_file: Path = DEMO_FLEET, state_dir: Path = DEFAULT_STATE_DIR, *, f
 def _run(fleet: Any, fleet_file: Path, state_dir: Path, clock: VirtualClock, started: float) -> int:
     with LocalStack(fleet, clock=clock, state_dir=state_dir).start(serve_http=True) as stack:
         assert stack.functions and stack.durable and stack.logs and stack.arm and stack.azurite
-        assert stack.graph
+        assert stack.graph and stack.events and stack.webhook
         _say(f"  Azurite          tables on 127.0.0.1:{stack.azurite.table_port}")
         _say(f"  ARM stand-in     {stack.arm.base_url}")
         _say(f"  Resource Graph   {stack.graph.base_url}")
         _say(f"  Log Analytics    {stack.logs.base_url}")
+        _say(f"  Event Grid topic {stack.events.endpoint} (notifications; webhook {stack.webhook.url})")
         _say(f"  API              {stack.api_base_url}/api")
         _say(f"  Sign-in          {SIGN_IN_NOTICE}")
         workbook = serve_workbook(stack)
@@ -119,10 +129,22 @@ def _run(fleet: Any, fleet_file: Path, state_dir: Path, clock: VirtualClock, sta
         _say("")
         _say("3. Update deployment (POST /api/deployments, then POST /api/deployments/{name}/runs -> "
              "orchestration deployment_run -> batches -> one deploy_machine per machine)")
+        retired = retire_earlier_demos(Api(stack.api_base_url or ""))  # else step 3 would break their rule
+        if retired:
+            _say(f"   (deleted the governed-patching demo's category of an earlier run: "
+                 f"{', '.join(retired)})")
         deployment = _run_deployment(stack)
         _say("")
         _print_deployment(stack, deployment["runId"])
         _print_search(stack, FAILED_UPDATES, ["Computer", "Title", "UpdateRunName", "AggregatedValue"])
+        _say("")
+        _say("4. Governed patching (asset category, test ring, evidence, approval by a second person, "
+             "production of exactly the tested versions, audit)")
+        _print_governance(run_governance_demo(stack))
+        _say("")
+        _say("5. Compliance audit of the day so far (the timer audit_daily_compliance writes each machine's "
+             "PatchCompliance_CL row for the day before; this is the same run, as of now)")
+        _print_daily_compliance(stack, clock)
         _say("")
         _say(f"Done in {time.monotonic() - started:.1f}s; discovery result: {json.dumps(result)}")
         for os_name, summary in assessments.items():
@@ -140,6 +162,77 @@ def _run(fleet: Any, fleet_file: Path, state_dir: Path, clock: VirtualClock, sta
          "| summarize count() by Classification'")
     _say("  .venv/bin/python -m local serve    # the whole host, live from this clock, timers firing")
     return 0
+
+
+def _print_governance(demo: GovernanceDemo | None) -> None:
+    if demo is None:
+        _say("   skipped: this fleet has no running Ubuntu 20.04 servers in and outside "
+             f"{' and '.join(TEST_RING_GROUPS)} (the demo fleet has)")
+        return
+    rings: dict[str, list[str]] = {}
+    for computer, ring in sorted(demo.machines.items()):
+        rings.setdefault(ring, []).append(computer)
+    _say(f"   category {demo.category} (POST /api/categories): {len(demo.machines)} Ubuntu 20.04 servers; "
+         + "; ".join(f"ring {ring}: {', '.join(names)}" for ring, names in rings.items()))
+    test = demo.test_run
+    _say(f"   release {demo.candidate.name}: the {len(demo.candidate.items)} versions the category was "
+         f"missing; test-ring run {test.run_id}: {test.state}")
+    by_state: dict[str, list[Any]] = {}
+    for evidence in demo.evidence:
+        by_state.setdefault(evidence.state, []).append(evidence)
+    for state, found in by_state.items():
+        if state == "failed":
+            for e in found:
+                _say(f"     failed  {e.key}: {e.reason}")
+        elif state == "new":
+            _say(f"     not tested (no test-ring machine needed it): {', '.join(e.key for e in found)}")
+        else:
+            _say(f"     {state}  {', '.join(e.key for e in found)}")
+    approval = demo.approval
+    _say(f"   release {demo.baseline.name}: the {len(demo.baseline.items)} versions that passed; approval "
+         f"{approval.request_id} requested by {approval.requested_by}")
+    _say(f"     {approval.requested_by} approving her own request: {approval.self_approval_status} "
+         f"{approval.self_approval_code}; {approval.approved_by} {approval.state} it: "
+         f"\"{approval.justification}\"")
+    published = demo.published
+    _say(f"   the distribution publishes {published.package} {published.new_version} (tested: "
+         f"{published.tested_version}); {len(published.machines)} machines are offered it")
+    production = demo.production_run
+    _say(f"   production run {production.run_id}: {production.state}; installed "
+         f"{', '.join(production.installed)}")
+    for held in production.held:
+        holding = [m.computer for m in production.machines if held in m.held]
+        _say(f"     held on {', '.join(holding)}: {held} (held: version not tested)")
+    audit = demo.audit
+    failed = [f"{r.update} on {r.computer}" for r in audit.rows if r.finding == "failed install"]
+    verdict = "clean" if audit.clean else "NOT clean"
+    _say(f"   audit of {audit.day} (GET /api/audit?category={demo.category}): {verdict}: "
+         f"{audit.count('installed authorized')} installs authorized, "
+         f"{audit.count('installed unauthorized')} unauthorized, "
+         f"{audit.count('authorized missing')} approved but missing, {audit.count('overdue')} overdue"
+         + (f"; the test ring's failed install: {', '.join(failed)}" if failed else ""))
+    wrong = demo.unauthorized
+    shown = [r.finding for r in wrong.audit.rows if r.update == wrong.update]
+    rows = [r for r in wrong.run_rows if r.get("Authorized") is False]
+    _say(f"   unapproved install: hotfix {wrong.deployment} installed {wrong.update} on {wrong.computer}, "
+         f"which left the {wrong.moved_from} ring while it ran: audit {', '.join(shown) or 'nothing'}; "
+         f"UpdateRunProgress_CL rows with Authorized == false: {len(rows)}; alert {UNAUTHORIZED_ALERT}: "
+         f"{len(wrong.alert_rows)} row(s)")
+    if demo.notifications:
+        _say("   notifications on the Event Grid topic: "
+             + ", ".join(f"{kind} {count}" for kind, count in sorted(demo.notifications.items())))
+
+
+def _print_daily_compliance(stack: LocalStack, clock: VirtualClock) -> None:
+    assert stack.durable
+    now = clock.now()
+    run = ComplianceRunInput(day=now.date(), generated_at=now)
+    instance_id = f"compliance-{now:%Y-%m-%dT%H%M%S}-so-far"  # the timer's own id names the day alone
+    stack.durable.start_new("daily_compliance_run", instance_id, run.model_dump(mode="json"))
+    summary = _follow(stack, instance_id, show=lambda progress: "auditing")
+    _say(f"   {summary['machines']} machines audited for {summary['day']}: {summary['overdueMachines']} with "
+         f"an overdue update, {summary['unauthorizedMachines']} with an unauthorized install; "
+         f"{summary['queued']} PatchCompliance_CL rows (the workbook's Governance tab)")
 
 
 def _api(stack: LocalStack, method: str, path: str, body: Any = None) -> Any:

@@ -151,6 +151,11 @@ class ArmStandIn:
     def status_counts(self) -> Counter[int]:
         return Counter(r.status for r in self.requests)
 
+    def publish_version(self, os_key: str, package: str, version: str) -> list[str]:
+        """Simulation control (no ARM route): the distribution ``os_key`` published ``version`` of
+        ``package``; see :meth:`Simulation.publish_version`."""
+        return self.simulation.publish_version(os_key, package, version)
+
     def record(self, record: RequestRecord) -> None:
         with self._log_lock:
             self._log.append(record)

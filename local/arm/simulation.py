@@ -31,8 +31,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from local.arm.catalogue import (
     CRITICAL_OR_SECURITY,
     LINUX_REQUEST_CLASSIFICATIONS,
+    OS_PROFILES,
     WINDOWS_REQUEST_CLASSIFICATIONS,
     WINDOWS_UPDATE_CATEGORIES,
+    LinuxPackage,
     Update,
     WindowsUpdate,
 )
@@ -564,6 +566,30 @@ class Simulation:
             if machine.resource_id.lower() in self.machines:
                 raise ValueError(f"machine {machine.resource_id} is already in the fleet")
             self._add(machine)
+
+    def publish_version(self, os_key: str, package: str, version: str) -> list[str]:
+        """A simulation control, not an Azure API: the distribution ``os_key`` (a catalogue key such as
+        ``ubuntu-20.04``) published ``version`` of Linux package ``package``. Each machine of that OS that
+        is offered the package, or has it installed, at another version is offered this one instead from
+        now on (as apt offers the newest candidate once the archive has it); the next scan reports it.
+        Answers the resource ids of the machines now offered it."""
+        if os_key not in OS_PROFILES or OS_PROFILES[os_key].os_type != "Linux":
+            linux = ", ".join(k for k, p in OS_PROFILES.items() if p.os_type == "Linux")
+            raise ValueError(f"{os_key!r} is not a Linux distribution of the catalogue ({linux})")
+        offered: list[str] = []
+        with self.lock:
+            for state in self.machines.values():
+                if state.spec.os_key != os_key:
+                    continue
+                known = [u for u in (*state.available, *state.installed)
+                         if isinstance(u, LinuxPackage) and u.name == package]
+                if not known or any(u.version == version for u in known):
+                    continue
+                newer = known[0].model_copy(update={"version": version, "published_date": self.clock.now()})
+                state.available = [u for u in state.available
+                                   if not (isinstance(u, LinuxPackage) and u.name == package)] + [newer]
+                offered.append(state.spec.resource_id)
+        return offered
 
     def _add(self, machine: Machine) -> None:
         state = self._initial_state(machine)

@@ -489,12 +489,13 @@ def summary(audits: Sequence[MachineAudit]) -> dict[str, Any]:
 
 
 def compliance_row(audit: MachineAudit, generated_at: datetime) -> dict[str, Any]:
-    """The machine's ``PatchCompliance_CL`` row for the audited day (one per machine and day: a timer
-    firing again, or late, queues the same RecordId, which the outbox keeps once)."""
+    """The machine's ``PatchCompliance_CL`` row for the audited day, as of ``generated_at``: one per machine,
+    day and run. The timer's runs are generated at the schedule slot, so a firing again, or late, queues
+    the same RecordId, which the outbox keeps once; a run of the day so far (``make run``) has its own."""
     m, c = audit.machine, audit.category
     return {
         "TimeGenerated": generated_at,
-        "RecordId": record_id(PATCH_COMPLIANCE.name, m.key, audit.day.isoformat()),
+        "RecordId": record_id(PATCH_COMPLIANCE.name, m.key, audit.day.isoformat(), generated_at.isoformat()),
         "AuditDate": datetime.combine(audit.day, time(0), tzinfo=UTC),
         "Computer": m.computer, "ResourceId": m.resource_id, "SubscriptionId": m.subscription_id,
         "SourceComputerId": m.key, "ComputerEnvironment": m.environment, "OSType": m.os_type.value,

@@ -178,10 +178,10 @@ class AuditReader:
 
 
 def record_compliance_page(settings: Settings, request: CompliancePageInput) -> CompliancePageResult:
-    """Audit one page of the fleet for ``request.day`` (judged at its end) and queue each machine's
-    ``PatchCompliance_CL`` row in the log outbox."""
+    """Audit one page of the fleet for ``request.day`` (judged at its end, or at ``generated_at`` for a run
+    of the day so far) and queue each machine's ``PatchCompliance_CL`` row in the log outbox."""
     service = table_service(settings)
-    as_of = end_of_day(request.day)
+    as_of = min(end_of_day(request.day), request.generated_at)
     page = audit_reader(settings, service).page(request.day, as_of, None, COMPLIANCE_PAGE_SIZE, request.token)
     # The page's deadlines coming up, kept for the run's end to notify (shared.governance.deadline_warnings).
     DeadlineWarningStore(service).record_page(request.day, page_id(request.token),

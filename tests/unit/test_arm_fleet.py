@@ -424,3 +424,25 @@ def test_a_machine_can_be_stopped_now_or_later_and_then_refuses_with_its_state()
     assert refused.value.code == "OperationNotAllowed"
     with pytest.raises(ValueError, match="arc-server"):
         sim.set_power_state(arc_id, "deallocated")
+
+
+def test_a_published_version_is_offered_to_the_distributions_machines_that_have_the_package():
+    clock = VirtualClock()
+    fleet = parse_fleet(_fleet_data(
+        _machine(name="offered", availableUpdates=["openssl", "sudo"]),
+        _machine(name="installed", availableUpdates=["sudo"], installedUpdates=["openssl"]),
+        _machine(name="without", availableUpdates=["sudo"]),
+        _machine(name="focal", osVersion="20.04", availableUpdates=["openssl"]),
+    ))  # fmt: skip
+    sim = Simulation(fleet, clock)
+    ids = {m.name: m.resource_id for m in fleet.machines}
+    offered = sim.publish_version("ubuntu-22.04", "openssl", "3.0.2-0ubuntu1.16")
+    assert sorted(offered) == sorted([ids["offered"], ids["installed"]])
+    for name in ("offered", "installed"):
+        assert [u.ref for u in sim.machine(ids[name]).available if u.ref.startswith("openssl")] == [
+            "openssl_3.0.2-0ubuntu1.16"]
+    assert [u.ref for u in sim.machine(ids["without"]).available] == ["sudo_1.9.9-1ubuntu2.4"]
+    assert [u.ref for u in sim.machine(ids["focal"]).available] == ["openssl_1.1.1f-1ubuntu2.21"]
+    assert sim.publish_version("ubuntu-22.04", "openssl", "3.0.2-0ubuntu1.16") == []  # already offered
+    with pytest.raises(ValueError, match="not a Linux distribution"):
+        sim.publish_version("windows-server-2022", "openssl", "1")
