@@ -8,6 +8,7 @@ from functions.approvals_api import bp as approvals_api_blueprint
 from functions.assessment import bp as assessment_blueprint
 from functions.audit_api import bp as audit_api_blueprint
 from functions.categories_api import bp as categories_api_blueprint
+from functions.changes_api import bp as changes_api_blueprint
 from functions.compliance_audit import bp as compliance_audit_blueprint
 from functions.deployment_runs_api import bp as deployment_runs_api_blueprint
 from functions.deployments import bp as deployments_blueprint
@@ -50,5 +51,6 @@ app.register_functions(compliance_audit_blueprint)
 app.register_functions(patches_api_blueprint)
 app.register_functions(approvals_api_blueprint)
 app.register_functions(approval_rules_blueprint)
+app.register_functions(changes_api_blueprint)
 # An update version the assessment sees for the first time gets its patch inventory record (issue 13).
 listen_for_new_versions(record_new_versions)

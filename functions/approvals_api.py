@@ -2,8 +2,9 @@
 
 ``POST /api/approvals`` (Operator): ``{category, patches: [keys] | release, justification}``; every update
 must have passed testing in the category; 201 with the request. ``POST /api/approvals/{id}/decision``
-(Approver): ``{decision: approve|reject|defer, justification, deferUntil}`` decides the whole request; the
-requester gets 403 ``SeparationOfDuties``. ``GET /api/approvals?state=pending&category=`` and
+(Approver): ``{decision: approve|reject|defer|revoke, justification, deferUntil}`` decides the whole
+request (``revoke`` takes an approved request's approval back); the requester gets 403
+``SeparationOfDuties``. ``GET /api/approvals?state=pending&category=`` and
 ``GET /api/approvals/{id}`` (Reader). Reading evaluates the categories' automatic approval rules first.
 """
 

@@ -22,6 +22,8 @@ from azure.core.exceptions import AzureError
 
 from functions.http import error_response, json_response, read_json, requires
 from shared.azure.credentials import credential_for
+from shared.deployments.definitions_table import deployment_store
+from shared.governance.approvals_table import RequestState, approval_store
 from shared.governance.categories import AssetCategory, saved_searches, validate_category
 from shared.governance.categories_table import (
     CategoryExists,
@@ -32,6 +34,7 @@ from shared.governance.categories_table import (
     category_store,
     place_fleet,
 )
+from shared.governance.releases_table import release_store
 from shared.principal import Role
 from shared.settings import Settings, load_settings
 
@@ -134,14 +137,42 @@ def edit_category(req: func.HttpRequest) -> func.HttpResponse:
     return _written(stored, _placement(settings, [category]) if moves else None)
 
 
+def _users(settings: Settings, category: str) -> dict[str, list[str]]:
+    """What still names ``category``: its releases, its approval requests awaiting a decision, and the
+    deployments whose ``targets.categories`` name it. Each is one partition read (Releases,
+    ApprovalRequests and Deployments are small, one partition each), never a scan of the fleet."""
+    lower = category.lower()
+    waiting = (RequestState.PENDING, RequestState.DEFERRED)
+    return {
+        "releases": [r.name for r in release_store(settings).list(category)],
+        "approvalRequests": [r.request_id for r in approval_store(settings).list(waiting)
+                             if r.category.lower() == lower],
+        "deployments": [d.definition.name for d in deployment_store(settings).list()
+                        if any(t.category.lower() == lower for t in d.definition.targets.categories or ())],
+    }
+
+
 @bp.route(route="categories/{name}", methods=["DELETE"], auth_level=func.AuthLevel.ANONYMOUS)
 @requires(Role.OPERATOR)
 def delete_category(req: func.HttpRequest) -> func.HttpResponse:
-    """Delete; its machines are re-placed (in the next matching category, or uncategorised)."""
+    """Delete; its machines are re-placed (in the next matching category, or uncategorised). Refused
+    (409 ``CategoryInUse``, listing them) while releases, approval requests awaiting a decision or
+    deployments name it."""
     name = req.route_params.get("name", "")
     settings = load_settings()
+    store = category_store(settings)
     try:
-        deleted = category_store(settings).delete(name, req.headers.get("If-Match") or None)
+        category = store.get(name).category.name
+    except CategoryNotFound:
+        return _not_found(name)
+    users = _users(settings, category)
+    if any(users.values()):
+        named = "; ".join(f"{kind}: {', '.join(found)}" for kind, found in users.items() if found)
+        message = (f"category {category!r} is still named by {named}; delete the deployments and releases "
+                   "and have the waiting requests decided first")
+        return json_response({"error": {"code": "CategoryInUse", "message": message, **users}}, 409)
+    try:
+        deleted = store.delete(name, req.headers.get("If-Match") or None)
     except CategoryNotFound:
         return _not_found(name)
     except EditConflict as error:

@@ -11,6 +11,7 @@ import functions.approvals_api as approvals_api
 import functions.assessment as assessment
 import functions.audit_api as audit_api
 import functions.categories_api as categories_api
+import functions.changes_api as changes_api
 import functions.deployment_runs_api as deployment_runs_api
 import functions.deployments_api as deployments_api
 import functions.discovery as discovery
@@ -37,6 +38,8 @@ from shared.governance.approvals_table import RequestState
 from shared.governance.audit import DEFAULT_PAGE_SIZE as AUDIT_PAGE_SIZE
 from shared.governance.audit import FORMATS as AUDIT_FORMATS
 from shared.governance.categories import category_json_schema
+from shared.governance.machine_changes import DEFAULT_PAGE_SIZE as CHANGES_PAGE_SIZE
+from shared.governance.machine_changes import MAX_PAGE_SIZE as CHANGES_MAX_PAGE_SIZE
 from shared.governance.patches import Action, FactsEdit, Impact, PatchState
 from shared.governance.releases import HELD_REASON, ReleaseRequest
 from shared.model.classification import Classification
@@ -163,6 +166,16 @@ def _paths() -> dict[str, Any]:
             "One machine's missing updates and assessments", inventory_api.read_machine,
             {"200": "machine", "400": "bad date", "404": "no machine by that name", "409": not_unique},
             params=[("machineId", machine[1])], query=[_ON])},
+        "/api/machines/{machineId}/changes": {"get": _op(
+            "One machine's change history, newest first: each update a deployment installed or tried, with "
+            "its run, status, the test evidence and the approval behind it", changes_api.read_machine_changes,
+            {"200": "changes", "400": "bad pageSize or nextToken", "404": "no machine by that name",
+             "409": not_unique},
+            params=[("machineId", machine[1])], query=[
+                _query("pageSize", {"type": "integer", "minimum": 1, "maximum": CHANGES_MAX_PAGE_SIZE,
+                                    "default": CHANGES_PAGE_SIZE}),
+                _query("nextToken", {"type": "string"}, "the nextToken of the previous page")],
+            ok_schema={"$ref": "#/components/schemas/MachineChanges"})},
         "/api/updates/missing": {"get": _op(
             "Updates missing in the fleet", inventory_api.list_missing_updates,
             {"200": "updates", "400": "bad filter"}, query=_MISSING_FILTERS)},
@@ -282,16 +295,22 @@ def _patch_paths(bad: str) -> dict[str, Any]:
                               _query("category", {"type": "string"})], ok_schema=requests),
             "post": _op("Request approval of updates (or a release's items) that passed in a category",
                         approvals_api.create_approval_request,
-                        {"201": "requested", "409": "an update has not passed (error.details lists each)"},
+                        {"201": "requested (updates already authorized, deferred or approved are left out, "
+                                "listed under skipped with their state)",
+                         "409": "an update has not passed (InvalidTransition), or every update is already "
+                                "requested or approved (AlreadyRequested); error.details lists each"},
                         body=RequestBody.model_json_schema(by_alias=True), ok_schema=_APPROVAL_REQUEST),
         },
         "/api/approvals/{id}": {"get": _op("One approval request", approvals_api.read_approval_request,
                                            {"200": "request", "404": "unknown"}, params=[request_id],
                                            ok_schema=_APPROVAL_REQUEST)},
         "/api/approvals/{id}/decision": {"post": _op(
-            "Approve, reject or defer a whole request, with a justification; 403 SeparationOfDuties when the "
+            "Approve, reject or defer a whole request, or revoke an approved one's approval (its updates are "
+            "authorized again, the request pending), with a justification; 403 SeparationOfDuties when the "
             "requester decides", approvals_api.decide_approval_request,
-            {"200": "decided", "404": "unknown", "409": "decided already, or an update cannot move"},
+            {"200": "decided", "404": "unknown",
+             "409": "decided already (RequestDecided), revoking a request not approved (RequestNotApproved), "
+                    "or an update cannot move"},
             body=DecisionBody.model_json_schema(by_alias=True), params=[request_id],
             ok_schema=_APPROVAL_REQUEST)},
     }
@@ -324,8 +343,54 @@ def _patch_schemas() -> dict[str, Any]:
             "requestedBy": text, "requestedAt": {"type": "string", "format": "date-time"},
             "justification": text, "state": {"enum": [s.value for s in RequestState]},
             "decidedBy": nullable_text, "decidedAt": moment, "decisionJustification": nullable_text,
-            "deferUntil": moment, "skipped": {"type": "array", "items": {"type": "object"}}, "link": text}},
+            "deferUntil": moment, "skipped": {"type": "array", "items": {"type": "object", "properties": {
+                **ref, "state": {**nullable_text, "description": "its state when it was left out"},
+                "reason": text}}},
+            "revocations": {"type": "array", "description": "approvals of the request taken back, oldest "
+                            "first", "items": {"type": "object", "properties": {
+                "decidedBy": text, "decidedAt": moment, "decisionJustification": nullable_text,
+                "revokedBy": text, "revokedAt": moment, "justification": text}}},
+            "link": text}},
+        "MachineChanges": _changes_schema(),
     }  # fmt: skip
+
+
+def _changes_schema() -> dict[str, Any]:
+    """GET /api/machines/{id}/changes (shared.governance.machine_changes)."""
+    text, nullable_text = {"type": "string"}, {"type": ["string", "null"]}
+    moment = {"type": ["string", "null"], "format": "date-time"}
+    who = {"type": ["object", "null"],
+           "properties": {"by": text, "at": moment, "justification": nullable_text}}
+    machine_at = {"type": "object", "properties": {"computer": text, "runId": text, "at": moment,
+                                                   "reason": text}}
+    evidence = {"type": ["object", "null"], "description": "the category's test-ring evidence for the update "
+                "(each test machine's latest result) and the evidence rule's verdict now", "properties": {
+        "category": text, "testRing": nullable_text, "installed": {"type": "integer"},
+        "failed": {"type": "integer"}, "installedOn": {"type": "array", "items": machine_at},
+        "failedOn": {"type": "array", "items": machine_at},
+        "verdict": {"enum": ["in test", "passed", "failed", None]}, "reason": nullable_text,
+        "bakedSince": moment}}
+    approval = {"type": "object", "description": "what AuthorizedBy names, from the update's history",
+                "properties": {
+        "kind": {"enum": ["request", "rule", "test ring", "not required", "unauthorized"]},
+        "requestId": text, "rule": text, "link": text, "requested": who,
+        "approved": {**who, "description": "the approval in force when it was installed"},
+        "revoked": {**who, "description": "the approval taken back since"}}}
+    change = {"type": "object", "properties": {
+        "at": moment, "osType": {"enum": _OS_NAMES}, "key": text, "kbId": nullable_text,
+        "packageName": nullable_text, "version": nullable_text, "title": nullable_text,
+        "classification": nullable_text,
+        "status": {**nullable_text, "description": "succeeded, failed, notStarted or unknown"},
+        "runId": nullable_text, "deployment": nullable_text, "run": nullable_text, "category": text,
+        "ring": nullable_text, "authorizedBy": nullable_text, "authorized": {"type": "boolean"},
+        "testEvidence": evidence, "approval": approval}}
+    return {"type": "object", "properties": {
+        "machine": {"type": "object", "properties": {"id": text, "resourceId": nullable_text,
+                                                     "computerName": nullable_text, "category": text,
+                                                     "ring": nullable_text}},
+        "count": {"type": "integer"}, "changes": {"type": "array", "items": change},
+        "nextToken": {**nullable_text,
+                      "description": "GET again with it for the next page; null at the end"}}}
 
 
 _CATEGORY = {"$ref": "#/components/schemas/AssetCategory"}
@@ -401,7 +466,10 @@ def _category_paths(bad: str) -> dict[str, Any]:
                        body=_CATEGORY, params=["name"], query=[_CATEGORY_IF_MATCH], ok_schema=_CATEGORY_VIEW),
             "delete": _op("Delete an asset category (If-Match: ETag optional); its machines are re-placed",
                           categories_api.delete_category,
-                          {"200": "deleted", "404": "unknown", "412": "changed since the ETag"},
+                          {"200": "deleted", "404": "unknown", "412": "changed since the ETag",
+                           "409": "CategoryInUse: releases, approval requests awaiting a decision or "
+                                  "deployments still name it (listed in error.releases, "
+                                  "error.approvalRequests, error.deployments)"},
                           params=["name"], query=[_CATEGORY_IF_MATCH], ok_schema=deleted),
         },
     }

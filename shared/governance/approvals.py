@@ -30,6 +30,7 @@ from shared.governance.approvals_table import (
     ApprovalStore,
     RequestChanged,
     RequestState,
+    Skipped,
     approval_store,
 )
 from shared.governance.categories import AssetCategory, classification_group
@@ -113,7 +114,7 @@ class RequestBody(_Model):
 class DecisionBody(_Model):
     """``POST /api/approvals/{id}/decision``."""
 
-    decision: Literal["approve", "reject", "defer"]
+    decision: Literal["approve", "reject", "defer", "revoke"]
     justification: str = Field(min_length=1, max_length=MAX_JUSTIFICATION_CHARS)
     defer_until: datetime | None = None
 
@@ -231,22 +232,48 @@ def _dry_run(status: CategoryPatchStatus, action: Action, principal: Principal, 
     return None
 
 
+# States an update is in once a request took it (awaiting a decision, or approved): a new request leaves
+# such an update out and says so, instead of refusing the whole request.
+ALREADY_REQUESTED = frozenset({PatchState.AUTHORIZED, PatchState.DEFERRED, PatchState.APPROVED})
+
+
+def _state_text(status: CategoryPatchStatus) -> str:
+    since = status.since.isoformat() if status.since else "?"
+    request = f" (request {status.request_id})" if status.request_id else ""
+    return f"{status.state.value} since {since} by {status.by}{request}"
+
+
 def request_approval(settings: Settings, parsed: ParsedRequest, principal: Principal,
                      now: datetime) -> ApprovalRequest:
-    """Open a request: every update must be ``passed`` in the category (else nothing changes and the
-    refusal lists each update that is not); each moves to ``authorized`` under the request's id."""
+    """Open a request for the updates still awaiting one: each must be ``passed`` in the category (else
+    nothing changes and the refusal lists each update that is not) and moves to ``authorized`` under the
+    request's id. Updates already authorized, deferred or approved for the category are left out and
+    listed under ``skipped`` with their state; when that leaves nothing, a 409 ``AlreadyRequested``."""
     category = _category(category_store(settings), parsed.body.category)
     refs = _refs_of(settings, parsed, category)
     inventory = patch_inventory(settings)
     request_id = new_request_id(now)
     statuses = [inventory.state(ref, category.name) for ref in refs]
+    field_name = "patches" if parsed.body.release is None else "release"
+    already = [(n, s) for n, s in enumerate(statuses) if s.state in ALREADY_REQUESTED]
+    if len(already) == len(statuses):
+        details = [(f"{field_name}.{n}" if parsed.body.release is None else "release",
+                    f"{s.ref.key}: {_state_text(s)}") for n, s in already]
+        raise ApprovalRefused(
+            409, "AlreadyRequested",
+            f"nothing left to request: every update named is already authorized, deferred or approved for "
+            f"category {category.name!r} (a request moves an update only from passed); {details[0][1]}",
+            field_name, details)
+    asked = [(n, s) for n, s in enumerate(statuses) if s.state not in ALREADY_REQUESTED]
     errors = [(f"patches.{n}", s.ref, _dry_run(s, Action.AUTHORIZE, principal, now, parsed.body.justification,
-                                               request_id=request_id)) for n, s in enumerate(statuses)]
+                                               request_id=request_id)) for n, s in asked]
     _raise_first(errors)
+    refs = tuple(s.ref for _, s in asked)
     store = approval_store(settings)
     request = store.create(ApprovalRequest(
         request_id=request_id, category=category.name, patches=refs, requested_by=principal.name,
         requested_at=now, justification=parsed.body.justification, release=parsed.body.release,
+        skipped=tuple(Skipped(s.ref, f"already {_state_text(s)}", s.state.value) for _, s in already),
     ))  # fmt: skip
     authorized, refused = [], []
     for ref in refs:
@@ -255,7 +282,7 @@ def request_approval(settings: Settings, parsed: ParsedRequest, principal: Princ
                              parsed.body.justification, roles=principal.roles, request_id=request_id)
             authorized.append(ref)
         except TransitionRefused as error:  # changed since the check (evidence failed it meanwhile)
-            refused.append((ref, str(error)))
+            refused.append(Skipped(ref, str(error)))
     if refused:
         request = store.replace(_with_patches(request, authorized, refused))
     if authorized:
@@ -268,7 +295,7 @@ def request_approval(settings: Settings, parsed: ParsedRequest, principal: Princ
 
 
 def _with_patches(request: ApprovalRequest, kept: Sequence[PatchRef],
-                  skipped: Sequence[tuple[PatchRef, str]]) -> ApprovalRequest:
+                  skipped: Sequence[Skipped]) -> ApprovalRequest:
     return replace(request, patches=tuple(kept), skipped=(*request.skipped, *skipped))
 
 
@@ -308,7 +335,7 @@ def _notify(settings: Settings, event_type: EventType, subject: str, data: dict[
 _STATE_OF = {"approve": RequestState.APPROVED, "reject": RequestState.REJECTED,
              "defer": RequestState.DEFERRED}
 _EVENT_OF = {"approve": EventType.APPROVAL_GRANTED, "reject": EventType.APPROVAL_REJECTED,
-             "defer": EventType.APPROVAL_DEFERRED}
+             "defer": EventType.APPROVAL_DEFERRED, "revoke": EventType.APPROVAL_REVOKED}
 
 
 def decide(settings: Settings, request_id: str, decision: DecisionBody, principal: Principal,
@@ -324,6 +351,8 @@ def decide(settings: Settings, request_id: str, decision: DecisionBody, principa
             f"separation of duties: {principal.name} requested approval request {request_id} and may not "
             "decide it; another approver must"
         )
+    if decision.decision == "revoke":
+        return _revoke(settings, store, request, decision, principal, now)
     if request.state not in (RequestState.PENDING, RequestState.DEFERRED):
         raise ApprovalRefused(409, "RequestDecided", f"approval request {request_id} was "
                               f"{request.state.value} by {request.decided_by} at {request.decided_at}")
@@ -331,8 +360,8 @@ def decide(settings: Settings, request_id: str, decision: DecisionBody, principa
     inventory = patch_inventory(settings)
     statuses = [inventory.state(ref, request.category) for ref in request.patches]
     waiting = [s for s in statuses if s.state in PENDING and s.request_id == request_id]
-    skipped = [(s.ref, f"{s.state.value} since {s.since.isoformat() if s.since else '?'} by {s.by}")
-               for s in statuses if s not in waiting]
+    skipped = [Skipped(s.ref, f"{s.state.value} since {s.since.isoformat() if s.since else '?'} by {s.by}",
+                       s.state.value) for s in statuses if s not in waiting]
     checks = [(f"patches.{n}", s.ref, _dry_run(s, action, principal, now, decision.justification,
                                                defer_until=decision.defer_until, request_id=request_id))
               for n, s in enumerate(waiting)]
@@ -350,7 +379,7 @@ def decide(settings: Settings, request_id: str, decision: DecisionBody, principa
                              request_id=request_id)
             moved.append(status.ref)
         except TransitionRefused as error:  # changed between the check and the move
-            late.append((status.ref, str(error)))
+            late.append(Skipped(status.ref, str(error)))
     if late:
         decided = store.replace(_with_patches(decided, decided.patches, late))
     if moved:
@@ -362,6 +391,51 @@ def decide(settings: Settings, request_id: str, decision: DecisionBody, principa
         dedup = f"{event.value.removeprefix('PatchManagement.')}|{request_id}|{now.isoformat()}"
         _notify(settings, event, f"/approvals/{request_id}", data, dedup, now)
     return decided
+
+
+def _revoke(settings: Settings, store: ApprovalStore, request: ApprovalRequest, decision: DecisionBody,
+            principal: Principal, now: datetime) -> ApprovalRequest:
+    """Take back an approved request's approval (the requester was refused already: separation of duties
+    as for approving): each of its updates still approved under it moves back to ``authorized``, recorded
+    in the history and PatchInventory_CL; the request is pending again, the decision it undid kept under
+    ``revocations``; ``Approval.Revoked`` tells of it. Updates no longer approved under it are listed
+    under ``skipped``. A request not approved is a 409 ``RequestNotApproved``."""
+    request_id = request.request_id
+    if request.state is not RequestState.APPROVED:
+        raise ApprovalRefused(409, "RequestNotApproved", f"approval request {request_id} is "
+                              f"{request.state.value}: only an approved request's approval can be revoked")
+    inventory = patch_inventory(settings)
+    statuses = [inventory.state(ref, request.category) for ref in request.patches]
+    held = [s for s in statuses if s.state is PatchState.APPROVED and s.request_id == request_id]
+    if not held:
+        raise ApprovalRefused(409, "RequestNotApproved", f"approval request {request_id}: none of its "
+                              "updates is approved under it any more; nothing to revoke")
+    skipped = [Skipped(s.ref, f"not revoked: {_state_text(s)}", s.state.value)
+               for s in statuses if s not in held]
+    checks = [(f"patches.{n}", s.ref, _dry_run(s, Action.REVOKE, principal, now, decision.justification,
+                                               request_id=request_id)) for n, s in enumerate(held)]
+    _raise_first(checks)
+    try:  # claim the revocation first, as a decision is claimed
+        revoked = store.replace(request.revoked(principal.name, now, decision.justification, skipped))
+    except RequestChanged as error:
+        raise ApprovalRefused(409, "RequestDecided", str(error)) from None
+    moved, late = [], []
+    for status in held:
+        try:
+            inventory.change(status.ref, request.category, Action.REVOKE, principal.name, now,
+                             decision.justification, roles=principal.roles, request_id=request_id)
+            moved.append(status.ref)
+        except TransitionRefused as error:  # changed between the check and the move
+            late.append(Skipped(status.ref, str(error)))
+    if late:
+        revoked = store.replace(_with_patches(revoked, revoked.patches, late))
+    if moved:
+        data = {"category": request.category, "patches": _patches(moved), "decidedBy": principal.name,
+                "justification": decision.justification, "decidedAt": now, "requestId": request_id,
+                "requestedBy": request.requested_by, "release": request.release}
+        dedup = f"Approval.Revoked|{request_id}|{now.isoformat()}"
+        _notify(settings, EventType.APPROVAL_REVOKED, f"/approvals/{request_id}", data, dedup, now)
+    return revoked
 
 
 def list_requests(settings: Settings, state: str | None, category: str | None,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
@@ -33,6 +33,44 @@ class RequestState(StrEnum):
     APPROVED = "approved"
     REJECTED = "rejected"
     DEFERRED = "deferred"
+
+
+class Skipped(NamedTuple):
+    """An update of a request left out: by the request (already authorized or approved) or by a decision
+    (no longer awaiting it); ``state`` its state then, when known."""
+
+    ref: PatchRef
+    reason: str
+    state: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"osType": self.ref.os_type.value, "key": self.ref.key, "state": self.state,
+                "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """An approval of the request taken back: the decision it undid, and who revoked it, when and why."""
+
+    decided_by: str
+    decided_at: datetime | None
+    decision_justification: str | None
+    revoked_by: str
+    revoked_at: datetime
+    justification: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"decidedBy": self.decided_by,
+                "decidedAt": self.decided_at.isoformat() if self.decided_at else None,
+                "decisionJustification": self.decision_justification, "revokedBy": self.revoked_by,
+                "revokedAt": self.revoked_at.isoformat(), "justification": self.justification}
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> Revocation:
+        decided = data.get("decidedAt")
+        return Revocation(str(data["decidedBy"]), datetime.fromisoformat(decided) if decided else None,
+                          data.get("decisionJustification"), str(data["revokedBy"]),
+                          datetime.fromisoformat(data["revokedAt"]), str(data["justification"]))
 
 
 class RequestNotFound(Exception):
@@ -58,8 +96,11 @@ class ApprovalRequest:
     decided_at: datetime | None = None
     decision_justification: str | None = None
     defer_until: datetime | None = None
-    # Updates of the request a decision left alone (no longer awaiting it: failed testing since, ...).
-    skipped: tuple[tuple[PatchRef, str], ...] = ()
+    # Updates the request left out (already authorized or approved when requested) or a decision left
+    # alone (no longer awaiting it: failed testing since, ...).
+    skipped: tuple[Skipped, ...] = ()
+    # Approvals of this request taken back, oldest first (the request is pending again after each).
+    revocations: tuple[Revocation, ...] = ()
     etag: str | None = None
 
     def awaiting(self, now: datetime) -> bool:
@@ -70,9 +111,19 @@ class ApprovalRequest:
         return self.state is RequestState.DEFERRED and until is not None and until <= now
 
     def decided(self, state: RequestState, by: str, at: datetime, justification: str,
-                defer_until: datetime | None, skipped: Sequence[tuple[PatchRef, str]]) -> ApprovalRequest:
+                defer_until: datetime | None, skipped: Sequence[Skipped]) -> ApprovalRequest:
         return replace(self, state=state, decided_by=by, decided_at=at, decision_justification=justification,
                        defer_until=defer_until, skipped=tuple(skipped))
+
+    def revoked(self, by: str, at: datetime, justification: str,
+                skipped: Sequence[Skipped]) -> ApprovalRequest:
+        """Its approval taken back: pending again (its updates are authorized again), the decision kept
+        under ``revocations``."""
+        undone = Revocation(self.decided_by or "", self.decided_at, self.decision_justification, by, at,
+                            justification)
+        return replace(self, state=RequestState.PENDING, decided_by=None, decided_at=None,
+                       decision_justification=None, defer_until=None,
+                       skipped=(*self.skipped, *skipped), revocations=(*self.revocations, undone))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,14 +139,17 @@ class ApprovalRequest:
             "decidedAt": self.decided_at.isoformat() if self.decided_at else None,
             "decisionJustification": self.decision_justification,
             "deferUntil": self.defer_until.isoformat() if self.defer_until else None,
-            "skipped": [{"osType": p.os_type.value, "key": p.key, "reason": why} for p, why in self.skipped],
+            "skipped": [s.to_json() for s in self.skipped],
+            "revocations": [r.to_json() for r in self.revocations],
             "link": f"/api/approvals/{self.request_id}",
         }
 
 
 def _entity(request: ApprovalRequest) -> dict[str, Any]:
     patches = json.dumps([[p.os_type.value, p.key] for p in request.patches], separators=(",", ":"))
-    skipped = json.dumps([[p.os_type.value, p.key, why] for p, why in request.skipped], separators=(",", ":"))
+    skipped = json.dumps([[s.ref.os_type.value, s.ref.key, s.reason, s.state] for s in request.skipped],
+                         separators=(",", ":"))
+    revocations = json.dumps([r.to_json() for r in request.revocations], separators=(",", ":"))
     return {
         "PartitionKey": PARTITION, "RowKey": request.request_id, "Category": request.category,
         "Release": request.release or "", "RequestedBy": request.requested_by,
@@ -104,13 +158,18 @@ def _entity(request: ApprovalRequest) -> dict[str, Any]:
         "DecisionJustification": request.decision_justification or "", "DeferUntil": request.defer_until,
         "PatchCount": len(request.patches), **split_property("Patches", patches),
         **split_property("Skipped", skipped),
+        **split_property("Revocations", revocations),
     }  # fmt: skip
 
 
 def _request(entity: Any) -> ApprovalRequest:
     patches = tuple(parse_patch_ref(os, key) for os, key in json.loads(join_property(entity, "Patches")))
-    skipped = tuple((parse_patch_ref(os, key), why)
-                    for os, key, why in json.loads(join_property(entity, "Skipped") or "[]"))
+    # [os, key, why] (written before skipped updates had their state) or [os, key, why, state].
+    skipped = tuple(Skipped(parse_patch_ref(item[0], item[1]), item[2], item[3] if len(item) > 3 else None)
+                    for item in json.loads(join_property(entity, "Skipped") or "[]"))
+    # Requests stored before revocations existed have no such column.
+    revoked = join_property(entity, "Revocations") if "RevocationsParts" in entity else "[]"
+    revocations = tuple(Revocation.from_json(r) for r in json.loads(revoked or "[]"))
     return ApprovalRequest(
         request_id=str(entity["RowKey"]), category=str(entity["Category"]), patches=patches,
         requested_by=str(entity["RequestedBy"]), requested_at=entity["RequestedAt"],
@@ -118,7 +177,8 @@ def _request(entity: Any) -> ApprovalRequest:
         state=RequestState(entity["State"]), decided_by=entity.get("DecidedBy") or None,
         decided_at=entity.get("DecidedAt"),
         decision_justification=entity.get("DecisionJustification") or None,
-        defer_until=entity.get("DeferUntil"), skipped=skipped, etag=entity.metadata.get("etag"),
+        defer_until=entity.get("DeferUntil"), skipped=skipped, revocations=revocations,
+        etag=entity.metadata.get("etag"),
     )  # fmt: skip
 
 

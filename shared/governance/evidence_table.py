@@ -10,7 +10,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -76,6 +80,40 @@ class ChangeStore:
         """The machine's changes, newest first."""
         rows = self._table.query_entities("PartitionKey eq @p", parameters={"p": machine})
         return [dict(row) for row in rows]
+
+    def page(self, machine: str, page_size: int, token: str | None) -> ChangePage:
+        """One page of the machine's changes, newest first; ``token`` the ``next_token`` of the page before
+        (Table Storage's continuation, made opaque). A token this store did not issue is a ValueError."""
+        pages = self._table.query_entities(
+            "PartitionKey eq @p", parameters={"p": machine}, results_per_page=page_size
+        ).by_page(continuation_token=_decode_token(token))
+        rows = [dict(row) for row in next(pages, [])]
+        return ChangePage(rows, _encode_token(getattr(pages, "continuation_token", None)))
+
+
+@dataclass(frozen=True)
+class ChangePage:
+    rows: list[dict[str, Any]]
+    next_token: str | None
+
+
+def _encode_token(token: Any) -> str | None:
+    if not token:
+        return None
+    return base64.urlsafe_b64encode(json.dumps(token, sort_keys=True).encode()).decode()
+
+
+def _decode_token(token: str | None) -> Any:
+    if not token:
+        return None
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, binascii.Error) as error:
+        raise ValueError("nextToken is not a token this API issued") from error
+    if not isinstance(decoded, dict) or not all(isinstance(k, str) and isinstance(v, str | None)
+                                                for k, v in decoded.items()):
+        raise ValueError("nextToken is not a token this API issued")
+    return decoded
 
 
 def change_row(machine: str, ref: PatchRef, row: Mapping[str, Any], at: datetime, authorized: str,

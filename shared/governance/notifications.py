@@ -34,6 +34,12 @@ subscriber dedupes on it, Event Grid delivers at least once), ``source`` :data:`
   (null when ``decidedBy`` is ``rule:<category>``), requestedBy?, release?, deferUntil?: time
   (required for Deferred)``
 
+``PatchManagement.Approval.Revoked`` - an approver took back an approved request's approval (its updates
+  are ``authorized`` again, awaiting a new decision).
+  subject ``/approvals/{requestId}``; dedup ``Approval.Revoked|{requestId}|{decidedAt}``
+  data: ``category, patches: [{osType, key}], decidedBy (who revoked), justification, decidedAt: time,
+  requestId, requestedBy?, release?``
+
 ``PatchManagement.RingRun.Started`` | ``.RingRun.Finished`` | ``.RingRun.Failed`` - a deployment run.
   subject ``/deployments/{deployment}/runs/{runId}``; dedup ``RingRun.{Started|Finished|Failed}|{runId}``
   data (Started): ``deployment, runId, machines: int, startedAt: time, category?, ring?, release?,
@@ -93,6 +99,7 @@ class EventType(StrEnum):
     APPROVAL_GRANTED = "PatchManagement.Approval.Granted"
     APPROVAL_REJECTED = "PatchManagement.Approval.Rejected"
     APPROVAL_DEFERRED = "PatchManagement.Approval.Deferred"
+    APPROVAL_REVOKED = "PatchManagement.Approval.Revoked"
     RING_RUN_STARTED = "PatchManagement.RingRun.Started"
     RING_RUN_FINISHED = "PatchManagement.RingRun.Finished"
     RING_RUN_FAILED = "PatchManagement.RingRun.Failed"
@@ -137,6 +144,11 @@ SCHEMAS: Mapping[EventType, DataSchema] = {
     EventType.APPROVAL_DEFERRED: DataSchema(
         {**_DECISION.required, "deferUntil": _TIME},
         {k: v for k, v in _DECISION.optional.items() if k != "deferUntil"},
+    ),
+    # An approval taken back: decidedBy is who revoked it, the updates are authorized again.
+    EventType.APPROVAL_REVOKED: DataSchema(
+        {**_DECISION.required, "requestId": _STR},
+        {k: v for k, v in _DECISION.optional.items() if k not in ("requestId", "deferUntil")},
     ),
     EventType.RING_RUN_STARTED: DataSchema(
         {"deployment": _STR, "runId": _STR, "machines": _INT, "startedAt": _TIME}, _RUN_SCOPE

@@ -9,7 +9,8 @@ One update (a :class:`~shared.governance.patch_refs.PatchRef`) has one state per
   decides, with a justification, and never on a request they made (separation of duties);
 - ``passed`` | ``authorized`` → ``approved`` by the category's automatic rule, recorded as
   ``rule:<category>``;
-- ``approved`` → ``authorized``: an approver revokes an approval, with a justification.
+- ``approved`` → ``authorized``: an approver revokes an approval, with a justification (separation of
+  duties as for approving: never the requester).
 
 :func:`transition` is the only way a state changes: it answers the new status and the
 :class:`HistoryEntry` to append, or raises a :class:`TransitionRefused` whose :attr:`~TransitionRefused.rule`
@@ -84,8 +85,9 @@ class Action(StrEnum):
 EVIDENCE_ACTIONS: Mapping[PatchState, Action] = {
     PatchState.IN_TEST: Action.TEST, PatchState.PASSED: Action.PASS, PatchState.FAILED: Action.FAIL,
 }
-# An approver's decision on a request, as the API names it.
-DECISIONS: Mapping[str, Action] = {"approve": Action.APPROVE, "reject": Action.REJECT, "defer": Action.DEFER}
+# An approver's decision on a request, as the API names it (``revoke``: on a request already approved).
+DECISIONS: Mapping[str, Action] = {"approve": Action.APPROVE, "reject": Action.REJECT, "defer": Action.DEFER,
+                                   "revoke": Action.REVOKE}
 DECIDED_BY_APPROVER = frozenset({Action.APPROVE, Action.REJECT, Action.DEFER, Action.REVOKE})
 
 _EVIDENCE_FROM = frozenset({PatchState.NEW, PatchState.IN_TEST, PatchState.PASSED, PatchState.FAILED})
@@ -335,8 +337,8 @@ def transition(
             f"{status.ref.key} is {status.state.value!r} for category {status.category!r}; "
             f"{action.value!r} moves an update only from {allowed}"
         )
-    # Taking back an approval is not deciding one's own request: anyone holding the role may revoke.
-    if action in DECIDED_BY_APPROVER - {Action.REVOKE} and _same_person(status.requested_by, by):
+    # Revoking is a decision on the request as approving is: never by the person who requested it.
+    if action in DECIDED_BY_APPROVER and _same_person(status.requested_by, by):
         raise SeparationOfDuties(
             f"separation of duties: {by} requested the approval of {status.ref.key} for {status.category!r} "
             f"(request {status.request_id}) and may not decide it; another approver must"
@@ -392,8 +394,12 @@ def auto_approval_due(
     """Whether a category's automatic rule approves the update now: it ``passed`` (or awaits approval),
     its classification group (critical | security | other) is one the rule names, and it baked
     ``min_bake_hours`` since the test evidence's bake began (the K-th install), or since it passed when
-    the evidence gave no such time."""
+    the evidence gave no such time. An approval a person revoked is left to people: only an operator's
+    request (by its requester) and a revocation (never by the requester) lead to ``authorized``, so an
+    authorized update whose last move was not its requester's was revoked."""
     if status.state not in _FROM[Action.AUTO_APPROVE] or classification_group not in classifications:
+        return False
+    if status.state is PatchState.AUTHORIZED and not _same_person(status.requested_by, status.by or ""):
         return False
     baked_since = status.evidence.baked_since
     if baked_since is None:

@@ -353,6 +353,35 @@ EXPECTED_COLUMNS = {
         "RequestId",
         "Justification",
     ],
+    "release-states": [
+        "AssetCategory",
+        "Updates",
+        "InTest",
+        "Passed",
+        "Failed",
+        "Authorized",
+        "Approved",
+        "Deferred",
+        "Rejected",
+        "LastChange",
+    ],
+    "ring-runs": [
+        "UpdateRunName",
+        "UpdateRunId",
+        "AssetCategory",
+        "Ring",
+        "Machines",
+        "Installed",
+        "Failed",
+        "TestRing",
+        "Approved",
+        "NotRequired",
+        "Unauthorized",
+        "NotRecorded",
+        "ApprovedUnder",
+        "StartTime",
+        "EndTime",
+    ],
     "overdue-by-owner": [
         "Owner",
         "OwnerContact",
@@ -491,6 +520,21 @@ def test_failed_updates_view_lists_each_failed_update(results, update_run):
 def test_the_approval_queue_lists_the_waiting_request(results, governance):
     [row] = results["approval-queue"].as_dicts()
     assert {k: row[k] for k in governance.request} == governance.request
+
+
+def test_releases_and_rings_show_each_categorys_states_and_what_authorized_each_runs_installs(
+        results, governance, update_run):
+    # The governance fixture: one update passed the web category's evidence and an operator requested it.
+    [web] = [r for r in results["release-states"].as_dicts() if r["AssetCategory"] == "web"]
+    assert (web["Updates"], web["Authorized"], web["Passed"], web["Approved"]) == (1, 1, 0, 0)
+    # The demo fleet is uncategorised: every install of the run needed no approval, none was unauthorized.
+    [run] = [r for r in results["ring-runs"].as_dicts() if r["UpdateRunId"] == update_run.run_id]
+    patches = [p for o in update_run.outcomes.values() for p in o.patches or ()]
+    assert (run["UpdateRunName"], run["AssetCategory"]) == (update_run.name, "uncategorised")
+    assert run["Installed"] == sum(p.state.value == "Installed" for p in patches)
+    assert run["Failed"] == sum(p.state.value == "Failed" for p in patches)
+    assert (run["TestRing"], run["Approved"], run["Unauthorized"], run["ApprovedUnder"]) == (0, 0, 0, "")
+    assert run["NotRequired"] >= run["Installed"] + run["Failed"] > 0
 
 
 def test_the_audit_views_show_each_machines_daily_row_as_the_audit_api_answers(results, governance, machines):

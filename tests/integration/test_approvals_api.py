@@ -53,7 +53,9 @@ def call(host: FunctionsHost, who: str, method: str, path: str, body: Any = None
 
 def new_category(settings: Settings, **changes: Any) -> str:
     name = f"web-{uuid.uuid4().hex[:8]}"
-    body = {"name": name, "criticality": 2, "membership": {"tags": {"role": "web"}}} | changes
+    # A tag no machine of any test has: the category places nobody, so other tests' fleets (which share this
+    # session's tables) stay uncategorised.
+    body = {"name": name, "criticality": 2, "membership": {"tags": {"approvals-test": name}}} | changes
     category_store(settings).create(validate_category(body), datetime.now(UTC))
     return name
 

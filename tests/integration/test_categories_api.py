@@ -26,7 +26,7 @@ from shared.fleet.discovery import discover_subscription
 from shared.fleet.machines_table import MachineInventory
 from shared.fleet.messages import SubscriptionDiscoveryInput
 from shared.governance.categories_table import fleet_placer
-from shared.log_tables import HEARTBEAT
+from shared.log_tables import HEARTBEAT, TABLES
 from shared.model.machines import Machine, MachineKind, OsType, PowerState, machine_key
 from shared.principal import Role, encode_principal
 from shared.settings import load_settings
@@ -219,7 +219,8 @@ DCR = "dcr-00000000000000000000000000000ccc"
 
 @pytest.fixture
 def log_analytics(tls: LocalTls, monkeypatch, app_settings) -> Iterator[LogAnalyticsStandIn]:
-    with LogAnalyticsStandIn(None, tls, workspace_id=WORKSPACE, dcr_immutable_id=DCR, tables=(HEARTBEAT,),
+    # Every table of the app's DCR, as Azure's: the session's log outbox also holds other tests' rows.
+    with LogAnalyticsStandIn(None, tls, workspace_id=WORKSPACE, dcr_immutable_id=DCR, tables=TABLES,
                              clock=VirtualClock(NOW + timedelta(hours=3))) as server:
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_file))
         monkeypatch.setenv("LOGS_QUERY_ENDPOINT", server.base_url + "/v1")

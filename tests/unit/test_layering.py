@@ -101,6 +101,7 @@ USES_ADAPTERS = frozenset({
     "shared.governance.releases_table",  # the Releases table
     "shared.governance.evidence_table",  # the PatchEvidence and MachineChanges tables
     "shared.governance.deadline_warnings",  # the DeadlineWarnings table; Deadline.Approaching notifications
+    "shared.governance.machine_changes",  # a machine's changes, with the evidence and approval behind each
     "shared.deployments.ring_notifications",  # RingRun.Started/Finished/Failed of a run on a category ring
     # Releases, approvedOnly, the approval rule and a batch's evidence: reads and writes governance's tables.
     "shared.deployments.governed",

@@ -65,6 +65,13 @@ EXAMPLES: dict[EventType, tuple[str, dict[str, Any], str]] = {
          "justification": "after the sales freeze", "decidedAt": AT, "deferUntil": date(2026, 4, 1)},
         f"Approval.Deferred|req-9|{AT.isoformat()}",
     ),
+    EventType.APPROVAL_REVOKED: (
+        "/approvals/req-7",
+        {"requestId": "req-7", "category": "web", "patches": PATCHES, "requestedBy": "op@contoso.com",
+         "decidedBy": "cab@contoso.com", "justification": "regression INC0042 on the test ring",
+         "decidedAt": AT},
+        f"Approval.Revoked|req-7|{AT.isoformat()}",
+    ),
     EventType.RING_RUN_STARTED: (
         "/deployments/web-monthly/runs/run-1",
         {"deployment": "web-monthly", "runId": "run-1", "machines": 12, "startedAt": AT, "category": "web",
@@ -102,7 +109,8 @@ def test_the_event_types_are_the_designs():
     assert {t.value for t in EventType} == {
         "PatchManagement.Update.FirstSeen", "PatchManagement.Approval.Requested",
         "PatchManagement.Approval.Granted", "PatchManagement.Approval.Rejected",
-        "PatchManagement.Approval.Deferred", "PatchManagement.RingRun.Started",
+        "PatchManagement.Approval.Deferred", "PatchManagement.Approval.Revoked",
+        "PatchManagement.RingRun.Started",
         "PatchManagement.RingRun.Finished", "PatchManagement.RingRun.Failed",
         "PatchManagement.Deadline.Approaching",
     }  # fmt: skip

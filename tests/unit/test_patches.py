@@ -113,6 +113,18 @@ def test_revoke_takes_an_approval_back_to_authorized():
     assert status.state is PatchState.AUTHORIZED
 
 
+def test_the_requester_may_not_revoke_the_approval_of_their_own_request():
+    approved = at(PatchState.APPROVED, requested_by="olga", request_id="apr-1", by="anna")
+    with pytest.raises(SeparationOfDuties) as refused:
+        transition(approved, Action.REVOKE, "OLGA", AT, "regression", roles=APPROVER | OPERATOR)
+    assert "apr-1" in str(refused.value)
+    # An approval by a category's rule had no requester: any approver may revoke it.
+    by_rule = at(PatchState.APPROVED, by=rule_actor(WEB))
+    status, entry = transition(by_rule, Action.REVOKE, "olga", AT, "regression", roles=APPROVER)
+    assert (status.state, entry.from_state, entry.justification) == (
+        PatchState.AUTHORIZED, PatchState.APPROVED, "regression")
+
+
 def test_evidence_counts_ride_along():
     counts = EvidenceCounts(installed=3, failed=0, baked_since=AT - timedelta(hours=30))
     status, _ = transition(at(PatchState.IN_TEST), Action.PASS, EVIDENCE_ACTOR, AT, evidence=counts)
@@ -229,6 +241,19 @@ def test_the_automatic_rule_approves_its_groups_once_baked():
     # Without the evidence's bake start, counted from when it passed.
     assert auto_approval_due(at(PatchState.PASSED), "critical", ["critical"], 24, AT)
     assert not auto_approval_due(at(PatchState.PASSED), "critical", ["critical"], 25, AT)
+
+
+def test_the_automatic_rule_leaves_an_approval_a_person_revoked_to_people():
+    counts = EvidenceCounts(2, 0, AT - timedelta(hours=72))
+    requested = replace(authorized("olga"), evidence=counts)
+    assert auto_approval_due(requested, "security", ["security"], 72, AT)
+    approved, _ = transition(requested, Action.APPROVE, "anna", AT, "CAB", roles=APPROVER)
+    revoked, _ = transition(approved, Action.REVOKE, "anna", AT, "regression", roles=APPROVER)
+    assert revoked.state is PatchState.AUTHORIZED
+    assert not auto_approval_due(revoked, "security", ["security"], 72, AT)
+    by_rule, _ = transition(at(PatchState.PASSED, evidence=counts), Action.AUTO_APPROVE, rule_actor(WEB), AT)
+    revoked_rule, _ = transition(by_rule, Action.REVOKE, "anna", AT, "regression", roles=APPROVER)
+    assert not auto_approval_due(revoked_rule, "security", ["security"], 72, AT)
 
 
 def test_a_deferred_request_is_pending_again_once_its_date_comes():
