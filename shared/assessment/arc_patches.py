@@ -4,8 +4,7 @@ An Arc server's ``assessPatches`` result has counts by classification only; Azur
 the per-patch list to Resource Graph (``patchassessmentresources``, AZURE-FACTS). Once an Arc assessment
 has finished, :func:`with_patch_list` reads that machine's latest assessment there (one query, inside the
 activity that saw the result) and gives the outcome its list, so the recorder writes the same
-``Update_CL`` rows, inventory entries and gaps as for an Azure VM. Used by the assessment run and by a
-deployment's pre- and post-scans.
+``Update_CL`` rows, inventory entries and gaps as for an Azure VM. Used by a deployment's pre-scan.
 
 Which list: the summary row's name is the id of the assessment it describes ("Access Azure Update
 Manager operations data using Azure Resource Graph"); the list is taken when that is the id of the
@@ -24,8 +23,9 @@ An assessment run does not ask per machine: Resource Graph allows 15 queries per
 the counts and leaves only a flagged journal entry (:class:`ListWanted`); when the run applies finished
 batches' journals, :func:`with_patch_lists` reads every flagged machine's latest assessment with one
 query per ``GROUP_SIZE`` machines (``latest_assessments``, paged), and each machine is recorded then, at
-the time its result was seen, with its list or, as above, from its counts. Deployments keep
-:func:`with_patch_list`: a pre-scan's list chooses what the install includes, before the batch ends.
+the time its result was seen, with its list or, as above, from its counts. A deployment's post-scan does
+the same (its batch's end applies the journal); its pre-scan keeps :func:`with_patch_list`: the pre-scan's
+list chooses what the install includes, before the batch ends.
 """
 
 from __future__ import annotations

@@ -228,6 +228,10 @@ class InventoryJournal:
             completed[n] = entry
         return completed
 
+    def applied(self, journal: str) -> bool:
+        """Whether ``journal`` has been applied (:meth:`apply` would do nothing for it)."""
+        return self._applied(journal)
+
     def _applied(self, journal: str) -> bool:
         try:
             self._table.get_entity(journal, APPLIED_ROW)

@@ -689,6 +689,74 @@ def _installation_run(
     return InstallationRun(machine, installation_id, summary, patches)
 
 
+def installation_runs_query(runs: Sequence[tuple[str, str]], by_activity: bool = True) -> str:
+    """The installation runs ``runs`` (machine id, installation id), summary and patch rows: a row is kept
+    when its id, cut before ``/softwarePatches/``, is one of the runs' ``<machine>/patchInstallationResults/
+    <installation>``. With ``by_activity``, also the summary rows whose ``installationActivityId`` is one
+    of the installations (a run kept under another id: see :func:`installation_run`)."""
+    listed = ", ".join(kql_string(f"{m}/patchInstallationResults/{i}".lower()) for m, i in runs)
+    activities = ", ".join(kql_string(i) for i in sorted({i.lower() for _, i in runs}))
+    activity = f"tostring(properties.installationActivityId) in~ ({activities})"
+    also = f" or (type !has 'softwarepatches' and {activity})" if by_activity else ""
+    return (
+        "patchinstallationresources"
+        " | extend installationRun = tostring(split(tolower(id), '/softwarepatches/')[0])"
+        f" | where installationRun in~ ({listed}){also}"
+        " | project id, name, type, properties | order by id asc"
+    )
+
+
+RunKey = tuple[str, str]  # (machine id, installation id), both in lower case
+
+
+def installation_runs(graph: ResourceGraph, runs: Iterable[tuple[str, str]]) -> dict[RunKey, InstallationRun]:
+    """:func:`installation_run` of many (machine id, installation id) pairs, keyed by the pair in lower
+    case (every pair asked for, with no summary and no patches when Resource Graph has none): one query per
+    :data:`GROUP_SIZE` machines (all the runs asked of them) over their own subscriptions, paged, instead
+    of one query per run. A run found only by its ``installationActivityId`` (row ids under another id)
+    costs one more query for all such runs of the group; the lag case (no row yet) costs none."""
+    asked: dict[RunKey, tuple[str, str]] = {}
+    for machine_id, installation_id in runs:
+        parse_resource_id(machine_id)  # raises naming the id: only machines are queried
+        asked.setdefault((machine_id.lower(), installation_id.lower()), (machine_id, installation_id))
+    by_machine: dict[str, list[tuple[str, str]]] = {}
+    for key, run in asked.items():
+        by_machine.setdefault(key[0], []).append(run)
+    found: dict[RunKey, list[dict[str, Any]]] = {key: [] for key in asked}
+    renamed: dict[RunKey, str] = {}  # a run kept under another id: that id
+    for group in _groups(list(by_machine)):
+        group_runs = [run for machine in group for run in by_machine[machine]]
+        keys = {(m.lower(), i.lower()) for m, i in group_runs}
+        subscriptions = sorted({parse_resource_id(m).subscription_id for m, _ in group_runs})
+        for row in graph.rows(installation_runs_query(group_runs), subscriptions):
+            row_id = _text(row.get("id"))
+            key = ((machine_id_of(row_id) or "").lower(), _run_id_of(row_id).lower())
+            summary = last_installation(row)
+            if key in keys:
+                found[key].append(row)
+            elif summary is not None and (key[0], summary.installation_id.lower()) in keys:
+                renamed[(key[0], summary.installation_id.lower())] = _run_id_of(row_id)
+            # else: a row of a run not asked for, not this answer's
+        again = {key: (asked[key][0], renamed[key])
+                 for key in sorted(keys) if key in renamed and not found[key]}
+        if again:
+            wanted = {(m.lower(), r.lower()): key for key, (m, r) in again.items()}
+            query = installation_runs_query(list(again.values()), by_activity=False)
+            for row in graph.rows(query, subscriptions):
+                row_id = _text(row.get("id"))
+                asked_as = wanted.get(((machine_id_of(row_id) or "").lower(), _run_id_of(row_id).lower()))
+                if asked_as is not None:
+                    found[asked_as].append(row)
+    runs_found: dict[RunKey, InstallationRun] = {}
+    for key, (machine_id, installation_id) in asked.items():
+        rows = found[key]
+        summary = next((s for s in map(last_installation, rows) if s is not None), None)
+        patches = tuple(p for p in map(installed_patch, rows) if p is not None)
+        run_id = renamed.get(key, installation_id) if rows else installation_id
+        runs_found[key] = InstallationRun(machine_id, run_id, summary, patches)
+    return runs_found
+
+
 def fleet_patch_activity(
     graph: ResourceGraph, subscription_ids: Sequence[str], since: datetime | None = None
 ) -> dict[str, MachinePatchActivity]:

@@ -2,24 +2,32 @@
 
 An Arc server's ``installPatches`` result has counts only; Azure Update Manager writes each run to
 Resource Graph (``patchinstallationresources``: the run's summary and one row per update with its
-``installationState``, AZURE-FACTS). Once an Arc install has finished, :func:`with_patch_results` reads
-that run there, by the install's ``installationActivityId`` (one query, inside the activity that saw the
-result), so the machine gets ``UpdateRunProgress_CL`` rows as an Azure VM does. The counts of the ARM
-result stay the truth for the machine's result; the list only gives the per-update rows.
+``installationState``, AZURE-FACTS). A deployment does not query per machine: Resource Graph allows 15
+queries per 5 seconds per caller, and a cycle holds thousands of Arc servers. The install step keeps the
+counts (the truth of the machine's result) and notes the install's ``installationActivityId`` on the
+machine's row; the batch's end (``apply_batch_journal`` in :mod:`shared.deployments.steps`) reads every
+noted run of its machines with :func:`patch_results_of_runs`, one query per ``GROUP_SIZE`` machines
+(``installation_runs``, paged), and gives each machine the ``UpdateRunProgress_CL`` rows an Azure VM gets.
 
-When Resource Graph does not have the finished run yet (lag) or cannot be read, the outcome stays
-counts-only: the machine's result is right, and the step keeps the run's id so the post-scan, a few
-minutes later, reads it again (:mod:`shared.deployments.steps`).
+When Resource Graph does not have a finished run yet (lag) or cannot be read, that machine stays
+counts-only: its result (status and counts, its ``UpdateRunMachine_CL`` row) is right, only its per-update
+rows are missing, and the note stays on its row.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from collections.abc import Sequence
 
 from azure.core.credentials import TokenCredential
 
-from shared.azure.resource_graph import InstallationRun, ResourceGraphError, installation_run, resource_graph
+from shared.azure.resource_graph import (
+    InstallationRun,
+    ResourceGraphError,
+    RunKey,
+    installation_runs,
+    resource_graph,
+)
 from shared.model.install_outcome import InstallOutcome, PatchInstallResult
 from shared.model.machines import MachineKind, parse_resource_id
 from shared.settings import Settings
@@ -36,21 +44,24 @@ def needs_patch_results(resource_id: str, outcome: InstallOutcome) -> bool:
     return arc and outcome.patches is None and bool(outcome.activity_id)
 
 
-def patch_results(
-    settings: Settings, credential: TokenCredential, resource_id: str, installation_id: str
-) -> tuple[PatchInstallResult, ...] | None:
-    """The per-update results Resource Graph has for the finished run; None while it has not (lag) or
-    cannot be read."""
+def patch_results_of_runs(
+    settings: Settings, credential: TokenCredential, runs: Sequence[tuple[str, str]]
+) -> dict[RunKey, tuple[PatchInstallResult, ...]]:
+    """The per-update results of many finished installs, (resource id, installation id) each, read with
+    one Resource Graph query per ``GROUP_SIZE`` machines; keyed by the pair in lower case, and only the
+    runs Resource Graph has finished (the others lag, or Resource Graph could not be read: absent)."""
+    if not runs:
+        return {}
     try:
-        graph = resource_graph(credential, settings.resource_graph_endpoint)
-        run = installation_run(graph, resource_id, installation_id)
+        found = installation_runs(resource_graph(credential, settings.resource_graph_endpoint), runs)
     except ResourceGraphError as error:
-        logger.warning("Resource Graph could not be read for install %s of %s: %s",
-                       installation_id, resource_id, error)
-        return None
-    listed = finished_patches(run)
-    if listed is None:
-        logger.info("Resource Graph has no finished run %s of %s yet", installation_id, resource_id)
+        logger.warning("Resource Graph could not be read for %d Arc installs (their results stay counts): %s",
+                       len(runs), error)
+        return {}
+    listed = {key: patches for key, run in found.items() if (patches := finished_patches(run)) is not None}
+    if len(listed) < len(found):
+        logger.info("Resource Graph has no finished run yet for %d of %d Arc installs: counts only",
+                    len(found) - len(listed), len(found))
     return listed
 
 
@@ -59,14 +70,3 @@ def finished_patches(run: InstallationRun) -> tuple[PatchInstallResult, ...] | N
     if run.summary is None or run.summary.status.lower() in _RUNNING:
         return None
     return tuple(p.patch for p in run.patches)
-
-
-def with_patch_results(
-    settings: Settings, credential: TokenCredential, resource_id: str, outcome: InstallOutcome
-) -> InstallOutcome:
-    """``outcome`` with Resource Graph's per-update results for an Arc server's counts-only install;
-    unchanged otherwise, or while Resource Graph does not have the run."""
-    if not needs_patch_results(resource_id, outcome):
-        return outcome
-    listed = patch_results(settings, credential, resource_id, outcome.activity_id)
-    return outcome if listed is None else replace(outcome, patches=listed)

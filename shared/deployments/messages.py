@@ -172,7 +172,8 @@ class StepInput(Message):
     token: str | None = None
     machine: str | None = None  # as in MachineDeploymentInput
     batch: int | None = None
-    # Post-scan: the install step left Arc results for it to read again (StepOutcome.results_pending).
+    # Post-scan: the install step left Arc results for it to read again (StepOutcome.results_pending). No
+    # longer acted on (the batch's end reads them: steps.apply_batch_journal); kept for in-flight histories.
     results_pending: bool = False
 
 
@@ -200,7 +201,8 @@ class StepOutcome(Message):
     installed: int = 0
     failed: int = 0
     window_exceeded: bool = False
-    # Install only: an Arc server's per-update results Resource Graph did not have yet (steps).
+    # Install only: an Arc server's per-update results Resource Graph did not have yet (steps). No longer
+    # set (the batch's end reads every Arc install's results); kept so that in-flight histories validate.
     results_pending: bool = False
 
 

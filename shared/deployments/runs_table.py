@@ -433,6 +433,15 @@ class RunStore:
             {"PartitionKey": run_id, "RowKey": machine_row_key(machine_key), **values}, mode=UpdateMode.MERGE
         )
 
+    def update_machines(self, run_id: str, values: Mapping[str, Mapping[str, Any]]) -> None:
+        """Merge each machine's values (by machine key) into its row: one transaction per
+        MAX_TRANSACTION_ENTITIES rows (the run's rows share its partition)."""
+        rows = [{"PartitionKey": run_id, "RowKey": machine_row_key(key), **columns}
+                for key, columns in sorted(values.items())]
+        for start in range(0, len(rows), MAX_TRANSACTION_ENTITIES):
+            chunk = rows[start:start + MAX_TRANSACTION_ENTITIES]
+            self._runs.submit_transaction([("update", row, {"mode": UpdateMode.MERGE}) for row in chunk])
+
     def batch_machines(self, run_id: str, batch: int) -> list[str]:
         rows = self._runs.query_entities(
             "PartitionKey eq @p and Batch eq @b", parameters={"p": run_id, "b": batch}, select=["ResourceId"]

@@ -10,14 +10,21 @@ A scan keeps no token: a second assessPatches after a lost answer changes nothin
 Each activity writes the machine's row at most once per purpose (the intent before an install's POST,
 the token after it, a finished step's figures with its output's name) and reads it only for what its
 input does not carry: an install's start reads it for a kept token or intent, a second install call for
-the first's counts, a post-scan for Arc results still pending; the machine and its batch come in the
-input (StepInput.machine, .batch).
+the first's counts; the machine and its batch come in the input (StepInput.machine, .batch).
 
 What the batch applies at its end (:func:`apply_batch_journal`) rides in the row writes the steps make
 anyway: the pre-scan's journal entry (shared.assessment.journal) and each install's
 ``UpdateRunProgress_CL`` rows, instead of a journal write and an outbox transaction per machine; the
 batch's end queues its machines' ``UpdateRunMachine_CL`` rows with them (shared.deployments.finish). A
 batch that never reaches its end (its orchestration terminated) leaves them unapplied, as its journal.
+
+An Arc-enabled server's install result has counts only; its per-update results are in Resource Graph
+(shared.deployments.arc_results). The install step keeps the counts and notes the install's id on the
+row (:data:`GRAPH_PENDING_COLUMN`); the batch's end reads every noted install of its machines with one
+Resource Graph query per 100 machines and queues their ``UpdateRunProgress_CL`` rows with the others. An
+Arc server's post-scan leaves a flagged journal entry whose list the same batch's end reads (one query per
+100 machines, shared.assessment.arc_patches), as an assessment run does. Only the pre-scan reads Resource
+Graph per machine: its list decides what the install names (Resource Graph allows 15 queries per 5 s).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import Any
 
 from azure.core.credentials import TokenCredential
 
-from shared.assessment.arc_patches import with_patch_list
+from shared.assessment.arc_patches import awaits_list, with_patch_list
 from shared.assessment.journal import (
     InventoryJournal,
     JournalEntry,
@@ -44,7 +51,7 @@ from shared.azure.log_ingestion import wire_row
 from shared.azure.log_outbox import log_outbox
 from shared.azure.patch_operations import PatchOperations, PermanentArmError, failure_for
 from shared.azure.tables import table_service
-from shared.deployments.arc_results import needs_patch_results, patch_results, with_patch_results
+from shared.deployments.arc_results import needs_patch_results, patch_results_of_runs
 from shared.deployments.finish import finished_machine_rows
 from shared.deployments.governed import governed_install, record_batch, stored_lists
 from shared.deployments.install import install_request
@@ -87,8 +94,9 @@ INTENT_CLOCK_SKEW = timedelta(minutes=2)
 # A machine that is not running is told by its readiness (PatchOperations reads the power state on a 409),
 # never by a code: OperationNotAllowed also comes from running machines.
 UNREACHABLE_CODES = frozenset({"VMAgentStatusCommunicationError", "HybridAgentNotResponding"})
-# The Arc installs of a run whose per-update results Resource Graph did not have when the install step
-# ended (JSON: step -> installation id, start, end): the post-scan reads them again (arc_results).
+# A machine's Arc installs whose per-update results are still to be read from Resource Graph (JSON: step ->
+# installation id, start, end): noted by the install step, read and taken off by the batch's end
+# (apply_batch_journal); what stays after it is what Resource Graph did not have yet (counts only).
 GRAPH_PENDING_COLUMN = "ProgressFromGraph"
 # Where a machine's row carries what the batch's end applies: the pre-scan's journal entry, and each
 # install call's UpdateRunProgress_CL rows (JSON over {prefix}0, {prefix}1, ..., {prefix}Parts).
@@ -257,17 +265,20 @@ def _journal(request: StepInput, row: Mapping[str, Any] | None) -> str:
 def _scanned(settings: Settings, credential: TokenCredential, request: StepInput,
              outcome: Any) -> StepOutcome:
     assert request.at is not None
-    store, key, row = _machine_row(settings, credential, request, needed=request.results_pending)
+    # An input's results_pending (set by installs before the batch's end read Arc results) needs no row now.
+    store, key, row = _machine_row(settings, credential, request)
     machine = _machine(request, row)
-    outcome = with_patch_list(settings, credential, request.resource_id, outcome)
     if request.step == POSTSCAN:
-        record_assessment(settings, machine, outcome, request.at, request.run_id, _journal(request, row))
+        # An Arc server's list is read with its batch's, when the batch's end applies the journal (one
+        # Resource Graph query per 100 machines: shared.assessment.arc_patches), as an assessment run's.
+        awaited = awaits_list(request.resource_id, outcome)
+        record_assessment(settings, machine, outcome, request.at, request.run_id, _journal(request, row),
+                          list_awaited=awaited)
         _keep_output(settings, credential, request, row, asdict(outcome))
         # The post-scan's name joins the row's outputs with the machine's result (RunStore.claim).
-        pending = _late_progress_rows(settings, credential, store, request, row) if row is not None else {}
-        if pending:
-            store.update_machine(request.run_id, key, pending)
         return StepOutcome()
+    # The pre-scan's list decides what the install names: read now, for this machine.
+    outcome = with_patch_list(settings, credential, request.resource_id, outcome)
     # The pre-scan writes its row anyway: its journal entry rides there (or, too long, in the journal).
     _, entry = record_scan(settings, machine, outcome, request.at, request.run_id)
     journal = InventoryJournal(table_service(settings, credential), log_outbox(settings, credential))
@@ -301,7 +312,7 @@ def _installed(settings: Settings, credential: TokenCredential, request: StepInp
     store, key, row = _machine_row(settings, credential, request, needed=request.step != "install1")
     machine = _machine(request, row)
     run = store.terms(request.run_id)
-    outcome = with_patch_results(settings, credential, request.resource_id, outcome)
+    # An Arc server's counts-only result: its per-update rows come at the batch's end (_graph_pending).
     rows = run_progress_rows(machine, outcome, run.deployment_name, request.run_id, request.at)
     # Carried in the row this step writes anyway, queued by the batch's end (apply_batch_journal).
     progress = carried_columns(progress_prefix(request.step), json.dumps([wire_row(r) for r in rows]))
@@ -323,15 +334,15 @@ def _installed(settings: Settings, credential: TokenCredential, request: StepInp
     return StepOutcome(
         pending=outcome.pending, status=status.value, installed=outcome.installed, failed=outcome.failed,
         window_exceeded=outcome.maintenance_window_exceeded,
-        results_pending=needs_patch_results(request.resource_id, outcome),
     )  # fmt: skip
 
 
 def _graph_pending(row: Mapping[str, Any] | None, request: StepInput,
                    outcome: InstallOutcome) -> dict[str, str]:
-    """The machine's GRAPH_PENDING_COLUMN with this install step noted (its results still missing) or
-    taken off (found, on a retried delivery); nothing to write when neither applies. Without the row (the
-    first install call, which nothing was noted before), the column is written either way."""
+    """The machine's GRAPH_PENDING_COLUMN with this install step noted (an Arc server's counts-only result,
+    whose per-update results the batch's end reads) or taken off (a result with its list); nothing to write
+    when neither applies. Without the row (the first install call, which nothing was noted before), the
+    column is written either way."""
     assert request.at is not None
     pending = json.loads((row or {}).get(GRAPH_PENDING_COLUMN) or "{}")
     if needs_patch_results(request.resource_id, outcome):
@@ -340,30 +351,6 @@ def _graph_pending(row: Mapping[str, Any] | None, request: StepInput,
                                  "at": request.at.isoformat()}
     elif pending.pop(request.step, None) is None and row is not None:
         return {}
-    return {GRAPH_PENDING_COLUMN: json.dumps(pending)}
-
-
-def _late_progress_rows(settings: Settings, credential: TokenCredential, store: RunStore, request: StepInput,
-                        row: Mapping[str, Any]) -> dict[str, str]:
-    """At the post-scan, the UpdateRunProgress_CL rows of the machine's Arc installs whose results
-    Resource Graph did not have at the install step; answers the row's GRAPH_PENDING_COLUMN, noting
-    what it still lacks (nothing to write when nothing was pending)."""
-    pending: dict[str, dict[str, Any]] = json.loads(row.get(GRAPH_PENDING_COLUMN) or "{}")
-    if not pending:
-        return {}
-    machine = _machine(request, row)
-    deployment = store.terms(request.run_id).deployment_name
-    rows: list[dict[str, Any]] = []
-    for step, noted in list(pending.items()):
-        listed = patch_results(settings, credential, request.resource_id, noted["installation"])
-        if listed is None:
-            continue
-        started = datetime.fromisoformat(noted["startedAt"]) if noted.get("startedAt") else None
-        at = datetime.fromisoformat(noted["at"])
-        rows += patch_progress_rows(machine, listed, started, deployment, request.run_id, at)
-        del pending[step]
-    if rows:
-        log_outbox(settings, credential).put(UPDATE_RUN_PROGRESS, rows, at)
     return {GRAPH_PENDING_COLUMN: json.dumps(pending)}
 
 
@@ -398,11 +385,14 @@ def _keep_output(settings: Settings, credential: TokenCredential, request: StepI
 def apply_batch_journal(settings: Settings, run_id: str, batch: int, at: datetime,
                         rows: Sequence[Mapping[str, Any]] | None = None) -> dict[str, int]:
     """Apply the batch's inventory journal (shared.assessment.journal) with what its machines' rows carry:
-    the pre-scans' entries, the installs' UpdateRunProgress_CL rows, and the UpdateRunMachine_CL rows of
-    the machines its claims recorded. Once; again is a no-op. ``rows``: the batch's machine rows when the
+    the pre-scans' entries, the installs' UpdateRunProgress_CL rows (an Arc server's read here from Resource
+    Graph, all of the batch's at once: :func:`_arc_progress_rows`), and the UpdateRunMachine_CL rows of the
+    machines its claims recorded. Once; again is a no-op. ``rows``: the batch's machine rows when the
     caller has read them (else read here)."""
     store = run_store(settings)
     rows = rows if rows is not None else store.batch_rows(run_id, batch)
+    terms = store.terms(run_id)
+    journal = journal_key(run_id, batch)
     entries: list[JournalEntry] = []
     progress: list[dict[str, Any]] = []
     for row in rows:
@@ -413,9 +403,52 @@ def apply_batch_journal(settings: Settings, run_id: str, batch: int, at: datetim
             text = carried_text(row, progress_prefix(step))
             if text is not None:
                 progress += json.loads(text)
+    arc_progress, notes = _arc_progress_rows(settings, terms.deployment_name, run_id, journal, rows)
+    progress += arc_progress
     # Authorization columns on the progress rows, MachineChanges, test evidence (shared.deployments.governed).
     record_batch(settings, progress, rows, at)
-    machines = finished_machine_rows(store.terms(run_id), rows, at)
+    machines = finished_machine_rows(terms, rows, at)
     queued = {UPDATE_RUN_PROGRESS.name: progress, UPDATE_RUN_MACHINE.name: machines}
-    return apply_journal(settings, [journal_key(run_id, batch)], at, entries,
-                         {table: table_rows for table, table_rows in queued.items() if table_rows})
+    applied = apply_journal(settings, [journal], at, entries,
+                            {table: table_rows for table, table_rows in queued.items() if table_rows})
+    if notes:  # after the rows are queued: a note taken off is never a row lost
+        store.update_machines(run_id, notes)
+    return applied
+
+
+def _arc_progress_rows(
+    settings: Settings, deployment: str, run_id: str, journal: str, rows: Sequence[Mapping[str, Any]]
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:
+    """The UpdateRunProgress_CL rows (wire form, as the carried ones) of the Arc installs noted on the
+    batch's rows (:data:`GRAPH_PENDING_COLUMN`), from one Resource Graph query per 100 machines for all of
+    them, each as the install step would have built it (its start, the time its result was seen); and, by
+    machine key, the notes to write back with the installs found taken off. An install Resource Graph does
+    not have yet (or cannot give) stays noted and counts-only: the machine's result and counts are right,
+    its per-update rows are missing. Nothing is read when nothing is noted or when the journal is applied
+    already (its rows were queued by that application: a second one would queue nothing)."""
+    noted = [(row, step, note) for row in rows
+             for step, note in json.loads(row.get(GRAPH_PENDING_COLUMN) or "{}").items()]
+    if not noted:
+        return [], {}
+    credential = credential_for(settings)
+    tables, outbox = table_service(settings, credential), log_outbox(settings, credential)
+    if InventoryJournal(tables, outbox).applied(journal):
+        return [], {}
+    found = patch_results_of_runs(settings, credential, [
+        (str(row["ResourceId"]), str(note["installation"])) for row, _, note in noted
+    ])  # fmt: skip
+    progress: list[dict[str, Any]] = []
+    left: dict[str, dict[str, Any]] = {}  # by machine key, of the machines with an install found
+    for row, step, note in noted:
+        resource_id = str(row["ResourceId"])
+        listed = found.get((resource_id.lower(), str(note["installation"]).lower()))
+        if listed is None:
+            continue
+        machine = machine_from_json(str(row["Machine"]))
+        started = datetime.fromisoformat(note["startedAt"]) if note.get("startedAt") else None
+        seen = datetime.fromisoformat(note["at"])
+        rows_of_run = patch_progress_rows(machine, listed, started, deployment, run_id, seen)
+        progress += [wire_row(r) for r in rows_of_run]
+        pending = left.setdefault(machine.key, json.loads(row.get(GRAPH_PENDING_COLUMN) or "{}"))
+        del pending[step]
+    return progress, {key: {GRAPH_PENDING_COLUMN: json.dumps(pending)} for key, pending in left.items()}

@@ -287,7 +287,7 @@ class LaggingResourceGraph:
         self._feed.assessment_finished(*args, **kwargs)
 
 
-def test_when_resource_graph_lags_behind_an_arc_install_the_post_scan_writes_its_rows(stack, monkeypatch):
+def test_when_resource_graph_lags_behind_an_arc_install_the_batchs_end_writes_its_rows(stack, monkeypatch):
     simulation = stack.arm.simulation
     lagging = LaggingResourceGraph(simulation.resource_graph)
     monkeypatch.setattr(simulation, "resource_graph", lagging)
@@ -295,8 +295,8 @@ def test_when_resource_graph_lags_behind_an_arc_install_the_post_scan_writes_its
     assert final["runtimeStatus"] == "Completed", final
     row = machines_of(run_id)["arc-lag-01"]
     assert row["State"] == "partially succeeded" and row["FailedUpdates"] == 1
-    # The install step found nothing in Resource Graph (its output has counts only); the post-scan,
-    # after the rows arrived, wrote the update rows and took the note off.
+    # The install step keeps the counts only (its output has no list); the batch's end, after the rows
+    # arrived (with the post-scan), wrote the update rows and took the note off.
     install = stack_output(stack, run_id, "rg-arc-lag", "arc-lag-01", "install1", arc=True)
     assert install["patches"] is None and install["failed"] == 1
     assert json.loads(row["ProgressFromGraph"]) == {}

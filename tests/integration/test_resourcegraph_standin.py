@@ -17,6 +17,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.mgmt.resourcegraph import ResourceGraphClient
 from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions
 
+from local.arm.catalogue import updates_for
 from local.arm.fleet import parse_fleet
 from local.arm.simulation import InstallOutcome, Simulation
 from local.clock import VirtualClock
@@ -24,12 +25,15 @@ from local.resourcegraph import ResourceGraphStandIn
 from local.tls import LocalTls
 from shared.azure.credentials import EmulatorCredential
 from shared.azure.resource_graph import (
+    GROUP_SIZE,
     PAGE_SIZE,
     QuotaGate,
     ResourceGraph,
     ResourceGraphError,
     fleet_patch_activity,
     installation_patches,
+    installation_run,
+    installation_runs,
     latest_assessment_patches,
     resource_graph,
 )
@@ -269,3 +273,38 @@ def test_the_products_queries_read_what_the_simulation_left(standin, tls, monkey
     assert fleet_patch_activity(graph, [SUB], since=NOW + timedelta(minutes=1)).keys() == {
         arc.spec.resource_id.lower()
     }
+
+
+def test_a_batchs_install_results_are_one_query_per_100_machines_paged_through_the_skip_token(standin, tls):
+    """What a deployment batch's end asks (``installation_runs``): the runs of GROUP_SIZE Arc servers by
+    ``in~`` over the runs' ids, 12 rows a run (summary and 11 updates), so the answer spans two pages; a
+    machine past the group is a second query; each run is answered as one query for it would answer."""
+    updates = [u.name for u in updates_for("ubuntu-22.04")]
+    fleet = parse_fleet({"subscriptions": [{"id": SUB}], "machines": [
+        {"subscription": SUB, "resourceGroup": "rg-arc", "name": f"arc-{n:03d}", "kind": "arc-server",
+         "osType": "Linux", "osName": "ubuntu", "osVersion": "22.04", "location": "westeurope",
+         "availableUpdates": updates}
+        for n in range(GROUP_SIZE + 1)
+    ]})  # fmt: skip
+    simulation = Simulation(fleet, VirtualClock(NOW))
+    runs = []
+    for n, machine in enumerate(fleet.machines):
+        state = simulation.machine(machine.resource_id)
+        states = [(u, "Failed" if (n, i) == (7, 0) else "Installed") for i, u in enumerate(state.available)]
+        outcome = InstallOutcome(states, timedelta(minutes=30), n != 7, "NotNeeded", False)
+        standin.feed.installation_finished(state, outcome, f"run-{n:03d}", NOW, NOW + timedelta(minutes=30))
+        runs.append((machine.resource_id, f"RUN-{n:03d}"))  # the activity id in another case
+    assert all(len(simulation.machine(m).available) == 11 for m, _ in runs)
+
+    found = installation_runs(_graph(standin, tls), runs)
+
+    counters = standin.counters
+    assert (counters.queries, counters.pages_with_token, counters.throttled) == (3, 1, 0)
+    assert len(found) == GROUP_SIZE + 1
+    for n, (machine, run) in enumerate(runs):
+        result = found[(machine.lower(), run.lower())]
+        assert result.summary is not None and len(result.patches) == 11
+        failed = [p.patch.name for p in result.patches if p.patch.state is InstallationState.FAILED]
+        assert failed == ([simulation.machine(machine).available[0].name] if n == 7 else [])
+    one = installation_run(_graph(standin, tls), runs[7][0], runs[7][1])
+    assert found[(runs[7][0].lower(), "run-007")] == one
