@@ -12,6 +12,7 @@ shared.deployments.definition.MAX_MACHINES). Requests are counted where azure-co
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import time
@@ -32,6 +33,7 @@ from bench.counting import (
     counting_requests,
 )
 from bench.runs import (
+    RUN_TIMEOUT_SECONDS,
     Placement,
     create_deployment,
     definition,
@@ -80,9 +82,9 @@ def measure(stack: LocalStack, traffic: Traffic, name: str, run: Callable[[], st
     return Phase(name, outcome, usage, traffic.since(counted), histories_by_orchestrator(stack, known))
 
 
-def assessment(stack: LocalStack) -> str:
+def assessment(stack: LocalStack, timeout: float) -> str:
     run_id = start_assessment(stack)
-    final, _ = wait_for_runs(stack, {"run": run_id}, time.perf_counter())["run"]
+    final, _ = wait_for_runs(stack, {"run": run_id}, time.perf_counter(), timeout)["run"]
     output = final.get("output") or {}
     return (f"{final.get('runtimeStatus')}: {output.get('assessed')} assessed, "
             f"{output.get('failed')} failed, {output.get('not_assessable')} not assessable, "
@@ -100,10 +102,10 @@ def deployment_specs(fleet: Fleet, max_concurrent: int | str) -> list[dict[str, 
     return specs
 
 
-def deployment(stack: LocalStack, names: Sequence[str], run_ids: dict[str, str]) -> str:
+def deployment(stack: LocalStack, names: Sequence[str], run_ids: dict[str, str], timeout: float) -> str:
     started = time.perf_counter()
     run_ids.update({name: start_deployment_run(stack, name) for name in names})
-    finals = wait_for_runs(stack, run_ids, started)
+    finals = wait_for_runs(stack, run_ids, started, timeout)
     states = Counter(str(f.get("runtimeStatus")) for f, _ in finals.values())
     return f"{len(names)} runs: " + ", ".join(f"{n} {s}" for s, n in states.items())
 
@@ -212,7 +214,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--max-concurrent", type=max_concurrent_value, default="50%",
                         help='machines at once per deployment run: a count or a percentage such as "50%%"')
+    parser.add_argument("--wait-hours", type=float, default=RUN_TIMEOUT_SECONDS / 3600,
+                        help="real hours to wait for a phase's runs (a 10,000-machine deployment on 2 shared "
+                             "cores takes more than the default)")
     args = parser.parse_args()
+    timeout = args.wait_hours * 3600
 
     fleet = generate_fleet(machines=args.machines, seed=args.seed)
     # The virtual clock starts at the real time, as the deployments are created at the real time.
@@ -221,8 +227,9 @@ def main() -> None:
     stack = LocalStack(fleet, clock=clock).start()
     with stack, counting_requests(stack.app_settings()) as traffic:
         if args.kind in ("assessment", "both"):
-            phases.append(measure(stack, traffic, "assessment", lambda: assessment(stack)))
-            phases.append(measure(stack, traffic, "assessment, unchanged", lambda: assessment(stack)))
+            assess = functools.partial(assessment, stack, timeout)
+            phases.append(measure(stack, traffic, "assessment", assess))
+            phases.append(measure(stack, traffic, "assessment, unchanged", assess))
         if args.kind in ("deployment", "both"):
             specs = deployment_specs(fleet, args.max_concurrent)
             for spec in specs:  # a definition is made once, not each cycle: not counted
@@ -230,7 +237,8 @@ def main() -> None:
             run_ids: dict[str, str] = {}
             virtual_start = clock.now()
             names = [spec["name"] for spec in specs]
-            phases.append(measure(stack, traffic, "deployment", lambda: deployment(stack, names, run_ids)))
+            deploy = functools.partial(deployment, stack, names, run_ids, timeout)
+            phases.append(measure(stack, traffic, "deployment", deploy))
             results = machine_results(run_ids)
             phases[-1].outcome += (
                 "; machines: " + ", ".join(f"{n} {s}" for s, n in results.most_common())
