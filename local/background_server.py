@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 from local.tls import LocalTls
 
@@ -61,6 +61,30 @@ class BackgroundServer:
             raise RuntimeError(f"{self._name} is not started")
         host, port = self._server.server_address[:2]
         return f"{'https' if self._tls else 'http'}://{host!s}:{port}"
+
+
+class ServedStandIn:
+    """A stand-in served by one :class:`BackgroundServer` (``_server``, set by the subclass): started and
+    stopped, used as a context manager, and reached at :attr:`base_url`."""
+
+    _server: BackgroundServer
+
+    def start(self) -> Self:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        return self._server.url
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from local.arm.fleet import Fleet
 from local.arm.simulation import ArmError, MachineState, Operation, Simulation, iso, not_found, os_disk_id
-from local.background_server import BackgroundServer
+from local.background_server import BackgroundServer, ServedStandIn
 from local.clock import Clock, VirtualClock
 from local.resourcegraph.rows import ResourceGraphFeed
 from local.tls import LocalTls
@@ -79,7 +79,7 @@ class Request:
 Handler = Callable[[Request, "re.Match[str]"], Reply]
 
 
-class ArmStandIn:
+class ArmStandIn(ServedStandIn):
     """The ARM stand-in server; ``with ArmStandIn(fleet, clock, tls) as arm: ... arm.base_url``."""
 
     def __init__(
@@ -105,23 +105,6 @@ class ArmStandIn:
         self._routes = self._build_routes()
 
     # ----- lifecycle
-
-    def start(self) -> ArmStandIn:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> ArmStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        return self._server.url
 
     # ----- request log
 

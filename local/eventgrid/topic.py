@@ -36,7 +36,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from local.background_server import BackgroundServer, Reply, json_handler
+from local.background_server import BackgroundServer, Reply, ServedStandIn, json_handler
 from local.tls import LocalTls
 
 # 1 MB per event and per batch ("Azure Event Grid event schema", size limits; "Azure Event Grid quotas and
@@ -57,7 +57,7 @@ class TopicCounters:
     refused_requests: int = 0  # answered by refuse_next
 
 
-class EventGridTopicStandIn:
+class EventGridTopicStandIn(ServedStandIn):
     """The topic over HTTPS; ``endpoint`` is what EVENT_GRID_TOPIC_ENDPOINT is set to."""
 
     def __init__(self, tls: LocalTls, *, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -68,23 +68,6 @@ class EventGridTopicStandIn:
         self._refusals: list[int] = []
         self._server = BackgroundServer(json_handler(self._handle), name="eventgrid-standin", host=host,
                                         port=port, tls=tls)
-
-    def start(self) -> EventGridTopicStandIn:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> EventGridTopicStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        return self._server.url
 
     @property
     def endpoint(self) -> str:

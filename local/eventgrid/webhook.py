@@ -18,10 +18,10 @@ import json
 import threading
 from typing import Any
 
-from local.background_server import BackgroundServer, Reply, json_handler
+from local.background_server import BackgroundServer, Reply, ServedStandIn, json_handler
 
 
-class WebhookReceiver:
+class WebhookReceiver(ServedStandIn):
     def __init__(self, secret: str, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.secret = secret
         self._lock = threading.Lock()
@@ -30,19 +30,6 @@ class WebhookReceiver:
         self._refusals: list[int] = []
         self._server = BackgroundServer(json_handler(self._handle), name="webhook-receiver", host=host,
                                         port=port)
-
-    def start(self) -> WebhookReceiver:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> WebhookReceiver:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def url(self) -> str:

@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
-from local.background_server import BackgroundServer, Reply, json_handler
+from local.background_server import BackgroundServer, Reply, ServedStandIn, json_handler
 from local.clock import Clock, RealClock
 from local.loganalytics.store import (
     MAX_QUERY_ROWS,
@@ -85,7 +85,7 @@ def _error(status: int, code: str, message: str, headers: Mapping[str, str] | No
     return Reply(status, {"error": {"code": code, "message": message}}, headers)
 
 
-class LogAnalyticsStandIn:
+class LogAnalyticsStandIn(ServedStandIn):
     """Logs Ingestion + Logs Query over HTTPS, backed by a :class:`LogStore`.
 
     ``db_path=None`` keeps the data in memory; with a path, the DuckDB file outlives the
@@ -123,23 +123,9 @@ class LogAnalyticsStandIn:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> LogAnalyticsStandIn:
-        self._server.start()
-        return self
-
     def stop(self) -> None:
-        self._server.stop()
+        super().stop()
         self.store.close()
-
-    def __enter__(self) -> LogAnalyticsStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        return self._server.url
 
     # -- test and CLI hooks ----------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from duckdb_kql.errors import KqlSyntaxError
 
-from local.background_server import BackgroundServer, Reply, json_handler
+from local.background_server import BackgroundServer, Reply, ServedStandIn, json_handler
 from local.clock import Clock, RealClock
 from local.kql import KqlQueryError
 from local.resourcegraph.rows import ResourceGraphFeed
@@ -107,7 +107,7 @@ class Quota:
             return True, left - 1, ends - now
 
 
-class ResourceGraphStandIn:
+class ResourceGraphStandIn(ServedStandIn):
     """The Resource Graph query API over HTTPS, backed by a :class:`ResourceGraphStore`."""
 
     def __init__(
@@ -132,23 +132,9 @@ class ResourceGraphStandIn:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> ResourceGraphStandIn:
-        self._server.start()
-        return self
-
     def stop(self) -> None:
-        self._server.stop()
+        super().stop()
         self.store.close()
-
-    def __enter__(self) -> ResourceGraphStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        return self._server.url
 
     @property
     def counters(self) -> Counters:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from local.background_server import BackgroundServer
+from local.background_server import BackgroundServer, ServedStandIn
 from local.clock import Clock
 from local.workbook.evaluate import QueryRunner, evaluate
 from local.workbook.model import WORKBOOK_FILE, WorkbookError, load_workbook
@@ -25,7 +25,7 @@ PAGE_TEMPLATE = Path(__file__).with_name("page.html")
 _DATA_MARKER = "__WORKBOOK_DATA__"
 
 
-class WorkbookServer:
+class WorkbookServer(ServedStandIn):
     """Serves the workbook page on a loopback port; ``open_runner`` gives a query runner per request."""
 
     def __init__(
@@ -45,19 +45,6 @@ class WorkbookServer:
     @property
     def url(self) -> str:
         return self._server.url + "/"
-
-    def start(self) -> WorkbookServer:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> WorkbookServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def document(self, query_string: str) -> dict[str, Any]:
         """The evaluated workbook for ``query_string`` (``TimeRange=ms&OS=Linux&selectedTab=machines``)."""
