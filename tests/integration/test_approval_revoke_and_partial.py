@@ -4,7 +4,6 @@ category still named by releases, waiting requests or deployments is not deleted
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,14 +22,9 @@ from shared.governance.patches_table import PatchInventory, patch_inventory
 from shared.governance.releases import Release
 from shared.governance.releases_table import release_store
 from shared.log_tables import PATCH_INVENTORY
-from shared.principal import PRINCIPAL_HEADER, Role, encode_principal
 from shared.settings import Settings, load_settings
+from tests.integration.governance_setup import ANNA, BOB, OLGA, RITA, call
 from tests.integration.test_approvals_api import passed_update
-
-OLGA = encode_principal("olga@contoso.com", [Role.OPERATOR])  # requests
-ANNA = encode_principal("anna@contoso.com", [Role.APPROVER])  # decides
-BOB = encode_principal("bob@contoso.com", [Role.OPERATOR, Role.APPROVER])  # both, never on one request
-RITA = encode_principal("rita@contoso.com", [Role.READER])
 
 
 @pytest.fixture
@@ -46,12 +40,6 @@ def settings(app_settings) -> Settings:
 @pytest.fixture
 def inventory(settings) -> PatchInventory:
     return patch_inventory(settings)
-
-
-def call(host: FunctionsHost, who: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    response = host.request(method, path, body=body, headers={PRINCIPAL_HEADER: who})
-    raw = response.get_body()
-    return response.status_code, json.loads(raw) if raw else None
 
 
 def new_category(settings: Settings, **changes: Any) -> str:

@@ -3,7 +3,6 @@ justification, the requester may not decide, every step is in the history, and t
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,13 +20,8 @@ from shared.governance.patches_table import PatchInventory, patch_inventory
 from shared.governance.releases import Release
 from shared.governance.releases_table import release_store
 from shared.model.machines import OsType
-from shared.principal import PRINCIPAL_HEADER, Role, encode_principal
 from shared.settings import Settings, load_settings
-
-OLGA = encode_principal("olga@contoso.com", [Role.OPERATOR])  # requests
-ANNA = encode_principal("anna@contoso.com", [Role.APPROVER])  # decides
-BOB = encode_principal("bob@contoso.com", [Role.OPERATOR, Role.APPROVER])  # may do both, not on one request
-RITA = encode_principal("rita@contoso.com", [Role.READER])
+from tests.integration.governance_setup import ANNA, BOB, OLGA, RITA, call
 
 
 @pytest.fixture
@@ -43,12 +37,6 @@ def settings(app_settings) -> Settings:
 @pytest.fixture
 def inventory(settings) -> PatchInventory:
     return patch_inventory(settings)
-
-
-def call(host: FunctionsHost, who: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    response = host.request(method, path, body=body, headers={PRINCIPAL_HEADER: who})
-    raw = response.get_body()
-    return response.status_code, json.loads(raw) if raw else None
 
 
 def new_category(settings: Settings, **changes: Any) -> str:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import pytest
 from azure.data.tables import TableServiceClient
 
 from local.arm.fleet import parse_fleet
-from local.clock import VirtualClock
 from local.stack import LocalStack
 from shared.assessment.journal import APPLIED_ROW, JOURNAL_TABLE, journal_key
 from shared.assessment.updates_table import UpdateInventory
@@ -30,10 +29,10 @@ from shared.governance.evidence_table import change_store, evidence_store
 from shared.governance.patch_refs import parse_patch_ref
 from shared.model.machines import OsType, machine_key
 from shared.settings import load_settings
+from tests.integration.governance_setup import RUN_TIMEOUT, body, governed_stack, ringed_category
 
 SUB = "66666666-6666-4666-8666-666666666666"
 CATEGORY = "arc-batch"
-RUN_TIMEOUT = 240
 UPDATES = ["openssl", "sudo", "libc6", "tzdata"]
 SECURITY_UPDATES = ["libc6", "openssl", "sudo"]  # what a Critical-and-security run installs of UPDATES
 ARC_SERVERS = 5  # one batch (DEPLOYMENT_BATCH_SIZE 50)
@@ -54,26 +53,11 @@ FLEET = parse_fleet({"subscriptions": [{"id": SUB}], "machines": [
 ]})  # fmt: skip
 
 
-def body(response: Any) -> Any:
-    return json.loads(response.get_body())
-
-
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
-    start = datetime.now(UTC).replace(second=0, microsecond=0)
-    with LocalStack(FLEET, clock=VirtualClock(start)).start() as running:
-        started = running.functions.request("POST", "/api/discoveries", body={})
-        assert started.status_code == 202, started.get_body()
-        assert running.durable.wait_for_completion(body(started)["runId"], timeout=RUN_TIMEOUT)[
-            "runtimeStatus"] == "Completed"
-        category = running.functions.request("POST", "/api/categories", body={
-            "name": CATEGORY, "description": "Arc batch", "role": "web", "criticality": 2,
-            "owner": {"name": "Web team", "contact": "web@example.com"}, "priority": 1, "patchOrder": 1,
-            "membership": {"subscriptionIds": [SUB]},
-            "rings": [{"name": "test", "membership": {"tags": {"ring": "test"}}}, {"name": "production"}],
-            "requiresApproval": True, "testEvidence": {"minMachines": 1, "bakeHours": 0},
-        })  # fmt: skip
-        assert category.status_code == 201, category.get_body()
+    category = ringed_category(CATEGORY, "Arc batch", SUB, requiresApproval=True,
+                               testEvidence={"minMachines": 1, "bakeHours": 0})
+    with governed_stack(FLEET, category) as running:
         yield running
 
 

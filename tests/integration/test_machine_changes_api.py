@@ -5,7 +5,6 @@ through the API."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,13 +25,10 @@ from shared.governance.patches import PatchFacts, PatchState
 from shared.governance.patches_table import patch_inventory
 from shared.model.install_outcome import InstallationState, PatchInstallResult
 from shared.model.machines import Machine, MachineKind, OsType, PowerState
-from shared.principal import PRINCIPAL_HEADER, Role, encode_principal
+from shared.principal import encode_principal
 from shared.settings import load_settings
 from tests.integration.conftest import SUBSCRIPTION
-
-OLGA = encode_principal("olga@contoso.com", [Role.OPERATOR])
-ANNA = encode_principal("anna@contoso.com", [Role.APPROVER])
-RITA = encode_principal("rita@contoso.com", [Role.READER])
+from tests.integration.governance_setup import ANNA, OLGA, RITA, call
 
 
 def vm(name: str) -> Machine:
@@ -48,12 +44,6 @@ def vm(name: str) -> Machine:
 def result(ref: PatchRef, state: InstallationState) -> PatchInstallResult:
     return PatchInstallResult(f"{ref.package}_{ref.version}", str(ref.package), ("Security",), state,
                               version=ref.version)
-
-
-def call(host: FunctionsHost, who: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    response = host.request(method, path, body=body, headers={PRINCIPAL_HEADER: who})
-    raw = response.get_body()
-    return response.status_code, json.loads(raw) if raw else None
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ newer openssl than the release's (local/arm/fleet.py: a full package entry in av
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +17,6 @@ import pytest
 
 from local.arm.catalogue import lookup
 from local.arm.fleet import parse_fleet
-from local.clock import VirtualClock
 from local.functions_host import FunctionsHost
 from local.stack import LocalStack
 from shared.governance.evidence_table import change_store, evidence_store
@@ -28,11 +26,11 @@ from shared.governance.patches_table import patch_inventory
 from shared.model.machines import OsType, machine_key
 from shared.principal import Role, encode_principal
 from shared.settings import load_settings
+from tests.integration.governance_setup import RUN_TIMEOUT, body, governed_stack, ringed_category
 
 SUB = "55555555-5555-4555-8555-555555555555"
 GROUP = "rg-rel"
 CATEGORY = "rel-web"
-RUN_TIMEOUT = 240
 OPENSSL = lookup("ubuntu-22.04", "openssl")
 SUDO = lookup("ubuntu-22.04", "sudo")
 assert OPENSSL is not None and SUDO is not None
@@ -60,26 +58,11 @@ def rid(name: str) -> str:
     return f"/subscriptions/{SUB}/resourceGroups/{GROUP}/providers/Microsoft.Compute/virtualMachines/{name}"
 
 
-def body(response: Any) -> Any:
-    return json.loads(response.get_body())
-
-
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
-    start = datetime.now(UTC).replace(second=0, microsecond=0)
-    with LocalStack(FLEET, clock=VirtualClock(start)).start() as running:
-        started = running.functions.request("POST", "/api/discoveries", body={})
-        assert started.status_code == 202, started.get_body()
-        assert running.durable.wait_for_completion(body(started)["runId"], timeout=RUN_TIMEOUT)[
-            "runtimeStatus"] == "Completed"
-        category = running.functions.request("POST", "/api/categories", body={
-            "name": CATEGORY, "description": "release flow", "role": "web", "criticality": 2,
-            "owner": {"name": "Web team", "contact": "web@example.com"}, "priority": 1, "patchOrder": 1,
-            "membership": {"subscriptionIds": [SUB]},
-            "rings": [{"name": "test", "membership": {"tags": {"ring": "test"}}}, {"name": "production"}],
-            "requiresApproval": True, "testEvidence": {"minMachines": 1, "bakeHours": 0},
-        })  # fmt: skip
-        assert category.status_code == 201, category.get_body()
+    category = ringed_category(CATEGORY, "release flow", SUB, requiresApproval=True,
+                               testEvidence={"minMachines": 1, "bakeHours": 0})
+    with governed_stack(FLEET, category) as running:
         yield running
 
 

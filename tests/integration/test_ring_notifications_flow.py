@@ -8,25 +8,22 @@ activities that raise them run again (as a redelivered activity does) and the da
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from local.arm.catalogue import lookup
 from local.arm.fleet import parse_fleet
-from local.clock import VirtualClock
 from local.stack import LocalStack
 from shared.governance.audit import ComplianceRunInput
 from shared.governance.notifications import SCHEMAS, SOURCE, EventType, schema_problems
 from shared.settings import load_settings
+from tests.integration.governance_setup import RUN_TIMEOUT, body, governed_stack, ringed_category
 
 SUB = "77777777-7777-4777-8777-777777777777"
 GROUP = "rg-ring"
 CATEGORY = "ring-web"
-RUN_TIMEOUT = 240
 SUDO = lookup("ubuntu-22.04", "sudo")
 assert SUDO is not None
 
@@ -49,28 +46,13 @@ def rid(name: str) -> str:
     return f"/subscriptions/{SUB}/resourceGroups/{GROUP}/providers/Microsoft.Compute/virtualMachines/{name}"
 
 
-def body(response: Any) -> Any:
-    return json.loads(response.get_body())
-
-
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
-    start = datetime.now(UTC).replace(second=0, microsecond=0)
-    with LocalStack(FLEET, clock=VirtualClock(start)).start() as running:
+    # Short deadlines: what a test ring leaves missing is due within the warning window.
+    category = ringed_category(CATEGORY, "ring notifications", SUB, requiresApproval=False,
+                               deadlines={"critical": 2, "security": 2, "other": 2})
+    with governed_stack(FLEET, category) as running:
         assert running.events is not None
-        started = running.functions.request("POST", "/api/discoveries", body={})
-        assert started.status_code == 202, started.get_body()
-        assert running.durable.wait_for_completion(body(started)["runId"], timeout=RUN_TIMEOUT)[
-            "runtimeStatus"] == "Completed"
-        category = running.functions.request("POST", "/api/categories", body={
-            "name": CATEGORY, "description": "ring notifications", "role": "web", "criticality": 2,
-            "owner": {"name": "Web team", "contact": "web@example.com"}, "priority": 1, "patchOrder": 1,
-            "membership": {"subscriptionIds": [SUB]},
-            "rings": [{"name": "test", "membership": {"tags": {"ring": "test"}}}, {"name": "production"}],
-            # Short deadlines: what a test ring leaves missing is due within the warning window.
-            "requiresApproval": False, "deadlines": {"critical": 2, "security": 2, "other": 2},
-        })  # fmt: skip
-        assert category.status_code == 201, category.get_body()
         yield running
 
 
