@@ -164,9 +164,29 @@ def list_missing_updates(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="updates/{os}/{update}/machines", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 @requires(Role.READER)
 def list_machines_needing_update(req: func.HttpRequest) -> func.HttpResponse:
+    """The machines that miss one update, each with its asset category and ring: ``?category=`` (a
+    category's name in any case, or ``uncategorised``) keeps that category's."""
     os_name = req.route_params.get("os", "")
     canonical = {o.value.lower(): o.value for o in OsType}.get(os_name.lower())
     if canonical is None:
         return error_response(400, "InvalidParameter", "os: must be Windows or Linux", "os")
-    machines = machines_needing(_service(), canonical, req.route_params.get("update", ""))
+    service = _service()
+    category = req.params.get("category")
+    if category is not None:
+        spelt = _category_spelling(category, service)
+        if isinstance(spelt, func.HttpResponse):
+            return spelt
+        category = spelt
+    machines = machines_needing(service, canonical, req.route_params.get("update", ""),
+                                unplaced=UNCATEGORISED, category=category)
     return json_response({"count": len(machines), "machines": machines})
+
+
+def _category_spelling(name: str, service: TableServiceClient) -> str | func.HttpResponse:
+    """``name`` as its category spells it (the table compares exactly), or the 400 naming the parameter."""
+    if name.lower() == UNCATEGORISED:
+        return UNCATEGORISED
+    try:
+        return category_store(load_settings(), service).get(name).category.name
+    except CategoryNotFound as error:
+        return error_response(400, "InvalidParameter", f"category: {error}", "category")

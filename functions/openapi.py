@@ -181,7 +181,8 @@ def _paths() -> dict[str, Any]:
             {"200": "updates", "400": "bad filter"}, query=_MISSING_FILTERS)},
         "/api/updates/{os}/{update}/machines": {"get": _op(
             "Machines missing one update", inventory_api.list_machines_needing_update,
-            {"200": "machines", "400": "bad os"}, params=[("os", _one_of(_OS_NAMES)), "update"])},
+            {"200": "machines", "400": "bad os or category"}, params=[("os", _one_of(_OS_NAMES)), "update"],
+            query=[_query("category", {"type": "string"}, "an asset category, or uncategorised")])},
         "/api/discoveries": {"post": _op("Start a fleet discovery", discovery.start_discovery,
                                          {"202": "started", "400": bad}, ok_schema=_ACCEPTED,
                                          body=StartDiscoveryBody.model_json_schema())},

@@ -178,6 +178,7 @@ UPDATE_RUN_PROGRESS = LogTable(
         # approved it (an approval request id, rule:<category>), "not required" or "unauthorized".
         ("Authorized", B),
         ("AuthorizedBy", S),
+        ("Release", S),  # the deployment's release (shared.governance.releases); empty when it names none
     ),
 )
 
@@ -210,6 +211,7 @@ UPDATE_RUN_MACHINE = LogTable(
         ("RebootStatus", S),
         ("ErrorCode", S),
         ("ErrorMessage", S),
+        ("Release", S),  # the deployment's release, as UpdateRunProgress_CL; empty when it names none
     ),
 )
 

@@ -15,7 +15,7 @@ from azure.data.tables import TableServiceClient
 
 from shared.assessment.records import UpdateState
 from shared.assessment.updates_table import UpdateInventory
-from shared.fleet.machines_table import MACHINES_TABLE
+from shared.fleet.machines_table import MACHINES_TABLE, MachineInventory
 from shared.model.assessment_outcome import Compliance
 from shared.model.classification import Classification
 
@@ -106,12 +106,27 @@ def missing_updates(
     return rows
 
 
-def machines_needing(service: TableServiceClient, os_type: str, update_key: str) -> list[dict[str, Any]]:
-    return sorted(
-        ({"id": e["RowKey"], "resourceId": e.get("ResourceId"), "computerName": e.get("Computer")}
-         for e in UpdateInventory(service).machines_needing(os_type, update_key)),
-        key=lambda m: str(m["computerName"]).lower(),
-    )
+def machines_needing(service: TableServiceClient, os_type: str, update_key: str, *, unplaced: str,
+                     category: str | None = None) -> list[dict[str, Any]]:
+    """The machines that miss one update, each with its asset category and ring (``unplaced`` names the
+    category of a machine no category placed); with ``category``, only that category's machines.
+
+    Two queries whatever the number of machines: the update's partition of the reverse index, and the
+    Machines table's placement columns (a page per 1,000 machines of the fleet, or of the category when
+    one is asked for and is not ``unplaced``), joined here; never a read per machine."""
+    needing = list(UpdateInventory(service).machines_needing(os_type, update_key))
+    if not needing:
+        return []
+    filtered = category is not None and category != unplaced
+    placements = MachineInventory(service).placements(category if filtered else None)
+    machines = []
+    for entity in needing:
+        key = str(entity["RowKey"])
+        placed, ring = placements.get(key) or (unplaced, None)
+        if category is None or placed == category:
+            machines.append({"id": key, "resourceId": entity.get("ResourceId"),
+                             "computerName": entity.get("Computer"), "category": placed, "ring": ring})
+    return sorted(machines, key=lambda m: str(m["computerName"]).lower())
 
 
 def _gap(entity: dict[str, Any], now: datetime, last_assessed: Any) -> dict[str, Any]:

@@ -31,19 +31,48 @@ PROPERTY_CHARS = 30_000
 MAX_TRANSACTION_ENTITIES = 100
 
 
+class SharedTableService(TableServiceClient):
+    """A service client whose :meth:`get_table_client` answers one client per table, each with a pipeline
+    of its own, built once under a lock.
+
+    azure-data-tables' own ``get_table_client`` builds a new Pipeline over the service's policy objects,
+    and azure-core's Pipeline re-links those shared objects' ``next`` as it is built: a request another
+    thread is sending through them meanwhile can reach a policy runner whose ``next`` is not set yet
+    (``AttributeError: '_SansIOHTTPPolicyRunner' object has no attribute 'next'``, seen with activities
+    running in threads in the 10,000-machine bench). Azure Functions runs a worker's activities in threads
+    too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tables: dict[str, TableClient] = {}
+        self._tables_lock = threading.Lock()
+
+    def get_table_client(self, table_name: str, **kwargs: Any) -> TableClient:
+        if kwargs:  # options for one caller: a client of its own, as the SDK gives
+            return TableClient(self.url, table_name, credential=self.credential, **kwargs)
+        with self._tables_lock:
+            table = self._tables.get(table_name.lower())
+            if table is None:
+                table = TableClient(self.url, table_name, credential=self.credential,
+                                    api_version=self.api_version)
+                self._tables[table_name.lower()] = table
+            return table
+
+
 def table_service(settings: Settings, credential: TokenCredential | None = None) -> TableServiceClient:
     """The account's service client, one per process for the same connection string, or the same
-    endpoint and credential (by default the app's, :func:`credential_for`)."""
+    endpoint and credential (by default the app's, :func:`credential_for`); its table clients are kept
+    too (:class:`SharedTableService`)."""
     connection = settings.storage_connection_string
     if connection:
         return shared_client(
-            ("tables", connection), lambda: TableServiceClient.from_connection_string(connection)
+            ("tables", connection), lambda: SharedTableService.from_connection_string(connection)
         )
     endpoint = settings.storage_table_endpoint
     assert endpoint  # guaranteed by load_settings
     signer = credential or credential_for(settings)
     return shared_client(
-        ("tables", endpoint, signer), lambda: TableServiceClient(endpoint=endpoint, credential=signer)
+        ("tables", endpoint, signer), lambda: SharedTableService(endpoint=endpoint, credential=signer)
     )
 
 

@@ -151,5 +151,5 @@ def _machine_log_row(run: RunRecord | RunTerms, row: Mapping[str, Any], outcome:
     started_at = row.get("StartedAt")
     return run_machine_row(
         run.run_id, run.deployment_name, resource_id, computer, machine.os_type if machine else None, outcome,
-        started_at if isinstance(started_at, datetime) else None, finished_at,
+        started_at if isinstance(started_at, datetime) else None, finished_at, release=run.definition.release,
     )  # fmt: skip

@@ -87,7 +87,8 @@ def resolve(settings: Settings, run_id: str, at: datetime, batch_size: int) -> R
             name = machine.computer_name if machine else parse_resource_id(resource_id).name
             settled.append((MachineTarget(machine_key(resource_id), resource_id, name, -1), verdict))
             settled_rows.append(run_machine_row(run_id, run.deployment_name, resource_id, name,
-                                                machine.os_type if machine else None, verdict, None, at))
+                                                machine.os_type if machine else None, verdict, None, at,
+                                                release=definition.release))
     queued.sort(key=lambda m: m.resource_id.lower())
     targets = [
         MachineTarget(m.key, m.resource_id, m.computer_name, index // batch_size, machine_to_json(m))

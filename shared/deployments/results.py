@@ -85,17 +85,20 @@ def installation_status(state: InstallationState) -> str | None:
 
 
 def run_progress_rows(
-    machine: Machine, outcome: InstallOutcome, deployment_name: str, run_id: str, at: datetime
+    machine: Machine, outcome: InstallOutcome, deployment_name: str, run_id: str, at: datetime,
+    *, release: str | None = None,
 ) -> list[dict[str, Any]]:
     """``UpdateRunProgress_CL`` rows; RecordId depends on the run, machine and patch only, so a
-    retried upload of the same run writes the same ids."""
+    retried upload of the same run writes the same ids. ``release``: the deployment's release name
+    (``Release``; empty when it installs by classification or approvedOnly)."""
     patches = outcome.patches or ()
-    return patch_progress_rows(machine, patches, outcome.started_at, deployment_name, run_id, at)
+    return patch_progress_rows(machine, patches, outcome.started_at, deployment_name, run_id, at,
+                               release=release)
 
 
 def patch_progress_rows(
     machine: Machine, patches: Iterable[PatchInstallResult], started_at: datetime | None,
-    deployment_name: str, run_id: str, at: datetime,
+    deployment_name: str, run_id: str, at: datetime, *, release: str | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`run_progress_rows` from an install's patches and start time (an Arc server's, read from
     Resource Graph after the install step)."""
@@ -105,6 +108,7 @@ def patch_progress_rows(
         "OSType": machine.os_type.value,
         "UpdateRunName": deployment_name,
         "UpdateRunId": run_id,
+        "Release": release or "",
         "ResourceId": machine.resource_id,
         "SourceComputerId": machine.key,
         "StartTime": started_at,
@@ -166,12 +170,12 @@ _MAX_ERROR_MESSAGE = 4000
 
 def run_machine_row(run_id: str, deployment_name: str, resource_id: str, computer: str,
                     os_type: OsType | None, outcome: MachineRunOutcome, started_at: datetime | None,
-                    finished_at: datetime) -> dict[str, Any]:
+                    finished_at: datetime, *, release: str | None = None) -> dict[str, Any]:
     """The ``UpdateRunMachine_CL`` row of one machine of a run.
 
     ``os_type`` is None for a target the discovery did not find; ``started_at`` is None for a machine
-    that never started. RecordId depends on the run and the machine only, so the row of a retried
-    activity has the same id.
+    that never started; ``release`` is the deployment's release name (empty without one). RecordId
+    depends on the run and the machine only, so the row of a retried activity has the same id.
     """
     ref = parse_resource_id(resource_id)
     environment = Environment.AZURE if ref.kind is MachineKind.AZURE_VM else Environment.NON_AZURE
@@ -186,6 +190,7 @@ def run_machine_row(run_id: str, deployment_name: str, resource_id: str, compute
         "SourceComputerId": machine_key(resource_id),
         "UpdateRunName": deployment_name,
         "UpdateRunId": run_id,
+        "Release": release or "",
         "Status": outcome.status.value,
         "Reason": outcome.reason,
         "StartTime": started_at,

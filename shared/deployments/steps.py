@@ -313,7 +313,8 @@ def _installed(settings: Settings, credential: TokenCredential, request: StepInp
     machine = _machine(request, row)
     run = store.terms(request.run_id)
     # An Arc server's counts-only result: its per-update rows come at the batch's end (_graph_pending).
-    rows = run_progress_rows(machine, outcome, run.deployment_name, request.run_id, request.at)
+    rows = run_progress_rows(machine, outcome, run.deployment_name, request.run_id, request.at,
+                             release=run.definition.release)
     # Carried in the row this step writes anyway, queued by the batch's end (apply_batch_journal).
     progress = carried_columns(progress_prefix(request.step), json.dumps([wire_row(r) for r in rows]))
     if progress is None:
@@ -403,7 +404,8 @@ def apply_batch_journal(settings: Settings, run_id: str, batch: int, at: datetim
             text = carried_text(row, progress_prefix(step))
             if text is not None:
                 progress += json.loads(text)
-    arc_progress, notes = _arc_progress_rows(settings, terms.deployment_name, run_id, journal, rows)
+    arc_progress, notes = _arc_progress_rows(settings, terms.deployment_name, run_id, journal, rows,
+                                             release=terms.definition.release)
     progress += arc_progress
     # Authorization columns on the progress rows, MachineChanges, test evidence (shared.deployments.governed).
     record_batch(settings, progress, rows, at)
@@ -417,7 +419,8 @@ def apply_batch_journal(settings: Settings, run_id: str, batch: int, at: datetim
 
 
 def _arc_progress_rows(
-    settings: Settings, deployment: str, run_id: str, journal: str, rows: Sequence[Mapping[str, Any]]
+    settings: Settings, deployment: str, run_id: str, journal: str, rows: Sequence[Mapping[str, Any]],
+    *, release: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:
     """The UpdateRunProgress_CL rows (wire form, as the carried ones) of the Arc installs noted on the
     batch's rows (:data:`GRAPH_PENDING_COLUMN`), from one Resource Graph query per 100 machines for all of
@@ -447,7 +450,7 @@ def _arc_progress_rows(
         machine = machine_from_json(str(row["Machine"]))
         started = datetime.fromisoformat(note["startedAt"]) if note.get("startedAt") else None
         seen = datetime.fromisoformat(note["at"])
-        rows_of_run = patch_progress_rows(machine, listed, started, deployment, run_id, seen)
+        rows_of_run = patch_progress_rows(machine, listed, started, deployment, run_id, seen, release=release)
         progress += [wire_row(r) for r in rows_of_run]
         pending = left.setdefault(machine.key, json.loads(row.get(GRAPH_PENDING_COLUMN) or "{}"))
         del pending[step]

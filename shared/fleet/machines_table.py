@@ -22,6 +22,7 @@ from shared.azure.tables import ensure_table, upsert_in_batches
 from shared.fleet.heartbeats import HEARTBEAT_FINGERPRINT, LAST_HEARTBEAT_AT, LastHeartbeat, last_heartbeat
 from shared.fleet.machine_names import MachineEntry
 from shared.fleet.machine_query import MAX_PAGE_SIZE
+from shared.fleet.placement import ASSET_CATEGORY, RING, MachinePlacement, stored_placement
 from shared.model.machines import Machine, MachineKind, OsType, PowerState, machine_key, parse_resource_id
 
 MACHINES_TABLE = "Machines"
@@ -114,6 +115,19 @@ class MachineInventory:
         """Every machine's entity, only the properties ``names`` (pages of MAX_PAGE_SIZE)."""
         for entity in self._table.list_entities(select=list(names), results_per_page=MAX_PAGE_SIZE):
             yield dict(entity)
+
+    def placements(self, category: str | None = None) -> dict[str, MachinePlacement | None]:
+        """Each machine's placement by machine key (None before any was written): one query of the table,
+        its placement columns only, a page per MAX_PAGE_SIZE machines. With ``category``, only the
+        machines placed in it (filtered by the table service: the pages are that category's)."""
+        names = ["RowKey", ASSET_CATEGORY, RING]
+        entities = (
+            self._table.query_entities(f"{ASSET_CATEGORY} eq @c", parameters={"c": category}, select=names,
+                                       results_per_page=MAX_PAGE_SIZE)
+            if category is not None
+            else self._table.list_entities(select=names, results_per_page=MAX_PAGE_SIZE)
+        )
+        return {str(e["RowKey"]): stored_placement(e) for e in entities}
 
     def merge(self, properties: Iterable[Mapping[str, Any]]) -> int:
         """Merge ``properties`` (each with PartitionKey and RowKey) into existing machines' entities."""

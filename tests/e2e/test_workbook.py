@@ -368,6 +368,7 @@ EXPECTED_COLUMNS = {
     "ring-runs": [
         "UpdateRunName",
         "UpdateRunId",
+        "Release",
         "AssetCategory",
         "Ring",
         "Machines",
@@ -530,7 +531,9 @@ def test_releases_and_rings_show_each_categorys_states_and_what_authorized_each_
     # The demo fleet is uncategorised: every install of the run needed no approval, none was unauthorized.
     [run] = [r for r in results["ring-runs"].as_dicts() if r["UpdateRunId"] == update_run.run_id]
     patches = [p for o in update_run.outcomes.values() for p in o.patches or ()]
-    assert (run["UpdateRunName"], run["AssetCategory"]) == (update_run.name, "uncategorised")
+    # By classification, no release: its Release is empty (test_releases_flow shows a run of a release).
+    assert (run["UpdateRunName"], run["Release"], run["AssetCategory"]) == (
+        update_run.name, "", "uncategorised")
     assert run["Installed"] == sum(p.state.value == "Installed" for p in patches)
     assert run["Failed"] == sum(p.state.value == "Failed" for p in patches)
     assert (run["TestRing"], run["Approved"], run["Unauthorized"], run["ApprovedUnder"]) == (0, 0, 0, "")

@@ -19,6 +19,8 @@ from local.arm.catalogue import lookup
 from local.arm.fleet import parse_fleet
 from local.functions_host import FunctionsHost
 from local.stack import LocalStack
+from local.workbook import load_workbook, logs_runner_for, run_query_item
+from local.workbook.evaluate import resolve_parameters
 from shared.governance.evidence_table import change_store, evidence_store
 from shared.governance.patch_refs import parse_patch_ref
 from shared.governance.patches import Action, PatchState
@@ -112,14 +114,33 @@ def test_a_test_ring_run_records_evidence_passed_and_failed_with_the_reason(stac
                         machine_key(rid("rel-test-02")): "failed"}
     # Each machine's change history: the run's installs, authorized as testing on the test ring.
     logged = stack.logs.query('UpdateRunProgress_CL | where UpdateRunName == "rel-test-ring" '
-                              "| project Computer, PackageName, InstallationStatus, Authorized, AuthorizedBy")
-    shown = {(r["Computer"], r["PackageName"], r["InstallationStatus"], r["AuthorizedBy"]) for r in logged}
+                              "| project Computer, PackageName, InstallationStatus, AuthorizedBy, Release")
+    shown = {(r["Computer"], r["PackageName"], r["InstallationStatus"], r["AuthorizedBy"], r["Release"])
+             for r in logged}
     assert shown == {
-        ("rel-test-01", "openssl", "succeeded", "test ring"),
-        ("rel-test-01", "sudo", "succeeded", "test ring"),
-        ("rel-test-02", "openssl", "succeeded", "test ring"),
-        ("rel-test-02", "sudo", "failed", "test ring"),
+        ("rel-test-01", "openssl", "succeeded", "test ring", "rel-cycle-1"),
+        ("rel-test-01", "sudo", "succeeded", "test ring", "rel-cycle-1"),
+        ("rel-test-02", "openssl", "succeeded", "test ring", "rel-cycle-1"),
+        ("rel-test-02", "sudo", "failed", "test ring", "rel-cycle-1"),
     }
+    # Each machine's row of the run names the release too (the workbook's "Releases and rings").
+    ran = stack.logs.query('UpdateRunMachine_CL | where UpdateRunName == "rel-test-ring" '
+                           "| project Computer, Status, Release")
+    assert {(r["Computer"], r["Status"], r["Release"]) for r in ran} == {
+        ("rel-test-01", "succeeded", "rel-cycle-1"), ("rel-test-02", "partially succeeded", "rel-cycle-1")}
+    # The workbook's Governance tab shows the run under its release, category and ring.
+    workbook = load_workbook()
+    [view] = [item for item in workbook.query_items() if item.name == "ring-runs"]
+    runner = logs_runner_for(stack)
+    try:
+        values = resolve_parameters(workbook, {}, runner, stack.clock.now()).values
+        shown_runs = run_query_item(view, values, runner, stack.clock.now()).as_dicts()
+    finally:
+        runner.close()
+    [ring_run] = [r for r in shown_runs if r["UpdateRunName"] == "rel-test-ring"]
+    # (Its category and ring come from the machines' Heartbeat_CL rows; this flow does not check them.)
+    assert (ring_run["Release"], ring_run["Machines"], ring_run["Installed"], ring_run["Failed"],
+            ring_run["TestRing"]) == ("rel-cycle-1", 2, 3, 1, 4)
     history = change_store(settings).history(machine_key(rid("rel-test-01")))
     assert {(row["Key"], row["Status"], row["AuthorizedBy"]) for row in history} >= {
         (TESTED_OPENSSL, "succeeded", "test ring"), (TESTED_SUDO, "succeeded", "test ring")}
@@ -218,6 +239,13 @@ def test_approved_only_installs_each_machines_approved_updates_on_its_ring(stack
     history = change_store(load_settings()).history(machine_key(rid("rel-prod-02")))
     assert {(row["Key"], row["AuthorizedBy"]) for row in history} == {
         (TESTED_OPENSSL, "req-rel-1"), (TESTED_SUDO, "req-rel-1")}
+    # No release named: the rows' Release is empty.
+    logged = stack.logs.query('UpdateRunProgress_CL | where UpdateRunName == "rel-approved-only" '
+                              "| project PackageName, Release")
+    ran = stack.logs.query('UpdateRunMachine_CL | where UpdateRunName == "rel-approved-only" '
+                           "| project Computer, Release")
+    assert len(logged) == 2 and {r["Release"] for r in logged} == {""}
+    assert {(r["Computer"], r["Release"]) for r in ran} == {("rel-prod-01", ""), ("rel-prod-02", "")}
 
 
 def test_the_rule_is_checked_again_when_a_run_starts(stack):

@@ -89,6 +89,33 @@ def test_each_storage_account_has_its_own_clients_but_one_identity():
     assert blob_service(one) is not blob_service(other)
 
 
+def _policies(table: Any) -> list[Any]:
+    """The HTTPPolicy objects a table client's pipeline links (azure-core re-links them building one)."""
+    return [p for p in table._client._client._pipeline._impl_policies if hasattr(p, "send")]
+
+
+@pytest.mark.parametrize("settings", [emulator_settings(41300), azure_settings("acct4")],
+                         ids=["key", "identity"])
+def test_each_table_has_one_client_whose_pipeline_shares_nothing_with_another_tables(settings):
+    service = table_service(settings)
+    runs = service.get_table_client("DeploymentRuns")
+    assert service.get_table_client("deploymentruns") is runs  # once per table, names ignoring case
+    machines = service.get_table_client("Machines")
+    # Building one table's client never re-links the policy chain another thread is sending through
+    # (azure-data-tables' own get_table_client shares the service's policy objects: SharedTableService).
+    assert not {id(p) for p in _policies(runs)} & {id(p) for p in _policies(machines)}
+    assert runs.url.startswith(service.url.rstrip("/")) and runs.table_name == "DeploymentRuns"
+
+    clients: list[Any] = []
+    threads = [threading.Thread(target=lambda: clients.append(service.get_table_client("Outbox")))
+               for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(c) for c in clients}) == 1
+
+
 def test_another_identity_or_credential_gets_another_client():
     one = azure_settings("acct3", client_id="aaaaaaaa-0000-0000-0000-000000000001")
     two = azure_settings("acct3", client_id="aaaaaaaa-0000-0000-0000-000000000002")

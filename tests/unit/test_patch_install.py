@@ -194,6 +194,11 @@ def test_run_progress_rows_have_exactly_the_declared_columns_and_only_selected_u
     assert [r["RecordId"] for r in again] == [r["RecordId"] for r in rows]
     other_run = run_progress_rows(linux_machine(), done, "rhel-critical", "run-2", AT)
     assert not {r["RecordId"] for r in other_run} & {r["RecordId"] for r in rows}
+    # The deployment's release, empty when it names none (installs by classification here).
+    assert {r["Release"] for r in rows} == {""}
+    released = run_progress_rows(linux_machine(), done, "rhel-critical", "run-1", AT, release="rhel-2027-01")
+    assert {r["Release"] for r in released} == {"rhel-2027-01"}
+    assert [r["RecordId"] for r in released] == [r["RecordId"] for r in rows]
 
 
 def test_arc_outcomes_have_no_per_update_rows():

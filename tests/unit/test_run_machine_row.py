@@ -32,9 +32,17 @@ def test_a_finished_machine_row_carries_its_result_counts_and_times():
         "UpdateRunName": "prod-linux", "UpdateRunId": "run-1", "Status": "partially succeeded",
         "Reason": "install: 1 failed", "StartTime": STARTED, "EndTime": FINISHED, "Installed": 3,
         "FailedUpdates": 1, "Pending": 0, "Excluded": 2, "RebootStatus": "Completed",
-        "ErrorCode": "PatchFailed", "ErrorMessage": "openssl: dpkg returned 1",
+        "ErrorCode": "PatchFailed", "ErrorMessage": "openssl: dpkg returned 1", "Release": "",
     }  # fmt: skip
     assert {name: row[name] for name in expected} == expected
+
+
+def test_a_machine_row_names_the_deployments_release():
+    outcome = MachineOutcomeRecord(MachineResultStatus.SUCCEEDED, installed=2)
+    row = run_machine_row("run-1", "web-production", VM, "web-01", OsType.LINUX, outcome, STARTED, FINISHED,
+                          release="web-2026-12")
+    check_rows(UPDATE_RUN_MACHINE, [row])
+    assert row["Release"] == "web-2026-12"
 
 
 def test_a_machine_that_never_started_has_a_row_with_its_reason_and_no_start_time():
