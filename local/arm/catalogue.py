@@ -600,6 +600,14 @@ def updates_for(key: str) -> list[WindowsUpdate] | list[LinuxPackage]:
     return list(_LINUX.get(key, []))
 
 
+def named_in(update: Update, names: tuple[str, ...]) -> bool:
+    """Whether a fleet file's list of updates names this one: KB ids with or without "KB" for Windows,
+    package names (or catalogue refs) for Linux."""
+    if isinstance(update, WindowsUpdate):
+        return any(n.upper().removeprefix("KB") == update.kb_id for n in names)
+    return any(n in (update.name, update.ref) for n in names)
+
+
 def lookup(key: str, ref: str) -> Update | None:
     """Find ``ref`` for OS ``key``: ``KB5034129`` or ``5034129`` on Windows, ``name`` or ``name_version``
     on Linux (the catalogue's own id, not a package mask)."""

@@ -96,6 +96,18 @@ class Behaviours(WireModel):
     # Another patch operation (the platform's periodic assessment, Azure Update Manager) runs on the
     # machine for this long from the start: patch operations answer 409 until it ends.
     busy_seconds: int = Field(default=0, ge=0)
+    # Updates (KB ids or package names, as failingPatches) that install fine but break the machine's
+    # application: once one is installed, every script run on the machine reports the failure.
+    breaks_health: tuple[str, ...] = ()
+    # The machine's application is broken from the start (before any install).
+    unhealthy: bool = False
+
+
+class DataDisk(WireModel):
+    """A managed data disk of an Azure VM (Arc servers have no disks in Azure)."""
+
+    lun: int = Field(ge=0, le=63)
+    disk_size_gb: int = Field(default=128, ge=1)
 
 
 class Subscription(WireModel):
@@ -119,6 +131,7 @@ class Machine(WireModel):
     installed_updates: tuple[UpdateEntry, ...] = ()
     available_updates: tuple[UpdateEntry, ...] = ()
     behaviours: Behaviours = Field(default_factory=Behaviours)
+    data_disks: tuple[DataDisk, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -152,6 +165,10 @@ class Machine(WireModel):
             )
         if self.kind == "arc-server" and self.power_state == "deallocated":
             raise ValueError("powerState 'deallocated' is for Azure VMs; an Arc server is running or stopped")
+        if self.kind == "arc-server" and self.data_disks:
+            raise ValueError("dataDisks: an Arc server has no disks in Azure")
+        if len({d.lun for d in self.data_disks}) != len(self.data_disks):
+            raise ValueError("dataDisks: two disks on one lun")
         for field in ("installed_updates", "available_updates"):
             for index, entry in enumerate(getattr(self, field)):
                 self._check_entry(f"{Machine.model_fields[field].alias}[{index}]", entry)

@@ -1,7 +1,8 @@
 """The ARM stand-in: an HTTPS server the real compute and hybrid-compute clients talk to unchanged.
 
 Routes are the ARM paths the app uses (virtual machines, Arc machines, their patch
-operations, VM restart, run command, disks and snapshots, operation status). Long-running
+operations, VM restart, deallocate, start and power off, a VM's PUT/PATCH for the OS and data
+disk swap, VM run command and Arc run commands, disks and snapshots, operation status). Long-running
 operations answer ``202`` with ``Azure-AsyncOperation`` and ``Location`` headers,
 as ARM does, so azure-core's own poller (and its continuation tokens) work.
 
@@ -27,6 +28,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from local.arm.catalogue import Update, WindowsUpdate
 from local.arm.fleet import Fleet
 from local.arm.simulation import ArmError, MachineState, Operation, Simulation, iso, not_found, os_disk_id
 from local.background_server import BackgroundServer, ServedStandIn
@@ -139,6 +141,15 @@ class ArmStandIn(ServedStandIn):
         ``package``; see :meth:`Simulation.publish_version`."""
         return self.simulation.publish_version(os_key, package, version)
 
+    def disk_state(self, resource_id: str) -> tuple[list[str], str | None]:
+        """Simulation view (no ARM route): the updates installed on the machine (sorted ``name_version`` or
+        KB ids, as results list them) and why its application fails (None when healthy), to compare a
+        machine before an install with the same machine after its rollback."""
+        with self.simulation.lock:
+            self.simulation.settle()
+            state = self.simulation.machine(resource_id)
+            return sorted(_installed_label(u) for u in state.installed), state.health_failure()
+
     def record(self, record: RequestRecord) -> None:
         with self._log_lock:
             self._log.append(record)
@@ -237,11 +248,17 @@ class ArmStandIn(ServedStandIn):
             ("POST", _VM + r"/installPatches", self._install),
             ("POST", _VM + r"/runCommand", self._run_command),
             ("POST", _VM + r"/restart", self._restart),
+            ("POST", _VM + r"/(?P<action>deallocate|start|powerOff)", self._power),
+            ("PUT", _VM, self._update_vm),
+            ("PATCH", _VM, self._update_vm),
             ("GET", _SUB + r"/providers/Microsoft\.HybridCompute/machines", self._list_arc),
             ("GET", _RG + r"/providers/Microsoft\.HybridCompute/machines", self._list_arc),
             ("GET", _ARC, self._get_arc),
             ("POST", _ARC + r"/assessPatches", self._assess),
             ("POST", _ARC + r"/installPatches", self._install),
+            ("PUT", _ARC + r"/runCommands/(?P<cmd>[^/]+)", self._put_arc_run_command),
+            ("GET", _ARC + r"/runCommands/(?P<cmd>[^/]+)", self._get_arc_run_command),
+            ("DELETE", _ARC + r"/runCommands/(?P<cmd>[^/]+)", self._delete_arc_run_command),
             (
                 "GET",
                 _SUB + r"/providers/(?P<provider>Microsoft\.Compute|Microsoft\.HybridCompute)/locations/"
@@ -312,7 +329,6 @@ class ArmStandIn(ServedStandIn):
             os_config["enableAutomaticUpdates"] = machine.patch_mode != "Manual"
         else:
             os_config["disablePasswordAuthentication"] = True
-        disk_id = os_disk_id(machine)
         properties: dict[str, Any] = {
             "vmId": _stable_uuid(machine.resource_id),
             "hardwareProfile": {"vmSize": "Standard_D2s_v5"},
@@ -324,16 +340,8 @@ class ArmStandIn(ServedStandIn):
                     "version": "latest",
                     "exactVersion": "1.0.0",
                 },
-                "osDisk": {
-                    "osType": machine.os_type,
-                    "name": disk_id.rsplit("/", 1)[1],
-                    "createOption": "FromImage",
-                    "caching": "ReadWrite",
-                    "managedDisk": {"id": disk_id, "storageAccountType": "Premium_LRS"},
-                    "deleteOption": "Delete",
-                    "diskSizeGB": machine.os_profile.disk_size_gb,
-                },
-                "dataDisks": [],
+                "osDisk": self._os_disk_reference(state),
+                "dataDisks": [self._data_disk_reference(lun, d) for lun, d in state.data_disks.items()],
             },
             "osProfile": {
                 "computerName": machine.host_name,
@@ -362,6 +370,56 @@ class ArmStandIn(ServedStandIn):
             "tags": dict(machine.tags),
             "properties": properties,
         }
+
+    def _disk(self, disk_id: str) -> dict[str, Any]:
+        return self.simulation.resources.get(disk_id.lower()) or {"properties": {}}
+
+    def _os_disk_reference(self, state: MachineState) -> dict[str, Any]:
+        """``storageProfile.osDisk`` as VirtualMachine_Get shows it; ``Attach`` once a disk was swapped in."""
+        disk = self._disk(state.os_disk)
+        original = state.os_disk.lower() == os_disk_id(state.spec).lower()
+        return {
+            "osType": state.spec.os_type,
+            "name": state.os_disk.rsplit("/", 1)[1],
+            "createOption": "FromImage" if original else "Attach",
+            "caching": "ReadWrite",
+            "managedDisk": {
+                "id": state.os_disk,
+                "storageAccountType": (disk.get("sku") or {}).get("name", "Premium_LRS"),
+            },
+            "deleteOption": "Delete" if original else "Detach",
+            "diskSizeGB": disk["properties"].get("diskSizeGB", state.spec.os_profile.disk_size_gb),
+        }
+
+    def _data_disk_reference(self, lun: int, disk_id: str) -> dict[str, Any]:
+        disk = self._disk(disk_id)
+        created_empty = disk["properties"].get("creationData", {}).get("createOption") == "Empty"
+        return {
+            "lun": lun,
+            "name": disk_id.rsplit("/", 1)[1],
+            "createOption": "Empty" if created_empty else "Attach",
+            "caching": "ReadOnly",
+            "managedDisk": {
+                "id": disk_id,
+                "storageAccountType": (disk.get("sku") or {}).get("name", "Premium_LRS"),
+            },
+            "deleteOption": "Detach",
+            "diskSizeGB": disk["properties"].get("diskSizeGB"),
+            "toBeDetached": False,
+        }
+
+    def _power(self, request: Request, match: re.Match[str]) -> Reply:
+        op = self.simulation.start_power_change(self._target(match), match["action"])
+        return self._accepted(request, op)
+
+    def _update_vm(self, request: Request, match: re.Match[str]) -> Reply:
+        """PUT/PATCH of a VM: 200 with the VM, still ``Updating``, and ``Azure-AsyncOperation`` to poll."""
+        state = self._vm(match)
+        op = self.simulation.start_vm_update(state.spec.resource_id, request.body)
+        body = self._vm_body(state, False)
+        body["properties"]["provisioningState"] = "Updating"
+        headers = self._accepted(request, op).headers
+        return Reply(200, body, {"Azure-AsyncOperation": headers["Azure-AsyncOperation"]})
 
     def _instance_view(self, state: MachineState) -> dict[str, Any]:
         """Power state always; OS and agent details only while the guest agent can report them."""
@@ -483,8 +541,27 @@ class ArmStandIn(ServedStandIn):
     def _run_command(self, request: Request, match: re.Match[str]) -> Reply:
         return self._accepted(request, self.simulation.start_run_command(self._target(match), request.body))
 
-    def _accepted(self, request: Request, op: Operation) -> Reply:
-        """202 with the two headers azure-core's ARM poller follows."""
+    def _arc_run_command_id(self, match: re.Match[str]) -> str:
+        return f"{_machine_id(match, 'Microsoft.HybridCompute/machines')}/runcommands/{match['cmd']}"
+
+    def _put_arc_run_command(self, request: Request, match: re.Match[str]) -> Reply:
+        """201: the run command still ``Creating``, and the polling headers (RunCommands_CreateOrUpdate)."""
+        resource, op = self.simulation.start_arc_run_command(
+            _machine_id(match, "Microsoft.HybridCompute/machines"), match["cmd"], request.body
+        )
+        return self._accepted(request, op, resource, status=201)
+
+    def _get_arc_run_command(self, request: Request, match: re.Match[str]) -> Reply:
+        return Reply(200, self.simulation.arc_run_command(self._arc_run_command_id(match)))
+
+    def _delete_arc_run_command(self, request: Request, match: re.Match[str]) -> Reply:
+        op = self.simulation.delete_arc_run_command(self._arc_run_command_id(match))
+        return Reply(204) if op is None else self._accepted(request, op)
+
+    def _accepted(
+        self, request: Request, op: Operation, body: Any = None, *, status: int = 202
+    ) -> Reply:
+        """202 (or the given status) with the two headers azure-core's ARM poller follows."""
         version = request.query.get("api-version", "")
         root = f"{request.base_url}/subscriptions/{op.subscription}/providers/{op.provider}"
         root += f"/locations/{op.location}"
@@ -494,7 +571,7 @@ class ArmStandIn(ServedStandIn):
         else:
             status_url = f"{root}/operationStatus/{op.id}?{urlencode({'api-version': version})}"
             result_url = f"{root}/operationResults/{op.id}?{urlencode({'api-version': version})}"
-        return Reply(202, None, {"Azure-AsyncOperation": status_url, "Location": result_url})
+        return Reply(status, body, {"Azure-AsyncOperation": status_url, "Location": result_url})
 
     def _operation(self, request: Request, match: re.Match[str]) -> Reply:
         op = self.simulation.operation(match["op"])
@@ -540,14 +617,20 @@ class ArmStandIn(ServedStandIn):
         return Reply(200, self.simulation.get_resource(self._resource_id(match)))
 
     def _put_resource(self, request: Request, match: re.Match[str]) -> Reply:
-        op = self.simulation.start_put_disk_or_snapshot(
+        resource, op = self.simulation.start_put_disk_or_snapshot(
             self._resource_id(match), match["type"].lower(), request.body
         )
-        return self._accepted(request, op)
+        # 202 with the resource still ``Updating`` (Snapshot_Create_FromAnExistingSnapshot,
+        # Disk_Create_ByCopyingASnapshot); the poller then GETs the resource.
+        return self._accepted(request, op, resource)
 
     def _delete_resource(self, request: Request, match: re.Match[str]) -> Reply:
         op = self.simulation.start_delete(self._resource_id(match))
         return Reply(204) if op is None else self._accepted(request, op)
+
+
+def _installed_label(update: Update) -> str:
+    return f"KB{update.kb_id}" if isinstance(update, WindowsUpdate) else f"{update.name}_{update.version}"
 
 
 def _names_machine(recorded: str | None, wanted: str) -> bool:

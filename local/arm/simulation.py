@@ -23,7 +23,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, Literal
@@ -37,8 +37,16 @@ from local.arm.catalogue import (
     LinuxPackage,
     Update,
     WindowsUpdate,
+    named_in,
 )
 from local.arm.fleet import Fleet, Machine
+from local.arm.health import (
+    DiskContent,
+    arc_instance_view,
+    health_failure,
+    run_script,
+    vm_run_command_output,
+)
 from local.clock import Clock
 
 if TYPE_CHECKING:  # rows.py builds its rows from this module's nouns: imported for the annotation only
@@ -57,6 +65,9 @@ RUN_COMMAND_DURATION = timedelta(seconds=30)
 # fleet file has no per-machine knob for it, so every VM takes this long (a stand-in figure, not measured).
 VM_RESTART_DURATION = timedelta(seconds=90)
 SNAPSHOT_DURATION = timedelta(seconds=60)
+# Deallocate, start and power off of a VM, and a VM update (a disk swap): stand-in figures, not measured.
+POWER_CHANGE_DURATION = timedelta(seconds=60)
+VM_UPDATE_DURATION = timedelta(seconds=20)
 DELETE_DURATION = timedelta(seconds=10)
 # Assessments are current for a day (AZURE-FACTS: periodic assessment every 24 h); the fleet
 # starts as if the last periodic one ran this long ago.
@@ -308,9 +319,7 @@ def _select_windows(update: WindowsUpdate, request: InstallRequest) -> Selection
 
 
 def is_failing(update: Update, failing: tuple[str, ...]) -> bool:
-    if isinstance(update, WindowsUpdate):
-        return any(f.upper().removeprefix("KB") == update.kb_id for f in failing)
-    return any(f in (update.name, update.ref) for f in failing)
+    return named_in(update, failing)
 
 
 @dataclass
@@ -493,9 +502,27 @@ class MachineState:
     installation_summary: dict[str, Any] | None = None
     busy_with: str | None = None
     power_state: str = ""  # the fleet file's, until someone stops or starts the machine (set_power_state)
+    unhealthy_from_start: bool = False  # travels with the OS disk (see local.arm.health)
+    os_disk: str = ""  # the attached OS disk's id (Azure VMs)
+    data_disks: dict[int, str] = field(default_factory=dict)  # lun -> attached data disk id
 
     def __post_init__(self) -> None:
         self.power_state = self.power_state or self.spec.power_state
+        self.unhealthy_from_start = self.unhealthy_from_start or self.spec.behaviours.unhealthy
+
+    def disk_content(self) -> DiskContent:
+        return DiskContent(
+            tuple(self.installed), tuple(self.available), self.reboot_pending, self.unhealthy_from_start
+        )
+
+    def load_disk(self, content: DiskContent) -> None:
+        self.installed = list(content.installed)
+        self.available = list(content.available)
+        self.reboot_pending = content.reboot_pending
+        self.unhealthy_from_start = content.unhealthy_from_start
+
+    def health_failure(self) -> str | None:
+        return health_failure(self.spec, self.installed, self.unhealthy_from_start)
 
     @property
     def running(self) -> bool:
@@ -557,6 +584,10 @@ class Simulation:
         self.machines: dict[str, MachineState] = {}
         self.operations: dict[str, Operation] = {}
         self.resources: dict[str, dict[str, Any]] = {}  # disks and snapshots by lower-case id
+        # What a detached disk or a snapshot holds, by lower-case id. An attached OS disk holds what its
+        # machine's state says (MachineState.disk_content), so it has no entry here.
+        self.disk_contents: dict[str, DiskContent] = {}
+        self.arc_run_commands: dict[str, dict[str, Any]] = {}  # by lower-case id
         for machine in fleet.machines:
             self._add(machine)
 
@@ -599,6 +630,11 @@ class Simulation:
         if machine.kind == "azure-vm":
             created = self.clock.now() - timedelta(days=90)
             self.resources[os_disk_id(machine).lower()] = _os_disk(machine, created)
+            state.os_disk = os_disk_id(machine)
+            for data_disk in machine.data_disks:
+                disk = _data_disk(machine, data_disk.lun, data_disk.disk_size_gb, created)
+                self.resources[disk["id"].lower()] = disk
+                state.data_disks[data_disk.lun] = disk["id"]
         if self.resource_graph:
             self.resource_graph.machines_added([machine])
 
@@ -986,6 +1022,7 @@ class Simulation:
     # ----- run command
 
     def start_run_command(self, resource_id: str, body: Any) -> Operation:
+        """The VM action ``runCommand``: its result carries the streams, never the exit code."""
         self.settle()
         state = self.machine(resource_id)
         machine = state.spec
@@ -1003,37 +1040,11 @@ class Simulation:
             raise _invalid("script", "must be a list of lines")
         if machine.behaviours.unreachable:
             return self._start_unreachable(state)
-        stdout = f"simulated: {len(script)} line(s) of {body['commandId']} ran on {machine.host_name}"
 
         def finish(op: Operation) -> None:
-            if machine.os_type == "Windows":
-                op.output = {
-                    "value": [
-                        {
-                            "code": "ComponentStatus/StdOut/succeeded",
-                            "level": "Info",
-                            "displayStatus": "Provisioning succeeded",
-                            "message": stdout,
-                        },
-                        {
-                            "code": "ComponentStatus/StdErr/succeeded",
-                            "level": "Info",
-                            "displayStatus": "Provisioning succeeded",
-                            "message": "",
-                        },
-                    ]
-                }
-            else:
-                op.output = {
-                    "value": [
-                        {
-                            "code": "ProvisioningState/succeeded",
-                            "level": "Info",
-                            "displayStatus": "Provisioning succeeded",
-                            "message": f"Enable succeeded: \n[stdout]\n{stdout}\n\n[stderr]\n",
-                        }
-                    ]
-                }
+            # The machine's health when the script ends, not when it was sent.
+            result = run_script(machine, len(script), state.health_failure())
+            op.output = vm_run_command_output(machine.os_type, result)
 
         return self._new_operation(
             "Microsoft.Compute",
@@ -1044,10 +1055,252 @@ class Simulation:
             finish,
         )
 
+    def start_arc_run_command(
+        self, machine_id: str, name: str, body: Any
+    ) -> tuple[dict[str, Any], Operation]:
+        """PUT ``machines/{name}/runCommands/{cmd}``: the run command resource, the operation running it."""
+        self.settle()
+        state = self.machine(machine_id)
+        machine = state.spec
+        if machine.kind != "arc-server":
+            raise not_found(machine_id)
+        if not state.running:
+            raise ArmError(
+                409,
+                "OperationNotAllowed",
+                f"Operation 'runCommands' is not allowed on machine '{machine.name}' because its status "
+                "is Disconnected.",
+            )
+        if not isinstance(body, dict) or not isinstance(body.get("location"), str):
+            raise _invalid("location", "is required")
+        props = body.get("properties")
+        source = props.get("source") if isinstance(props, dict) else None
+        if not isinstance(source, dict) or not any(
+            isinstance(source.get(k), str) and source.get(k) for k in ("script", "commandId", "scriptUri")
+        ):
+            raise _invalid("properties.source", "needs a script, a commandId or a scriptUri")
+        assert isinstance(props, dict)
+        lines = len(str(source.get("script") or "x").splitlines())
+        run_id = f"{machine.resource_id}/runcommands/{name}"
+        now = self.clock.now()
+        # Secrets are accepted, never echoed (the spec example's answer leaves runAsPassword out).
+        hidden = ("runAsPassword", "protectedParameters", "instanceView")
+        echoed = {k: v for k, v in props.items() if k not in hidden}
+        resource: dict[str, Any] = {
+            "id": run_id,
+            "name": name,
+            "type": "Microsoft.HybridCompute/machines/runcommands",
+            "location": body["location"],
+            "tags": body.get("tags") or {},
+            "properties": {"asyncExecution": False, "timeoutInSeconds": 0}
+            | echoed
+            | {"provisioningState": "Creating", "instanceView": arc_instance_view(None, iso(now), None)},
+        }
+        self.arc_run_commands[run_id.lower()] = resource
+
+        def finish(op: Operation) -> None:
+            if machine.behaviours.unreachable:
+                resource["properties"]["provisioningState"] = "Failed"
+                op.error = _unreachable_error(machine)
+                return
+            result = run_script(machine, lines, state.health_failure())
+            resource["properties"]["provisioningState"] = "Succeeded"
+            resource["properties"]["instanceView"] = arc_instance_view(result, iso(op.start), iso(op.end))
+
+        duration = UNREACHABLE_TIMEOUT if machine.behaviours.unreachable else RUN_COMMAND_DURATION
+        op = self._new_operation(
+            "Microsoft.HybridCompute", run_id, machine.subscription, machine.location, duration, finish
+        )
+        return resource, op
+
+    def arc_run_command(self, run_id: str) -> dict[str, Any]:
+        self.settle()
+        resource = self.arc_run_commands.get(run_id.lower())
+        if resource is None:
+            raise not_found(run_id)
+        return resource
+
+    def delete_arc_run_command(self, run_id: str) -> Operation | None:
+        """202 and an operation (RunCommands_Delete), or None when there is none (204)."""
+        self.settle()
+        resource = self.arc_run_commands.get(run_id.lower())
+        if resource is None:
+            return None
+        resource["properties"]["provisioningState"] = "Deleting"
+
+        def finish(op: Operation) -> None:
+            self.arc_run_commands.pop(run_id.lower(), None)
+
+        return self._new_operation(
+            "Microsoft.HybridCompute", resource["id"], _parts(run_id)[0], resource["location"],
+            DELETE_DURATION, finish,
+        )  # fmt: skip
+
+    # ----- power: deallocate, start, power off
+
+    def start_power_change(self, resource_id: str, action: str) -> Operation:
+        """POST ``deallocate`` / ``start`` / ``powerOff`` on a VM; the power state changes when it ends.
+        Disks are not touched: what a deallocated VM had on its OS disk is there when it starts."""
+        self.settle()
+        state = self.machine(resource_id)
+        machine = state.spec
+        if machine.kind != "azure-vm":
+            raise not_found(resource_id)
+        target = {"deallocate": "deallocated", "start": "running", "powerOff": "stopped"}[action]
+
+        def finish(op: Operation) -> None:
+            state.power_state = target
+            self._mark_attached_disks(state)
+            if self.resource_graph:
+                self.resource_graph.machine_changed(state)
+
+        return self._new_operation(  # a target id: a VM being stopped is not busy with a patch operation
+            "Microsoft.Compute", machine.resource_id, machine.subscription, machine.location,
+            POWER_CHANGE_DURATION, finish,
+        )  # fmt: skip
+
+    def _mark_attached_disks(self, state: MachineState) -> None:
+        # Attached: the VM runs; Reserved: attached to a stopped VM (DiskState in the Disk RP spec).
+        disk_state = "Attached" if state.running else "Reserved"
+        for disk_id in (state.os_disk, *state.data_disks.values()):
+            disk = self.resources.get(disk_id.lower())
+            if disk is not None:
+                disk["properties"]["diskState"] = disk_state
+
+    # ----- VM update: OS and data disk swap
+
+    def start_vm_update(self, resource_id: str, body: Any) -> Operation:
+        """PUT or PATCH of a VM. The stand-in acts on ``storageProfile`` only: a new OS disk (the VM must be
+        deallocated) and the data disks by lun (attached and detached while running, as Azure allows)."""
+        self.settle()
+        state = self.machine(resource_id)
+        machine = state.spec
+        if machine.kind != "azure-vm":
+            raise not_found(resource_id)
+        if not isinstance(body, dict):
+            raise _invalid("parameters", "the request body must be a JSON object")
+        props = body.get("properties") or {}
+        profile = props.get("storageProfile") if isinstance(props, dict) else None
+        new_os: str | None = None
+        new_data: dict[int, str] | None = None
+        if isinstance(profile, dict):
+            os_disk = profile.get("osDisk")
+            if isinstance(os_disk, dict):
+                wanted = str((os_disk.get("managedDisk") or {}).get("id") or "")
+                if wanted and wanted.lower() != state.os_disk.lower():
+                    new_os = self._check_os_disk(state, wanted)
+            if profile.get("dataDisks") is not None:
+                new_data = self._check_data_disks(state, profile["dataDisks"])
+        if new_os is not None:
+            self._swap_os_disk(state, new_os)
+        if new_data is not None:
+            self._set_data_disks(state, new_data)
+        return self._new_operation(
+            "Microsoft.Compute", machine.resource_id, machine.subscription, machine.location,
+            VM_UPDATE_DURATION, _nothing,
+        )  # fmt: skip
+
+    def _attachable(self, state: MachineState, disk_id: str, where: str) -> dict[str, Any]:
+        disk = self.resources.get(disk_id.lower())
+        if disk is None or disk["type"] != "Microsoft.Compute/disks":
+            raise not_found(disk_id)
+        owner = disk.get("managedBy")
+        if owner and owner.lower() != state.spec.resource_id.lower():
+            raise ArmError(
+                409,
+                "OperationNotAllowed",
+                f"Disk '{disk['name']}' is already attached to VM '{owner}'.",
+                target=where,
+            )
+        if disk["properties"].get("provisioningState") != "Succeeded":
+            raise ArmError(
+                409,
+                "OperationNotAllowed",
+                f"Disk '{disk['name']}' is {disk['properties'].get('provisioningState')}: "
+                "it cannot be attached yet.",
+                target=where,
+            )
+        return disk
+
+    def _check_os_disk(self, state: MachineState, disk_id: str) -> str:
+        if state.power_state != "deallocated":
+            # Azure answers a running VM's OS disk change with this 409 (azure-sdk-for-net#37285: the same
+            # request succeeded once the VM was deallocated); see tests/fixtures/azure/vm_os_disk_swap.json.
+            raise ArmError(
+                409,
+                "PropertyChangeNotAllowed",
+                "Changing property 'osDisk.managedDisk.id' is not allowed.",
+                target="osDisk.managedDisk.id",
+            )
+        disk = self._attachable(state, disk_id, "osDisk.managedDisk.id")
+        if disk["properties"].get("osType") != state.spec.os_type:
+            raise _invalid(
+                "osDisk.managedDisk.id",
+                f"disk '{disk['name']}' has osType {disk['properties'].get('osType')!r}, the VM runs "
+                f"{state.spec.os_type}",
+            )
+        return str(disk["id"])
+
+    def _check_data_disks(self, state: MachineState, entries: Any) -> dict[int, str]:
+        if not isinstance(entries, list):
+            raise _invalid("storageProfile.dataDisks", "must be a list")
+        wanted: dict[int, str] = {}
+        for index, entry in enumerate(entries):
+            where = f"storageProfile.dataDisks[{index}]"
+            if not isinstance(entry, dict) or not isinstance(entry.get("lun"), int):
+                raise _invalid(f"{where}.lun", "is required")
+            disk_id = str((entry.get("managedDisk") or {}).get("id") or "")
+            if not disk_id:
+                raise _invalid(f"{where}.managedDisk.id", "the stand-in attaches existing managed disks only")
+            if entry["lun"] in wanted:
+                raise _invalid(f"{where}.lun", f"lun {entry['lun']} is used twice")
+            wanted[entry["lun"]] = str(self._attachable(state, disk_id, f"{where}.managedDisk.id")["id"])
+        return wanted
+
+    def _detach(self, disk_id: str) -> None:
+        disk = self.resources.get(disk_id.lower())
+        if disk is not None:
+            disk.pop("managedBy", None)
+            disk["properties"]["diskState"] = "Unattached"
+
+    def _attach(self, state: MachineState, disk_id: str) -> None:
+        self.resources[disk_id.lower()]["managedBy"] = state.spec.resource_id
+
+    def _swap_os_disk(self, state: MachineState, disk_id: str) -> None:
+        old = state.os_disk
+        self.disk_contents[old.lower()] = state.disk_content()
+        self._detach(old)
+        content = self.disk_contents.pop(disk_id.lower(), None)
+        if content is not None:
+            state.load_disk(content)
+        self._attach(state, disk_id)
+        state.os_disk = disk_id
+        self._mark_attached_disks(state)
+
+    def _set_data_disks(self, state: MachineState, wanted: dict[int, str]) -> None:
+        keep = {d.lower() for d in wanted.values()}
+        for disk_id in state.data_disks.values():
+            if disk_id.lower() not in keep:
+                self._detach(disk_id)
+        for disk_id in wanted.values():
+            self._attach(state, disk_id)
+        state.data_disks = dict(sorted(wanted.items()))
+        self._mark_attached_disks(state)
+
     # ----- disks and snapshots
 
-    def start_put_disk_or_snapshot(self, resource_id: str, kind: str, body: Any) -> Operation:
-        """Create a disk or snapshot; ``Copy`` needs an existing source disk or snapshot."""
+    def content_of(self, resource_id: str) -> DiskContent | None:
+        """What a disk or snapshot holds; an attached OS disk holds what its machine has now."""
+        for state in self.machines.values():
+            if state.os_disk and state.os_disk.lower() == resource_id.lower():
+                return state.disk_content()
+        return self.disk_contents.get(resource_id.lower())
+
+    def start_put_disk_or_snapshot(
+        self, resource_id: str, kind: str, body: Any
+    ) -> tuple[dict[str, Any], Operation]:
+        """Create a disk or snapshot; ``Copy`` needs an existing source disk or snapshot and copies what it
+        holds now (a snapshot is the point in time of its request). Answers the resource as 202 shows it."""
         self.settle()
         if not isinstance(body, dict) or not isinstance(body.get("location"), str):
             raise _invalid("location", "is required")
@@ -1060,15 +1313,47 @@ class Simulation:
         ):
             raise _invalid("properties.creationData.createOption", "must be Copy, CopyStart or Empty")
         assert isinstance(props, dict)
+        existing = self.resources.get(resource_id.lower())
+        sub, rg, name = _parts(resource_id)
+        if existing is not None:
+            # A PUT on an existing disk or snapshot updates what may change (tags), as a re-run of an
+            # idempotent activity sends it.
+            existing["tags"] = body.get("tags") or {}
+            op = self._new_operation(
+                "Microsoft.Compute", existing["id"], sub, existing["location"], DELETE_DURATION, _nothing
+            )
+            return existing, op
         source: dict[str, Any] | None = None
         if creation["createOption"] != "Empty":
             source_id = str(creation.get("sourceResourceId") or "")
-            source = self.resources.get(source_id.lower())
+            # The spec's own examples write the id with and without its leading slash.
+            source = self.resources.get("/" + source_id.lstrip("/").lower()) if source_id else None
             if source is None:
                 raise not_found(source_id or "properties.creationData.sourceResourceId")
-        sub, rg, name = _parts(resource_id)
         now = self.clock.now()
         source_props = source["properties"] if source else {}
+        size_gb = props.get("diskSizeGB") or source_props.get("diskSizeGB", 32)
+        resource_props: dict[str, Any] = {
+            "creationData": dict(creation)
+            | ({"sourceUniqueId": source_props["uniqueId"]} if source and "uniqueId" in source_props else {}),
+            "provisioningState": "Updating",
+            "timeCreated": iso(now),
+            "diskSizeGB": size_gb,
+            "diskSizeBytes": size_gb * 1024**3,
+            "uniqueId": str(uuid.uuid4()),
+            "encryption": {"type": "EncryptionAtRestWithPlatformKey"},  # every managed disk's default
+            **({"osType": source_props["osType"]} if "osType" in source_props else {}),
+        }
+        if kind == "snapshots":
+            incremental = bool(props.get("incremental", False))
+            resource_props["incremental"] = incremental
+            if incremental and source is not None:
+                # Incremental snapshots of one disk share a family id (Snapshot_GetIncrementalSnapshot).
+                family = source_props.get("incrementalSnapshotFamilyId") or str(
+                    uuid.uuid5(uuid.NAMESPACE_URL, source_props.get("uniqueId", source["id"]))
+                )
+                resource_props["incrementalSnapshotFamilyId"] = family
+        resource_props["diskState"] = "Unattached"
         resource = {
             "id": f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/{kind}/{name}",
             "name": name,
@@ -1076,23 +1361,18 @@ class Simulation:
             "location": body["location"],
             "tags": body.get("tags") or {},
             "sku": body.get("sku") or {"name": "Standard_LRS", "tier": "Standard"},
-            "properties": {
-                "creationData": creation,
-                "provisioningState": "Creating",
-                "timeCreated": iso(now),
-                "diskSizeGB": props.get("diskSizeGB") or source_props.get("diskSizeGB", 32),
-                "diskState": "Unattached",
-                "uniqueId": str(uuid.uuid4()),
-                **({"osType": source_props["osType"]} if "osType" in source_props else {}),
-                **({"incremental": bool(props.get("incremental", False))} if kind == "snapshots" else {}),
-            },
+            "properties": resource_props,
         }
         self.resources[resource_id.lower()] = resource
+        if source is not None:
+            content = self.content_of(source["id"])
+            if content is not None:
+                self.disk_contents[resource_id.lower()] = content
 
         def finish(op: Operation) -> None:
             resource["properties"]["provisioningState"] = "Succeeded"
 
-        return self._new_operation(
+        return resource, self._new_operation(
             "Microsoft.Compute", resource["id"], sub, body["location"], SNAPSHOT_DURATION, finish
         )
 
@@ -1120,10 +1400,15 @@ class Simulation:
 
         def finish(op: Operation) -> None:
             self.resources.pop(resource_id.lower(), None)
+            self.disk_contents.pop(resource_id.lower(), None)
 
         return self._new_operation(
             "Microsoft.Compute", resource["id"], sub, resource["location"], DELETE_DURATION, finish
         )
+
+
+def _nothing(op: Operation) -> None:
+    """An operation whose effect was applied when it was requested."""
 
 
 def _parts(resource_id: str) -> tuple[str, str, str]:
@@ -1176,6 +1461,34 @@ def _os_disk(machine: Machine, created: datetime) -> dict[str, Any]:
             "diskState": "Attached" if machine.power_state == "running" else "Reserved",
             "timeCreated": iso(created),
             "uniqueId": str(uuid.uuid5(uuid.NAMESPACE_URL, disk_id)),
+            "encryption": {"type": "EncryptionAtRestWithPlatformKey"},
+        },
+    }
+
+
+def _data_disk(machine: Machine, lun: int, size_gb: int, created: datetime) -> dict[str, Any]:
+    name = f"{machine.name}_DataDisk_{lun}"
+    disk_id = (
+        f"/subscriptions/{machine.subscription}/resourceGroups/{machine.resource_group}"
+        f"/providers/Microsoft.Compute/disks/{name}"
+    )
+    return {
+        "id": disk_id,
+        "name": name,
+        "type": "Microsoft.Compute/disks",
+        "location": machine.location,
+        "tags": {},
+        "managedBy": machine.resource_id,
+        "sku": {"name": "Premium_LRS", "tier": "Premium"},
+        "properties": {
+            "creationData": {"createOption": "Empty"},
+            "diskSizeGB": size_gb,
+            "diskSizeBytes": size_gb * 1024**3,
+            "provisioningState": "Succeeded",
+            "diskState": "Attached" if machine.power_state == "running" else "Reserved",
+            "timeCreated": iso(created),
+            "uniqueId": str(uuid.uuid5(uuid.NAMESPACE_URL, disk_id)),
+            "encryption": {"type": "EncryptionAtRestWithPlatformKey"},
         },
     }
 
