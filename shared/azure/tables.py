@@ -7,8 +7,11 @@ on the account); the connection string is only for the local storage emulator.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import hashlib
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -57,6 +60,28 @@ class SharedTableService(TableServiceClient):
                                     api_version=self.api_version)
                 self._tables[table_name.lower()] = table
             return table
+
+
+def encode_page_token(continuation: Any) -> str | None:
+    """A Table query's continuation as the API hands it out (URL-safe base64 of its JSON); None at the end."""
+    if not continuation:
+        return None
+    return base64.urlsafe_b64encode(json.dumps(continuation, sort_keys=True).encode()).decode()
+
+
+def decode_page_token(token: str | None) -> Any:
+    """The continuation :func:`encode_page_token` made (None for none); ValueError for anything else, which
+    the API answers with a 400 naming ``nextToken``."""
+    if not token:
+        return None
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, binascii.Error) as error:
+        raise ValueError("nextToken is not a token this API issued") from error
+    if not isinstance(decoded, dict) or not all(isinstance(k, str) and isinstance(v, str | None)
+                                                for k, v in decoded.items()):
+        raise ValueError("nextToken is not a token this API issued")
+    return decoded
 
 
 def table_service(settings: Settings, credential: TokenCredential | None = None) -> TableServiceClient:

@@ -7,8 +7,6 @@ resource id (resource ids contain '/', which keys may not).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -18,7 +16,7 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableServiceClient
 
-from shared.azure.tables import ensure_table, upsert_in_batches
+from shared.azure.tables import decode_page_token, encode_page_token, ensure_table, upsert_in_batches
 from shared.fleet.heartbeats import HEARTBEAT_FINGERPRINT, LAST_HEARTBEAT_AT, LastHeartbeat, last_heartbeat
 from shared.fleet.machine_names import MachineEntry
 from shared.fleet.machine_query import MAX_PAGE_SIZE
@@ -153,9 +151,9 @@ class MachineInventory:
             self._table.query_entities(odata, parameters=names, results_per_page=page_size)
             if odata
             else self._table.list_entities(results_per_page=page_size)
-        ).by_page(continuation_token=_decode_token(token))
+        ).by_page(continuation_token=decode_page_token(token))
         entities = [dict(e) for e in next(pages, [])]
-        return MachinePage(entities, _encode_token(getattr(pages, "continuation_token", None)))
+        return MachinePage(entities, encode_page_token(getattr(pages, "continuation_token", None)))
 
 
 class InventoryDirectory:
@@ -195,18 +193,3 @@ def _entry(entity: dict[str, Any]) -> MachineEntry:
 class MachinePage:
     machines: list[dict[str, Any]]
     next_token: str | None
-
-
-def _encode_token(token: Any) -> str | None:
-    if not token:
-        return None
-    return base64.urlsafe_b64encode(json.dumps(token, sort_keys=True).encode()).decode()
-
-
-def _decode_token(token: str | None) -> Any:
-    if not token:
-        return None
-    try:
-        return json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, binascii.Error) as error:
-        raise ValueError("nextToken is not a token this API issued") from error

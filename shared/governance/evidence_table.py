@@ -10,9 +10,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +17,13 @@ from typing import Any
 
 from azure.data.tables import TableServiceClient, UpdateMode
 
-from shared.azure.tables import ensure_table, table_service, upsert_in_batches
+from shared.azure.tables import (
+    decode_page_token,
+    encode_page_token,
+    ensure_table,
+    table_service,
+    upsert_in_batches,
+)
 from shared.governance.evidence import EvidenceRecord, Outcome, inverted_ms
 from shared.governance.patch_refs import PatchRef, parse_table_key
 from shared.settings import Settings
@@ -86,9 +89,9 @@ class ChangeStore:
         (Table Storage's continuation, made opaque). A token this store did not issue is a ValueError."""
         pages = self._table.query_entities(
             "PartitionKey eq @p", parameters={"p": machine}, results_per_page=page_size
-        ).by_page(continuation_token=_decode_token(token))
+        ).by_page(continuation_token=decode_page_token(token))
         rows = [dict(row) for row in next(pages, [])]
-        return ChangePage(rows, _encode_token(getattr(pages, "continuation_token", None)))
+        return ChangePage(rows, encode_page_token(getattr(pages, "continuation_token", None)))
 
 
 @dataclass(frozen=True)
@@ -96,24 +99,6 @@ class ChangePage:
     rows: list[dict[str, Any]]
     next_token: str | None
 
-
-def _encode_token(token: Any) -> str | None:
-    if not token:
-        return None
-    return base64.urlsafe_b64encode(json.dumps(token, sort_keys=True).encode()).decode()
-
-
-def _decode_token(token: str | None) -> Any:
-    if not token:
-        return None
-    try:
-        decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, binascii.Error) as error:
-        raise ValueError("nextToken is not a token this API issued") from error
-    if not isinstance(decoded, dict) or not all(isinstance(k, str) and isinstance(v, str | None)
-                                                for k, v in decoded.items()):
-        raise ValueError("nextToken is not a token this API issued")
-    return decoded
 
 
 def change_row(machine: str, ref: PatchRef, row: Mapping[str, Any], at: datetime, authorized: str,
