@@ -12,6 +12,7 @@ import binascii
 import contextlib
 import hashlib
 import json
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -32,6 +33,10 @@ PROPERTY_CHARS = 30_000
 # A table transaction holds at most 100 entities, all with one PartitionKey
 # (Azure Table Storage limits; Azurite does not enforce them, so we do).
 MAX_TRANSACTION_ENTITIES = 100
+# What a PartitionKey or RowKey may not hold, and its size (Table service data model: "/", "\\", "#",
+# "?", the control characters U+0000-U+001F and U+007F-U+009F; at most 1 KiB).
+_NOT_IN_KEYS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
+MAX_KEY_CHARS = 512  # 1 KiB of UTF-16
 
 
 class SharedTableService(TableServiceClient):
@@ -60,6 +65,12 @@ class SharedTableService(TableServiceClient):
                                     api_version=self.api_version)
                 self._tables[table_name.lower()] = table
             return table
+
+
+def is_table_key(value: str) -> bool:
+    """Whether ``value`` can be a PartitionKey or RowKey: a lookup by anything else is refused by the
+    service (Azurite answers 500), so a name that cannot be a key names nothing."""
+    return 0 < len(value) <= MAX_KEY_CHARS and _NOT_IN_KEYS.search(value) is None
 
 
 def encode_page_token(continuation: Any) -> str | None:

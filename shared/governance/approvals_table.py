@@ -20,7 +20,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.data.tables import TableServiceClient, UpdateMode
 
-from shared.azure.tables import ensure_table, join_property, split_property, table_service
+from shared.azure.tables import ensure_table, is_table_key, join_property, split_property, table_service
 from shared.governance.patch_refs import PatchRef, parse_patch_ref
 from shared.settings import Settings
 
@@ -195,6 +195,8 @@ class ApprovalStore:
         return self.get(request.request_id)
 
     def get(self, request_id: str) -> ApprovalRequest:
+        if not is_table_key(request_id):
+            raise RequestNotFound(request_id)
         try:
             return _request(self._table.get_entity(PARTITION, request_id))
         except ResourceNotFoundError:

@@ -38,6 +38,7 @@ from shared.azure.log_query import LogQueryError, column_reader
 from shared.azure.tables import (
     delete_text_rows,
     ensure_table,
+    is_table_key,
     read_text,
     store_text,
     table_service,
@@ -143,6 +144,8 @@ class CategoryStore:
         return self.get(category.name)
 
     def get(self, name: str) -> StoredCategory:
+        if not is_table_key(name):
+            raise CategoryNotFound(name)
         try:
             return self._stored(self._table.get_entity(PARTITION, name.lower()))
         except ResourceNotFoundError:

@@ -15,7 +15,7 @@ from typing import Any
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableServiceClient
 
-from shared.azure.tables import ensure_table, join_property, split_property, table_service
+from shared.azure.tables import ensure_table, is_table_key, join_property, split_property, table_service
 from shared.governance.releases import Release
 from shared.settings import Settings
 
@@ -75,6 +75,8 @@ class ReleaseStore:
         return release
 
     def get(self, name: str) -> Release:
+        if not is_table_key(name):
+            raise ReleaseNotFound(name)
         try:
             return _release(self._table.get_entity(PARTITION, name.lower()))
         except ResourceNotFoundError:

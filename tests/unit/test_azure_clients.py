@@ -18,7 +18,7 @@ from local.azurite import ACCOUNT, ACCOUNT_KEY
 from shared.azure.arm import arm_clients
 from shared.azure.blobs import blob_service, ensure_container
 from shared.azure.credentials import EmulatorCredential, credential_for
-from shared.azure.tables import ensure_table, table_service
+from shared.azure.tables import ensure_table, is_table_key, table_service
 from shared.deployments.outputs import RunLogStore
 from shared.deployments.runs_table import INDEX_TABLE, RUNS_TABLE, RunStore
 from shared.deployments.scheduler_state import STATE_TABLE, SchedulerState
@@ -241,3 +241,13 @@ def test_the_stores_create_their_tables_through_the_one_helper():
         SchedulerState(service)
         RunLogStore(service, "run-logs").ensure()
     assert sorted(service.creates) == sorted([RUNS_TABLE, INDEX_TABLE, STATE_TABLE, "run-logs"])
+
+
+@pytest.mark.parametrize(("value", "valid"), [
+    ("web", True), ("naïve-Ünïcode", True), ("x" * 512, True),
+    ("", False), ("x" * 513, False), ("/-x", False), ("a\\b", False), ("a#b", False), ("a?b", False),
+    ("tab\there", False), ("\x85", False),
+])
+def test_a_name_that_cannot_be_a_table_key_is_known_before_asking(value, valid):
+    # The service refuses such keys (Azurite with a 500), so the stores answer "not found" without asking.
+    assert is_table_key(value) is valid
