@@ -26,7 +26,8 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "body"
 
 
-def _message(error: Any) -> str:
+def error_rule(error: Any) -> str:
+    """One pydantic error item's rule as the API says it."""
     if error["type"] == "value_error" and "error" in error.get("ctx", {}):
         return str(error["ctx"]["error"])
     if error["type"] == "extra_forbidden":
@@ -38,7 +39,7 @@ def _message(error: Any) -> str:
 
 def field_errors(error: ValidationError) -> list[tuple[str, str]]:
     """Each bad field of a pydantic error with its rule, once each, in the order pydantic found them."""
-    found = ((_field_path(e["loc"]), _message(e)) for e in error.errors())
+    found = ((_field_path(e["loc"]), error_rule(e)) for e in error.errors())
     return list(dict.fromkeys(found))
 
 
