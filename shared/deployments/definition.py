@@ -39,6 +39,7 @@ from shared.model.classification import (
 from shared.model.kb import KB_SCHEMA_PATTERN, parse_kb
 from shared.model.machines import RESOURCE_ID_SCHEMA_PATTERN, OsType, parse_resource_id
 from shared.model.validation import NAME_PATTERN, NAME_RULE, SavedSearch, field_errors
+from shared.safety.policy import SafetyPolicy
 
 # Legacy Update Management allowed 1,000 machines per deployment and Azure Update Manager 3,000 per
 # schedule (AZURE-FACTS, limits); this service takes a fleet of 10,000 in one deployment (issue 12). The
@@ -316,6 +317,17 @@ class DeploymentDefinition(_Model):
     release: str | None = Field(None, json_schema_extra={"pattern": NAME_PATTERN.pattern})
     # Install only the updates approved for each machine's asset category (shared.governance.enforcement).
     approved_only: bool | None = None
+    # Health checks, bake time, snapshots and rollback for every machine of the deployment's runs, in place
+    # of their categories' policies (shared.safety.policy).
+    safety: SafetyPolicy | None = None
+
+    @field_validator("safety")
+    @classmethod
+    def _safety(cls, value: SafetyPolicy | None) -> SafetyPolicy | None:
+        if value is not None and value.ring_bake_hours:
+            raise ValueError("ringBakeHours: only a category's policy has rings to wait between; set it on "
+                             "the category")
+        return value
 
     @field_validator("release")
     @classmethod

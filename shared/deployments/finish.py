@@ -58,7 +58,8 @@ def record_and_claim(settings: Settings, request: ClaimInput) -> ClaimResult:
     credential = credential_for(settings)
     store = run_store(settings, credential)
     endings = [
-        Ending(ended.resource_id, _outcome_of(MachineResultStatus(ended.status), ended.reason, ended.failure),
+        Ending(ended.resource_id, _outcome_of(MachineResultStatus(ended.status), ended.reason, ended.failure,
+                                              ended.safety()),
                ended.at or request.at, ended.outputs)
         for ended in request.finished
     ]  # fmt: skip
@@ -69,8 +70,10 @@ def record_and_claim(settings: Settings, request: ClaimInput) -> ClaimResult:
                        running=claim.running)
 
 
-def _outcome_of(status: MachineResultStatus, reason: str,
-                failure: StepFailure | None) -> Callable[[Mapping[str, Any]], MachineOutcomeRecord]:
+def _outcome_of(
+    status: MachineResultStatus, reason: str, failure: StepFailure | None,
+    safety: Mapping[str, Any] | None = None,
+) -> Callable[[Mapping[str, Any]], MachineOutcomeRecord]:
     """The result a machine records: its status and why, with the counts its install stored in its row."""
 
     def outcome(row: Mapping[str, Any]) -> MachineOutcomeRecord:
@@ -81,7 +84,7 @@ def _outcome_of(status: MachineResultStatus, reason: str,
             reboot_status=str(row.get("RebootStatus", "")),
             error_code=failure.code if failure else str(row.get("ErrorCode", "")),
             error_message=failure.message if failure else str(row.get("ErrorMessage", "")),
-            hint=failure.hint if failure else "",
+            hint=failure.hint if failure else "", **(safety or {}),
         )  # fmt: skip
 
     return outcome

@@ -19,6 +19,7 @@ from typing import Any
 from shared.azure.tables import table_service
 from shared.deployments.definition import DeploymentDefinition
 from shared.deployments.messages import DEPLOYMENT_BATCH_SIZE
+from shared.deployments.results import MachineResultStatus
 from shared.fleet.machines_table import MachineInventory
 from shared.fleet.placement import ASSET_CATEGORY, RING, stored_placement
 from shared.governance.categories import UNCATEGORISED, AssetCategory
@@ -224,6 +225,12 @@ def record_batch(settings: Settings, progress: list[dict[str, Any]],
     test_rows: dict[str, list[dict[str, Any]]] = {}
     reasons = {machine_key(str(r["ResourceId"])): str(r.get("ErrorMessage") or r.get("Reason") or "")
                for r in machine_rows if r.get("ResourceId")}
+    # A machine restored from its snapshots after a failed health check: its installs are failures.
+    rolled_back = {
+        machine_key(str(r["ResourceId"])): f"rolled back: {r.get('Reason') or 'a health check failed'}"
+        for r in machine_rows
+        if r.get("ResourceId") and r.get("State") == MachineResultStatus.ROLLED_BACK.value
+    }
     for machine, rows in by_machine.items():
         category_name, ring = placed.get(machine, (UNCATEGORISED, None))
         category = known.get(category_name.lower())
@@ -246,7 +253,7 @@ def record_batch(settings: Settings, progress: list[dict[str, Any]],
     change_store(settings).record(changes)
     for category_name, rows in test_rows.items():
         assert inventory is not None  # test rows need a category
-        _record_evidence(settings, inventory, known[category_name.lower()], rows, reasons, at)
+        _record_evidence(settings, inventory, known[category_name.lower()], rows, reasons, at, rolled_back)
 
 
 def _approval_of(inventory: PatchInventory, category: str) -> Callable[[PatchRef], str | None]:
@@ -263,10 +270,11 @@ def _approval_of(inventory: PatchInventory, category: str) -> Callable[[PatchRef
 
 
 def _record_evidence(settings: Settings, inventory: PatchInventory, category: AssetCategory,
-                     rows: Sequence[Mapping[str, Any]], reasons: Mapping[str, str], at: datetime) -> None:
+                     rows: Sequence[Mapping[str, Any]], reasons: Mapping[str, str], at: datetime,
+                     rolled_back: Mapping[str, str] | None = None) -> None:
     run_id = str(rows[0].get("UpdateRunId") or "")
     os_types = {str(r.get("SourceComputerId")): str(r.get("OSType")) for r in rows}
-    records = records_of_rows(os_types, rows, run_id, at, reasons)
+    records = records_of_rows(os_types, rows, run_id, at, reasons, rolled_back)
     store = evidence_store(settings)
     store.record(category.name, records)
     for ref in sorted({r.ref for r in records}):

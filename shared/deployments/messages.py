@@ -7,7 +7,7 @@ definition, the target list and each machine's output live in Table and Blob Sto
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -132,6 +132,9 @@ class BatchMachines(Message):
     resource_ids: tuple[str, ...] = Field(default=(), max_length=DEPLOYMENT_BATCH_SIZE)
     machines: tuple[str | None, ...] = Field(default=(), max_length=DEPLOYMENT_BATCH_SIZE)
     after: str | None = None
+    # Beside each machine, its safety policy's key in the run's policies ("" for none; empty tuple in
+    # answers from before safe rollouts).
+    safety_keys: tuple[str, ...] = Field(default=(), max_length=DEPLOYMENT_BATCH_SIZE)
 
 
 class BatchJournalApply(Message):
@@ -154,6 +157,8 @@ class MachineDeploymentInput(Message):
     reboot: bool
     restart_only: bool = False
     tuning: DeploymentTuning
+    # The key of the machine's safety policy in the run's policies (read_safety_policy); None: none.
+    safety_key: str | None = None
 
     def window(self) -> Window:
         return Window(self.window_start, self.window_minutes)
@@ -235,3 +240,11 @@ class MachineRunResult(Message):
     # Steps whose output is kept but not yet in the row's list: the post-scan's, whose check writes
     # nothing else to the row; listed in the write that records the result.
     outputs: tuple[str, ...] = ()
+    # Safe rollouts (shared.safety.policy's HEALTH_* and ROLLBACK_* values; empty when no policy applied).
+    health: str = ""
+    rollback: str = ""
+    restore_point: datetime | None = None
+
+    def safety(self) -> dict[str, Any]:
+        """The MachineOutcomeRecord fields of the health checks and the rollback."""
+        return {"health": self.health, "rollback": self.rollback, "restore_point": self.restore_point}

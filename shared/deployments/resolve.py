@@ -33,6 +33,7 @@ from shared.deployments.runs_table import (
     RunStore,
     run_store,
 )
+from shared.deployments.safety_plan import run_policies
 from shared.model.machines import (
     Machine,
     MachineKind,
@@ -90,14 +91,16 @@ def resolve(settings: Settings, run_id: str, at: datetime, batch_size: int) -> R
                                                 machine.os_type if machine else None, verdict, None, at,
                                                 release=definition.release))
     queued.sort(key=lambda m: m.resource_id.lower())
+    safety_keys, policies = run_policies(settings, definition, [m.resource_id for m in queued])
     targets = [
-        MachineTarget(m.key, m.resource_id, m.computer_name, index // batch_size, machine_to_json(m))
+        MachineTarget(m.key, m.resource_id, m.computer_name, index // batch_size, machine_to_json(m),
+                      safety_keys.get(m.resource_id.lower(), ""))
         for index, m in enumerate(queued)
     ]
     # Queued before the run leaves "queued": a retry after a failed write comes back here and queues
     # the same rows (same RecordIds, kept once), where after it the retry would return above.
     queue_machine_rows(settings, credential, settled_rows, at)
-    resolved = store.resolve(run_id, at, targets, settled)
+    resolved = store.resolve(run_id, at, targets, settled, policies)
     return _plan(resolved, batch_size)
 
 

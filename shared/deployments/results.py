@@ -12,8 +12,9 @@ that applies:
 5. nothing installed and nothing pending -> ``not needed`` (the filters selected nothing);
 6. otherwise ``succeeded``.
 
-``skipped``, ``not reachable`` and ``cancelled`` are decided by the orchestration (a machine that
-never started, an unreachable agent, a cancelled run), never from an install result.
+``skipped``, ``not reachable``, ``cancelled`` and ``rolled back`` are decided by the orchestration (a
+machine that never started, an unreachable agent, a cancelled run, a failed health check after which the
+machine was restored from its snapshots), never from an install result.
 
 ``InstallationStatus`` in ``UpdateRunProgress_CL`` (lower case, as the seed's search compares
 ``== "failed"``): Installed -> ``succeeded``, Failed -> ``failed``, Pending -> ``notStarted`` (the
@@ -50,6 +51,9 @@ class MachineResultStatus(StrEnum):
     SKIPPED = "skipped"
     NOT_REACHABLE = "not reachable"
     CANCELLED = "cancelled"
+    # A health check failed after the install and the machine was restored from its pre-patch snapshots
+    # (shared.safety): charged to the error budget like a failure.
+    ROLLED_BACK = "rolled back"
 
 
 _ROW_STATUS: dict[InstallationState, str] = {

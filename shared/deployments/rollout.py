@@ -31,6 +31,9 @@ MAX_INSTALL_DURATION = timedelta(hours=3, minutes=55)
 
 # Why a machine did not start: recorded as each such machine's reason by the master orchestration.
 REASON_ERROR_BUDGET = "error budget spent"
+# The error budget was spent and health checks failed on at least one machine (shared.safety): the
+# machines not started are recorded "skipped: health gate".
+REASON_HEALTH_GATE = "health gate"
 REASON_WINDOW_CLOSING = "window closing"
 REASON_CANCELLED = "cancelled"
 REASON_WINDOW_NOT_OPEN = "window not open"
@@ -135,6 +138,8 @@ class RolloutState:
     succeeded: int = 0
     failed: int = 0
     cancelled: bool = False
+    # Of ``failed``, the machines whose health checks failed after their install (rolled back or not).
+    health_failed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("total", "started", "running", "succeeded", "failed"):
@@ -168,7 +173,7 @@ def _stop_reason(state: RolloutState, rollout: Rollout, window: Window, now: dat
     if state.cancelled:
         return REASON_CANCELLED
     if state.failed >= rollout.failures_allowed(state.total):
-        return REASON_ERROR_BUDGET
+        return REASON_HEALTH_GATE if state.health_failed else REASON_ERROR_BUDGET
     # The master does not know each machine's pending count before its pre-scan: one update is the
     # least any machine with work needs, so past that cutoff no machine can do anything useful.
     if now > window.cutoff_for(1, has_service_pack=False, may_reboot=reboot):
@@ -213,6 +218,7 @@ __all__ = [
     "MINUTES_PER_UPDATE",
     "REASON_CANCELLED",
     "REASON_ERROR_BUDGET",
+    "REASON_HEALTH_GATE",
     "REASON_NOTHING_PENDING",
     "REASON_OK",
     "REASON_WINDOW_CLOSING",

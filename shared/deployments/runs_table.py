@@ -65,8 +65,10 @@ from shared.deployments.rollout import (
     may_reboot,
     next_to_start,
 )
+from shared.deployments.safety_plan import policies_text, stored_policies
 from shared.durations import readable_duration
 from shared.governance.releases import HELD_REASON
+from shared.safety.policy import HEALTH_FAILED_PREFIX, SafetyPolicy
 from shared.settings import Settings
 
 RUNS_TABLE = "DeploymentRuns"
@@ -102,7 +104,8 @@ class MachineState(StrEnum):
 
 FINAL_STATES = frozenset(s.value for s in MachineResultStatus)
 # Results charged to the error budget: a machine where an update failed (AWS counts the same way).
-BUDGET_STATUSES = frozenset({MachineResultStatus.FAILED, MachineResultStatus.PARTIALLY_SUCCEEDED})
+BUDGET_STATUSES = frozenset({MachineResultStatus.FAILED, MachineResultStatus.PARTIALLY_SUCCEEDED,
+                             MachineResultStatus.ROLLED_BACK})
 # Count columns of the run row, one per result status ("partially succeeded" -> PartiallySucceeded).
 STATUS_COLUMNS: dict[MachineResultStatus, str] = {
     status: "".join(word.capitalize() for word in status.value.split()) for status in MachineResultStatus
@@ -141,12 +144,14 @@ class RunRecord:
     started: int = 0
     running: int = 0
     failed: int = 0
+    health_failed: int = 0  # of ``failed``: health checks failed after the install (shared.safety)
     counts: dict[str, int] = field(default_factory=dict)
     cancel_requested: bool = False
     cancelled_by: str | None = None
     stop_reason: str | None = None
     finished: datetime | None = None
     error: str | None = None
+    policies: Mapping[str, SafetyPolicy] = field(default_factory=dict)
 
     @property
     def window(self) -> Window:
@@ -159,7 +164,7 @@ class RunRecord:
         return RolloutState(
             total=self.to_run, started=self.started, running=self.running,
             succeeded=max(0, self.started - self.running - self.failed), failed=self.failed,
-            cancelled=self.cancel_requested,
+            cancelled=self.cancel_requested, health_failed=self.health_failed,
         )  # fmt: skip
 
     def queued(self) -> int:
@@ -190,7 +195,7 @@ class RunRecord:
 
 
 def _run_terms(run: RunRecord) -> RunTerms:
-    return RunTerms(run.run_id, run.deployment_name, run.definition, run.window)
+    return RunTerms(run.run_id, run.deployment_name, run.definition, run.window, run.policies)
 
 
 def _run_record(entity: Mapping[str, Any], table: TableClient) -> RunRecord:
@@ -210,12 +215,14 @@ def _run_record(entity: Mapping[str, Any], table: TableClient) -> RunRecord:
         started=int(entity.get("Started", 0)),
         running=int(entity.get("Running", 0)),
         failed=int(entity.get("BudgetFailures", 0)),
+        health_failed=int(entity.get("HealthFailures", 0)),
         counts={s.value: int(entity.get(c, 0)) for s, c in STATUS_COLUMNS.items()},
         cancel_requested=bool(entity.get("CancelRequested", False)),
         cancelled_by=entity.get("CancelledBy") or None,
         stop_reason=entity.get("StopReason") or None,
         finished=entity.get("Finished"),
         error=entity.get("Error") or None,
+        policies=stored_policies(read_text(table, entity, "Safety")),
     )
 
 
@@ -228,6 +235,8 @@ class RunTerms:
     deployment_name: str
     definition: DeploymentDefinition
     window: Window
+    # The safety policies the run resolved with, by key (shared.deployments.safety_plan).
+    policies: Mapping[str, SafetyPolicy] = field(default_factory=dict)
 
 
 _terms: OrderedDict[tuple[str, str], RunTerms] = OrderedDict()
@@ -254,6 +263,7 @@ class MachineTarget:
     computer: str
     batch: int
     machine_json: str = ""  # the Machine as discovery saw it, for the recorder (shared.assessment.run)
+    safety_key: str = ""  # its safety policy's key in the run's policies (shared.deployments.safety_plan)
 
 
 @dataclass(frozen=True)
@@ -271,6 +281,17 @@ class MachineOutcomeRecord:
     error_code: str = ""
     error_message: str = ""
     hint: str = ""
+    # Safe rollouts (shared.safety): what the health checks found ("passed", "failed: <check>: <why>",
+    # "unhealthy before install", "" when none ran), what became of a rollback ("restored", "failed",
+    # "not possible", ""), and when the snapshots restored were taken.
+    health: str = ""
+    rollback: str = ""
+    restore_point: datetime | None = None
+
+    @property
+    def health_failed(self) -> bool:
+        """Whether checks failed after the install (a machine unhealthy before it was never patched)."""
+        return self.health.startswith(HEALTH_FAILED_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -456,19 +477,22 @@ class RunStore:
             query, parameters = query + " and RowKey gt @after", parameters | {"after": after}
         ids: list[str] = []
         machines: list[str | None] = []
+        keys: list[str] = []
         size, last = 0, ""
-        columns = ["RowKey", "ResourceId", "Machine"]
+        columns = ["RowKey", "ResourceId", "Machine", "Safety"]
         for row in self._runs.query_entities(query, parameters=parameters, select=columns):
             text = str(row.get("Machine") or "") or None
             # The part carries the resource id beside each machine: both count against the limit.
             cost = len(text or "") + len(str(row["ResourceId"]))
             if ids and size + cost > MAX_BATCH_PART_CHARS:
-                return BatchMachines(resource_ids=tuple(ids), machines=tuple(machines), after=last)
+                return BatchMachines(resource_ids=tuple(ids), machines=tuple(machines), after=last,
+                                     safety_keys=tuple(keys))
             ids.append(str(row["ResourceId"]))
             machines.append(text)
+            keys.append(str(row.get("Safety") or ""))
             size += cost
             last = str(row["RowKey"])
-        return BatchMachines(resource_ids=tuple(ids), machines=tuple(machines))
+        return BatchMachines(resource_ids=tuple(ids), machines=tuple(machines), safety_keys=tuple(keys))
 
     def batch_rows(self, run_id: str, batch: int) -> list[dict[str, Any]]:
         """The batch's machine rows, whole: what its steps left for its end (steps.apply_batch_journal)."""
@@ -479,7 +503,8 @@ class RunStore:
     # --- resolving targets ---------------------------------------------------------------------
 
     def resolve(self, run_id: str, window_start: datetime, targets: Sequence[MachineTarget],
-                settled: Sequence[tuple[MachineTarget, MachineOutcomeRecord]]) -> RunRecord:
+                settled: Sequence[tuple[MachineTarget, MachineOutcomeRecord]],
+                policies: Mapping[str, SafetyPolicy] | None = None) -> RunRecord:
         """Write the machine rows and move the run to running; idempotent (a retry rewrites the same rows).
 
         ``targets`` are queued for the gate; ``settled`` machines never run (not reachable, wrong
@@ -488,7 +513,7 @@ class RunStore:
         rows: list[dict[str, Any]] = [
             {"PartitionKey": run_id, "RowKey": machine_row_key(t.machine_key), "ResourceId": t.resource_id,
              "Computer": t.computer, "Batch": t.batch, "State": MachineState.QUEUED.value,
-             "Machine": t.machine_json}
+             "Machine": t.machine_json, **({"Safety": t.safety_key} if t.safety_key else {})}
             for t in targets
         ]  # fmt: skip
         rows += [
@@ -501,6 +526,10 @@ class RunStore:
         for start in range(0, len(rows), MAX_TRANSACTION_ENTITIES):
             chunk = rows[start:start + MAX_TRANSACTION_ENTITIES]
             self._runs.submit_transaction([("upsert", row, {"mode": UpdateMode.REPLACE}) for row in chunk])
+        # The safety policies the machine rows name, kept with the run (rows of their own when long).
+        safety, safety_rows = store_text("Safety", policies_text(policies) if policies else "",
+                                         f"{run_id}|text", "safety|")
+        write_text_rows(self._runs, safety_rows)
         counts: dict[str, int] = {}
         for _, outcome in settled:
             column = STATUS_COLUMNS[outcome.status]
@@ -515,6 +544,7 @@ class RunStore:
                 "WindowStart": current.get("WindowStart") or window_start,
                 "Targets": len(targets) + len(settled), "ToRun": len(targets), "Started": 0, "Running": 0,
                 "BudgetFailures": sum(1 for _, o in settled if o.status in BUDGET_STATUSES), **counts,
+                **safety,
             }  # fmt: skip
             self._runs.update_entity(update, mode=UpdateMode.MERGE, etag=current.metadata["etag"],
                                      match_condition=MatchConditions.IfNotModified)
@@ -729,6 +759,7 @@ def _with_finished(run: RunRecord, row: Mapping[str, Any], outcome: MachineOutco
     return replace(
         run, counts=counts, running=run.running - (1 if was_running else 0),
         failed=run.failed + (1 if outcome.status in BUDGET_STATUSES else 0),
+        health_failed=run.health_failed + (1 if outcome.health_failed else 0),
         # A queued machine settled without the gate (should not happen) leaves the queue the gate counts.
         to_run=run.to_run - (0 if was_running else 1),
     )  # fmt: skip
@@ -737,7 +768,8 @@ def _with_finished(run: RunRecord, row: Mapping[str, Any], outcome: MachineOutco
 def _counter_columns(run: RunRecord) -> dict[str, Any]:
     """The run row's counter columns as ``run`` holds them."""
     return {
-        "Running": run.running, "BudgetFailures": run.failed, "ToRun": run.to_run,
+        "Running": run.running, "BudgetFailures": run.failed, "HealthFailures": run.health_failed,
+        "ToRun": run.to_run,
         **{STATUS_COLUMNS[status]: run.counts.get(status.value, 0) for status in MachineResultStatus},
     }  # fmt: skip
 
@@ -761,6 +793,8 @@ def _outcome_columns(outcome: MachineOutcomeRecord) -> dict[str, Any]:
         "FailedUpdates": outcome.failed, "Pending": outcome.pending, "Excluded": outcome.excluded,
         "NotSelected": outcome.not_selected, "RebootStatus": outcome.reboot_status,
         "ErrorCode": outcome.error_code, "ErrorMessage": outcome.error_message[:4000], "Hint": outcome.hint,
+        "Health": outcome.health[:1000], "Rollback": outcome.rollback,
+        **({"RestorePoint": outcome.restore_point} if outcome.restore_point else {}),
     }  # fmt: skip
 
 
@@ -772,7 +806,8 @@ def stored_outcome(row: Mapping[str, Any]) -> MachineOutcomeRecord:
         pending=int(row.get("Pending", 0)), excluded=int(row.get("Excluded", 0)),
         not_selected=int(row.get("NotSelected", 0)), reboot_status=str(row.get("RebootStatus") or ""),
         error_code=str(row.get("ErrorCode") or ""), error_message=str(row.get("ErrorMessage") or ""),
-        hint=str(row.get("Hint") or ""),
+        hint=str(row.get("Hint") or ""), health=str(row.get("Health") or ""),
+        rollback=str(row.get("Rollback") or ""), restore_point=row.get("RestorePoint"),
     )  # fmt: skip
 
 

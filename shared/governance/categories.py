@@ -40,6 +40,7 @@ from shared.fleet.scope import AssessmentScope, ScopeError, TagMatch, scope_json
 from shared.model.classification import Classification, read_class
 from shared.model.machines import Machine, OsType
 from shared.model.validation import NAME_PATTERN, NAME_RULE, SavedSearch, field_errors
+from shared.safety.policy import SafetyPolicy
 
 # A machine no category takes. Reserved: no category may have this name.
 UNCATEGORISED = "uncategorised"
@@ -308,6 +309,9 @@ class AssetCategory(_Model):
     requires_approval: bool = True
     test_evidence: EvidenceRule = Field(default_factory=EvidenceRule)
     auto_approve: AutoApprove | None = None
+    # Health checks, bake times, snapshots and rollback for the category's machines in every deployment
+    # that has no policy of its own (shared.safety.policy); ringBakeHours waits between its rings.
+    safety: SafetyPolicy | None = None
 
     @field_validator("name")
     @classmethod

@@ -100,10 +100,13 @@ def verdict(records: Iterable[EvidenceRecord], min_machines: int, bake_hours: fl
 
 
 def records_of_rows(os_type_of: Mapping[str, str], rows: Iterable[Mapping[str, Any]], run_id: str,
-                    at: datetime, reasons: Mapping[str, str] | None = None) -> list[EvidenceRecord]:
+                    at: datetime, reasons: Mapping[str, str] | None = None,
+                    rolled_back: Mapping[str, str] | None = None) -> list[EvidenceRecord]:
     """Evidence from ``UpdateRunProgress_CL`` rows (wire form): one record per row naming an update
     (KB, or package and version) that installed or failed; ``os_type_of`` gives each machine's OS by
-    ``SourceComputerId``, ``reasons`` a machine's failure reason (its run row's error) when known."""
+    ``SourceComputerId``, ``reasons`` a machine's failure reason (its run row's error) when known.
+    An update that installed on a machine in ``rolled_back`` (machine -> why: its health check failed and
+    it was restored from its snapshots) is a failure, for that reason."""
     found = []
     for row in rows:
         machine = str(row.get("SourceComputerId") or "")
@@ -114,7 +117,9 @@ def records_of_rows(os_type_of: Mapping[str, str], rows: Iterable[Mapping[str, A
         if ref is None or outcome is None:
             continue
         reason = ""
-        if outcome is Outcome.FAILED:
+        if outcome is Outcome.INSTALLED and machine in (rolled_back or {}):
+            outcome, reason = Outcome.FAILED, (rolled_back or {})[machine]
+        elif outcome is Outcome.FAILED:
             reason = (reasons or {}).get(machine) or f"{ref.key} failed to install"
         computer = str(row.get("Computer") or "")
         found.append(EvidenceRecord(ref, machine, outcome, at, run_id, reason, computer))

@@ -55,6 +55,14 @@ subscriber dedupes on it, Event Grid delivers at least once), ``source`` :data:`
   dedup ``Deadline.Approaching|{category}|{PatchRef.table_key}|{deadline date}``
   data: ``category, osType, key, classification, deadline: time, daysLeft: int, machinesMissing: int,
   title?, machines?: [machine id] (at most 100)``
+
+``PatchManagement.Machine.RolledBack`` - a machine restored from its pre-patch snapshots (shared.safety):
+  after a failed health check (``trigger`` ``health``), a failed install (``install``) or on request
+  (``manual``). subject ``/deployments/{deployment}/runs/{runId}/machines/{computer}``;
+  dedup ``Machine.RolledBack|{runId}|{machine key}``
+  data: ``runId, deployment, machine (resource id), computer, reason, restorePoint: time (when the
+  snapshots were taken), rolledBackAt: time, trigger, category?, ring?, patches?: [{osType, key}] (the
+  updates the restore took off), requestedBy?, disks?: [disk id] (the disks restored)``
 """
 
 from __future__ import annotations
@@ -104,6 +112,7 @@ class EventType(StrEnum):
     RING_RUN_FINISHED = "PatchManagement.RingRun.Finished"
     RING_RUN_FAILED = "PatchManagement.RingRun.Failed"
     DEADLINE_APPROACHING = "PatchManagement.Deadline.Approaching"
+    MACHINE_ROLLED_BACK = "PatchManagement.Machine.RolledBack"
 
 
 # The CloudEvent ``source`` of every notification (a URI-reference naming the producer, CloudEvents 1.0).
@@ -166,6 +175,11 @@ SCHEMAS: Mapping[EventType, DataSchema] = {
         {"category": _STR, "osType": _STR, "key": _STR, "classification": _STR, "deadline": _TIME,
          "daysLeft": _INT, "machinesMissing": _INT},
         {"title": _STR, "machines": _IDS},
+    ),
+    EventType.MACHINE_ROLLED_BACK: DataSchema(
+        {"runId": _STR, "deployment": _STR, "machine": _STR, "computer": _STR, "reason": _STR,
+         "restorePoint": _TIME, "rolledBackAt": _TIME, "trigger": _STR},
+        {"category": _STR, "ring": _STR, "patches": _PATCHES, "requestedBy": _STR, "disks": _IDS},
     ),
 }
 # Machines listed in a Deadline.Approaching event, at most (the count is machinesMissing).

@@ -121,12 +121,12 @@ class _Check(_Model):
 
 
 class AgentReadyCheck(_Check):
-    type: Literal[CheckKind.AGENT_READY]
+    type: Literal["agentReady"]
     within_minutes: int = Field(default=DEFAULT_AGENT_MINUTES, ge=1, le=MAX_AGENT_MINUTES)
 
 
 class CommandCheck(_Check):
-    type: Literal[CheckKind.COMMAND]
+    type: Literal["command"]
     script: list[Annotated[str, Field(max_length=MAX_SCRIPT_LINE_CHARS)]] = Field(
         min_length=1, max_length=MAX_SCRIPT_LINES)
     expect_output: str | None = Field(default=None, min_length=1, max_length=MAX_PATTERN_CHARS,
@@ -145,14 +145,14 @@ class CommandCheck(_Check):
 
 
 class LogQueryCheck(_Check):
-    type: Literal[CheckKind.LOG_QUERY]
+    type: Literal["logQuery"]
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS,
                        description="KQL that must return no row; {resourceId} and {computer} are replaced")
     lookback_minutes: int = Field(default=DEFAULT_LOOKBACK_MINUTES, ge=1, le=MAX_LOOKBACK_MINUTES)
 
 
 class VerdictCheck(_Check):
-    type: Literal[CheckKind.VERDICT]
+    type: Literal["verdict"]
     timeout_minutes: int = Field(default=DEFAULT_VERDICT_MINUTES, ge=1, le=MAX_VERDICT_MINUTES)
 
 
@@ -195,7 +195,7 @@ class SafetyPolicy(_Model):
 
     def checks_before(self) -> list[AgentReadyCheck | CommandCheck | LogQueryCheck | VerdictCheck]:
         """The checks run before an install: every one but ``verdict`` (a test system judges the install)."""
-        return [check for check in self.checks if check.type is not CheckKind.VERDICT]
+        return [check for check in self.checks if check.type != CheckKind.VERDICT]
 
     def is_active(self) -> bool:
         """Whether the policy does anything at all (an empty one leaves the install as it was)."""
@@ -230,3 +230,17 @@ def _details(error: ValidationError, field: str) -> list[tuple[str, str]]:
 
 def policy_json(policy: SafetyPolicy) -> dict[str, Any]:
     return policy.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# --- what a machine's run record says (the run row and UpdateRunMachine_CL's Health and Rollback) ---
+
+HEALTH_PASSED = "passed"
+HEALTH_FAILED_PREFIX = "failed: "  # then "<check>: <why>"
+HEALTH_UNHEALTHY_BEFORE = "unhealthy before install"
+ROLLBACK_RESTORED = "restored"
+ROLLBACK_FAILED = "failed"
+ROLLBACK_NOT_POSSIBLE = "not possible"  # an Arc-enabled server, or no snapshot was taken
+
+
+def health_failed(check: str, detail: str) -> str:
+    return f"{HEALTH_FAILED_PREFIX}{check}: {detail}"

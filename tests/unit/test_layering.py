@@ -62,6 +62,7 @@ PURE_RULES = frozenset({
     "shared.governance.evidence",  # the test-evidence rule (passed, failed, in test), change-history values
     "shared.governance.enforcement",  # the approval rule of deployments; approvedOnly's install lists
     "shared.governance.deadlines",  # which missing updates' deadlines fall within the warning window
+    "shared.safety.policy",  # a safety policy: health checks, bake, snapshots, rollback; its record values
 })
 
 # The modules of the capability packages that use an Azure SDK or an adapter, directly or through
@@ -105,6 +106,8 @@ USES_ADAPTERS = frozenset({
     "shared.deployments.ring_notifications",  # RingRun.Started/Finished/Failed of a run on a category ring
     # Releases, approvedOnly, the approval rule and a batch's evidence: reads and writes governance's tables.
     "shared.deployments.governed",
+    # Which safety policy each machine of a run gets: the categories' policies and the Machines placements.
+    "shared.deployments.safety_plan",
 })
 
 # A capability uses another capability's pure modules only; these adapter-using imports across
@@ -133,6 +136,9 @@ CROSS_CAPABILITY_ADAPTERS = {
     # approved updates; a run's start checks the approval rule; a batch's end writes test evidence, the
     # change history and each update's state.
     ("shared.deployments.governed", "shared.fleet.machines_table"),
+    # A run's safety policies: its deployment's, or each machine's category's (placement on Machines).
+    ("shared.deployments.safety_plan", "shared.fleet.machines_table"),
+    ("shared.deployments.safety_plan", "shared.governance.categories_table"),
     ("shared.deployments.governed", "shared.governance.categories_table"),
     ("shared.deployments.governed", "shared.governance.evidence_table"),
     ("shared.deployments.governed", "shared.governance.patches_table"),

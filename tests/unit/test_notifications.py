@@ -97,6 +97,15 @@ EXAMPLES: dict[EventType, tuple[str, dict[str, Any], str]] = {
          "machines": ["vm-1", "vm-2", "vm-3"]},
         "Deadline.Approaching|web|Windows|KB5034441|2026-03-04",
     ),
+    EventType.MACHINE_ROLLED_BACK: (
+        "/deployments/web-test/runs/run-3/machines/web-01",
+        {"runId": "run-3", "deployment": "web-test", "machine": "/subscriptions/s/resourceGroups/rg/providers/"
+         "Microsoft.Compute/virtualMachines/web-01", "computer": "web-01",
+         "reason": "app-probe failed after the install: exit code 1", "restorePoint": AT,
+         "rolledBackAt": AT + timedelta(minutes=20), "trigger": "health", "category": "web", "ring": "test",
+         "patches": [{"osType": "Linux", "key": "openssl=3.0.2-0ubuntu1.15"}]},
+        "Machine.RolledBack|run-3|web-01",
+    ),
 }  # fmt: skip
 
 
@@ -112,7 +121,7 @@ def test_the_event_types_are_the_designs():
         "PatchManagement.Approval.Deferred", "PatchManagement.Approval.Revoked",
         "PatchManagement.RingRun.Started",
         "PatchManagement.RingRun.Finished", "PatchManagement.RingRun.Failed",
-        "PatchManagement.Deadline.Approaching",
+        "PatchManagement.Deadline.Approaching", "PatchManagement.Machine.RolledBack",
     }  # fmt: skip
     assert set(SCHEMAS) == set(EventType) == set(EXAMPLES)
 
