@@ -16,6 +16,7 @@ from functions.deployments_api import bp as deployments_api_blueprint
 from functions.discovery import bp as discovery_blueprint
 from functions.durable_timestamps import install as install_history_timestamps
 from functions.evidence import bp as evidence_blueprint
+from functions.health_checks import bp as health_checks_blueprint
 from functions.inventory_api import bp as inventory_api_blueprint
 from functions.light_check import bp as light_check_blueprint
 from functions.log_outbox import bp as log_outbox_blueprint
@@ -23,6 +24,7 @@ from functions.notifications import bp as notifications_blueprint
 from functions.openapi import bp as openapi_blueprint
 from functions.patches_api import bp as patches_api_blueprint
 from functions.releases_api import bp as releases_api_blueprint
+from functions.rollback import bp as rollback_blueprint
 from functions.runs_api import bp as runs_api_blueprint
 from shared.assessment.recording import listen_for_new_versions
 from shared.governance.first_seen import record_new_versions
@@ -52,5 +54,7 @@ app.register_functions(patches_api_blueprint)
 app.register_functions(approvals_api_blueprint)
 app.register_functions(approval_rules_blueprint)
 app.register_functions(changes_api_blueprint)
+app.register_functions(health_checks_blueprint)
+app.register_functions(rollback_blueprint)
 # An update version the assessment sees for the first time gets its patch inventory record (issue 13).
 listen_for_new_versions(record_new_versions)

@@ -31,6 +31,7 @@ from functions.durable import (
     send_log_rows,
     start_once,
 )
+from functions.safe_rollout import Guard, SafetyEnd, after_install, before_install
 from shared.azure.tables import table_service
 from shared.deployments.definition import DeploymentDefinition
 from shared.deployments.definitions_table import deployment_store
@@ -52,6 +53,7 @@ from shared.deployments.messages import (
     MachineRunResult,
     ResolveInput,
     RunPlan,
+    SafetyPolicyRead,
     StepAnswer,
     StepFailure,
     StepInput,
@@ -69,12 +71,16 @@ from shared.deployments.scheduler_state import SchedulerState
 from shared.deployments.selection import NO_CLASSIFICATION_DATA
 from shared.deployments.steps import apply_batch_journal, check_step, start_step
 from shared.governance.releases import HELD_REASON
+from shared.safety.policy import SafetyPolicy
 from shared.settings import Settings, load_settings
 
 bp = df.Blueprint()
 log = logging.getLogger(__name__)
 
 ORCHESTRATOR = "deployment_run"
+# One durable timer waits at most this long; a longer wait is several (the Azure Storage provider's timers
+# are limited to 6 days in older extension versions: Durable Functions docs, "Timers").
+MAX_TIMER = timedelta(days=6)
 
 
 def utc_now() -> datetime:
@@ -132,9 +138,16 @@ async def reconcile_deployment_runs(timer: func.TimerRequest, client: df.Durable
 def deployment_run(context: df.DurableOrchestrationContext) -> Any:
     run = DeploymentRunInput.model_validate(context.get_input())
     context.set_custom_status({"stage": "resolving"})
-    plan = RunPlan.model_validate((yield call_storage(context, "resolve_deployment_run", ResolveInput(
-        run_id=run.run_id, at=context.current_utc_datetime, batch_size=run.tuning.batch_size,
-    ).model_dump(mode="json"))))  # fmt: skip
+    while True:
+        plan = RunPlan.model_validate((yield call_storage(context, "resolve_deployment_run", ResolveInput(
+            run_id=run.run_id, at=context.current_utc_datetime, batch_size=run.tuning.batch_size,
+        ).model_dump(mode="json"))))  # fmt: skip
+        if plan.wait_until is None:
+            break
+        # A ring after the first: the previous ring's run bakes until then (shared.deployments.ring_bake).
+        context.set_custom_status({"stage": "waiting for the previous ring's bake",
+                                   "until": plan.wait_until.isoformat()})
+        yield context.create_timer(min(plan.wait_until, context.current_utc_datetime + MAX_TIMER))
     if plan.error is not None:
         context.set_custom_status({"stage": "failed", "error": plan.error})
         return {"state": RunState.FAILED.value, "error": plan.error}
@@ -179,12 +192,14 @@ def deployment_batch(context: df.DurableOrchestrationContext) -> Any:
     # The batch's machines as JSON, each handed to its child so that its steps read no row for it; read in
     # parts, so no event of this history spills to a blob (MAX_BATCH_PART_CHARS).
     machines: dict[str, str | None] = {}
+    safety_keys: dict[str, str] = {}  # each machine's safety policy's key, when it has one
     after: str | None = None
     while True:
         read = BatchMachinesRead(run_id=batch.run_id, batch=batch.batch, after=after)
         part = BatchMachines.model_validate((yield call_storage(context, "read_deployment_batch",
                                                                 read.model_dump(mode="json"))))
         machines |= dict(zip(part.resource_ids, part.machines, strict=True))
+        safety_keys |= {r: key for r, key in zip(part.resource_ids, part.safety_keys, strict=False) if key}
         if part.after is None:
             break
         after = part.after
@@ -206,7 +221,7 @@ def deployment_batch(context: df.DurableOrchestrationContext) -> Any:
                     run_id=batch.run_id, resource_id=resource_id, machine=machines.get(resource_id),
                     batch=batch.batch, window_start=batch.window_start,
                     window_minutes=batch.window_minutes, reboot=batch.reboot, restart_only=batch.restart_only,
-                    tuning=batch.tuning,
+                    tuning=batch.tuning, safety_key=safety_keys.get(resource_id),
                 ).model_dump(mode="json"), machine_instance_id(batch.run_id, resource_id))  # fmt: skip
                 running[child] = resource_id
             if claim.not_started:
@@ -264,6 +279,19 @@ def deploy_machine(context: df.DurableOrchestrationContext) -> Any:
     if not decision.ok:
         return _result(context, request, MachineResultStatus.SKIPPED, decision.reason)
 
+    # Safe rollouts (functions/safe_rollout.py): checks before the install, the pre-patch snapshots.
+    policy: SafetyPolicy | None = None
+    guard: Guard | None = None
+    if request.safety_key:
+        read = SafetyPolicyRead(run_id=request.run_id, key=request.safety_key)
+        found = yield call_storage(context, "read_safety_policy", read.model_dump(mode="json"))
+        policy = SafetyPolicy.model_validate(found) if found else None
+    if policy is not None:
+        before = yield from before_install(context, request, policy)
+        if isinstance(before, SafetyEnd):
+            return _result(context, request, before.status, before.reason, safety=before)
+        guard = before
+
     install: StepOutcome | None = None
     results_pending = False  # an Arc install whose per-update results the post-scan reads again
     for call in range(1, MAX_INSTALL_CALLS + 1):
@@ -281,6 +309,11 @@ def deploy_machine(context: df.DurableOrchestrationContext) -> Any:
             break
     assert install is not None and install.status is not None
     status = MachineResultStatus(install.status)
+    safety: SafetyEnd | None = None
+    if policy is not None and guard is not None:
+        failed = status in (MachineResultStatus.FAILED, MachineResultStatus.PARTIALLY_SUCCEEDED)
+        safety = yield from after_install(context, request, policy, guard, failed, status)
+        status = safety.status
 
     postscan = yield from _step(context, request, POSTSCAN, context.current_utc_datetime + scan_deadline,
                                 results_pending=results_pending)
@@ -289,7 +322,10 @@ def deploy_machine(context: df.DurableOrchestrationContext) -> Any:
         reason = f"{install.pending} updates left pending when the window ran out"
     if prescan.held and not reason:
         reason = HELD_REASON  # a release package offered only at an untested version (the row lists it)
-    return _result(context, request, status, reason, scanned=not isinstance(postscan, StepFailure))
+    if safety is not None and safety.reason:
+        reason = f"{safety.reason}; {reason}" if reason else safety.reason
+    return _result(context, request, status, reason, scanned=not isinstance(postscan, StepFailure),
+                   safety=safety)
 
 
 def _restart_only(context: df.DurableOrchestrationContext, request: MachineDeploymentInput,
@@ -342,12 +378,15 @@ def _failed_status(failure: StepFailure) -> MachineResultStatus:
 
 def _result(context: df.DurableOrchestrationContext, request: MachineDeploymentInput,
             status: MachineResultStatus, reason: str, failure: StepFailure | None = None,
-            scanned: bool = False) -> dict[str, Any]:
+            scanned: bool = False, safety: SafetyEnd | None = None) -> dict[str, Any]:
     """The machine's result, for its batch to record with its next claim (one write of the run row frees
-    the slot and may start the next machine); ``scanned``: the post-scan kept its output."""
+    the slot and may start the next machine); ``scanned``: the post-scan kept its output; ``safety``: what
+    the health checks and a rollback found."""
     return MachineRunResult(
-        status=status.value, reason=reason, resource_id=request.resource_id, at=context.current_utc_datetime,
-        failure=failure, outputs=(POSTSCAN,) if scanned else (),
+        status=status.value, reason=reason[:4000], resource_id=request.resource_id,
+        at=context.current_utc_datetime, failure=failure, outputs=(POSTSCAN,) if scanned else (),
+        health=safety.health if safety else "", rollback=safety.rollback if safety else "",
+        restore_point=safety.restore_point if safety else None,
     ).model_dump(mode="json")  # fmt: skip
 
 
@@ -370,6 +409,14 @@ def resolve_deployment_run(request: dict[str, Any]) -> dict[str, Any]:
     # A run on a category ring: RingRun.Started (or .Failed when it could not start), once per run.
     notify_run_resolved(settings, parsed.run_id, parsed.at)
     return plan.model_dump(mode="json")
+
+
+@bp.activity_trigger(input_name="request")
+def read_safety_policy(request: dict[str, Any]) -> dict[str, Any] | None:
+    """The safety policy the run resolved for a machine (by its key), as the run row keeps it."""
+    read = SafetyPolicyRead.model_validate(request)
+    policy = run_store(load_settings()).terms(read.run_id).policies.get(read.key)
+    return policy.model_dump(mode="json") if policy is not None else None
 
 
 @bp.activity_trigger(input_name="request")

@@ -21,6 +21,8 @@ from local.governance_demo import (
     run_governance_demo,
 )
 from local.report import table
+from local.rollout_demo import MACHINES as ROLLOUT_MACHINES
+from local.rollout_demo import PROBE, RolloutDemo, retire_earlier_rollout_demos, run_rollout_demo
 from local.stack import DEFAULT_STATE_DIR, DEMO_FLEET, SIGN_IN_NOTICE, LocalStack
 from local.workbook import serve_workbook
 from shared.governance.audit import ComplianceRunInput
@@ -129,7 +131,9 @@ def _run(fleet: Any, fleet_file: Path, state_dir: Path, clock: VirtualClock, sta
         _say("")
         _say("3. Update deployment (POST /api/deployments, then POST /api/deployments/{name}/runs -> "
              "orchestration deployment_run -> batches -> one deploy_machine per machine)")
-        retired = retire_earlier_demos(Api(stack.api_base_url or ""))  # else step 3 would break their rule
+        # else step 3 would break their approval rule, and run their health checks
+        retired = retire_earlier_demos(Api(stack.api_base_url or ""))
+        retired += retire_earlier_rollout_demos(Api(stack.api_base_url or ""))
         if retired:
             _say(f"   (deleted the governed-patching demo's category of an earlier run: "
                  f"{', '.join(retired)})")
@@ -145,6 +149,10 @@ def _run(fleet: Any, fleet_file: Path, state_dir: Path, clock: VirtualClock, sta
         _say("5. Compliance audit of the day so far (the timer audit_daily_compliance writes each machine's "
              "PatchCompliance_CL row for the day before; this is the same run, as of now)")
         _print_daily_compliance(stack, clock)
+        _say("")
+        _say("6. Safe rollout (health checks around each install, a snapshot before it, and an automatic "
+             "rollback when a check fails)")
+        _print_rollout(run_rollout_demo(stack))
         _say("")
         _say(f"Done in {time.monotonic() - started:.1f}s; discovery result: {json.dumps(result)}")
         for os_name, summary in assessments.items():
@@ -162,6 +170,33 @@ def _run(fleet: Any, fleet_file: Path, state_dir: Path, clock: VirtualClock, sta
          "| summarize count() by Classification'")
     _say("  .venv/bin/python -m local serve    # the whole host, live from this clock, timers firing")
     return 0
+
+
+def _print_rollout(demo: RolloutDemo | None) -> None:
+    if demo is None:
+        _say(f"   skipped: this fleet lacks the demo fleet's VMs {', '.join(ROLLOUT_MACHINES)}")
+        return
+    _say(f"   category {demo.category}: agent ready and the {PROBE} probe (Run Command) before and after "
+         "each install, an OS disk snapshot before it, rollback on a failed check")
+    _say(f"   run {demo.run_id} on its test ring, one machine at a time, error budget 1:")
+    rolled = demo.rolled_back
+    for machine in demo.machines:
+        if rolled is not None and machine.computer == rolled.computer:
+            installed = f"{rolled.installed_at:%H:%M}" if rolled.installed_at else "?"
+            back = f"{rolled.rolled_back_at:%H:%M}" if rolled.rolled_back_at else "?"
+            updates = ", ".join(rolled.updates) or "its updates"
+            _say(f"   - {machine.computer}: installed {updates} at {installed}; health {machine.health}")
+            _say(f"     rolled back at {back} from its OS disk snapshot: packages as before "
+                 f"{'yes' if rolled.packages_restored else 'NO'}, application healthy "
+                 f"{'yes' if rolled.healthy_again else 'NO'}")
+            states = ", ".join(f"{key} is {state}" for key, state in rolled.update_states.items())
+            _say(f"     for {demo.category}: {states or 'no update state'}; notification Machine.RolledBack "
+                 f"{'published' if rolled.notified else 'NOT seen'}")
+        else:
+            why = f" ({machine.reason})" if machine.reason else ""
+            _say(f"   - {machine.computer}: {machine.status}{why}")
+    _say(f"   the ring stopped: {demo.stop_reason or 'no stop'}; see GET /api/machines/{{id}}/changes and "
+         "the workbook's Rollbacks view")
 
 
 def _print_governance(demo: GovernanceDemo | None) -> None:

@@ -228,6 +228,10 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("COMPLIANCE_AUDIT_SCHEDULE", "NCRONTAB schedule of the timer that writes each machine's "
                 "daily PatchCompliance_CL row for the day before (00:30 UTC by default)", _ncrontab,
                 default="0 30 0 * * *"),
+    # Pre-patch snapshots and the disks a rollback replaced are kept for days (shared.safety): a daily
+    # pass deletes what passed its retention, an hour after the audit.
+    SettingSpec("ROLLBACK_CLEANUP_SCHEDULE", "NCRONTAB schedule of the timer that deletes expired pre-patch "
+                "snapshots and replaced disks (01:15 UTC by default)", _ncrontab, default="0 15 1 * * *"),
     SettingSpec("RUN_LOGS_CONTAINER", "Blob container holding each deployment run's per-machine operation "
                 "output", _pattern(_CONTAINER, "must be 3-63 lowercase letters, digits or single hyphens, "
                 "starting and ending with a letter or digit"), default="run-logs"),
@@ -276,6 +280,7 @@ class Settings:
     notification_webhook_secret: str | None
     notification_outbox_schedule: str
     compliance_audit_schedule: str
+    rollback_cleanup_schedule: str
     run_logs_container: str
     website_auth_enabled: bool | None
     local_authentication_standin: bool | None

@@ -112,6 +112,7 @@ var appSettings = {
   LOG_OUTBOX_SCHEDULE: '0 */5 * * * *'
   RUN_RECONCILER_SCHEDULE: '0 */15 * * * *'
   COMPLIANCE_AUDIT_SCHEDULE: '0 30 0 * * *'
+  ROLLBACK_CLEANUP_SCHEDULE: '0 15 1 * * *'
   RUN_LOGS_CONTAINER: runLogsContainerName
   EVENT_GRID_TOPIC_ENDPOINT: eventGridTopicEndpoint
   NOTIFICATION_WEBHOOK_URL: notificationWebhookUrl

@@ -318,9 +318,11 @@ class PatchOperations:
             return vm_power_state(view)
         return arc_power_state(self._hybrid.machines.get(ref.resource_group, ref.name))
 
-    def _classify(self, resource_id: str, error: Exception) -> TransientArmError | PermanentArmError:
+    def classified(self, resource_id: str, error: Exception) -> TransientArmError | PermanentArmError:
         """:func:`classify` with this machine's power state to sort a 409."""
         return classify(error, lambda: self.power_state(resource_id))
+
+    _classify = classified
 
     def start(self, resource_id: str, begin: Callable[[], Any]) -> str:
         """Send one long-running POST (``begin`` passes ``polling=_StartOnly()``); its continuation token.
@@ -407,6 +409,12 @@ class _StartOnly(NoPolling):
 
     def get_continuation_token(self) -> str:
         return str(self._arm.get_continuation_token())
+
+
+def start_only_polling() -> NoPolling:
+    """The polling argument that sends a long-running operation's request and keeps its continuation
+    token, for :meth:`PatchOperations.start` (see :class:`_StartOnly`)."""
+    return _StartOnly()
 
 
 def _deserializer(model: type[Any]) -> Any:

@@ -33,7 +33,7 @@ from shared.deployments.runs_table import (
     run_store,
     stored_outcome,
 )
-from shared.log_tables import UPDATE_RUN_MACHINE
+from shared.log_tables import UPDATE_RUN_MACHINE, record_id
 from shared.model.machines import machine_from_json, machine_key
 from shared.settings import Settings
 
@@ -142,6 +142,17 @@ def queue_machine_rows(settings: Settings, credential: TokenCredential,
                       rows: Sequence[dict[str, Any]], at: datetime) -> int:
     """Queue ``UpdateRunMachine_CL`` rows in the outbox; returns how many were new there."""
     return log_outbox(settings, credential).put(UPDATE_RUN_MACHINE, rows, at)
+
+
+def rollback_machine_row(run: RunTerms, row: Mapping[str, Any], outcome: MachineOutcomeRecord,
+                         at: datetime) -> dict[str, Any]:
+    """The ``UpdateRunMachine_CL`` row of a machine rolled back on request after its run: the machine's
+    result again, now ``rolled back``, with a RecordId of its own (the latest row per run and machine is
+    its result)."""
+    written = _machine_log_row(run, row, outcome, at)
+    written["RecordId"] = record_id(UPDATE_RUN_MACHINE.name, run.run_id, str(row["ResourceId"]), "rollback",
+                                    at.isoformat())
+    return written
 
 
 def _machine_log_row(run: RunRecord | RunTerms, row: Mapping[str, Any], outcome: MachineOutcomeRecord,

@@ -80,6 +80,8 @@ class RunPlan(Message):
     # rebootSetting "RebootOnly": restart the machines, install nothing.
     restart_only: bool = False
     error: str | None = None
+    # A ring waiting for the previous ring's bake (shared.deployments.ring_bake): resolve again then.
+    wait_until: datetime | None = None
 
     def window(self) -> Window:
         assert self.window_start is not None, "a plan without a window failed to resolve"
@@ -165,6 +167,13 @@ class MachineDeploymentInput(Message):
 
     def install_deadline(self) -> datetime:
         return self.window().end + timedelta(minutes=self.tuning.install_grace_minutes)
+
+
+class SafetyPolicyRead(Message):
+    """Input of read_safety_policy: a machine's safety policy by its key in the run's policies."""
+
+    run_id: str
+    key: str
 
 
 class StepInput(Message):

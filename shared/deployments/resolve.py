@@ -24,6 +24,7 @@ from shared.deployments.results import (
     MachineResultStatus,
     run_machine_row,
 )
+from shared.deployments.ring_bake import ring_gate
 from shared.deployments.rollout import may_reboot
 from shared.deployments.runs_table import (
     MachineOutcomeRecord,
@@ -61,6 +62,13 @@ def resolve(settings: Settings, run_id: str, at: datetime, batch_size: int) -> R
         return RunPlan(error=run.error or "the run failed")
     if run.state is not RunState.QUEUED:
         return _plan(run, batch_size)  # resolved before: a retried activity
+    # A ring after the first waits for the previous ring's bake (shared.deployments.ring_bake).
+    gate = ring_gate(settings, run_id, at)
+    if gate.refused is not None:
+        store.fail(run_id, gate.refused, at)
+        return RunPlan(error=gate.refused)
+    if gate.wait_until is not None:
+        return RunPlan(wait_until=gate.wait_until)
     definition = run.definition
     machines, failed = list_fleet(credential, settings.arm_endpoint, settings.target_subscription_ids)
     by_id = {m.resource_id.lower(): m for m in machines}

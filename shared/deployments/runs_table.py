@@ -68,7 +68,7 @@ from shared.deployments.rollout import (
 from shared.deployments.safety_plan import policies_text, stored_policies
 from shared.durations import readable_duration
 from shared.governance.releases import HELD_REASON
-from shared.safety.policy import HEALTH_FAILED_PREFIX, SafetyPolicy
+from shared.safety.policy import HEALTH_FAILED_PREFIX, ROLLBACK_RESTORED, SafetyPolicy
 from shared.settings import Settings
 
 RUNS_TABLE = "DeploymentRuns"
@@ -699,6 +699,32 @@ class RunStore:
 
         return self._retrying(attempt)
 
+    def record_rollback(self, run_id: str, machine_key: str, reason: str, restore_point: datetime,
+                        at: datetime) -> tuple[MachineOutcomeRecord, dict[str, Any]]:
+        """A finished machine rolled back on request: its result becomes ``rolled back`` with ``reason``
+        (its counts kept) and the run's counts follow, in one transaction. Answers the outcome and the row
+        as written. A machine not finished raises ValueError (its deployment rolls it back itself)."""
+
+        def attempt() -> tuple[MachineOutcomeRecord, dict[str, Any]]:
+            row = self._machine_entity(run_id, machine_key)
+            if row["State"] not in FINAL_STATES:
+                raise ValueError(f"machine {machine_key} of run {run_id} has not finished ({row['State']})")
+            before = stored_outcome(row)
+            outcome = replace(before, status=MachineResultStatus.ROLLED_BACK, reason=reason[:4000],
+                              rollback=ROLLBACK_RESTORED, restore_point=restore_point)
+            run_entity = self._run_entity(run_id)
+            counters: dict[str, Any] = {"PartitionKey": run_id, "RowKey": RUN_ROW}
+            if before.status is not MachineResultStatus.ROLLED_BACK:
+                old, new = STATUS_COLUMNS[before.status], STATUS_COLUMNS[MachineResultStatus.ROLLED_BACK]
+                counters |= {old: max(0, int(run_entity.get(old, 0)) - 1),
+                             new: int(run_entity.get(new, 0)) + 1}
+            columns = {"PartitionKey": run_id, "RowKey": machine_row_key(machine_key),
+                       **_outcome_columns(outcome), "RolledBackAt": at}
+            self._runs.submit_transaction([_conditional(columns, row), _conditional(counters, run_entity)])
+            return outcome, {**dict(row), **columns}
+
+        return self._retrying(attempt)
+
     def request_cancel(self, run_id: str, by: str) -> RunRecord:
         """Ask the run to stop starting machines; the gate records the waiting ones as cancelled."""
 
@@ -841,6 +867,11 @@ def machine_to_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "outputs": json.loads(row.get("Outputs") or "[]"),
         # A release's packages the pre-scan offered only at an untested version ("name: offered X, tested Y").
         "held": [{"update": held, "reason": HELD_REASON} for held in json.loads(row.get("Held") or "[]")],
+        # Safe rollouts (shared.safety.policy): what the health checks found and what became of a rollback.
+        "health": text("Health"),
+        "rollback": text("Rollback"),
+        "restorePoint": moment("RestorePoint"),
+        "rolledBackAt": moment("RolledBackAt"),
     }
 
 

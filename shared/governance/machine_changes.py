@@ -162,6 +162,7 @@ def change_view(row: Mapping[str, Any]) -> dict[str, Any]:
         "run": f"/api/deployment-runs/{run_id}" if run_id else None,
         "category": row.get("Category") or UNCATEGORISED, "ring": row.get("Ring") or None,
         "authorizedBy": authorized_by or None, "authorized": authorized_by != UNAUTHORIZED,
+        "reason": row.get("Reason") or None,  # why a rollback took the update off
     }  # fmt: skip
 
 

@@ -156,6 +156,8 @@ def test_the_demo_fleet_holds_every_case_the_product_must_handle():
     assert any(m.behaviours.throttle for m in machines)
     assert any(m.behaviours.failing_patches for m in machines)
     assert any(m.behaviours.reboot_pending for m in machines)
+    # An update that breaks a VM's application (the safe-rollout demo: its health check, its rollback).
+    assert any(m.behaviours.breaks_health and m.kind == "azure-vm" for m in machines)
     assert any(m.os_key == "windows-server-2008-r2" and m.power_state == "running" for m in machines)
     assert any(m.os_key == "windows-10" and m.power_state == "running" for m in machines)
     assert sum(m.kind == "arc-server" for m in machines) >= 5

@@ -63,6 +63,8 @@ PURE_RULES = frozenset({
     "shared.governance.enforcement",  # the approval rule of deployments; approvedOnly's install lists
     "shared.governance.deadlines",  # which missing updates' deadlines fall within the warning window
     "shared.safety.policy",  # a safety policy: health checks, bake, snapshots, rollback; its record values
+    "shared.safety.checks",  # health-check messages and how Azure's answers are judged (exit codes, rows)
+    "shared.safety.messages",  # snapshot and rollback step messages, a rollback's record
 })
 
 # The modules of the capability packages that use an Azure SDK or an adapter, directly or through
@@ -108,6 +110,13 @@ USES_ADAPTERS = frozenset({
     "shared.deployments.governed",
     # Which safety policy each machine of a run gets: the categories' policies and the Machines placements.
     "shared.deployments.safety_plan",
+    "shared.deployments.ring_bake",  # the wait for the previous ring's bake: definitions, runs, categories
+    # A rollback's record: the run's row, the change history, the category's inventory, a notification.
+    "shared.deployments.rollback_record",
+    "shared.safety.probes",  # Run Command on VMs and Arc servers, agent readiness, log queries
+    "shared.safety.restore_points",  # the RollbackPoints table
+    "shared.safety.restore",  # pre-patch snapshots and the rollback's stages (shared.azure.disks)
+    "shared.safety.cleanup",  # deletes expired snapshots and replaced disks, then their points
 })
 
 # A capability uses another capability's pure modules only; these adapter-using imports across
@@ -139,6 +148,14 @@ CROSS_CAPABILITY_ADAPTERS = {
     # A run's safety policies: its deployment's, or each machine's category's (placement on Machines).
     ("shared.deployments.safety_plan", "shared.fleet.machines_table"),
     ("shared.deployments.safety_plan", "shared.governance.categories_table"),
+    # A ring waits for the previous ring's bake: the category's policy and rings.
+    ("shared.deployments.ring_bake", "shared.governance.categories_table"),
+    # A rollback's record: the installs the run's row carries (the journal's carried columns), the
+    # change history, the updates failed for the category, the Machine.RolledBack notification.
+    ("shared.deployments.rollback_record", "shared.assessment.journal"),
+    ("shared.deployments.rollback_record", "shared.governance.evidence_table"),
+    ("shared.deployments.rollback_record", "shared.governance.notifications"),
+    ("shared.deployments.rollback_record", "shared.governance.patches_table"),
     ("shared.deployments.governed", "shared.governance.categories_table"),
     ("shared.deployments.governed", "shared.governance.evidence_table"),
     ("shared.deployments.governed", "shared.governance.patches_table"),

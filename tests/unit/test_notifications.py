@@ -99,8 +99,9 @@ EXAMPLES: dict[EventType, tuple[str, dict[str, Any], str]] = {
     ),
     EventType.MACHINE_ROLLED_BACK: (
         "/deployments/web-test/runs/run-3/machines/web-01",
-        {"runId": "run-3", "deployment": "web-test", "machine": "/subscriptions/s/resourceGroups/rg/providers/"
-         "Microsoft.Compute/virtualMachines/web-01", "computer": "web-01",
+        {"runId": "run-3", "deployment": "web-test",
+         "machine": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/web-01",
+         "computer": "web-01",
          "reason": "app-probe failed after the install: exit code 1", "restorePoint": AT,
          "rolledBackAt": AT + timedelta(minutes=20), "trigger": "health", "category": "web", "ring": "test",
          "patches": [{"osType": "Linux", "key": "openssl=3.0.2-0ubuntu1.15"}]},
