@@ -20,6 +20,7 @@ How each Run Command reports a script's end (the product must read them differen
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,10 +61,22 @@ def health_failure(
     return None
 
 
-def run_script(machine: Machine, script_lines: int, failure: str | None) -> ScriptResult:
-    if failure is None:
-        return ScriptResult(0, f"simulated: {script_lines} line(s) ran on {machine.host_name}: healthy", "")
-    return ScriptResult(1, f"simulated: {script_lines} line(s) ran on {machine.host_name}", failure)
+# What a shell prints for a line that only prints text holding the last exit code: ``echo "...$?"`` (sh,
+# bash) or a bare string ``"...$LASTEXITCODE"`` (PowerShell). The stand-in runs no script, but it expands
+# these as the shell would, with the probe's exit code, so a script that reports its own code does so.
+_PRINTS_CODE = re.compile(r'^\s*(?:echo\s+)?"([^"]*(?:\$\?|\$LASTEXITCODE)[^"]*)"\s*;?\s*$')
+
+
+def run_script(machine: Machine, script: list[str] | int, failure: str | None) -> ScriptResult:
+    """The probe's answer: exit 0 and a line on stdout when the machine is healthy, exit 1 and why on
+    stderr when not; lines that print the last exit code print it (see ``_PRINTS_CODE``)."""
+    lines = script if isinstance(script, list) else [""] * script
+    code = 0 if failure is None else 1
+    printed = [m.group(1).replace("$?", str(code)).replace("$LASTEXITCODE", str(code))
+               for line in lines for m in [_PRINTS_CODE.match(str(line))] if m]
+    probe = f"simulated: {len(lines)} line(s) ran on {machine.host_name}" + (": healthy" if code == 0 else "")
+    stdout = "\n".join([probe, *printed])
+    return ScriptResult(code, stdout, failure or "")
 
 
 def vm_run_command_output(os_type: str, result: ScriptResult) -> dict[str, Any]:

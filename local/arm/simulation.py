@@ -1043,7 +1043,7 @@ class Simulation:
 
         def finish(op: Operation) -> None:
             # The machine's health when the script ends, not when it was sent.
-            result = run_script(machine, len(script), state.health_failure())
+            result = run_script(machine, [str(line) for line in script], state.health_failure())
             op.output = vm_run_command_output(machine.os_type, result)
 
         return self._new_operation(

@@ -222,7 +222,9 @@ def _run_record(entity: Mapping[str, Any], table: TableClient) -> RunRecord:
         stop_reason=entity.get("StopReason") or None,
         finished=entity.get("Finished"),
         error=entity.get("Error") or None,
-        policies=stored_policies(read_text(table, entity, "Safety")),
+        # Runs resolved before safe rollouts, or not resolved yet, keep no policies.
+        policies=stored_policies(read_text(table, entity, "Safety"))
+        if "SafetyParts" in entity or "SafetyRows" in entity else {},
     )
 
 

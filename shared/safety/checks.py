@@ -106,14 +106,15 @@ def timed_out(check: Any, minutes: int, at: datetime) -> CheckResult:
 
 
 def vm_script(check: CommandCheck, os_type: str) -> list[str]:
-    """The script sent to a VM: the check's lines, then one that prints the exit code after the marker.
-    Linux runs it with ``sh`` (RunShellScript); Windows with PowerShell (RunPowerShellScript), where a
-    native command's code is ``$LASTEXITCODE`` and a failed cmdlet's is ``$?`` false."""
+    """The script sent to a VM: the check's lines in a subshell (Linux, ``RunShellScript``: an ``exit``
+    in them ends the subshell only) or a script block (Windows, ``RunPowerShellScript``), then one line
+    that prints the exit code after :data:`EXIT_MARKER`. PowerShell: a native command's code is
+    ``$LASTEXITCODE``; a script block whose last cmdlet failed leaves ``$?`` false (code 1)."""
     if os_type == "Windows":
-        return [*check.script,
-                f'if ($LASTEXITCODE -ne $null) {{ "{EXIT_MARKER}$LASTEXITCODE" }} '
-                f'elseif ($?) {{ "{EXIT_MARKER}0" }} else {{ "{EXIT_MARKER}1" }}']
-    return [*check.script, f'echo "{EXIT_MARKER}$?"']
+        return ["$global:LASTEXITCODE = 0", "& {", *check.script, "}",
+                "if (-not $?) { $global:LASTEXITCODE = [Math]::Max(1, $LASTEXITCODE) }",
+                f'"{EXIT_MARKER}$LASTEXITCODE"']
+    return ["(", *check.script, ")", f'echo "{EXIT_MARKER}$?"']
 
 
 def vm_streams(value: list[dict[str, Any]]) -> tuple[str, str]:
