@@ -212,6 +212,12 @@ UPDATE_RUN_MACHINE = LogTable(
         ("ErrorCode", S),
         ("ErrorMessage", S),
         ("Release", S),  # the deployment's release, as UpdateRunProgress_CL; empty when it names none
+        # Safe rollouts (shared.safety.policy): "passed", "failed: <check>: <why>", "unhealthy before
+        # install" or empty; "restored", "failed", "not possible" or empty; when the restored snapshots
+        # were taken. A machine rolled back later on request gets a new row (the latest is its result).
+        ("Health", S),
+        ("Rollback", S),
+        ("RestorePoint", D),
     ),
 )
 

@@ -166,4 +166,5 @@ def _machine_log_row(run: RunRecord | RunTerms, row: Mapping[str, Any], outcome:
     return run_machine_row(
         run.run_id, run.deployment_name, resource_id, computer, machine.os_type if machine else None, outcome,
         started_at if isinstance(started_at, datetime) else None, finished_at, release=run.definition.release,
+        health=outcome.health, rollback=outcome.rollback, restore_point=outcome.restore_point,
     )  # fmt: skip

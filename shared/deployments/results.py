@@ -174,7 +174,8 @@ _MAX_ERROR_MESSAGE = 4000
 
 def run_machine_row(run_id: str, deployment_name: str, resource_id: str, computer: str,
                     os_type: OsType | None, outcome: MachineRunOutcome, started_at: datetime | None,
-                    finished_at: datetime, *, release: str | None = None) -> dict[str, Any]:
+                    finished_at: datetime, *, release: str | None = None, health: str = "",
+                    rollback: str = "", restore_point: datetime | None = None) -> dict[str, Any]:
     """The ``UpdateRunMachine_CL`` row of one machine of a run.
 
     ``os_type`` is None for a target the discovery did not find; ``started_at`` is None for a machine
@@ -206,4 +207,7 @@ def run_machine_row(run_id: str, deployment_name: str, resource_id: str, compute
         "RebootStatus": outcome.reboot_status,
         "ErrorCode": outcome.error_code,
         "ErrorMessage": outcome.error_message[:_MAX_ERROR_MESSAGE],
+        "Health": health,
+        "Rollback": rollback,
+        "RestorePoint": restore_point,
     }

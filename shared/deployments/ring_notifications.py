@@ -29,7 +29,7 @@ from typing import Any
 from shared.azure.tables import join_property
 from shared.deployments.definition import DeploymentDefinition
 from shared.deployments.results import MachineResultStatus
-from shared.deployments.rollout import REASON_ERROR_BUDGET
+from shared.deployments.rollout import REASON_ERROR_BUDGET, REASON_HEALTH_GATE
 from shared.deployments.runs_table import BUDGET_STATUSES, RunRecord, RunState, run_store
 from shared.governance.notifications import (
     MAX_LISTED_UPDATES,
@@ -89,8 +89,8 @@ def failure_reason(run: RunRecord) -> str | None:
     if run.state is RunState.FAILED:
         return run.error or "the run failed"
     reasons = []
-    if run.stop_reason == REASON_ERROR_BUDGET:
-        reasons.append(f"stopped: {REASON_ERROR_BUDGET} (no further machine was started)")
+    if run.stop_reason in (REASON_ERROR_BUDGET, REASON_HEALTH_GATE):
+        reasons.append(f"stopped: {run.stop_reason} (no further machine was started)")
     failed = failed_machines(run.counts)
     if failed:
         reasons.append(f"{failed} of {run.targets} machines failed")

@@ -24,6 +24,7 @@ import pytest
 
 from local.arm.fleet import load_fleet
 from local.loganalytics.store import DUCKDB_TYPES
+from local.rollout_demo import RolloutDemo, run_rollout_demo
 from local.stack import DEMO_FLEET, REPO_ROOT, LocalStack
 from local.workbook import load_workbook, logs_runner_for, run_query_item, workbook_server_for
 from local.workbook.evaluate import ResultTable, resolve_parameters
@@ -69,7 +70,7 @@ GATE_STOP_REASONS = {REASON_ERROR_BUDGET, REASON_WINDOW_CLOSING, REASON_CANCELLE
 
 @pytest.fixture(scope="module")
 def stack():
-    with LocalStack(load_fleet(DEMO_FLEET)).start() as running:
+    with LocalStack(load_fleet(DEMO_FLEET)).start(serve_http=True) as running:
         running.functions.fire_timer("discover_fleet")
         _wait_all(running)
         running.functions.fire_timer("assess_linux_fleet")
@@ -206,7 +207,18 @@ def runner(stack):
 
 
 @pytest.fixture(scope="module")
-def results(stack, update_run, governance, workbook, runner) -> dict[str, ResultTable]:
+def rollout(stack, update_run, governance) -> RolloutDemo:
+    """make run's safe-rollout step (local/rollout_demo.py): one machine rolled back, two stopped by the
+    health gate, for the Rollbacks view."""
+    demo = run_rollout_demo(stack)
+    assert demo is not None and demo.rolled_back is not None
+    stack.clock.advance(timedelta(minutes=1))  # the views' time range ends at now: the run's rows are inside
+    assert not log_outbox(load_settings()).send_pending("e2e-rollout", stack.clock.now()).errors
+    return demo
+
+
+@pytest.fixture(scope="module")
+def results(stack, update_run, governance, rollout, workbook, runner) -> dict[str, ResultTable]:
     """Every workbook query with the default parameters (last 7 days, every subscription, OS, environment)."""
     values = resolve_parameters(workbook, {}, runner, stack.clock.now()).values
     return {
@@ -340,6 +352,17 @@ EXPECTED_COLUMNS = {
         "PackageVersion",
         "Classification",
         "EndTime",
+        "UpdateRunId",
+    ],
+    "rollbacks": [
+        "TimeGenerated",
+        "Computer",
+        "UpdateRunName",
+        "Status",
+        "Health",
+        "Rollback",
+        "RestorePoint",
+        "Reason",
         "UpdateRunId",
     ],
     "approval-queue": [
@@ -476,9 +499,10 @@ def test_deployment_views_show_every_machine_of_the_run_with_its_result(results,
     started are shown once the claim activity sends their rows, so they are compared only if present."""
     statuses = update_run.statuses()
     stopped = update_run.gate_stopped()
-    per_machine = results["run-machine-results"].as_dicts()
-    runs = {(r["UpdateRunName"], r["UpdateRunId"]) for r in per_machine}
-    assert runs == {(update_run.name, update_run.run_id)}
+    # The views show every run of the range: this one, and the safe-rollout demo's (checked in its own test).
+    per_machine = [r for r in results["run-machine-results"].as_dicts()
+                   if r["UpdateRunId"] == update_run.run_id]
+    assert per_machine
     shown = {r["Computer"]: r["Status"] for r in per_machine}
     assert len(shown) == len(per_machine), "a machine has two rows"
     assert shown.items() <= statuses.items()
@@ -498,8 +522,8 @@ def test_deployment_views_show_every_machine_of_the_run_with_its_result(results,
             machine["startedAt"] is None
         ), row["Computer"]
 
-    [run] = results["update-runs"].as_dicts()
-    assert (run["UpdateRunName"], run["UpdateRunId"]) == (update_run.name, update_run.run_id)
+    [run] = [r for r in results["update-runs"].as_dicts() if r["UpdateRunId"] == update_run.run_id]
+    assert run["UpdateRunName"] == update_run.name
     assert run["Machines"] == len(shown)
     by_status = Counter(shown.values())
     assert {column: run[column] for column in STATUS_COLUMNS.values()} == {
@@ -507,8 +531,19 @@ def test_deployment_views_show_every_machine_of_the_run_with_its_result(results,
     }
     assert run["UpdatesInstalled"] == sum(update_run.machines[c]["installed"] for c in shown)
     assert run["UpdatesFailed"] == sum(o.failed for o in update_run.outcomes.values()) > 0
+    # The chart counts every run's machines: this run's and the safe-rollout demo's (one rolled back, two
+    # stopped by the health gate).
     chart = {r["Status"]: r["Machines"] for r in results["run-results-chart"].as_dicts()}
+    by_status.update({"rolled back": 1, "skipped": 2})
     assert chart == dict(by_status)
+
+
+def test_the_rollbacks_view_shows_the_rolled_back_machine_with_its_health_and_restore_point(results, rollout):
+    rows = [r for r in results["rollbacks"].as_dicts() if r["UpdateRunId"] == rollout.run_id]
+    assert rollout.rolled_back is not None
+    assert [(r["Computer"], r["Status"], r["Rollback"]) for r in rows] == [
+        (rollout.rolled_back.computer, "rolled back", "restored")]
+    assert rows[0]["Health"].startswith("failed: app-probe") and rows[0]["RestorePoint"]
 
 
 def test_failed_updates_view_lists_each_failed_update(results, update_run):
