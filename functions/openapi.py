@@ -15,13 +15,16 @@ import functions.changes_api as changes_api
 import functions.deployment_runs_api as deployment_runs_api
 import functions.deployments_api as deployments_api
 import functions.discovery as discovery
+import functions.health_checks as health_checks
 import functions.inventory_api as inventory_api
 import functions.patches_api as patches_api
 import functions.releases_api as releases_api
+import functions.rollback as rollback
 import functions.runs_api as runs_api
 from functions.deployment_runs_api import DEFAULT_RUNS_TOP, MACHINE_STATUSES, MAX_RUNS_TOP, STEPS
 from functions.discovery import StartDiscoveryBody
 from functions.http import json_response, required_role, user_function
+from functions.rollback import RollbackRequest
 from shared.deployments.definition import MAX_MACHINES, DeploymentDefinition
 from shared.deployments.results import MachineResultStatus
 from shared.deployments.runs_table import RunState
@@ -46,6 +49,7 @@ from shared.model.classification import Classification
 from shared.model.install_outcome import InstallationState
 from shared.model.machines import OsType
 from shared.principal import PRINCIPAL_HEADER
+from shared.safety.checks import Verdict
 
 bp = df.Blueprint()
 
@@ -230,6 +234,20 @@ def _paths() -> dict[str, Any]:
             {"200": "machine", "404": "unknown run or machine", "409": not_unique,
              "500": "a stored install output is unreadable"},
             params=[run_id, machine], ok_schema=_RUN_MACHINE_DETAIL)},
+        "/api/deployment-runs/{runId}/machines/{machine}/verdict": {"post": _op(
+            "A test system's verdict on a machine whose safety policy waits for one (a verdict check)",
+            health_checks.post_verdict,
+            {"202": "handed to the machine's deployment", "404": "unknown run or machine",
+             "409": "its deployment is not running (NotWaitingForVerdict), or the name is ambiguous"},
+            body=Verdict.model_json_schema(), params=[run_id, machine])},
+        "/api/deployment-runs/{runId}/machines/{machine}/rollback": {"post": _op(
+            "Restore a machine of a run from the snapshots taken right before its install",
+            rollback.roll_back_machine,
+            {"202": "the rollback started (follow its status)", "404": "unknown run or machine, or no "
+             "snapshot was taken of it in that run (NoRestorePoint)", "410": "the snapshots expired "
+             "(RestorePointExpired)", "409": "its deployment still runs, a rollback of it runs, it was "
+             "restored already, or the name is ambiguous"},
+            body=RollbackRequest.model_json_schema(), params=[run_id, machine], ok_schema=_ACCEPTED)},
         "/api/deployment-runs/{runId}/machines/{machine}/outputs/{step}": {"get": _op(
             "The output a step stored (prescan, install1, install2, postscan), as stored",
             deployment_runs_api.read_deployment_run_output,
@@ -626,6 +644,11 @@ def _run_schemas() -> dict[str, Any]:
                  "items": {"type": "object", "properties": {
                      "update": {**text, "description": "name: offered X, tested Y"},
                      "reason": {"const": HELD_REASON}}}},
+        "health": {**nullable_text, "description": "what the safety policy's checks found: passed, failed: "
+                   "<check>: <why>, unhealthy before install"},
+        "rollback": {**nullable_text, "description": "restored, failed or not possible"},
+        "restorePoint": {**moment, "description": "when the snapshots it was restored from were taken"},
+        "rolledBackAt": moment,
         "link": text,
     }}  # fmt: skip
     update = {"type": "object", "properties": {

@@ -57,7 +57,7 @@ resource rollbackRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = if 
   name: guid(subscription().id, resourceToken, 'patch-rollback')
   properties: {
     roleName: 'Patch service rollback (${resourceToken})'
-    description: 'Snapshot a machine\'s disks before patching and restore them on rollback'
+    description: 'Snapshot a machine\'s disks before patching, run its health checks, and restore it on rollback'
     type: 'CustomRole'
     assignableScopes: assignableScopes
     permissions: [
@@ -73,6 +73,14 @@ resource rollbackRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = if 
           'Microsoft.Compute/virtualMachines/write'
           'Microsoft.Compute/virtualMachines/deallocate/action'
           'Microsoft.Compute/virtualMachines/start/action'
+          // Deleting expired snapshots (above) and, after their own retention, the disks a rollback replaced
+          'Microsoft.Compute/disks/delete'
+          // Health checks: a script through Run Command (VM action; Arc managed run commands), read back and
+          // deleted once read
+          'Microsoft.Compute/virtualMachines/runCommand/action'
+          'Microsoft.HybridCompute/machines/runCommands/read'
+          'Microsoft.HybridCompute/machines/runCommands/write'
+          'Microsoft.HybridCompute/machines/runCommands/delete'
         ]
         notActions: []
         dataActions: []

@@ -279,3 +279,18 @@ def test_snapshot_and_disk_rights_exist_only_when_rollback_is_enabled():
     for role in roles.values():
         if role.symbol != "rollbackRole":
             assert not [a for a in _actions(role) if _ROLLBACK_ACTION.search(a)], role.symbol
+
+
+def test_health_checks_and_the_cleanup_are_in_the_rollback_role_alone():
+    """Run Command (the health checks' scripts) reaches inside every machine: only with rollback enabled."""
+    roles = {r.symbol: r for r in resources("Microsoft.Authorization/roleDefinitions")}
+    actions = _actions(roles["rollbackRole"])
+    for needed in ("Microsoft.Compute/virtualMachines/runCommand/action",
+                   "Microsoft.HybridCompute/machines/runCommands/write",
+                   "Microsoft.HybridCompute/machines/runCommands/read",
+                   "Microsoft.HybridCompute/machines/runCommands/delete",
+                   "Microsoft.Compute/snapshots/delete", "Microsoft.Compute/disks/delete",
+                   "Microsoft.Compute/virtualMachines/deallocate/action",
+                   "Microsoft.Compute/virtualMachines/start/action"):
+        assert needed in actions, needed
+    assert not [a for a in _actions(roles["patchRole"]) if "runCommand" in a]
