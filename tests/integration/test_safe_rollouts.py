@@ -284,3 +284,22 @@ def test_a_manual_rollback_is_refused_once_the_snapshots_expired(stack, producti
         "POST", f"/api/deployment-runs/{production_run['run_id']}/machines/prod-01/rollback",
         body={"justification": "too late"})
     assert late.status_code == 410 and body(late)["error"]["code"] == "RestorePointExpired", late.get_body()
+
+
+def test_the_next_ring_is_refused_while_the_previous_one_failed_its_health_gate(stack, test_ring_run):
+    """With ringBakeHours on the category, the production ring waits for a healthy, baked test ring; the
+    test ring's last run rolled a machine back, so the production ring's run is refused, naming it."""
+    category = ringed_category(CATEGORY, "safe rollouts", SUB, requiresApproval=False,
+                               safety=POLICY | {"ringBakeHours": 24})
+    edited = stack.functions.request("PUT", f"/api/categories/{CATEGORY}", body=category)
+    assert edited.status_code == 200, edited.get_body()
+    try:
+        run_id = deploy(stack, "safe-production-ring", {"categories": [{"category": CATEGORY,
+                                                                        "ring": "production"}]})
+        run = finished(stack, run_id)
+        assert run["state"] == "failed" and run["machines"] == []
+        assert "failed its health gate in run " + test_ring_run["run"]["runId"] in run["error"], run["error"]
+    finally:  # the category as the other tests found it
+        stack.functions.request("PUT", f"/api/categories/{CATEGORY}",
+                                body=ringed_category(CATEGORY, "safe rollouts", SUB, requiresApproval=False,
+                                                     safety=POLICY))
