@@ -110,7 +110,7 @@ def _store(settings: Settings) -> RunStore:
     return run_store(settings)
 
 
-def _run_machine(store: RunStore, run_id: str, machine: str) -> MachineEntry | func.HttpResponse:
+def run_machine(store: RunStore, run_id: str, machine: str) -> MachineEntry | func.HttpResponse:
     """The machine's row in the run, named by its key, resource id or computer name, or the 404 naming
     what is missing (the run or the machine), or the 409 listing the machines of an ambiguous name."""
     try:
@@ -251,7 +251,7 @@ def read_deployment_run_machine(req: func.HttpRequest) -> func.HttpResponse:
     """One machine of a run: its result, the updates its install reported, and links to its step outputs."""
     run_id = req.route_params.get("runId", "")
     settings = load_settings()
-    found = _run_machine(_store(settings), run_id, req.route_params.get("machine", ""))
+    found = run_machine(_store(settings), run_id, req.route_params.get("machine", ""))
     if isinstance(found, func.HttpResponse):
         return found
     machine, row = found.key, found.row
@@ -283,7 +283,7 @@ def read_deployment_run_output(req: func.HttpRequest) -> func.HttpResponse:
     run_id = req.route_params.get("runId", "")
     step = req.route_params.get("step", "")
     settings = load_settings()
-    found = _run_machine(_store(settings), run_id, req.route_params.get("machine", ""))
+    found = run_machine(_store(settings), run_id, req.route_params.get("machine", ""))
     if isinstance(found, func.HttpResponse):
         return found
     machine = found.key

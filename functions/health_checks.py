@@ -15,12 +15,12 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
+from functions.deployment_runs_api import run_machine
 from functions.durable import machine_instance_id
-from functions.http import error_response, find_machine, json_response, read_json, requires
+from functions.http import error_response, json_response, read_json, requires
 from shared.azure.credentials import credential_for
 from shared.azure.patch_operations import PermanentArmError
-from shared.deployments.run_machines import RunMachines
-from shared.deployments.runs_table import MachineState, RunNotFound, run_store
+from shared.deployments.runs_table import MachineState, run_store
 from shared.model.machines import parse_resource_id
 from shared.principal import Principal, Role
 from shared.safety.checks import (
@@ -113,12 +113,7 @@ async def post_verdict(req: func.HttpRequest, client: df.DurableOrchestrationCli
         return parsed
     run_id = req.route_params.get("runId", "")
     store = run_store(load_settings())
-    try:
-        store.get_run(run_id)
-    except RunNotFound:
-        return error_response(404, "RunNotFound", f"no deployment run {run_id!r}")
-    machines = RunMachines(store, run_id)
-    entry = find_machine(machines, req.route_params.get("machine", ""), machines.where)
+    entry = run_machine(store, run_id, req.route_params.get("machine", ""))
     if isinstance(entry, func.HttpResponse):
         return entry
     state = str(entry.row.get("State") or "") if entry.row else ""

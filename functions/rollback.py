@@ -12,23 +12,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Generator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
 from pydantic import Field
 
-from functions.durable import call_storage, machine_instance_id, poll_operation, runtime_status
-from functions.http import error_response, find_machine, read_json, requires, run_accepted
+from functions.deployment_runs_api import run_machine
+from functions.durable import call_storage, machine_instance_id, runtime_status
+from functions.http import error_response, read_json, requires, run_accepted
+from functions.safe_rollout import restore_from_snapshots
 from shared.deployments.messages import DeploymentTuning
-from shared.deployments.run_machines import RunMachines
-from shared.deployments.runs_table import MachineState, RunNotFound, run_store
+from shared.deployments.runs_table import MachineState, run_store
 from shared.messages import Message
 from shared.principal import Principal, Role
 from shared.safety import restore
 from shared.safety.cleanup import clean_expired
-from shared.safety.messages import RollbackAnswer, RollbackInput, RollbackRecord, SnapshotInput
+from shared.safety.messages import RollbackInput, RollbackRecord, SnapshotInput
 from shared.safety.restore import RollbackRefused, usable_point
 from shared.safety.restore_points import PointState
 from shared.settings import load_settings
@@ -38,8 +39,6 @@ log = logging.getLogger(__name__)
 
 ROLLBACK_ORCHESTRATOR = "rollback_machine"
 ROLLBACK_SUFFIX = ":rollback"
-# A manual rollback: stop, disks from snapshots, swap, start take minutes each on ARM; two hours is ample.
-ROLLBACK_MINUTES = 120
 MAX_JUSTIFICATION_CHARS = 1000
 
 
@@ -111,26 +110,17 @@ def rollback_machine(context: df.DurableOrchestrationContext) -> Generator[Any, 
     asked = ManualRollback.model_validate(context.get_input())
     context.set_custom_status({"stage": "restoring", "machine": asked.resource_id})
     reason = f"rolled back on request by {asked.requested_by}: {asked.justification}"
-    polled = yield from poll_operation(
-        context, "start_rollback_step", "check_rollback_step",
-        RollbackInput(run_id=asked.run_id, resource_id=asked.resource_id, reason=reason[:1000]),
-        done=lambda answer: not RollbackAnswer.model_validate(answer).in_progress,
-        tuning=asked.tuning, deadline=context.current_utc_datetime + timedelta(minutes=ROLLBACK_MINUTES),
-        subject=asked.resource_id,
-    )  # fmt: skip
-    answer = RollbackAnswer.model_validate(polled.answer) if polled.answer is not None else None
-    if answer is None or answer.restored is None:
-        why = (answer.failure if answer and answer.failure else polled.failing
-               or f"not done within {ROLLBACK_MINUTES} minutes")
-        context.set_custom_status({"stage": "failed", "error": why})
-        return {"state": "failed", "error": why}
+    restored = yield from restore_from_snapshots(context, asked.run_id, asked.resource_id, reason,
+                                                 asked.tuning)
+    if isinstance(restored, str):
+        context.set_custom_status({"stage": "failed", "error": restored})
+        return {"state": "failed", "error": restored}
     yield call_storage(context, "record_rollback", RollbackRecord(
         run_id=asked.run_id, resource_id=asked.resource_id, reason=reason[:1000], manual=True,
-        requested_by=asked.requested_by, trigger="manual", restored=answer.restored,
+        requested_by=asked.requested_by, trigger="manual", restored=restored,
         at=context.current_utc_datetime,
     ).model_dump(mode="json"))  # fmt: skip
-    done = {"state": "restored", "restoredFrom": answer.restored.taken_at.isoformat(),
-            "disks": list(answer.restored.disks)}
+    done = {"state": "restored", "restoredFrom": restored.taken_at.isoformat(), "disks": list(restored.disks)}
     context.set_custom_status({"stage": "done", **done})
     return done
 
@@ -151,12 +141,7 @@ async def roll_back_machine(req: func.HttpRequest, client: df.DurableOrchestrati
     run_id = req.route_params.get("runId", "")
     settings = load_settings()
     store = run_store(settings)
-    try:
-        store.get_run(run_id)
-    except RunNotFound:
-        return error_response(404, "RunNotFound", f"no deployment run {run_id!r}")
-    machines = RunMachines(store, run_id)
-    entry = find_machine(machines, req.route_params.get("machine", ""), machines.where)
+    entry = run_machine(store, run_id, req.route_params.get("machine", ""))
     if isinstance(entry, func.HttpResponse):
         return entry
     if str(entry.row.get("State") or "") in (MachineState.QUEUED.value, MachineState.RUNNING.value):

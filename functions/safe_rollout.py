@@ -33,6 +33,7 @@ import azure.durable_functions as df
 from functions.durable import call_storage, poll_operation
 from shared.deployments.messages import MachineDeploymentInput
 from shared.deployments.results import MachineResultStatus
+from shared.messages import PollingTuning
 from shared.model.machines import MachineKind, machine_from_json, parse_resource_id
 from shared.safety.checks import (
     VERDICT_EVENT,
@@ -45,6 +46,7 @@ from shared.safety.checks import (
     timed_out,
 )
 from shared.safety.messages import (
+    RestoreSummary,
     RollbackAnswer,
     RollbackInput,
     RollbackRecord,
@@ -228,6 +230,27 @@ def before_install(context: df.DurableOrchestrationContext, request: MachineDepl
     return Guard(restore_point=answer.point.taken_at)
 
 
+def restore_from_snapshots(
+    context: df.DurableOrchestrationContext, run_id: str, resource_id: str, reason: str,
+    tuning: PollingTuning,
+) -> Generator[Any, Any, RestoreSummary | str]:
+    """The rollback's stages polled to their end (functions/rollback.py's activities): what was restored,
+    or why it could not be."""
+    polled = yield from poll_operation(
+        context, "start_rollback_step", "check_rollback_step",
+        RollbackInput(run_id=run_id, resource_id=resource_id, reason=reason[:1000]),
+        done=lambda answer: not RollbackAnswer.model_validate(answer).in_progress,
+        tuning=tuning, deadline=context.current_utc_datetime + timedelta(minutes=ROLLBACK_MINUTES),
+        subject=resource_id,
+    )  # fmt: skip
+    answer = RollbackAnswer.model_validate(polled.answer) if polled.answer is not None else None
+    if answer is not None and answer.restored is not None:
+        return answer.restored
+    if answer is not None and answer.failure:
+        return answer.failure
+    return polled.failing or f"not done within {ROLLBACK_MINUTES} minutes"
+
+
 def after_install(context: df.DurableOrchestrationContext, request: MachineDeploymentInput,
                   policy: SafetyPolicy, guard: Guard, install_failed: bool,
                   status: MachineResultStatus) -> Generator[Any, Any, SafetyEnd]:
@@ -262,18 +285,10 @@ def after_install(context: df.DurableOrchestrationContext, request: MachineDeplo
         fail_status = MachineResultStatus.FAILED if trigger == "health" else status
         return SafetyEnd(fail_status, f"{said}; not rolled back: {why}"[:1000], health=health,
                          rollback=ROLLBACK_NOT_POSSIBLE if policy.rolls_back else "")
-    restored = yield from poll_operation(
-        context, "start_rollback_step", "check_rollback_step",
-        RollbackInput(run_id=request.run_id, resource_id=request.resource_id, reason=said[:1000]),
-        done=lambda answer: not RollbackAnswer.model_validate(answer).in_progress,
-        tuning=request.tuning, deadline=context.current_utc_datetime + timedelta(minutes=ROLLBACK_MINUTES),
-        subject=request.resource_id,
-    )  # fmt: skip
-    answer = RollbackAnswer.model_validate(restored.answer) if restored.answer is not None else None
-    if answer is None or answer.failure or answer.restored is None:
-        why = (answer.failure if answer is not None and answer.failure else restored.failing
-               or f"not done within {ROLLBACK_MINUTES} minutes")
-        return SafetyEnd(MachineResultStatus.FAILED, f"{said}; the rollback failed: {why}"[:1000],
+    restored = yield from restore_from_snapshots(context, request.run_id, request.resource_id, said,
+                                                 request.tuning)
+    if isinstance(restored, str):
+        return SafetyEnd(MachineResultStatus.FAILED, f"{said}; the rollback failed: {restored}"[:1000],
                          health=health, rollback=ROLLBACK_FAILED, restore_point=guard.restore_point)
     probes = [c for c in policy.checks if not isinstance(c, VerdictCheck)]
     still = yield from run_checks(context, request, probes, "after", context.current_utc_datetime)
@@ -282,7 +297,7 @@ def after_install(context: df.DurableOrchestrationContext, request: MachineDeplo
         reason += f"; after the restore {still.check} still fails: {still.detail}"
     yield call_storage(context, "record_rollback", RollbackRecord(
         run_id=request.run_id, resource_id=request.resource_id, reason=reason[:1000], manual=False,
-        requested_by=None, restored=answer.restored, at=context.current_utc_datetime, trigger=trigger,
+        requested_by=None, restored=restored, at=context.current_utc_datetime, trigger=trigger,
     ).model_dump(mode="json"))  # fmt: skip
     return SafetyEnd(MachineResultStatus.ROLLED_BACK, reason[:1000], health=health or health_failed(
         "install", "the install failed"), rollback=ROLLBACK_RESTORED, restore_point=guard.restore_point)

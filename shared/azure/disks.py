@@ -56,16 +56,24 @@ class DiskOperations:
     def _error(self, resource_id: str, error: Exception) -> Exception:
         return self._operations.classified(resource_id, error) if resource_id else classify(error)
 
-    def vm(self, resource_id: str) -> VmDisks:
+    def _profile(self, resource_id: str) -> tuple[Any, Any]:
+        """The VM and its storage profile (a managed VM always has one)."""
         ref = parse_resource_id(resource_id)
         try:
             vm = self._compute.virtual_machines.get(ref.resource_group, ref.name, **_V)
+        except HttpResponseError as error:
+            raise self._error(resource_id, error) from error
+        assert vm.storage_profile is not None, f"{resource_id} has no storage profile"
+        return vm, vm.storage_profile
+
+    def vm(self, resource_id: str) -> VmDisks:
+        ref = parse_resource_id(resource_id)
+        vm, profile = self._profile(resource_id)
+        try:
             view = self._compute.virtual_machines.instance_view(ref.resource_group, ref.name, **_V)
         except HttpResponseError as error:
             raise self._error(resource_id, error) from error
-        profile = vm.storage_profile
-        assert profile is not None and profile.os_disk is not None
-        assert profile.os_disk.managed_disk is not None
+        assert profile.os_disk is not None and profile.os_disk.managed_disk is not None
         disks = [VmDisk(str(profile.os_disk.managed_disk.id), str(profile.os_disk.name), None)]
         for data in sorted(profile.data_disks or [], key=lambda d: d.lun):
             if data.managed_disk is not None and data.managed_disk.id:
@@ -142,13 +150,8 @@ class DiskOperations:
     def swap(self, resource_id: str, disks: dict[int | None, tuple[str, str]]) -> None:
         """Point the VM's OS disk (key None) and data disks (by lun) at other managed disks (id, name)."""
         ref = parse_resource_id(resource_id)
-        try:
-            vm = self._compute.virtual_machines.get(ref.resource_group, ref.name, **_V)
-        except HttpResponseError as error:
-            raise self._error(resource_id, error) from error
-        profile = vm.storage_profile
-        assert profile is not None and profile.os_disk is not None
-        assert profile.os_disk.managed_disk is not None
+        vm, profile = self._profile(resource_id)
+        assert profile.os_disk is not None and profile.os_disk.managed_disk is not None
         if None in disks:
             profile.os_disk.managed_disk.id, profile.os_disk.name = disks[None]
         for data in profile.data_disks or []:
