@@ -26,6 +26,8 @@ from local.arm.catalogue import lookup
 from local.arm.fleet import parse_fleet
 from local.arm.health import update_label
 from local.stack import LocalStack
+from shared.azure.credentials import credential_for
+from shared.azure.disks import DiskOperations
 from shared.model.machines import machine_key
 from shared.safety.restore_points import PointState, restore_points
 from shared.settings import load_settings
@@ -59,11 +61,17 @@ FLEET = parse_fleet({"subscriptions": [{"id": SUB}], "machines": [
     _vm("prod-01", ["openssl"], {}),
     _vm("prod-02", ["openssl"], {}),
     _vm("prod-03", ["openssl"], {}),
+    {**_vm("arc-01", ["openssl"], {}), "kind": "arc-server", "location": "westeurope"},
+    {**_vm("data-01", ["openssl", "tzdata"], {}, breaksHealth=["tzdata"]), "dataDisks": [{"lun": 0}]},
+    _vm("log-01", ["openssl"], {}),
+    _vm("log-02", ["openssl"], {}),
 ]})  # fmt: skip
 
 
 def rid(name: str) -> str:
-    return f"/subscriptions/{SUB}/resourceGroups/{GROUP}/providers/Microsoft.Compute/virtualMachines/{name}"
+    provider = ("Microsoft.HybridCompute/machines" if name.startswith("arc-")
+                else "Microsoft.Compute/virtualMachines")
+    return f"/subscriptions/{SUB}/resourceGroups/{GROUP}/providers/{provider}/{name}"
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +263,50 @@ def test_a_manual_rollback_restores_a_machine_within_the_retention(stack, produc
     assert none.status_code == 404 and body(none)["error"]["code"] == "NoRestorePoint"
 
 
+def test_an_arc_server_under_a_snapshot_policy_is_skipped_as_it_cannot_be_rolled_back(stack):
+    before = installed(stack, "arc-01")
+    run = finished(stack, deploy(stack, "safe-arc", {"machines": [rid("arc-01")]}))
+    machine = by_computer(run)["arc-01"]
+    assert machine["status"] == "skipped" and machine["reason"].startswith("cannot be rolled back: an Arc")
+    assert machine["rollback"] == "not possible" and installed(stack, "arc-01") == before
+
+
+def test_with_snapshot_all_the_data_disks_are_restored_too(stack):
+    policy = {"checks": [{"name": "app-probe", "type": "command", "script": ["systemctl is-active app"]}],
+              "snapshot": "all", "snapshotRetentionDays": RETENTION_DAYS}
+    before = installed(stack, "data-01")
+    run_id = deploy(stack, "safe-all-disks", {"machines": [rid("data-01")]}, safety=policy)
+    machine = by_computer(finished(stack, run_id))["data-01"]
+    assert machine["status"] == "rolled back", machine["reason"]
+    point = restore_points(load_settings()).get(machine_key(rid("data-01")), run_id)
+    assert point is not None and sorted(s.lun is None for s in point.snapshots) == [False, True]
+    restored = {s.lun: s.restored_disk_id.lower() for s in point.snapshots}
+    attached = {d.lun: d.disk_id.lower() for d in _vm_disks(stack, "data-01")}
+    assert attached == restored and installed(stack, "data-01") == before
+
+
+def _vm_disks(stack: LocalStack, name: str) -> list[Any]:
+    """The VM's disks as ARM shows them now (the OS disk first, then data disks by lun)."""
+    settings = load_settings()
+    return list(DiskOperations(credential_for(settings), settings.arm_endpoint, SUB).vm(rid(name)).disks)
+
+
+def test_a_log_query_check_passes_on_no_row_and_keeps_a_machine_unpatched_on_a_row(stack):
+    quiet = {"checks": [{"name": "app-errors", "type": "logQuery",
+                         "query": 'Heartbeat_CL | where ResourceId =~ {resourceId} and Computer == "x"'}]}
+    noisy = {"checks": [{"name": "heartbeats", "type": "logQuery", "lookbackMinutes": 1440,
+                         "query": "Heartbeat_CL | where ResourceId =~ {resourceId} | project Computer"}]}
+    passed = by_computer(finished(stack, deploy(stack, "safe-log-quiet", {"machines": [rid("log-01")]},
+                                                safety=quiet)))["log-01"]
+    assert (passed["status"], passed["health"]) == ("succeeded", "passed"), passed["reason"]
+    before = installed(stack, "log-02")
+    stopped = by_computer(finished(stack, deploy(stack, "safe-log-noisy", {"machines": [rid("log-02")]},
+                                                 safety=noisy)))["log-02"]
+    assert stopped["status"] == "skipped", stopped["reason"]
+    assert stopped["reason"].startswith("unhealthy before install: heartbeats: ") and "Computer=log-02" in (
+        stopped["reason"])
+    assert installed(stack, "log-02") == before
+
 def test_expired_snapshots_are_deleted_and_replaced_disks_survive_their_own_retention(stack, test_ring_run):
     assert stack.arm is not None and stack.functions is not None
     points = restore_points(load_settings())
@@ -303,3 +355,4 @@ def test_the_next_ring_is_refused_while_the_previous_one_failed_its_health_gate(
         stack.functions.request("PUT", f"/api/categories/{CATEGORY}",
                                 body=ringed_category(CATEGORY, "safe rollouts", SUB, requiresApproval=False,
                                                      safety=POLICY))
+
