@@ -26,6 +26,7 @@ def test_functions_are_indexed_from_the_app_metadata():
     host = FunctionsHost(function_app.app)
     assert host.timers() == [
         "apply_approval_rules", "assess_linux_fleet", "assess_windows_fleet", "audit_daily_compliance",
+        "clean_rollback_points",
         "discover_fleet",
         "evaluate_test_evidence", "light_check",
         "reconcile_deployment_runs", "schedule_deployments", "send_log_outbox",
