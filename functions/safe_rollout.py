@@ -109,8 +109,11 @@ def _is_arc(request: MachineDeploymentInput) -> bool:
 
 def _check_input(request: MachineDeploymentInput, check: Check, phase: Phase,
                  since: datetime) -> HealthCheckInput:
-    machine = machine_from_json(request.machine) if request.machine else None
     reference = parse_resource_id(request.resource_id)
+    try:
+        machine = machine_from_json(request.machine) if request.machine else None
+    except (KeyError, ValueError, TypeError):  # a machine kept in an older shape: its id tells enough
+        machine = None
     return HealthCheckInput(
         run_id=request.run_id, resource_id=request.resource_id, kind=reference.kind.value,
         os_type=machine.os_type.value if machine else "Linux",

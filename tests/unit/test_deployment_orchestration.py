@@ -45,12 +45,15 @@ from shared.deployments.results import MachineResultStatus, machine_result_statu
 from shared.deployments.rollout import (
     REASON_CANCELLED,
     REASON_ERROR_BUDGET,
+    REASON_HEALTH_GATE,
     REASON_WINDOW_CLOSING,
     may_reboot,
     next_to_start,
 )
 from shared.deployments.runs_table import BUDGET_STATUSES, FINAL_STATES, MachineState, RunRecord, RunState
 from shared.model.install_outcome import InstallOutcome
+from shared.safety.checks import CheckResult, HealthCheckAnswer, HealthCheckInput
+from shared.safety.messages import PointSummary, RestoreSummary, RollbackAnswer, SnapshotAnswer
 from shared.settings import Settings, load_settings
 from tests.unit.test_settings import VALID as VALID_SETTINGS
 
@@ -200,6 +203,7 @@ class RunTable:
                 run, counts={**run.counts, status.value: run.counts.get(status.value, 0) + 1},
                 running=run.running - (1 if was_running else 0),
                 failed=run.failed + (1 if status in BUDGET_STATUSES else 0),
+                health_failed=run.health_failed + (request.resource_id in STATE.get("health_failed", ())),
                 to_run=run.to_run - (0 if was_running else 1),
             )  # fmt: skip
 
@@ -261,13 +265,18 @@ def read_deployment_batch(request: dict[str, Any]) -> dict[str, Any]:
     assert read.run_id == RUN_ID and read.after is None
     ids = TABLE.batch(read.batch)
     machines = [json.dumps({"resource_id": rid}) for rid in ids]  # stands for machine_to_json
-    return BatchMachines(resource_ids=tuple(ids), machines=tuple(machines)).model_dump(mode="json")
+    keys = tuple("policy" if STATE.get("policy") else "" for _ in ids)  # every machine under STATE's policy
+    return BatchMachines(resource_ids=tuple(ids), machines=tuple(machines),
+                         safety_keys=keys).model_dump(mode="json")
 
 
 @app.activity_trigger(input_name="request")
 def claim_deployment_machines(request: dict[str, Any]) -> dict[str, Any]:
     parsed = ClaimInput.model_validate(request)
     for ended in parsed.finished:  # recorded before the gate decides, as ``RunStore.claim`` does
+        if ended.health.startswith("failed: "):
+            with _lock:
+                STATE.setdefault("health_failed", set()).add(ended.resource_id)
         _record(FinishInput(run_id=parsed.run_id, resource_id=ended.resource_id, status=ended.status,
                             reason=ended.reason, at=ended.at or parsed.at, failure=ended.failure))
     claim = TABLE.claim(parsed)
@@ -358,6 +367,74 @@ def send_log_rows(request: dict[str, Any]) -> dict[str, Any]:
     with _lock:
         CALLS["send:run"].append(STATE["clock"].now())
     return {"sent": 0, "found": 0, "left": 0, "errors": []}
+
+
+# The safe-rollout activities (functions/health_checks.py, functions/rollback.py), steered by PLAN:
+#   unhealthy_before: True     every check before the install fails
+#   breaks: True               the command check fails after the install (until a rollback)
+
+
+@app.activity_trigger(input_name="request")
+def read_safety_policy(request: dict[str, Any]) -> dict[str, Any] | None:
+    return STATE.get("policy")
+
+
+def _check_result(request: dict[str, Any]) -> dict[str, Any]:
+    parsed = HealthCheckInput.model_validate(request)
+    name = _name(parsed.resource_id)
+    plan = PLAN.get(name, {})
+    _called("check", f"health-{parsed.phase}", name)
+    broken = (plan.get("unhealthy_before") and parsed.phase == "before") or (
+        plan.get("breaks") and parsed.phase == "after" and not STATE.get("restored", set()) & {name})
+    passed = not (broken and parsed.check.type == "command")
+    detail = "healthy" if passed else "exit code 1: the application fails"
+    at = parsed.at or STATE["clock"].now()
+    found = CheckResult(check=parsed.check.name, kind=parsed.check.type, passed=passed, detail=detail, at=at)
+    return HealthCheckAnswer(result=found).model_dump(mode="json")
+
+
+@app.activity_trigger(input_name="request")
+def start_health_check(request: dict[str, Any]) -> dict[str, Any]:
+    return _check_result(request)
+
+
+@app.activity_trigger(input_name="request")
+def check_health_check(request: dict[str, Any]) -> dict[str, Any]:
+    return _check_result(request)
+
+
+@app.activity_trigger(input_name="request")
+def start_snapshots(request: dict[str, Any]) -> dict[str, Any]:
+    _called("start", "snapshots", _name(str(request["resource_id"])))
+    return SnapshotAnswer(token="snapshots", in_progress=True).model_dump(mode="json")
+
+
+@app.activity_trigger(input_name="request")
+def check_snapshots(request: dict[str, Any]) -> dict[str, Any]:
+    now = STATE["clock"].now()
+    point = PointSummary(taken_at=now, expires_at=now + timedelta(days=7), snapshots=("snap-os",))
+    return SnapshotAnswer(point=point).model_dump(mode="json")
+
+
+@app.activity_trigger(input_name="request")
+def start_rollback_step(request: dict[str, Any]) -> dict[str, Any]:
+    _called("start", "rollback", _name(str(request["resource_id"])))
+    return RollbackAnswer(token="rollback", in_progress=True).model_dump(mode="json")
+
+
+@app.activity_trigger(input_name="request")
+def check_rollback_step(request: dict[str, Any]) -> dict[str, Any]:
+    name = _name(str(request["resource_id"]))
+    with _lock:
+        STATE.setdefault("restored", set()).add(name)
+    restored = RestoreSummary(taken_at=STATE["clock"].now(), disks=("disk-rb",), replaced=("disk-os",))
+    return RollbackAnswer(restored=restored).model_dump(mode="json")
+
+
+@app.activity_trigger(input_name="request")
+def record_rollback(request: dict[str, Any]) -> dict[str, int]:
+    _called("record", "rollback", _name(str(request["resource_id"])))
+    return {"failedUpdates": 0, "changes": 0}
 
 
 # --- fixtures and helpers ---------------------------------------------------------------------------
@@ -691,3 +768,57 @@ def test_the_assessment_deadline_setting_bounds_a_deployments_prescan(runner, de
     else:
         assert finished.status != SUCCEEDED and installs("vm-0000") == []
         assert "pre-scan" in finished.reason, finished
+
+
+# --- safe rollouts (functions/safe_rollout.py) ----------------------------------------------------------
+
+SAFETY = {"checks": [{"name": "agent", "type": "agentReady"},
+                     {"name": "app-probe", "type": "command", "script": ["systemctl is-active app"]}],
+          "snapshot": "os", "bakeMinutes": 30, "recheckMinutes": 10}  # fmt: skip
+
+
+def _steps(name: str) -> list[str]:
+    """What happened to a machine, in order of the calls' clock times (ties keep the listed order)."""
+    kinds = [("start", "prescan"), ("check", "health-before"), ("start", "snapshots"), ("start", "install1"),
+             ("check", "health-after"), ("start", "rollback"), ("record", "rollback"), ("start", "postscan")]
+    return [f"{kind}:{step}" for kind, step in kinds if CALLS.get(f"{kind}:{step}:{name}")]
+
+
+def test_a_check_failing_after_the_install_rolls_the_machine_back_and_the_health_gate_stops_the_ring(runner):
+    STATE["policy"] = validate_definition({
+        "name": "x", "operatingSystem": "Linux", "targets": {"machines": [machine_id(0)]},
+        "classifications": ["Critical"], "schedule": {"startTime": "2026-01-13T02:00:00", "timeZone": "UTC"},
+        "maintenanceWindowMinutes": 120, "safety": SAFETY}).safety.model_dump(mode="json")  # type: ignore[union-attr]
+    PLAN["vm-0000"] = {"breaks": True}
+    output = run(runner, 3, window_minutes=360, max_concurrent=1, error_budget=1)["output"]
+    assert output["stopReason"] == REASON_HEALTH_GATE
+    assert FINISHED["vm-0000"].status == "rolled back"
+    assert "app-probe failed after the install" in FINISHED["vm-0000"].reason
+    assert TABLE.recorded()["vm-0001"] == TABLE.recorded()["vm-0002"] == ("skipped", REASON_HEALTH_GATE)
+    assert _steps("vm-0000") == ["start:prescan", "check:health-before", "start:snapshots", "start:install1",
+                                 "check:health-after", "start:rollback", "record:rollback", "start:postscan"]
+    # After the restore the checks ran once more: the agent and the probe, both passing.
+    after = CALLS["check:health-after:vm-0000"]
+    assert len(after) == 4 and after[-1] >= CALLS["start:rollback:vm-0000"][0]
+    assert "vm-0001" not in TOKENS and "vm-0002" not in TOKENS
+
+
+def test_a_healthy_machine_bakes_its_checks_and_one_unhealthy_before_is_left_alone(runner, clock):
+    STATE["policy"] = validate_definition({
+        "name": "x", "operatingSystem": "Linux", "targets": {"machines": [machine_id(0)]},
+        "classifications": ["Critical"], "schedule": {"startTime": "2026-01-13T02:00:00", "timeZone": "UTC"},
+        "maintenanceWindowMinutes": 120, "safety": SAFETY}).safety.model_dump(mode="json")  # type: ignore[union-attr]
+    PLAN["vm-0001"] = {"unhealthy_before": True}
+    start = clock.now()
+    run(runner, 2, window_minutes=360, max_concurrent=2)
+    assert FINISHED["vm-0000"].status == SUCCEEDED
+    assert FINISHED["vm-0001"].status == "skipped"
+    assert FINISHED["vm-0001"].reason.startswith("unhealthy before install: app-probe: exit code 1")
+    assert _steps("vm-0001") == ["start:prescan", "check:health-before"] and not installs("vm-0001")
+    # The bake: the probe again every 10 minutes until 30 minutes after the install (the agent only first).
+    after = minutes_after(CALLS["start:install1:vm-0000"][0], CALLS["check:health-after:vm-0000"])
+    install_minutes = STEP_MINUTES["install1"]
+    assert len(after) == 2 + 3 and all(m >= install_minutes for m in after)
+    assert max(after) - min(after) <= SAFETY["bakeMinutes"]
+    assert minutes_after(start, CALLS["start:postscan:vm-0000"])[0] >= minutes_after(
+        start, CALLS["check:health-after:vm-0000"])[-1]
