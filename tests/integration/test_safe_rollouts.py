@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -356,3 +356,21 @@ def test_the_next_ring_is_refused_while_the_previous_one_failed_its_health_gate(
                                 body=ringed_category(CATEGORY, "safe rollouts", SUB, requiresApproval=False,
                                                      safety=POLICY))
 
+
+
+def test_the_next_ring_waits_until_a_healthy_previous_ring_has_baked(stack, test_ring_run):
+    """A healthy test-ring run (openssl only this time), then the production ring: its run waits on a
+    durable timer until the test ring's run ended ringBakeHours ago, then resolves its machines."""
+    healthy = finished(stack, deploy(stack, "safe-test-ring-2", {"categories": [{"category": CATEGORY,
+                                                                                "ring": "test"}]},
+                                     classifications=["Critical", "Security"]))
+    assert {m["status"] for m in healthy["machines"]} == {"succeeded"}, healthy["machines"]
+    category = ringed_category(CATEGORY, "safe rollouts", SUB, requiresApproval=False,
+                               safety=POLICY | {"ringBakeHours": 24})
+    assert stack.functions.request("PUT", f"/api/categories/{CATEGORY}", body=category).status_code == 200
+    run = finished(stack, deploy(stack, "safe-production-ring-2", {"categories": [{"category": CATEGORY,
+                                                                                  "ring": "production"}]},
+                                 classifications=["Critical", "Security"]))
+    assert run["state"] == "completed" and run["machines"], run
+    baked = datetime.fromisoformat(healthy["finished"]) + timedelta(hours=24)
+    assert datetime.fromisoformat(run["windowStart"]) >= baked
