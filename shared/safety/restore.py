@@ -73,8 +73,9 @@ def take_snapshots(settings: Settings, request: SnapshotInput, at: datetime) -> 
         tags = _tags(request.run_id, request.resource_id, disk.name, expires)
         snapshot_id = operations.put_snapshot(disk, name, vm.location, tags)
         taken.append(DiskSnapshot(disk.disk_id, snapshot_id, disk.lun))
+    # The expiry is set from the start, so that snapshots that never complete are cleaned up too.
     point = RestorePoint(machine_key(request.resource_id), request.run_id, request.resource_id,
-                         request.retention_days, tuple(taken))
+                         request.retention_days, tuple(taken), expires_at=expires)
     store = restore_points(settings)
     kept = store.get(point.machine_key, point.run_id)
     if kept is None or kept.state is PointState.TAKING:
