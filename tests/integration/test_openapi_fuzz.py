@@ -8,10 +8,12 @@ outside Azurite. Bounded and derandomized, so CI sees the same cases every time.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -45,11 +47,26 @@ def served(app_settings, monkeypatch) -> Iterator[str]:
     monkeypatch.setenv("LOCAL_AUTHENTICATION_STANDIN", "True")  # the local host is the sign-in front
     runner = DurableRunner(function_app.app, VirtualClock(), task_hub="TestHub")  # never started
     host = FunctionsHost(function_app.app, runner.client_binding_json)
+    existing = _category_names(host)
     try:
         yield host.serve()
     finally:
+        # Categories are fleet-wide and place every machine of the shared Azurite: the ones the fuzzing
+        # created ("00" matching every machine, say) would place other tests' machines.
+        for name in _category_names(host) - existing:
+            host.request("DELETE", f"/api/categories/{quote(name, safe='')}", headers=_OPERATOR)
         host.stop()
         runner.stop()
+
+
+_OPERATOR = {PRINCIPAL_HEADER: encode_principal("fuzz-cleanup", [Role.OPERATOR])}
+
+
+def _category_names(host: FunctionsHost) -> set[str]:
+    answer = host.request("GET", "/api/categories", headers=_OPERATOR)
+    if answer.status_code != 200:
+        return set()
+    return {c["name"] for c in json.loads(answer.get_body())["categories"]}
 
 
 def _operations(document: dict[str, Any]) -> set[tuple[str, str]]:
