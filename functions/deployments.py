@@ -245,9 +245,13 @@ def deployment_batch(context: df.DurableOrchestrationContext) -> Any:
         finished = yield context.task_any(waits)
         if timer is not None and finished is not timer:
             timer.cancel()
-        if finished in running:
-            resource_id = running.pop(finished)
-            result = MachineRunResult.model_validate(finished.result)
+        # Every child that has ended by now is recorded by the next claim, not only the one that woke the
+        # batch: children that ended while a claim was on its way share one write of the run row (fewer
+        # claims, fewer conflicts on that row). A task's state here is what the history holds up to
+        # this point, the same on every replay.
+        for child in [child for child in running if child.is_completed]:
+            resource_id = running.pop(child)
+            result = MachineRunResult.model_validate(child.result)
             results[result.status] = results.get(result.status, 0) + 1
             ended.append(result.model_copy(update={"resource_id": resource_id}))
     # The scans' Machines states, reverse index, catalogue counts and rows (shared/assessment/journal.py),

@@ -33,6 +33,7 @@ import json
 import random
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -82,6 +83,17 @@ assert DEPLOYMENT_BATCH_SIZE < MAX_TRANSACTION_ENTITIES
 MAX_WRITE_ATTEMPTS = 40
 _RETRY_BASE_SECONDS = 0.02
 _RETRY_MAX_SECONDS = 0.5
+# Claims of one run made by one worker process take turns (striped by run id): they would otherwise
+# read the same run row and all but one lose the race, each loss a query and a transaction more. Claims
+# from other processes (other instances of the app) still race; the ETag keeps that safe.
+CLAIM_LOCK_STRIPES = 64
+_claim_locks = tuple(threading.Lock() for _ in range(CLAIM_LOCK_STRIPES))
+
+
+def _claim_lock(run_id: str) -> threading.Lock:
+    return _claim_locks[zlib.crc32(run_id.encode()) % CLAIM_LOCK_STRIPES]
+
+
 # Runs whose terms (RunTerms) a worker process keeps: a worker serves a handful of runs at a time; each
 # run's terms are read once per process instead of once per step of every machine.
 TERMS_KEPT = 256
@@ -650,7 +662,11 @@ class RunStore:
             return Claim(again + decision.start, decision.stop_reason, decision.not_started, tuple(recorded),
                          update["Running"])
 
-        return self._retrying(attempt)
+        def in_turn() -> Claim:
+            with _claim_lock(run_id):  # held for one attempt, not for the wait before the next
+                return attempt()
+
+        return self._retrying(in_turn)
 
     def _claim_rows(self, run_id: str, resource_ids: Sequence[str], machine_keys: Mapping[str, str],
                     batch: int | None) -> tuple[Any, dict[str, Any]]:

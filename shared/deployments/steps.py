@@ -161,8 +161,7 @@ def start_step(settings: Settings, request: StepInput) -> StepAnswer:
             token = operations.start_restart(request.resource_id)
         else:
             followed = _install_started_before(store, operations, request, row)
-            if followed is not None:
-                store.update_machine(request.run_id, key, {step_column(request.step): followed})
+            if followed is not None:  # kept with the install's result, as a posted install's token
                 return StepAnswer(token=followed)
             run = store.terms(request.run_id)
             machine = machine_from_json(str(row["Machine"]))
@@ -170,7 +169,12 @@ def start_step(settings: Settings, request: StepInput) -> StepAnswer:
                 run.definition, machine.os_type, run.window.install_duration(request.at),
                 exclude_kbs=json.loads(row.get("OptionalKbs") or "[]"), governed=stored_lists(row),
             )  # fmt: skip
-            token = operations.start_install(request.resource_id, install)
+            # The token is kept with the install's result (_installed), one row write fewer per machine:
+            # once this activity answers, the token is in the child's history. A delivery again after a
+            # host died before the answer finds the intent and follows the install (or, on an Arc server,
+            # posts again and waits out the 409 while the first runs), as when the host died before a
+            # token write.
+            return StepAnswer(token=operations.start_install(request.resource_id, install))
     except PermanentArmError as error:
         return StepAnswer(failure=_failure(error, request.step))
     store.update_machine(request.run_id, key, {step_column(request.step): token})
@@ -330,6 +334,7 @@ def _installed(settings: Settings, credential: TokenCredential, request: StepInp
         "Pending": outcome.pending, "Excluded": outcome.excluded, "NotSelected": outcome.not_selected,
         "RebootStatus": outcome.reboot_status, "InstallStatus": status.value,
         "ErrorCode": outcome.error_code or "", "ErrorMessage": (outcome.error_message or "")[:4000],
+        step_column(request.step): request.token,  # the install's token (start_step keeps none)
         **_graph_pending(row, request, outcome), **columns, **(progress or {}),
     })  # fmt: skip
     return StepOutcome(

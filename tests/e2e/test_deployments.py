@@ -23,6 +23,7 @@ from local.arm.fleet import parse_fleet
 from local.clock import VirtualClock
 from local.stack import LocalStack
 from shared.azure.credentials import EmulatorCredential
+from shared.azure.patch_operations import PatchOperations
 from shared.deployments.rollout import (
     MINUTES_FOR_REBOOT,
     MINUTES_PER_UPDATE,
@@ -471,18 +472,20 @@ def test_reboot_only_restarts_azure_vms_without_installing_and_skips_arc_servers
 
 
 def test_an_install_whose_token_was_lost_is_followed_not_sent_again(stack, monkeypatch):
-    """The host dies between the install POST and keeping its token: the activity's next delivery
-    finds the intent, sees the VM's installation in its instance view and follows that one."""
-    original = RunStore.update_machine
+    """The host dies between the install POST and the activity's answer (the token is kept only with the
+    install's result): the activity's next delivery finds the intent, sees the VM's installation in its
+    instance view and follows that one."""
+    original = PatchOperations.start_install
     lost = []
 
-    def dies_after_the_post(self, run_id, machine_key_, values):
-        if "Token_install1" in values and not lost:
-            lost.append(values["Token_install1"])
-            raise ConnectionError("host died before the token was kept")
-        return original(self, run_id, machine_key_, values)
+    def dies_after_the_post(self, resource_id, install):
+        token = original(self, resource_id, install)
+        if not lost:
+            lost.append(token)
+            raise ConnectionError("host died before the activity answered")
+        return token
 
-    monkeypatch.setattr(RunStore, "update_machine", dies_after_the_post)
+    monkeypatch.setattr(PatchOperations, "start_install", dies_after_the_post)
     run_id, final = create_and_run(stack, definition("lost-token", "rg-lost"))
     assert final["runtimeStatus"] == "Completed", final
     assert lost, "the install POST never happened"
