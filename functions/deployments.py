@@ -194,10 +194,12 @@ def deployment_batch(context: df.DurableOrchestrationContext) -> Any:
     machines: dict[str, str | None] = {}
     safety_keys: dict[str, str] = {}  # each machine's safety policy's key, when it has one
     after: str | None = None
+    key_range: tuple[str, str] | None = None  # the batch's rows' key range, as the first part answers it
     while True:
-        read = BatchMachinesRead(run_id=batch.run_id, batch=batch.batch, after=after)
+        read = BatchMachinesRead(run_id=batch.run_id, batch=batch.batch, after=after, key_range=key_range)
         part = BatchMachines.model_validate((yield call_storage(context, "read_deployment_batch",
                                                                 read.model_dump(mode="json"))))
+        key_range = key_range or part.key_range
         machines |= dict(zip(part.resource_ids, part.machines, strict=True))
         safety_keys |= {r: key for r, key in zip(part.resource_ids, part.safety_keys, strict=False) if key}
         if part.after is None:
@@ -211,7 +213,7 @@ def deployment_batch(context: df.DurableOrchestrationContext) -> Any:
     while queue or running or ended:
         if queue or ended:
             ask = ClaimInput(run_id=batch.run_id, batch=batch.batch, resource_ids=tuple(queue),
-                             at=context.current_utc_datetime, finished=tuple(ended))
+                             at=context.current_utc_datetime, finished=tuple(ended), key_range=key_range)
             retry = _RECORD_RETRY if ended else STORAGE_RETRY
             claim = ClaimResult.model_validate((yield context.call_activity_with_retry(
                 "claim_deployment_machines", retry, ask.model_dump(mode="json"))))
@@ -257,7 +259,7 @@ def deployment_batch(context: df.DurableOrchestrationContext) -> Any:
     # The scans' Machines states, reverse index, catalogue counts and rows (shared/assessment/journal.py),
     # with the installs' progress rows the machines' rows carry (steps.apply_batch_journal).
     yield call_storage(context, "apply_deployment_journal", BatchJournalApply(
-        run_id=batch.run_id, batch=batch.batch, at=context.current_utc_datetime,
+        run_id=batch.run_id, batch=batch.batch, at=context.current_utc_datetime, key_range=key_range,
     ).model_dump(mode="json"))  # fmt: skip
     return results
 
@@ -426,14 +428,16 @@ def read_safety_policy(request: dict[str, Any]) -> dict[str, Any] | None:
 @bp.activity_trigger(input_name="request")
 def read_deployment_batch(request: dict[str, Any]) -> dict[str, Any]:
     read = BatchMachinesRead.model_validate(request)
-    return run_store(load_settings()).batch_part(read.run_id, read.batch, read.after).model_dump(mode="json")
+    store = run_store(load_settings())
+    return store.batch_part(read.run_id, read.batch, read.after, read.key_range).model_dump(mode="json")
 
 
 @bp.activity_trigger(input_name="request")
 def apply_deployment_journal(request: dict[str, Any]) -> dict[str, int]:
     """The batch's inventory journal and what its machines' rows carry for it (steps.apply_batch_journal)."""
     apply = BatchJournalApply.model_validate(request)
-    return apply_batch_journal(load_settings(), apply.run_id, apply.batch, apply.at)
+    return apply_batch_journal(load_settings(), apply.run_id, apply.batch, apply.at,
+                               key_range=apply.key_range)
 
 
 @bp.activity_trigger(input_name="request")

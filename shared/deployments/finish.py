@@ -65,7 +65,7 @@ def record_and_claim(settings: Settings, request: ClaimInput) -> ClaimResult:
     ]  # fmt: skip
     ids = [*request.resource_ids, *(ending.resource_id for ending in endings)]
     claim = store.claim(request.run_id, request.resource_ids, {rid: machine_key(rid) for rid in ids},
-                        request.at, batch=request.batch, finished=endings)
+                        request.at, batch=request.batch, finished=endings, key_range=request.key_range)
     return ClaimResult(start=claim.start, stop_reason=claim.stop_reason, not_started=claim.not_started,
                        running=claim.running)
 

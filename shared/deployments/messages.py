@@ -107,6 +107,8 @@ class ClaimInput(Message):
     # The batch's children that ended since its last claim: their results are recorded, and their slots
     # freed, in the claim's transaction (one write of the run row for both).
     finished: tuple[MachineRunResult, ...] = Field(default=(), max_length=DEPLOYMENT_BATCH_SIZE)
+    # The batch's first and last row keys (BatchMachines.key_range; None: a run without batch bounds).
+    key_range: tuple[str, str] | None = None
 
 
 class ClaimResult(Message):
@@ -124,6 +126,7 @@ class BatchMachinesRead(Message):
     run_id: str
     batch: int
     after: str | None = None
+    key_range: tuple[str, str] | None = None  # as the first part answered it
 
 
 class BatchMachines(Message):
@@ -137,6 +140,9 @@ class BatchMachines(Message):
     # Beside each machine, its safety policy's key in the run's policies ("" for none; empty tuple in
     # answers from before safe rollouts).
     safety_keys: tuple[str, ...] = Field(default=(), max_length=DEPLOYMENT_BATCH_SIZE)
+    # The batch's first and last row keys in the run's table (RunStore.batch_range): its rows are one key
+    # range. None for a run resolved before batches had bounds.
+    key_range: tuple[str, str] | None = None
 
 
 class BatchJournalApply(Message):
@@ -145,6 +151,7 @@ class BatchJournalApply(Message):
     run_id: str
     batch: int
     at: datetime
+    key_range: tuple[str, str] | None = None
 
 
 class MachineDeploymentInput(Message):

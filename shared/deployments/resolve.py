@@ -98,7 +98,8 @@ def resolve(settings: Settings, run_id: str, at: datetime, batch_size: int) -> R
             settled_rows.append(run_machine_row(run_id, run.deployment_name, resource_id, name,
                                                 machine.os_type if machine else None, verdict, None, at,
                                                 release=definition.release))
-    queued.sort(key=lambda m: m.resource_id.lower())
+    # In row-key order: each batch's rows are then one key range of the run's partition (batch_range).
+    queued.sort(key=lambda m: m.key)
     safety_keys, policies = run_policies(settings, definition, [m.resource_id for m in queued])
     targets = [
         MachineTarget(m.key, m.resource_id, m.computer_name, index // batch_size, machine_to_json(m),

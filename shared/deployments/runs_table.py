@@ -76,6 +76,10 @@ RUNS_TABLE = "DeploymentRuns"
 INDEX_TABLE = "DeploymentRunIndex"
 RUN_ROW = "run"
 MACHINE_ROW_PREFIX = "m|"
+# A batch's bounds: the first and last row keys of its machines. Resolution puts machines in batches in
+# row-key order, so a batch's rows are one key range of the run's partition, read without scanning the
+# other batches' rows (a filter on Batch alone scans the whole partition: every machine of the run).
+BATCH_ROW_PREFIX = "b|"
 # A claim writes the run and its batch's machine rows in one transaction (DEPLOYMENT_BATCH_SIZE).
 assert DEPLOYMENT_BATCH_SIZE < MAX_TRANSACTION_ENTITIES
 # Optimistic-concurrency retries: every batch and every finishing machine of a run writes the run
@@ -136,6 +140,22 @@ class RunWriteConflict(Exception):
 
 def machine_row_key(machine_key: str) -> str:
     return MACHINE_ROW_PREFIX + machine_key
+
+
+def batch_row_key(batch: int) -> str:
+    return f"{BATCH_ROW_PREFIX}{batch:06d}"
+
+
+KeyRange = tuple[str, str]  # a batch's first and last machine row keys
+
+
+def _batch_filter(run_id: str, batch: int, key_range: KeyRange | None) -> tuple[str, dict[str, Any]]:
+    """The filter for a batch's machine rows: within its key range when known (runs resolved before
+    batches had bounds have none), always on its number (settled machines' rows fall inside ranges)."""
+    if key_range is None:
+        return "PartitionKey eq @p and Batch eq @b", {"p": run_id, "b": batch}
+    return ("PartitionKey eq @p and RowKey ge @lo and RowKey le @hi and Batch eq @b",
+            {"p": run_id, "lo": key_range[0], "hi": key_range[1], "b": batch})
 
 
 @dataclass(frozen=True)
@@ -477,16 +497,29 @@ class RunStore:
             chunk = rows[start:start + MAX_TRANSACTION_ENTITIES]
             self._runs.submit_transaction([("update", row, {"mode": UpdateMode.MERGE}) for row in chunk])
 
+    def batch_range(self, run_id: str, batch: int) -> KeyRange | None:
+        """The batch's first and last machine row keys, as resolution wrote them (None: a run resolved
+        before batches had bounds, or no such batch)."""
+        try:
+            row = self._runs.get_entity(run_id, batch_row_key(batch))
+        except ResourceNotFoundError:
+            return None
+        return str(row["First"]), str(row["Last"])
+
     def batch_machines(self, run_id: str, batch: int) -> list[str]:
-        rows = self._runs.query_entities(
-            "PartitionKey eq @p and Batch eq @b", parameters={"p": run_id, "b": batch}, select=["ResourceId"]
-        )
+        query, parameters = _batch_filter(run_id, batch, self.batch_range(run_id, batch))
+        rows = self._runs.query_entities(query, parameters=parameters, select=["ResourceId"])
         return sorted(str(r["ResourceId"]) for r in rows)
 
-    def batch_part(self, run_id: str, batch: int, after: str | None = None) -> BatchMachines:
+    def batch_part(self, run_id: str, batch: int, after: str | None = None,
+                   key_range: KeyRange | None = None) -> BatchMachines:
         """One part of the batch's machines, in row-key order from after ``after``: whole machines up to
-        MAX_BATCH_PART_CHARS of JSON (at least one), and the key to go on from when more are left."""
-        query, parameters = "PartitionKey eq @p and Batch eq @b", {"p": run_id, "b": batch}
+        MAX_BATCH_PART_CHARS of JSON (at least one), and the key to go on from when more are left. The
+        first part (no ``after``) reads the batch's key range and answers it, for the batch to hand to
+        its next parts, its claims and its end."""
+        if after is None and key_range is None:
+            key_range = self.batch_range(run_id, batch)
+        query, parameters = _batch_filter(run_id, batch, key_range)
         if after is not None:
             query, parameters = query + " and RowKey gt @after", parameters | {"after": after}
         ids: list[str] = []
@@ -500,19 +533,21 @@ class RunStore:
             cost = len(text or "") + len(str(row["ResourceId"]))
             if ids and size + cost > MAX_BATCH_PART_CHARS:
                 return BatchMachines(resource_ids=tuple(ids), machines=tuple(machines), after=last,
-                                     safety_keys=tuple(keys))
+                                     safety_keys=tuple(keys), key_range=key_range)
             ids.append(str(row["ResourceId"]))
             machines.append(text)
             keys.append(str(row.get("Safety") or ""))
             size += cost
             last = str(row["RowKey"])
-        return BatchMachines(resource_ids=tuple(ids), machines=tuple(machines), safety_keys=tuple(keys))
+        return BatchMachines(resource_ids=tuple(ids), machines=tuple(machines), safety_keys=tuple(keys),
+                             key_range=key_range)
 
-    def batch_rows(self, run_id: str, batch: int) -> list[dict[str, Any]]:
+    def batch_rows(self, run_id: str, batch: int, key_range: KeyRange | None = None) -> list[dict[str, Any]]:
         """The batch's machine rows, whole: what its steps left for its end (steps.apply_batch_journal)."""
-        rows = self._runs.query_entities("PartitionKey eq @p and Batch eq @b",
-                                         parameters={"p": run_id, "b": batch})
-        return [dict(r) for r in rows]
+        if key_range is None:
+            key_range = self.batch_range(run_id, batch)
+        query, parameters = _batch_filter(run_id, batch, key_range)
+        return [dict(r) for r in self._runs.query_entities(query, parameters=parameters)]
 
     # --- resolving targets ---------------------------------------------------------------------
 
@@ -535,6 +570,13 @@ class RunStore:
              "Computer": t.computer, "Batch": -1, **_outcome_columns(outcome), "FinishedAt": window_start}
             for t, outcome in settled
         ]  # fmt: skip
+        bounds: dict[int, list[str]] = {}
+        for t in targets:
+            key = machine_row_key(t.machine_key)
+            first_last = bounds.setdefault(t.batch, [key, key])
+            first_last[0], first_last[1] = min(first_last[0], key), max(first_last[1], key)
+        rows += [{"PartitionKey": run_id, "RowKey": batch_row_key(batch), "First": first, "Last": last}
+                 for batch, (first, last) in sorted(bounds.items())]
         if self._run_entity(run_id)["State"] != RunState.QUEUED.value:
             return self.get_run(run_id)  # resolved before: this is a retried activity
         for start in range(0, len(rows), MAX_TRANSACTION_ENTITIES):
@@ -589,7 +631,8 @@ class RunStore:
     # --- the gate ------------------------------------------------------------------------------
 
     def claim(self, run_id: str, resource_ids: Sequence[str], machine_keys: Mapping[str, str],
-              now: datetime, batch: int | None = None, finished: Sequence[Ending] = ()) -> Claim:
+              now: datetime, batch: int | None = None, finished: Sequence[Ending] = (),
+              key_range: KeyRange | None = None) -> Claim:
         """Record the batch's ``finished`` machines, then start as many of its queued machines as the
         rollout gate allows at ``now``: one read and one transaction, so that a slot freed here is
         counted and taken in the same write of the run row.
@@ -598,8 +641,9 @@ class RunStore:
         maps each of them and of ``finished`` to its row key. Machines already running (a retried call)
         are returned again, and machines already finished are not recorded twice; once the gate stops,
         every waiting machine is recorded with the stop reason and returned in ``not_started``. With
-        ``batch``, the run row and the batch's rows are read in one query instead of one by one (the
-        query scans the run's partition for ``Batch`` either way).
+        ``batch`` and its ``key_range``, the run row is read and the batch's rows are read in one query of
+        their key range; with ``batch`` alone (a batch of a run resolved before batches had bounds), both
+        in one query that scans the run's partition; with neither, one by one.
         """
         if len(resource_ids) + len(finished) >= MAX_TRANSACTION_ENTITIES:
             raise ValueError(f"at most {MAX_TRANSACTION_ENTITIES - 1} machines per claim, "
@@ -607,7 +651,7 @@ class RunStore:
 
         def attempt() -> Claim:
             run_entity, rows = self._claim_rows(
-                run_id, [*resource_ids, *(e.resource_id for e in finished)], machine_keys, batch)
+                run_id, [*resource_ids, *(e.resource_id for e in finished)], machine_keys, batch, key_range)
             run = _run_record(run_entity, self._runs)
             operations: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
             recorded: list[Finished] = []
@@ -669,16 +713,20 @@ class RunStore:
         return self._retrying(in_turn)
 
     def _claim_rows(self, run_id: str, resource_ids: Sequence[str], machine_keys: Mapping[str, str],
-                    batch: int | None) -> tuple[Any, dict[str, Any]]:
+                    batch: int | None, key_range: KeyRange | None) -> tuple[Any, dict[str, Any]]:
         """The run entity and the machines' rows, each with the ETag the claim's transaction checks."""
         if batch is None:
             run_entity = self._run_entity(run_id)
             return run_entity, {rid: self._machine_entity(run_id, machine_keys[rid]) for rid in resource_ids}
-        found = {
-            str(row["RowKey"]): row
-            for row in self._runs.query_entities("PartitionKey eq @p and ( RowKey eq @r or Batch eq @b )",
-                                                 parameters={"p": run_id, "r": RUN_ROW, "b": batch})
-        }  # fmt: skip
+        if key_range is not None:
+            # Two reads, neither growing with the run: an "or" of the run row and a range would be a scan.
+            found = {RUN_ROW: self._run_entity(run_id)}
+            query, parameters = _batch_filter(run_id, batch, key_range)
+        else:
+            found = {}
+            query = "PartitionKey eq @p and ( RowKey eq @r or Batch eq @b )"
+            parameters = {"p": run_id, "r": RUN_ROW, "b": batch}
+        found |= {str(row["RowKey"]): row for row in self._runs.query_entities(query, parameters=parameters)}
         if RUN_ROW not in found:
             raise RunNotFound(run_id)
         rows = {}

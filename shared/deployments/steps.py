@@ -389,14 +389,15 @@ def _keep_output(settings: Settings, credential: TokenCredential, request: StepI
 
 
 def apply_batch_journal(settings: Settings, run_id: str, batch: int, at: datetime,
-                        rows: Sequence[Mapping[str, Any]] | None = None) -> dict[str, int]:
+                        rows: Sequence[Mapping[str, Any]] | None = None,
+                        key_range: tuple[str, str] | None = None) -> dict[str, int]:
     """Apply the batch's inventory journal (shared.assessment.journal) with what its machines' rows carry:
     the pre-scans' entries, the installs' UpdateRunProgress_CL rows (an Arc server's read here from Resource
     Graph, all of the batch's at once: :func:`_arc_progress_rows`), and the UpdateRunMachine_CL rows of the
     machines its claims recorded. Once; again is a no-op. ``rows``: the batch's machine rows when the
-    caller has read them (else read here)."""
+    caller has read them (else read here, within the batch's ``key_range`` when the caller has it)."""
     store = run_store(settings)
-    rows = rows if rows is not None else store.batch_rows(run_id, batch)
+    rows = rows if rows is not None else store.batch_rows(run_id, batch, key_range)
     terms = store.terms(run_id)
     journal = journal_key(run_id, batch)
     entries: list[JournalEntry] = []

@@ -14,7 +14,7 @@ from azure.data.tables import TableServiceClient
 from shared.azure.tables import INLINE_TEXT_CHARS, read_text, store_text, write_text_rows
 from shared.deployments.definition import MAX_MACHINES, validate_definition
 from shared.deployments.definitions_table import DEPLOYMENTS_TABLE, DeploymentExists, DeploymentStore
-from shared.deployments.runs_table import RUNS_TABLE, MachineTarget, RunState, RunStore
+from shared.deployments.runs_table import RUNS_TABLE, MachineTarget, RunState, RunStore, machine_row_key
 from shared.model.machines import machine_key
 
 SUB = "44444444-4444-4444-8444-444444444444"
@@ -133,14 +133,22 @@ def test_a_run_of_10000_machines_keeps_its_definition_members_and_rows(service):
     assert "DefinitionRows" in run_row and "MembersRows" in run_row  # both passed what the row may hold
     assert entity_bytes(dict(run_row)) < 2 * INLINE_TEXT_CHARS  # the gate reads a small row
 
-    # Resolving writes one row per machine, 100 to a transaction; a batch reads its 50.
-    targets = [MachineTarget(machine_key(r), r, f"vm-{n:05d}", n // 50) for n, r in enumerate(machines)]
+    # Resolving writes one row per machine, 100 to a transaction, in batches of 50 in row-key order (as
+    # shared.deployments.resolve orders them), and one row per batch with its bounds; a batch reads its 50.
+    ordered = sorted(machines, key=machine_key)
+    targets = [MachineTarget(machine_key(r), r, f"vm-{n:05d}", n // 50) for n, r in enumerate(ordered)]
     resolved = store.resolve(run_id, START, targets, [])
     assert resolved.state is RunState.RUNNING
     assert (resolved.targets, resolved.to_run) == (MAX_MACHINES, MAX_MACHINES)
-    assert store.batch_machines(run_id, 199) == sorted(machines[-50:])
+    assert store.batch_machines(run_id, 199) == sorted(ordered[-50:])
+    first, last = store.batch_range(run_id, 199) or ("", "")
+    assert first == machine_row_key(machine_key(ordered[-50]))
+    assert last == machine_row_key(machine_key(ordered[-1]))
+    in_range = list(table.query_entities("PartitionKey eq @p and RowKey ge @lo and RowKey le @hi",
+                                         parameters={"p": run_id, "lo": first, "hi": last}))
+    assert len(in_range) == 50  # the batch's rows are its key range: a claim's query reads those alone
     assert len(store.machines(run_id)) == MAX_MACHINES
-    assert assert_within_limits(table, [run_id]) == 1 + MAX_MACHINES
+    assert assert_within_limits(table, [run_id]) == 1 + MAX_MACHINES + MAX_MACHINES // 50
     texts = assert_within_limits(table, [f"{run_id}|text"])
     assert texts == run_row["DefinitionRows"] + run_row["MembersRows"] >= 2 * 5
     # Closed, so the other tests' reconciler (one Azurite for the session) does not spend its time
@@ -160,3 +168,40 @@ def test_text_whose_rows_are_missing_is_an_error_not_a_short_list(service):
         read_text(table, {"RowKey": "run", **properties}, "Members")
     write_text_rows(table, rows[-1:])
     assert read_text(table, {"RowKey": "run", **properties}, "Members") == text
+
+
+@pytest.mark.parametrize("machines", [100, 2_000])
+def test_a_claim_reads_its_batch_alone_whatever_the_size_of_the_run(service, machines):
+    """Issue "10,000 machines a cycle": no query of the deployment path reads rows whose number grows
+    with the fleet. A claim's query is a key range (the batch's bounds) and the Table service reads every
+    row of that range: the rows of the range are counted, the same 50 in a run of 100 and of 2,000."""
+    store = RunStore(service)
+    store.ensure()
+    run_id = f"deploy-claims-{uuid.uuid4().hex[:8]}"
+    ids = [rid(n) for n in range(machines)]
+    assert store.create_run(run_id, definition("claims", ids), "http", START, occurrence=START)
+    ordered = sorted(ids, key=machine_key)  # resolution's order (shared.deployments.resolve)
+    targets = [MachineTarget(machine_key(r), r, f"vm-{n:05d}", n // 50) for n, r in enumerate(ordered)]
+    store.resolve(run_id, START, targets, [])
+    table = service.get_table_client(RUNS_TABLE)
+    filters: list[tuple[str, dict[str, Any]]] = []
+    original = store._runs.query_entities
+
+    def recording(query_filter: str, **kwargs: Any) -> Any:
+        filters.append((query_filter, dict(kwargs.get("parameters") or {})))
+        return original(query_filter, **kwargs)
+
+    store._runs.query_entities = recording  # type: ignore[method-assign]
+    batch = 1
+    key_range = store.batch_range(run_id, batch)
+    assert key_range is not None
+    queue = ordered[50:100]
+    claim = store.claim(run_id, queue, {r: machine_key(r) for r in queue}, START, batch=batch,
+                        key_range=key_range)
+    assert claim.start  # the gate let some start (10 % of the run at once)
+    store.close(run_id, RunState.COMPLETED, "", START)
+    assert len(filters) == 1, filters
+    query_filter, parameters = filters[0]
+    assert "RowKey ge @lo and RowKey le @hi" in query_filter and " or " not in query_filter
+    scanned = list(table.query_entities(query_filter.replace(" and Batch eq @b", ""), parameters=parameters))
+    assert len(scanned) == 50
