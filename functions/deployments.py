@@ -5,7 +5,8 @@ Table Storage in batches, then runs one ``deployment_batch`` per batch at once. 
 run's rollout gate (``claim_deployment_machines``: concurrency, error budget, window cut-off,
 cancel; one ETag-guarded transaction shared by all batches) which of its machines may start,
 starts one ``deploy_machine`` child per granted machine, and asks again whenever one finishes or,
-while it has none running, after ``slot_poll_seconds``. Each child pre-scans, installs, post-scans
+while other batches hold slots, after ``slot_poll_seconds`` (twice that after an ask that started
+nothing). Each child pre-scans, installs, post-scans
 and returns its result; the batch's next claim records it and frees its slot in the same
 transaction. Only counts travel upwards.
 """
@@ -210,6 +211,7 @@ def deployment_batch(context: df.DurableOrchestrationContext) -> Any:
     results: dict[str, int] = {}
     ended: list[MachineRunResult] = []  # children's results the gate has not recorded yet
     others_hold_slots = True
+    fruitless = 0  # claims in a row that started nothing while machines waited: asking again backs off
     while queue or running or ended:
         if queue or ended:
             ask = ClaimInput(run_id=batch.run_id, batch=batch.batch, resource_ids=tuple(queue),
@@ -231,10 +233,11 @@ def deployment_batch(context: df.DurableOrchestrationContext) -> Any:
                 results[stopped] = results.get(stopped, 0) + len(claim.not_started)
             done = set(claim.start) | set(claim.not_started)
             queue = [] if claim.stop_reason else [r for r in queue if r not in done]
+            fruitless = fruitless + 1 if queue and not claim.start else 0
             # While this batch's own children hold every slot taken, only their ends free one, and each
             # end is followed by a claim: asking in between would find nothing.
             others_hold_slots = claim.running is None or claim.running > len(running)
-        ask_again = timedelta(seconds=batch.tuning.slot_poll_seconds)
+        ask_again = batch.tuning.slot_poll(fruitless)
         if not running:
             if queue:  # every slot is held by other batches: ask again later
                 yield context.create_timer(context.current_utc_datetime + ask_again)

@@ -18,6 +18,10 @@ from shared.settings import Settings
 # A claim writes the run and its batch's machine rows in one transaction of at most 100 entities
 # (Azure Table Storage limit), so a batch holds at most 99 machines; 50 keeps the rows small.
 DEPLOYMENT_BATCH_SIZE = 50
+# A batch waiting for a slot asks at most this many slot_poll_seconds apart: a slot another batch frees is
+# taken at most 2 minutes late by default (a window is at least 30 minutes, an install takes minutes to
+# hours), and a long wait costs half the asks (each reads the run row and the batch's rows).
+SLOT_POLL_BACKOFF_MAX = 2
 # A machine's steps, in order. Installs are numbered: one call may last at most 3 h 55 min, so a
 # 6-hour window can need a second call for what the first left pending.
 PRESCAN, POSTSCAN, RESTART = "prescan", "postscan", "restart"
@@ -34,8 +38,16 @@ def install_step(call: int) -> Step:
 class DeploymentTuning(PollingTuning):
     """Timing and batching of a run, fixed when it starts (orchestrators read no settings)."""
 
-    # A batch with machines waiting but no free slot asks the gate again after this long.
+    # A batch with machines waiting but no free slot asks the gate again after this long, then, while its
+    # asks start nothing, SLOT_POLL_BACKOFF_MAX times as long.
     slot_poll_seconds: int = Field(default=60, ge=1)
+
+    def slot_poll(self, fruitless: int) -> timedelta:
+        """How long a batch waits before asking the gate again, after ``fruitless`` asks in a row that
+        started nothing: a batch waiting for a slot asks 1, 2, 2, ... minutes apart by default."""
+        factor = min(2 ** max(fruitless - 1, 0), SLOT_POLL_BACKOFF_MAX)
+        return timedelta(seconds=self.slot_poll_seconds * factor)
+
     # Read by no orchestrator since the master's status shows only the batches' counts; kept because every
     # input written before carries them and a run or child replaying one must still accept it.
     progress_seconds: int = Field(default=60, ge=1)

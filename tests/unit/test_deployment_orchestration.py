@@ -575,8 +575,9 @@ def test_a_machine_whose_distribution_classifies_nothing_is_skipped_saying_why_n
 def test_machines_not_started_before_the_window_closes_are_skipped_by_the_gate(runner, clock):
     # An 87-minute window, one machine at a time, 42.5 minutes per machine: the gate stops starting
     # machines after 62 minutes (one update and a reboot must still fit). The batch holding the slot
-    # starts its second machine at 42.5 min; the other batch asks every 10 minutes, finds no free
-    # slot until 60 min and is told "window closing" at 70.
+    # starts its second machine at 42.5 min; the other batch asks at 0, 10 minutes later, then every 20
+    # minutes while its asks start nothing (DeploymentTuning.slot_poll), finds no free slot and is told
+    # "window closing" at 70.
     start = clock.now()
     output = run(runner, 4, window_minutes=87, max_concurrent=1, batch_size=2)["output"]
     assert output["state"] == RunState.COMPLETED.value and output["stopReason"] == REASON_WINDOW_CLOSING
@@ -593,6 +594,9 @@ def test_machines_not_started_before_the_window_closes_are_skipped_by_the_gate(r
     # The batch that held the slot ran both its machines; the other one never got a turn.
     outputs = [sorted(b["output"].items()) for b in instances(runner, "deployment_batch")]
     assert sorted(outputs) == [[(SUCCEEDED, 2)], [(REASON_WINDOW_CLOSING, 2)]]
+    waiting = next(b for b in instances(runner, "deployment_batch") if REASON_WINDOW_CLOSING in b["output"])
+    asks = CALLS[f"claim:{waiting['input']['batch']}:run"]
+    assert minutes_after(start, asks) == [0, 10, 30, 50, 70]
 
 
 def test_a_machine_prescanned_past_its_own_cutoff_is_skipped_without_an_install(runner):
