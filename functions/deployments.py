@@ -304,7 +304,10 @@ def deploy_machine(context: df.DurableOrchestrationContext) -> Any:
     install: StepOutcome | None = None
     results_pending = False  # an Arc install whose per-update results the post-scan reads again
     for call in range(1, MAX_INSTALL_CALLS + 1):
-        answer = yield from _step(context, request, install_step(call), request.install_deadline())
+        # The first call's start writes its intent under the row's ETag the pre-scan left (no read).
+        etag = prescan.row_etag if call == 1 else None
+        answer = yield from _step(context, request, install_step(call), request.install_deadline(),
+                                  row_etag=etag)
         if isinstance(answer, StepFailure):
             if install is None:
                 status = _failed_status(answer)
@@ -351,11 +354,12 @@ def _restart_only(context: df.DurableOrchestrationContext, request: MachineDeplo
 
 def _step(
     context: df.DurableOrchestrationContext, request: MachineDeploymentInput, step: str, deadline: datetime,
-    results_pending: bool = False,
+    results_pending: bool = False, row_etag: str | None = None,
 ) -> Generator[Any, Any, StepOutcome | StepFailure]:
     """Start a step, then check it on durable timers until it is done, it fails, or the deadline passes."""
     base = StepInput(run_id=request.run_id, resource_id=request.resource_id, step=step,  # type: ignore[arg-type]
-                     machine=request.machine, batch=request.batch, results_pending=results_pending)
+                     machine=request.machine, batch=request.batch, results_pending=results_pending,
+                     row_etag=row_etag)
     polled = yield from poll_operation(
         context, "start_machine_step", "check_machine_step", base, done=_step_done,
         tuning=request.tuning, deadline=deadline, subject=request.resource_id,

@@ -208,6 +208,8 @@ class StepInput(Message):
     # Post-scan: the install step left Arc results for it to read again (StepOutcome.results_pending). No
     # longer acted on (the batch's end reads them: steps.apply_batch_journal); kept for in-flight histories.
     results_pending: bool = False
+    # First install call: the machine row's ETag as the pre-scan left it (StepOutcome.row_etag).
+    row_etag: str | None = None
 
 
 class StepFailure(Message):
@@ -237,6 +239,10 @@ class StepOutcome(Message):
     # Install only: an Arc server's per-update results Resource Graph did not have yet (steps). No longer
     # set (the batch's end reads every Arc install's results); kept so that in-flight histories validate.
     results_pending: bool = False
+    # Pre-scan only: the ETag of the machine row the pre-scan wrote, when the install needs nothing from
+    # that row but the machine (no optional KBs to leave out, no governed lists): the install's start then
+    # writes its intent under that ETag instead of reading the row first (steps.start_step).
+    row_etag: str | None = None
 
 
 class StepAnswer(Message):

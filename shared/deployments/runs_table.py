@@ -482,11 +482,26 @@ class RunStore:
         except ResourceNotFoundError:
             raise RunNotFound(f"{run_id}/{machine_key}") from None
 
-    def update_machine(self, run_id: str, machine_key: str, values: Mapping[str, Any]) -> None:
-        """Merge ``values`` into a machine row (tokens, step output names, pre-scan figures)."""
-        self._runs.update_entity(
+    def update_machine(self, run_id: str, machine_key: str, values: Mapping[str, Any]) -> str:
+        """Merge ``values`` into a machine row (tokens, step output names, pre-scan figures); returns the
+        row's new ETag."""
+        written = self._runs.update_entity(
             {"PartitionKey": run_id, "RowKey": machine_row_key(machine_key), **values}, mode=UpdateMode.MERGE
         )
+        return str(written["etag"])
+
+    def update_machine_if(self, run_id: str, machine_key: str, values: Mapping[str, Any], etag: str) -> bool:
+        """Merge ``values`` into a machine row only if it is still as ``etag`` says; False if it changed."""
+        try:
+            self._runs.update_entity(
+                {"PartitionKey": run_id, "RowKey": machine_row_key(machine_key), **values},
+                mode=UpdateMode.MERGE, etag=etag, match_condition=MatchConditions.IfNotModified,
+            )
+        except HttpResponseError as error:
+            if error.status_code == 412:
+                return False
+            raise
+        return True
 
     def update_machines(self, run_id: str, values: Mapping[str, Mapping[str, Any]]) -> None:
         """Merge each machine's values (by machine key) into its row: one transaction per

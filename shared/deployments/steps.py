@@ -151,6 +151,10 @@ def start_step(settings: Settings, request: StepInput) -> StepAnswer:
             return StepAnswer(failure=_failure(error, request.step))
     store = run_store(settings, credential)
     key = machine_key(request.resource_id)
+    if request.row_etag and request.step == "install1" and request.machine is not None:
+        posted = _start_first_install(settings, credential, store, request)
+        if posted is not None:
+            return posted
     row = store.machine(request.run_id, key)
     kept = row.get(step_column(request.step))
     if kept:
@@ -179,6 +183,28 @@ def start_step(settings: Settings, request: StepInput) -> StepAnswer:
         return StepAnswer(failure=_failure(error, request.step))
     store.update_machine(request.run_id, key, {step_column(request.step): token})
     return StepAnswer(token=token)
+
+
+def _start_first_install(settings: Settings, credential: TokenCredential, store: RunStore,
+                         request: StepInput) -> StepAnswer | None:
+    """The first install call without reading the machine's row: the pre-scan answered the row's ETag
+    because the install needs nothing from it but the machine, which the input carries. The intent is
+    written under that ETag: if the row is unchanged since the pre-scan, this is the first delivery (no
+    intent, no token) and the POST goes out; if it changed (an earlier delivery's intent, a safety
+    check's columns), None, and the caller reads the row as for any other start."""
+    assert request.at is not None and request.row_etag and request.machine is not None
+    key = machine_key(request.resource_id)
+    if not store.update_machine_if(request.run_id, key, {intent_column(request.step): request.at},
+                                   request.row_etag):
+        return None
+    run = store.terms(request.run_id)
+    machine = machine_from_json(request.machine)
+    install = install_request(run.definition, machine.os_type, run.window.install_duration(request.at))
+    try:  # the token is kept with the install's result (_installed), as in start_step
+        return StepAnswer(token=_operations(settings, credential, request.resource_id)
+                          .start_install(request.resource_id, install))
+    except PermanentArmError as error:
+        return StepAnswer(failure=_failure(error, request.step))
 
 
 def intent_column(step: str) -> str:
@@ -299,14 +325,16 @@ def _scanned(settings: Settings, credential: TokenCredential, request: StepInput
     to_install = estimate.updates
     if governed is not None and outcome.patches is None:
         to_install = governed.items  # counts only (Arc): named updates cannot be counted; at most all of them
-    store.update_machine(request.run_id, key, {
-        "PrescanPending": to_install, "OptionalKbs": json.dumps(optional_kbs(outcome.patches or ())),
+    optional = optional_kbs(outcome.patches or ())
+    etag = store.update_machine(request.run_id, key, {
+        "PrescanPending": to_install, "OptionalKbs": json.dumps(optional),
         **columns, **carried, **(governed.columns() if governed else {}),
     })  # fmt: skip
     unclassified = (to_install == 0 and governed is None
                     and lacks_classification_data(definition, machine, outcome))
     return StepOutcome(pending=to_install, has_service_pack=estimate.has_service_pack,
-                       unclassified=unclassified, held=len(governed.held) if governed else 0)
+                       unclassified=unclassified, held=len(governed.held) if governed else 0,
+                       row_etag=etag if not optional and governed is None else None)
 
 
 def _installed(settings: Settings, credential: TokenCredential, request: StepInput,

@@ -65,6 +65,7 @@ FLEET = parse_fleet({"subscriptions": [{"id": SUB}], "machines": [
     *[_vm("rg-outage", f"outage-{n:02d}", "ubuntu", "22.04", UBUNTU_UPDATES) for n in range(1, 4)],
     _vm("rg-sched", "sched-01", "ubuntu", "22.04", UBUNTU_UPDATES),
     _vm("rg-lost", "lost-token-01", "ubuntu", "22.04", UBUNTU_UPDATES),
+    _vm("rg-plain", "plain-01", "ubuntu", "22.04", UBUNTU_UPDATES),
     *[_vm("rg-flaky", f"flaky-{n:02d}", "ubuntu", "22.04", UBUNTU_UPDATES) for n in range(1, 3)],
     _vm("rg-restart", "restart-01", "ubuntu", "22.04", UBUNTU_UPDATES, rebootPending=True),
     _vm("rg-restart", "restart-02", "ubuntu", "22.04", UBUNTU_UPDATES) | {"kind": "arc-server"},
@@ -496,6 +497,28 @@ def test_an_install_whose_token_was_lost_is_followed_not_sent_again(stack, monke
     assert posts == 1
     output = stack_output(stack, run_id, "rg-lost", "lost-token-01", "install1")
     assert output["source"] == "instanceView" and output["patches"] is None
+
+
+def test_a_plain_install_starts_without_reading_its_row_its_intent_guarded_by_the_prescans_etag(
+        stack, monkeypatch):
+    """Nothing in the row but the machine is needed for an install by classification on Linux: the
+    pre-scan hands its ETag to the install's start, which writes the intent under it and posts, reading
+    no row; the token is kept with the result."""
+    original = RunStore.machine
+    reads: list[str] = []
+
+    def reading(self, run_id, machine_key_):
+        reads.append(machine_key_)
+        return original(self, run_id, machine_key_)
+
+    monkeypatch.setattr(RunStore, "machine", reading)
+    run_id, final = create_and_run(stack, definition("plain-once", "rg-plain"))
+    assert final["runtimeStatus"] == "Completed", final
+    row = machines_of(run_id)["plain-01"]
+    assert row["State"] == "succeeded" and row["Installed"] > 0, row
+    assert machine_key(rid("rg-plain", "plain-01")) not in reads
+    assert isinstance(row["Intent_install1"], datetime) and row["Token_install1"]
+    assert stack.arm.count(method="POST", path_contains="plain-01/installPatches", status=202) == 1
 
 
 def test_a_passing_storage_error_in_the_gate_does_not_fail_the_run(stack, monkeypatch):
