@@ -7,6 +7,7 @@ runner's instances, as an operator and the Durable client would; nothing here re
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,6 +29,8 @@ WINDOW_MINUTES = 360
 RUN_TIMEOUT_SECONDS = 3600
 # How often the bench looks whether a run has ended, in real seconds.
 POLL_SECONDS = 0.2
+# A long phase says how far it has got this often (on stderr, so the figures on stdout stay a table).
+PROGRESS_SECONDS = 60
 
 
 def definition(name: str, os_type: str, groups: Sequence[Mapping[str, Any]],
@@ -125,15 +128,30 @@ def wait_for_runs(stack: LocalStack, run_ids: Mapping[str, str], started: float,
     by the key it has in ``run_ids``; polled, so that each run's own end is timed."""
     assert stack.durable
     finals: dict[str, tuple[dict[str, Any], float]] = {}
+    said = time.perf_counter()
     while len(finals) < len(run_ids):
         if time.perf_counter() - started > timeout:
             raise SystemExit(f"runs not finished after {timeout:.0f} s: {dict(run_ids)}")
+        statuses: dict[str, Any] = {}
         for key, run_id in run_ids.items():
             status = stack.durable.get_status(run_id) or {}
+            statuses[key] = status.get("customStatus")
             if key not in finals and status.get("runtimeStatus") in TERMINAL_STATUSES:
                 finals[key] = (status, time.perf_counter() - started)
+        if time.perf_counter() - said >= PROGRESS_SECONDS:
+            said = time.perf_counter()
+            print(f"{said - started:7.0f} s: {len(finals)} of {len(run_ids)} runs done; "
+                  + "; ".join(f"{key}: {_progress(status)}" for key, status in statuses.items()),
+                  file=sys.stderr, flush=True)
         time.sleep(POLL_SECONDS)
     return finals
+
+
+def _progress(status: Any) -> str:
+    """A run's custom status in a few words: batches done of all (a deployment's master), else as is."""
+    if isinstance(status, dict) and "batches" in status:
+        return f"{status.get('batchesDone', 0)}/{status['batches']} batches {status.get('batchResults', {})}"
+    return json.dumps(status)[:200]
 
 
 def history_length(stack: LocalStack, instance_id: str) -> int:
