@@ -6,9 +6,9 @@ run's rollout gate (``claim_deployment_machines``: concurrency, error budget, wi
 cancel; one ETag-guarded transaction shared by all batches) which of its machines may start,
 starts one ``deploy_machine`` child per granted machine, and asks again whenever one finishes or,
 while other batches hold slots, after ``slot_poll_seconds`` (twice that after an ask that started
-nothing). Each child pre-scans, installs, post-scans
-and returns its result; the batch's next claim records it and frees its slot in the same
-transaction. Only counts travel upwards.
+nothing). Each child pre-scans, installs, post-scans and returns its result; the batch's next claim
+records it, with every other child ended by then, and frees their slots in the same transaction. Only
+counts travel upwards.
 """
 
 from __future__ import annotations

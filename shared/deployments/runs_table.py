@@ -585,13 +585,11 @@ class RunStore:
              "Computer": t.computer, "Batch": -1, **_outcome_columns(outcome), "FinishedAt": window_start}
             for t, outcome in settled
         ]  # fmt: skip
-        bounds: dict[int, list[str]] = {}
+        keys_by_batch: dict[int, list[str]] = {}
         for t in targets:
-            key = machine_row_key(t.machine_key)
-            first_last = bounds.setdefault(t.batch, [key, key])
-            first_last[0], first_last[1] = min(first_last[0], key), max(first_last[1], key)
-        rows += [{"PartitionKey": run_id, "RowKey": batch_row_key(batch), "First": first, "Last": last}
-                 for batch, (first, last) in sorted(bounds.items())]
+            keys_by_batch.setdefault(t.batch, []).append(machine_row_key(t.machine_key))
+        rows += [{"PartitionKey": run_id, "RowKey": batch_row_key(batch),
+                  "First": min(keys), "Last": max(keys)} for batch, keys in sorted(keys_by_batch.items())]
         if self._run_entity(run_id)["State"] != RunState.QUEUED.value:
             return self.get_run(run_id)  # resolved before: this is a retried activity
         for start in range(0, len(rows), MAX_TRANSACTION_ENTITIES):

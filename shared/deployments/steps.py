@@ -78,6 +78,7 @@ from shared.deployments.selection import (
     pending_estimate,
     with_install_lists,
 )
+from shared.governance.releases import InstallLists
 from shared.governance.releases_table import ReleaseNotFound
 from shared.log_tables import UPDATE_RUN_MACHINE, UPDATE_RUN_PROGRESS
 from shared.model.assessment_outcome import Readiness
@@ -151,10 +152,10 @@ def start_step(settings: Settings, request: StepInput) -> StepAnswer:
             return StepAnswer(failure=_failure(error, request.step))
     store = run_store(settings, credential)
     key = machine_key(request.resource_id)
-    if request.row_etag and request.step == "install1" and request.machine is not None:
-        posted = _start_first_install(settings, credential, store, request)
-        if posted is not None:
-            return posted
+    if _intent_kept_unread(store, request):
+        assert request.machine is not None
+        operations = _operations(settings, credential, request.resource_id)
+        return _post_install(operations, store, request, request.machine)
     row = store.machine(request.run_id, key)
     kept = row.get(step_column(request.step))
     if kept:
@@ -167,42 +168,40 @@ def start_step(settings: Settings, request: StepInput) -> StepAnswer:
             followed = _install_started_before(store, operations, request, row)
             if followed is not None:  # kept with the install's result, as a posted install's token
                 return StepAnswer(token=followed)
-            run = store.terms(request.run_id)
-            machine = machine_from_json(str(row["Machine"]))
-            install = install_request(
-                run.definition, machine.os_type, run.window.install_duration(request.at),
-                exclude_kbs=json.loads(row.get("OptionalKbs") or "[]"), governed=stored_lists(row),
-            )  # fmt: skip
-            # The token is kept with the install's result (_installed), one row write fewer per machine:
-            # once this activity answers, the token is in the child's history. A delivery again after a
-            # host died before the answer finds the intent and follows the install (or, on an Arc server,
-            # posts again and waits out the 409 while the first runs), as when the host died before a
-            # token write.
-            return StepAnswer(token=operations.start_install(request.resource_id, install))
+            return _post_install(operations, store, request, str(row["Machine"]),
+                                 exclude_kbs=json.loads(row.get("OptionalKbs") or "[]"),
+                                 governed=stored_lists(row))
     except PermanentArmError as error:
         return StepAnswer(failure=_failure(error, request.step))
     store.update_machine(request.run_id, key, {step_column(request.step): token})
     return StepAnswer(token=token)
 
 
-def _start_first_install(settings: Settings, credential: TokenCredential, store: RunStore,
-                         request: StepInput) -> StepAnswer | None:
-    """The first install call without reading the machine's row: the pre-scan answered the row's ETag
-    because the install needs nothing from it but the machine, which the input carries. The intent is
-    written under that ETag: if the row is unchanged since the pre-scan, this is the first delivery (no
-    intent, no token) and the POST goes out; if it changed (an earlier delivery's intent, a safety
-    check's columns), None, and the caller reads the row as for any other start."""
-    assert request.at is not None and request.row_etag and request.machine is not None
-    key = machine_key(request.resource_id)
-    if not store.update_machine_if(request.run_id, key, {intent_column(request.step): request.at},
-                                   request.row_etag):
-        return None
+def _intent_kept_unread(store: RunStore, request: StepInput) -> bool:
+    """The first install call's intent, written without reading the machine's row: the pre-scan answered
+    the row's ETag because the install needs nothing from it but the machine, which the input carries.
+    The intent is written under that ETag: True if the row is unchanged since the pre-scan (the first
+    delivery: no intent, no token); False if it changed (an earlier delivery's intent, a safety check's
+    columns) or there is no ETag, and the row is read as for any other start."""
+    if not (request.row_etag and request.step == "install1" and request.machine is not None):
+        return False
+    return store.update_machine_if(request.run_id, machine_key(request.resource_id),
+                                   {intent_column(request.step): request.at}, request.row_etag)
+
+
+def _post_install(operations: PatchOperations, store: RunStore, request: StepInput, machine_json: str,
+                  exclude_kbs: Sequence[str] = (), governed: InstallLists | None = None) -> StepAnswer:
+    """Send the installPatches POST for what is left of the window; its token is kept with the install's
+    result (_installed), one row write fewer per machine: once this activity answers, the token is in
+    the child's history. A delivery again after a host died before the answer finds the intent and
+    follows the install (or, on an Arc server, posts again and waits out the 409 while the first runs)."""
+    assert request.at is not None
     run = store.terms(request.run_id)
-    machine = machine_from_json(request.machine)
-    install = install_request(run.definition, machine.os_type, run.window.install_duration(request.at))
-    try:  # the token is kept with the install's result (_installed), as in start_step
-        return StepAnswer(token=_operations(settings, credential, request.resource_id)
-                          .start_install(request.resource_id, install))
+    install = install_request(run.definition, machine_from_json(machine_json).os_type,
+                              run.window.install_duration(request.at), exclude_kbs=exclude_kbs,
+                              governed=governed)
+    try:
+        return StepAnswer(token=operations.start_install(request.resource_id, install))
     except PermanentArmError as error:
         return StepAnswer(failure=_failure(error, request.step))
 
