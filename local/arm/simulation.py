@@ -18,6 +18,8 @@ return the typed result of an install with a failed patch.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import re
 import threading
@@ -583,6 +585,10 @@ class Simulation:
         self.lock = threading.RLock()
         self.machines: dict[str, MachineState] = {}
         self.operations: dict[str, Operation] = {}
+        # The operations not yet applied, earliest end first (with a sequence number: ends can tie), so
+        # settling reads only the due ones, whatever the number of operations the host has run.
+        self._unsettled: list[tuple[datetime, int, Operation]] = []
+        self._operation_seq = itertools.count()
         self.resources: dict[str, dict[str, Any]] = {}  # disks and snapshots by lower-case id
         # What a detached disk or a snapshot holds, by lower-case id. An attached OS disk holds what its
         # machine's state says (MachineState.disk_content), so it has no entry here.
@@ -677,10 +683,10 @@ class Simulation:
     def settle(self) -> None:
         """Apply every operation whose end the clock has reached, in the order they end."""
         now = self.clock.now()
-        due = sorted(
-            (op for op in self.operations.values() if not op.done and op.end <= now), key=lambda o: o.end
-        )
-        for op in due:
+        while self._unsettled and self._unsettled[0][0] <= now:
+            op = heapq.heappop(self._unsettled)[2]
+            if op.done:
+                continue
             op.done = True
             if op.finish:
                 op.finish(op)
@@ -700,6 +706,7 @@ class Simulation:
             str(uuid.uuid4()), provider, subscription, location, target, now, now + seconds, finish
         )
         self.operations[op.id] = op
+        heapq.heappush(self._unsettled, (op.end, next(self._operation_seq), op))
         if isinstance(state_or_target, MachineState):
             state_or_target.busy_with = op.id
         return op

@@ -39,6 +39,13 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     *((name, "JSON") for name in _BAGS),
 )  # fmt: skip
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
+# Beside the visible columns, each table keeps two indexed keys that no query sees: the id in lower case
+# (an upsert replaces by it) and the prefix a replace_under wrote the row under (a machine's latest
+# assessment is replaced by it). Without them every write scanned the whole table: a machine's
+# assessment cost twice as much at 10,000 machines as at 1,000.
+_KEY_COLUMNS: tuple[tuple[str, str], ...] = (("_key", "VARCHAR"), ("_owner", "VARCHAR"))
+_KEY = len(COLUMNS)  # where a prepared row's lower-case id is
+_VISIBLE = ", ".join(f'"{name}"' for name in COLUMN_NAMES)
 # "You can view the most recent update assessment history for the last 7 days and update installations
 # history for the last 30 days" (same page).
 RETENTION = {PATCH_ASSESSMENTS: timedelta(days=7), PATCH_INSTALLATIONS: timedelta(days=30)}
@@ -59,9 +66,13 @@ class ResourceGraphStore:
         self._lock = threading.Lock()
         self._db: duckdb.DuckDBPyConnection | None = duckdb.connect(":memory:")
         with self._connect() as con:
-            columns = ", ".join(f'"{name}" {kind}' for name, kind in COLUMNS)
+            columns = ", ".join(f'"{name}" {kind}' for name, kind in (*COLUMNS, *_KEY_COLUMNS))
             for table in TABLES:
-                con.execute(f"CREATE TABLE {table} ({columns})")
+                con.execute(f"CREATE TABLE {_stored(table)} ({columns})")
+                for key, _ in _KEY_COLUMNS:
+                    con.execute(f"CREATE INDEX {table}{key} ON {_stored(table)} ({key})")
+                # What KQL sees (its translator reads the columns of ``table``): the visible columns only.
+                con.execute(f"CREATE VIEW {table} AS SELECT {_VISIBLE} FROM {_stored(table)}")
 
     def close(self) -> None:
         with self._lock:
@@ -74,26 +85,35 @@ class ResourceGraphStore:
     def upsert(self, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
         """Insert ``rows``, replacing any row of the same id (ids compare case-insensitively)."""
         prepared = [_prepare(table, row, index) for index, row in enumerate(rows)]
-        ids = [row[0].lower() for row in prepared]
-        return self._write(table, prepared, "list_contains(?::VARCHAR[], lower(id))", ids)
+        if table == PATCH_ASSESSMENTS:  # its rows are a machine's latest assessment: replace_under
+            raise RowRejected(f"{table} holds each machine's latest assessment: write it with put_assessment")
+        keys = [row[_KEY] for row in prepared]
+        return self._write(table, prepared, "_key IN (SELECT UNNEST(?::VARCHAR[]))", keys)
 
     def replace_under(self, table: str, id_prefix: str, rows: Iterable[Mapping[str, Any]]) -> int:
-        """Drop every row whose id starts with ``id_prefix`` (any case), then insert ``rows``: how a new
-        ``patchAssessmentResults/latest`` replaces the previous one with all its patches."""
-        prepared = [_prepare(table, row, index) for index, row in enumerate(rows)]
-        return self._write(table, prepared, "starts_with(lower(id), ?)", id_prefix.lower())
+        """Drop every row whose id starts with ``id_prefix`` (any case), then insert ``rows``, whose ids must
+        start with it: how a new ``patchAssessmentResults/latest`` replaces the previous one with all its
+        patches."""
+        owner = id_prefix.lower()
+        prepared = [_prepare(table, row, index, owner) for index, row in enumerate(rows)]
+        for index, row in enumerate(prepared):
+            if not row[_KEY].startswith(owner):
+                raise RowRejected(f"row {index} of {table}: id {row[0]!r} is not under {id_prefix!r}")
+        return self._write(table, prepared, "_owner = ?", owner)
 
     def _write(self, table: str, prepared: list[list[Any]], doomed: str, parameter: Any) -> int:
         """Delete the rows ``doomed`` picks, then insert, in one transaction (a query sees the old rows or
-        the new) and one statement each: a column of values per column, as a list."""
-        columns = [[row[i] for row in prepared] for i in range(len(COLUMNS))]
-        selects = ", ".join(f'UNNEST(?::{kind}[]) AS "{name}"' for name, kind in COLUMNS)
+        the new) and one statement each: a column of values per column, as a list. ``doomed`` reads an
+        indexed key column (_KEY_COLUMNS), so a write costs the same whatever the size of the table."""
+        names = (*COLUMNS, *_KEY_COLUMNS)
+        columns = [[row[i] for row in prepared] for i in range(len(names))]
+        selects = ", ".join(f'UNNEST(?::{kind}[]) AS "{name}"' for name, kind in names)
         with self._connect() as con:
             con.execute("BEGIN")
             try:
-                con.execute(f"DELETE FROM {table} WHERE {doomed}", [parameter])
+                con.execute(f"DELETE FROM {_stored(table)} WHERE {doomed}", [parameter])
                 if prepared:
-                    con.execute(f"INSERT INTO {table} SELECT {selects}", columns)
+                    con.execute(f"INSERT INTO {_stored(table)} SELECT {selects}", columns)
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
@@ -162,14 +182,21 @@ class ResourceGraphStore:
                     f"AS TIMESTAMPTZ) >= {oldest}::TIMESTAMPTZ, true)"
                 )
             where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-            con.execute(f'CREATE TEMP VIEW {table} AS SELECT * FROM "{catalog}".main.{table}{where}')
+            stored = f'"{catalog}".main.{_stored(table)}'
+            con.execute(f"CREATE TEMP VIEW {table} AS SELECT {_VISIBLE} FROM {stored}{where}")
+
+
+def _stored(table: str) -> str:
+    """The DuckDB table that holds ``table``'s rows with their key columns (``table`` is a view of it)."""
+    return f"{table}_stored"
 
 
 def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _prepare(table: str, row: Mapping[str, Any], index: int) -> list[Any]:
+def _prepare(table: str, row: Mapping[str, Any], index: int, owner: str | None = None) -> list[Any]:
+    """The row's values in column order, then its key columns (lower-case id, ``owner``)."""
     if table not in TABLES:
         raise RowRejected(f"no table {table!r} here (tables: {', '.join(TABLES)})")
     unknown = sorted(set(row) - set(COLUMN_NAMES))
@@ -185,7 +212,7 @@ def _prepare(table: str, row: Mapping[str, Any], index: int) -> list[Any]:
         if name in _BAGS:
             value = None if value is None else json.dumps(value, separators=(",", ":"))
         values.append(value)
-    return values
+    return [*values, values[0].lower(), owner]
 
 
 def object_row(columns: Sequence[tuple[str, str]], row: Sequence[Any]) -> dict[str, Any]:

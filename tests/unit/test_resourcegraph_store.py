@@ -15,6 +15,7 @@ from local.arm.simulation import InstallOutcome, Simulation
 from local.clock import VirtualClock
 from local.kql import KqlQueryError
 from local.resourcegraph import ResourceGraphFeed, ResourceGraphStore, RowRejected
+from local.resourcegraph.store import COLUMN_NAMES
 from shared.azure.resource_graph import (
     assessed_patch,
     assessment_patches_query,
@@ -154,6 +155,19 @@ def test_rows_the_store_cannot_hold_are_refused(store: ResourceGraphStore):
         store.upsert("securityresources", [{"id": VM}])
     with pytest.raises(KqlQueryError):
         store.query("patchassessmentresources | where (")
+    summary = fixture_rows("resource_graph_patch_assessment")[0]
+    with pytest.raises(RowRejected, match="put_assessment"):  # a latest assessment replaces the last whole
+        store.upsert("patchassessmentresources", [summary])
+    with pytest.raises(RowRejected, match="is not under"):
+        store.put_assessment(ARC, [summary])  # the VM's row given as the Arc server's
+    assert store.query("patchassessmentresources | count") == [{"Count": 6}]  # nothing half-written
+
+
+def test_queries_see_resource_graphs_columns_and_not_the_stores_keys(store: ResourceGraphStore):
+    columns = [c for c, _ in store.run("patchinstallationresources | take 1").columns]
+    assert columns == list(COLUMN_NAMES)
+    joined = store.run("patchassessmentresources | join kind=inner (patchassessmentresources) on id | take 1")
+    assert not any(name.startswith("_") for name, _ in joined.columns)
 
 
 def test_the_feed_writes_what_the_simulation_did():
