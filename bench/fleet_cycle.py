@@ -174,6 +174,13 @@ def report(fleet: Fleet, args: argparse.Namespace, phases: Sequence[Phase]) -> N
     print(row("wall seconds", [f"{p.usage.wall / machines:.3f} ({p.usage.wall:,.1f})" for p in phases]))
     print(row("CPU seconds, this process",
               [f"{p.usage.cpu / machines:.3f} ({p.usage.cpu:,.1f})" for p in phases]))
+    print(row("  of them activity threads",
+              [f"{p.usage.activities_cpu / machines:.3f} ({p.usage.activities_cpu:,.1f})" for p in phases]))
+    print(row("  of them the orchestration thread (with the local engine)",
+              [f"{p.usage.orchestrations_cpu / machines:.3f} ({p.usage.orchestrations_cpu:,.1f})"
+               for p in phases]))
+    print(row("  of them stand-ins and the rest",
+              [f"{p.usage.rest_cpu / machines:.3f} ({p.usage.rest_cpu:,.1f})" for p in phases]))
     print(row("CPU seconds, Azurite", [
         "-" if p.usage.other_cpu is None else f"{p.usage.other_cpu / machines:.3f} ({p.usage.other_cpu:,.1f})"
         for p in phases

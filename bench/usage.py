@@ -2,16 +2,24 @@
 
 CPU and memory are the bench's own process: the app, the Durable runner and the Python stand-ins (ARM,
 Log Analytics, Resource Graph) all run in it; Azurite is a Node.js process of its own, read from
-``/proc`` where there is one.
+``/proc`` where there is one. The process's CPU is split by thread: the activity workers and the
+dispatcher (the orchestrators' code with the local Durable engine around it) are what the Functions host
+would run; the rest is the stand-ins serving requests, DuckDB's own threads and the bench. Threads that
+an activity starts and that end before the phase does (azure-core prepares a Table transaction's parts
+on a short-lived pool) count in the rest.
 """
 
 from __future__ import annotations
 
 import os
 import resource
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from local.durable.runner import ACTIVITY_THREAD_PREFIX, DISPATCHER_THREAD_NAME
 
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -22,18 +30,42 @@ class Usage:
     cpu: float  # seconds of this process, every thread (time.process_time)
     peak_rss_kb: int  # the process's peak resident set so far (getrusage; Linux reports KB)
     other_cpu: float | None  # seconds of another process (Azurite), None when it cannot be read
+    activities_cpu: float = 0.0  # seconds of the activity worker threads
+    orchestrations_cpu: float = 0.0  # seconds of the dispatcher thread (orchestrators and the engine)
+
+    @property
+    def rest_cpu(self) -> float:
+        """This process's seconds outside the function threads: stand-ins, DuckDB, the bench."""
+        return self.cpu - self.activities_cpu - self.orchestrations_cpu
 
     @classmethod
     def now(cls, other_pid: int | None = None) -> Usage:
         return cls(time.perf_counter(), time.process_time(),
-                   resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, process_cpu_seconds(other_pid))
+                   resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, process_cpu_seconds(other_pid),
+                   threads_cpu_seconds(lambda name: name.startswith(ACTIVITY_THREAD_PREFIX)),
+                   threads_cpu_seconds(lambda name: name == DISPATCHER_THREAD_NAME))
 
     def since(self, earlier: Usage) -> Usage:
         """The wall and CPU seconds from ``earlier`` to this; the peak RSS stays the process's so far."""
         other = None
         if self.other_cpu is not None and earlier.other_cpu is not None:
             other = self.other_cpu - earlier.other_cpu
-        return Usage(self.wall - earlier.wall, self.cpu - earlier.cpu, self.peak_rss_kb, other)
+        return Usage(self.wall - earlier.wall, self.cpu - earlier.cpu, self.peak_rss_kb, other,
+                     self.activities_cpu - earlier.activities_cpu,
+                     self.orchestrations_cpu - earlier.orchestrations_cpu)
+
+
+def threads_cpu_seconds(named: Callable[[str], bool]) -> float:
+    """CPU seconds so far of this process's live threads whose name ``named`` accepts (their own clocks)."""
+    total = 0.0
+    for thread in threading.enumerate():
+        if thread.ident is None or not named(thread.name):
+            continue
+        try:
+            total += time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        except (OSError, ProcessLookupError):  # the thread ended meanwhile
+            continue
+    return total
 
 
 def process_cpu_seconds(pid: int | None) -> float | None:

@@ -71,6 +71,9 @@ PENDING, RUNNING, COMPLETED, FAILED, TERMINATED, CONTINUED_AS_NEW = (
 LIVE_STATUSES = frozenset({PENDING, RUNNING, CONTINUED_AS_NEW})
 TERMINAL_STATUSES = frozenset({COMPLETED, FAILED, TERMINATED})
 DEFAULT_ACTIVITY_CONCURRENCY = 8  # host.json maxConcurrentActivityFunctions is passed in by the stack
+# The names of the threads that run activities and orchestrations (the bench counts their CPU apart).
+ACTIVITY_THREAD_PREFIX = "durable-activity"
+DISPATCHER_THREAD_NAME = "durable-dispatcher"
 _POLL_SECONDS = 0.05  # re-check timers this often: another stand-in may move a shared VirtualClock
 _IDLE_POLL_SECONDS = 0.5
 _COMPLETION_EVENTS = frozenset({
@@ -231,13 +234,16 @@ class DurableRunner:
         if self._thread is not None:
             return self
         self._stopping = False
-        self._pool = ThreadPoolExecutor(self.activity_concurrency, thread_name_prefix="durable-activity")
+        self._pool = self._new_pool()
         if self._store is not None and not self._loaded:
             with self._cond:
                 self._resume_from_store()
-        self._thread = threading.Thread(target=self._dispatch_loop, name="durable-dispatcher", daemon=True)
+        self._thread = threading.Thread(target=self._dispatch_loop, name=DISPATCHER_THREAD_NAME, daemon=True)
         self._thread.start()
         return self
+
+    def _new_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(self.activity_concurrency, thread_name_prefix=ACTIVITY_THREAD_PREFIX)
 
     def stop(self) -> None:
         with self._cond:
@@ -420,7 +426,7 @@ class DurableRunner:
             lost = sorted(self._activity_runs.values(), key=lambda run: run.run_id)
             self._activity_runs.clear()
             self._pool.shutdown(wait=False, cancel_futures=True)  # queued runs of the old host vanish
-            self._pool = ThreadPoolExecutor(self.activity_concurrency, thread_name_prefix="durable-activity")
+            self._pool = self._new_pool()
             for run in lost:
                 self._dispatch_activity(replace(run, run_id=next(self._run_ids)))
             replayed: list[str] = []
