@@ -59,6 +59,7 @@ from shared.settings import load_settings
 ROLES = {
     "master": ("assessment_run", "deployment_run"),
     "batch": ("assessment_batch", "deployment_batch"),
+    "group": ("assessment_group",),
     "machine": ("assess_machine", "deploy_machine"),
 }
 

@@ -1,11 +1,12 @@
 """Patch assessment: timers and HTTP start a run; the run fans out batches, each batch one child per machine.
 
 ``assessment_run`` (master) lists the targets through an activity that keeps the list in Table
-Storage, then starts one ``assessment_batch`` per batch; each batch starts one ``assess_machine``
-per machine. Only counts travel upwards, so no history grows with the fleet. A machine's child
-starts ``assessPatches``, waits with durable timers between one-GET checks, retries transient
-errors with growing waits, bounds everything by a deadline, and records whatever happens: it
-never fails its batch.
+Storage, then starts one ``assessment_batch`` per batch; each batch starts one ``assessment_group`` per
+ten of its machines (GROUP_SIZE), and each group one ``assess_machine`` per machine. Only counts travel
+upwards, so no history grows with the fleet, and none holds more than a few dozen children's
+events. A machine's child starts ``assessPatches``, waits with durable timers between one-GET checks,
+retries transient errors with growing waits, bounds everything by a deadline, and records whatever
+happens: it never fails its batch.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from functions.durable import (
     batch_instance_id,
     call_storage,
     current_slot,
+    group_instance_id,
     machine_instance_id,
     poll_operation,
     send_log_rows,
@@ -41,11 +43,13 @@ from shared.assessment.messages import (
     BatchInput,
     BatchRead,
     BatchTargets,
+    GroupInput,
     JournalApply,
     MachineAssessmentInput,
     MachineResult,
     TargetListing,
     TargetListingInput,
+    machine_groups,
 )
 from shared.assessment.recording import apply_journal
 from shared.azure.patch_operations import PermanentArmError
@@ -206,23 +210,42 @@ def assessment_batch(context: df.DurableOrchestrationContext) -> Any:
         if part.after is None:
             break
         after = part.after
-    children = []
-    for machine in machines:
-        resource_id = str(json.loads(machine)["resource_id"])
-        child = MachineAssessmentInput(run_id=batch.run_id, batch=batch.batch, resource_id=resource_id,
-                                       tuning=batch.tuning, machine=machine)
-        children.append(context.call_sub_orchestrator(
-            "assess_machine", child.model_dump(mode="json"), machine_instance_id(batch.run_id, resource_id)))
-    # Machines are folded in as each one finishes, so the batch's custom status carries live counts that
-    # GET /api/runs/{id} adds up over the running batches (functions/runs_api.py).
+    groups = [
+        context.call_sub_orchestrator(
+            "assessment_group",
+            GroupInput(run_id=batch.run_id, batch=batch.batch, tuning=batch.tuning,
+                       machines=machines_of_group).model_dump(mode="json"),
+            group_instance_id(batch.run_id, batch.batch, n),
+        )
+        for n, machines_of_group in enumerate(machine_groups(machines))
+    ]
+    # Groups are folded in as each one finishes, so the batch's custom status carries live counts (every
+    # GROUP_SIZE machines) that GET /api/runs/{id} adds up over the running batches (functions/runs_api.py).
     total = AssessmentCounts()
     context.set_custom_status(total.model_dump(mode="json"))
-    waiting = list(children)
+    waiting = list(groups)
     while waiting:
         finished = yield context.task_any(waiting)
         waiting = [task for task in waiting if task is not finished]
-        total = total.plus(AssessmentCounts.of(MachineResult.model_validate(finished.result)))
+        total = total.plus(AssessmentCounts.model_validate(finished.result))
         context.set_custom_status(total.model_dump(mode="json"))
+    return total.model_dump(mode="json")
+
+
+def assessment_group(context: df.DurableOrchestrationContext) -> Any:
+    """One child per machine of the group; only the group's counts go up to its batch."""
+    group = GroupInput.model_validate(context.get_input())
+    children = []
+    for machine in group.machines:
+        resource_id = str(json.loads(machine)["resource_id"])
+        child = MachineAssessmentInput(run_id=group.run_id, batch=group.batch, resource_id=resource_id,
+                                       tuning=group.tuning, machine=machine)
+        children.append(context.call_sub_orchestrator(
+            "assess_machine", child.model_dump(mode="json"), machine_instance_id(group.run_id, resource_id)))
+    results = yield context.task_all(children)
+    total = AssessmentCounts()
+    for result in results:
+        total = total.plus(AssessmentCounts.of(MachineResult.model_validate(result)))
     return total.model_dump(mode="json")
 
 
@@ -275,7 +298,7 @@ def _record_failure(
 
 # Registered without decorating, so the module keeps the plain generators and tests can register
 # the same code on a test app with stand-in activities.
-ORCHESTRATORS = (assessment_run, assessment_batch, assess_machine)
+ORCHESTRATORS = (assessment_run, assessment_batch, assessment_group, assess_machine)
 for _orchestrator in ORCHESTRATORS:
     bp.orchestration_trigger(context_name="context")(_orchestrator)
 

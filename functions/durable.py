@@ -189,6 +189,11 @@ def batch_instance_id(run_id: str, batch: int) -> str:
     return f"{run_id}-b{batch:05d}"
 
 
+def group_instance_id(run_id: str, batch: int, group: int) -> str:
+    """``{run}-b{nnnnn}-g{nnn}``: one group of machines of a batch (functions/assessment.py)."""
+    return f"{batch_instance_id(run_id, batch)}-g{group:03d}"
+
+
 def machine_instance_id(run_id: str, resource_id: str) -> str:
     """``{run}-{machine key}``: a run's sub-orchestration for one machine (a resource id holds '/')."""
     return f"{run_id}-{machine_key(resource_id)}"

@@ -22,11 +22,13 @@ from functions import assessment, runs_api
 from local.clock import VirtualClock
 from local.durable import DurableRunner
 from shared.assessment.messages import (
+    MAX_BATCH_PART_CHARS,
     AssessmentRunInput,
     AssessmentStep,
     BatchTargets,
     MachineResult,
     TargetListing,
+    machine_groups,
 )
 from shared.model.assessment_outcome import Compliance
 
@@ -175,9 +177,17 @@ def test_a_fleet_is_split_into_batches_and_the_master_history_stays_small(runner
     assert output["missing_by_classification"] == {"Security Updates": 500}
     assert final["customStatus"] == output  # progress is counts, never machine lists
     batches = [i for i in runner.list_instances() if i["name"] == "assessment_batch"]
+    groups = [i for i in runner.list_instances() if i["name"] == "assessment_group"]
     children = [i for i in runner.list_instances() if i["name"] == "assess_machine"]
-    assert len(batches) == 3 and len(children) == 250
+    assert len(batches) == 3 and len(groups) == 25 and len(children) == 250
     assert children[0]["instanceId"].startswith("assessment-test-")
+    first_two = sorted(g["instanceId"] for g in groups)[:2]
+    assert first_two == ["assessment-test-b00000-g000", "assessment-test-b00000-g001"]
+    # A batch sees its ten groups, a group its ten machines: each history holds a few dozen children's
+    # events, so replaying it at each child's end stays cheap (a batch of 100 direct children: 400 events).
+    for instance in batches[:1] + groups[:1]:
+        history = runner.get_status(instance["instanceId"], show_history=True)["historyEvents"]
+        assert len(history) < 70, (instance["instanceId"], len(history))
     master = runner.get_status("assessment-test", show_history=True)["historyEvents"]
     # The master sees one activity and three batches, not 250 children: its history does not grow
     # with the fleet, so replaying it stays cheap.
@@ -278,7 +288,7 @@ class _RunnerClient:
                                output=status["output"], custom_status=status["customStatus"])
 
 
-def test_a_running_assessment_counts_each_machine_as_it_finishes_not_each_batch(runner):
+def test_a_running_assessment_counts_each_group_of_machines_as_it_finishes_not_each_batch(runner):
     held = threading.Event()
     PLAN["vm-0002"] = {"gate": held}  # one machine of the first batch keeps it running
     STATE["machines"] = 150
@@ -292,15 +302,29 @@ def test_a_running_assessment_counts_each_machine_as_it_finishes_not_each_batch(
                                                          master["customStatus"]))
 
         deadline = time.monotonic() + 30
-        while not (isinstance(live := progress(), dict) and live.get("assessed") == 149):
+        while not (isinstance(live := progress(), dict) and live.get("assessed") == 140):
             assert time.monotonic() < deadline, live
             time.sleep(0.05)
-        # The master has folded in only the second batch; the first is counted machine by machine.
+        # The master has folded in only the second batch; the first is counted group by group: nine of
+        # its ten groups have ended, the one holding vm-0002 has not.
         assert live["batchesDone"] == 1 and live["stage"] == "assessing"
-        assert live["machines"] == 149 and live["compliant"] == 15  # names ending in 0
+        assert live["machines"] == 140 and live["compliant"] == 14  # names ending in 0
         batch = runner.get_status("assessment-live-b00000")
-        assert batch is not None and batch["customStatus"]["assessed"] == 99
+        assert batch is not None and batch["customStatus"]["assessed"] == 90
     finally:
         held.set()
     final = runner.wait_for_completion("assessment-live", timeout=60)
     assert final["output"]["assessed"] == 150
+
+
+def test_a_batch_is_cut_into_groups_of_ten_machines_and_never_one_that_spills_to_a_blob():
+    machines = [f'{{"resource_id": "vm-{n:04d}"}}' for n in range(25)]
+    assert [len(g) for g in machine_groups(machines)] == [10, 10, 5]
+    assert [m for g in machine_groups(machines) for m in g] == machines  # in order, each once
+    large = "x" * (MAX_BATCH_PART_CHARS // 3 + 1)  # three of these pass the limit
+    groups = machine_groups([large] * 7)
+    assert [len(g) for g in groups] == [2, 2, 2, 1]
+    assert all(sum(map(len, g)) <= MAX_BATCH_PART_CHARS for g in groups)
+    alone = "y" * (MAX_BATCH_PART_CHARS + 1)
+    assert machine_groups([alone, "z"]) == [(alone,), ("z",)]
+    assert machine_groups([]) == []
