@@ -3,7 +3,9 @@
 Installed by the set-up through npm (``package.json`` pins 3.35.0; 3.36+ needs Node 21).
 Started on free ports and stopped by PID. ``--skipApiVersionCheck`` because the current
 storage SDKs send an api-version newer than Azurite knows; ``--loose`` to ignore headers
-it does not implement. In-memory for tests; a folder when a run's state must survive.
+it does not implement. In-memory for tests; a folder when a run's state must survive. Node starts it
+with ``azurite_partition_index.js`` preloaded, so that a query of one partition reads that partition
+through Azurite's PartitionKey index, as the Table service does, instead of every entity of the table.
 
 Azurite belongs to the process that starts it: the kernel stops it when that process dies, even by
 SIGKILL (``PR_SET_PDEATHSIG``), so no Azurite outlives a crashed host. A folder holds one Azurite at a
@@ -19,6 +21,7 @@ import ctypes
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -30,6 +33,8 @@ from local.ports import free_ports, wait_for_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 AZURITE_BIN = REPO_ROOT / "node_modules" / ".bin" / "azurite"
+# Preloaded into Azurite: partition queries read through its PartitionKey index (see the file).
+PARTITION_INDEX = Path(__file__).resolve().parent / "azurite_partition_index.js"
 _READY_TIMEOUT_SECONDS = 20
 _STOP_TIMEOUT_SECONDS = 5
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -93,9 +98,12 @@ def start_azurite(location: Path | None = None) -> Azurite:
         raise AzuriteNotInstalled(
             f"{AZURITE_BIN} is missing: run `make setup` (npm installs the pinned Azurite)"
         )
+    node = shutil.which("node")
+    if node is None:
+        raise AzuriteNotInstalled("node is not on PATH: Azurite runs on Node.js (see `make setup`)")
     blob, queue, table = free_ports(3)
     args = [
-        str(AZURITE_BIN),
+        node, "--require", str(PARTITION_INDEX), str(AZURITE_BIN.resolve()),
         "--blobHost", "127.0.0.1", "--blobPort", str(blob),
         "--queueHost", "127.0.0.1", "--queuePort", str(queue),
         "--tableHost", "127.0.0.1", "--tablePort", str(table),
