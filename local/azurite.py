@@ -5,7 +5,9 @@ Started on free ports and stopped by PID. ``--skipApiVersionCheck`` because the 
 storage SDKs send an api-version newer than Azurite knows; ``--loose`` to ignore headers
 it does not implement. In-memory for tests; a folder when a run's state must survive. Node starts it
 with ``azurite_partition_index.js`` preloaded, so that a query of one partition reads that partition
-through Azurite's PartitionKey index, as the Table service does, instead of every entity of the table.
+through Azurite's PartitionKey index, as the Table service does, instead of every entity of the table,
+and a read or write of one entity or one blob finds it through its key fields' indices instead of
+testing its whole partition or every blob of the account.
 
 Azurite belongs to the process that starts it: the kernel stops it when that process dies, even by
 SIGKILL (``PR_SET_PDEATHSIG``), so no Azurite outlives a crashed host. A folder holds one Azurite at a
