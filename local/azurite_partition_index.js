@@ -52,7 +52,7 @@ function pinnedPartition(filter) {
   return head[1].replace(/''/g, "'");
 }
 
-function install() {
+function installPartitionQueries() {
   const Store = require(STORE_MODULE).default;
   const query = Store.prototype.queryTableEntities;
   Store.prototype.queryTableEntities = function (context, account, table, queryOptions, ...rest) {
@@ -127,10 +127,10 @@ function installPointOperations() {
   };
 }
 
-module.exports = { pinnedPartition, documentByKey, install, installPointOperations };
+module.exports = { pinnedPartition, documentByKey };
 
 // AZURITE_PARTITION_INDEX=off leaves Azurite as it ships (to measure what the index changes).
 if (process.env.AZURITE_PARTITION_INDEX !== "off") {
-  install();
+  installPartitionQueries();
   installPointOperations();
 }

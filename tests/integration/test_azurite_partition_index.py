@@ -12,8 +12,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+from azure.storage.blob import BlobServiceClient
 
 from local.azurite import PARTITION_INDEX, Azurite, start_azurite
 
@@ -67,6 +69,14 @@ def test_answers_are_those_of_azurite_as_it_ships(plain_azurite: Azurite) -> Non
     assert [len(pages) for pages in answers[:3]] == [6, 2, 1]  # paged: 40 rows in pages of 7
 
 
+def _node(script: str) -> str:
+    """What a script printed, run by node with the preload's own install left off."""
+    node = shutil.which("node")
+    assert node is not None
+    return subprocess.run([node, "-e", script], check=True, capture_output=True, text=True,
+                          env={**os.environ, "AZURITE_PARTITION_INDEX": "off"}).stdout
+
+
 def test_only_a_leading_partition_conjunct_without_a_top_level_or_is_pinned() -> None:
     filters = {
         "PartitionKey eq 'a'": "a",
@@ -85,10 +95,7 @@ def test_only_a_leading_partition_conjunct_without_a_top_level_or_is_pinned() ->
     script = (f"const {{pinnedPartition}} = require({json.dumps(str(PARTITION_INDEX))});"
               f"const filters = {json.dumps(list(filters))};"
               "console.log(JSON.stringify(filters.map(f => pinnedPartition(f) ?? null)))")
-    node = shutil.which("node")
-    assert node is not None
-    out = subprocess.run([node, "-e", script], check=True, capture_output=True, text=True,
-                         env={**os.environ, "AZURITE_PARTITION_INDEX": "off"}).stdout
+    out = _node(script)
     assert dict(zip(filters, json.loads(out), strict=True)) == filters
 
 
@@ -168,10 +175,7 @@ for (const [kind, [fields, random]] of Object.entries(shapes)) {{
 }}
 console.log(JSON.stringify(results));
 """
-    node = shutil.which("node")
-    assert node is not None
-    out = subprocess.run([node, "-e", script], check=True, capture_output=True, text=True,
-                         env={**os.environ, "AZURITE_PARTITION_INDEX": "off"}).stdout
+    out = _node(script)
     for kind, counts in json.loads(out).items():
         assert (counts["same"], counts["differ"], counts["found"]) == (2000, 0, True), kind
         # every query but those of a duplicated key (every hundredth, and random ones hitting it) fast
@@ -179,9 +183,6 @@ console.log(JSON.stringify(results));
 
 
 def _blob_answers(azurite: Azurite) -> list[Any]:
-    from azure.core import MatchConditions
-    from azure.storage.blob import BlobServiceClient
-
     container = BlobServiceClient.from_connection_string(azurite.connection_string).create_container("logs")
     for n in range(30):
         container.upload_blob(f"run/{n:02d}.json", f"{n}".encode())
