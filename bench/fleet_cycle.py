@@ -45,7 +45,7 @@ from bench.runs import (
     target_groups,
     wait_for_runs,
 )
-from bench.usage import Usage
+from bench.usage import Usage, reference_seconds
 from local.arm.fleet import Fleet
 from local.arm.generator import generate_fleet
 from local.clock import VirtualClock
@@ -71,16 +71,20 @@ class Phase:
     usage: Usage
     traffic: Traffic
     histories: dict[str, list[int]]  # events per orchestration, by orchestrator name
+    reference: tuple[float, float]  # usage.reference_seconds before and after the phase
 
 
 def measure(stack: LocalStack, traffic: Traffic, name: str, run: Callable[[], str]) -> Phase:
     """Run ``run`` (which starts runs and waits for them, and says what they did) and what it cost."""
     assert stack.azurite
     pid = stack.azurite.process.pid
+    reference_before = reference_seconds()
     known, counted, before = instance_ids(stack), traffic.snapshot(), Usage.now(pid)
     outcome = run()
     usage = Usage.now(pid).since(before)
-    return Phase(name, outcome, usage, traffic.since(counted), histories_by_orchestrator(stack, known))
+    reference = (reference_before, reference_seconds())
+    return Phase(name, outcome, usage, traffic.since(counted), histories_by_orchestrator(stack, known),
+                 reference)
 
 
 def assessment(stack: LocalStack, timeout: float) -> str:
@@ -186,6 +190,14 @@ def report(fleet: Fleet, args: argparse.Namespace, phases: Sequence[Phase]) -> N
         "-" if p.usage.other_cpu is None else f"{p.usage.other_cpu / machines:.3f} ({p.usage.other_cpu:,.1f})"
         for p in phases
     ]))
+    print(row("core seconds of the machine: busy / idle / stolen by the hypervisor", [
+        "-" if p.usage.cores is None else
+        f"{p.usage.cores.busy / machines:.3f} / {p.usage.cores.idle / machines:.3f} / "
+        f"{p.usage.cores.stolen / machines:.3f} ({p.usage.cores.stolen:,.0f} stolen)"
+        for p in phases
+    ]))
+    print(row("reference work, CPU seconds before / after (same work every run: the machine's speed)",
+              [f"{p.reference[0]:.3f} / {p.reference[1]:.3f}" for p in phases]))
     print(row("peak RSS KB, this process so far",
               [f"{p.usage.peak_rss_kb / machines:,.0f} ({p.usage.peak_rss_kb / 1024:,.0f} MB)"
                for p in phases]))

@@ -11,6 +11,7 @@ on a short-lived pool) count in the rest.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import threading
@@ -32,6 +33,7 @@ class Usage:
     other_cpu: float | None  # seconds of another process (Azurite), None when it cannot be read
     activities_cpu: float = 0.0  # seconds of the activity worker threads
     orchestrations_cpu: float = 0.0  # seconds of the dispatcher thread (orchestrators and the engine)
+    cores: CoreTimes | None = None  # the whole machine's core seconds, None without /proc/stat
 
     @property
     def rest_cpu(self) -> float:
@@ -43,16 +45,74 @@ class Usage:
         return cls(time.perf_counter(), time.process_time(),
                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, process_cpu_seconds(other_pid),
                    threads_cpu_seconds(lambda name: name.startswith(ACTIVITY_THREAD_PREFIX)),
-                   threads_cpu_seconds(lambda name: name == DISPATCHER_THREAD_NAME))
+                   threads_cpu_seconds(lambda name: name == DISPATCHER_THREAD_NAME),
+                   CoreTimes.now())
 
     def since(self, earlier: Usage) -> Usage:
         """The wall and CPU seconds from ``earlier`` to this; the peak RSS stays the process's so far."""
         other = None
         if self.other_cpu is not None and earlier.other_cpu is not None:
             other = self.other_cpu - earlier.other_cpu
+        cores = None
+        if self.cores is not None and earlier.cores is not None:
+            cores = self.cores.since(earlier.cores)
         return Usage(self.wall - earlier.wall, self.cpu - earlier.cpu, self.peak_rss_kb, other,
                      self.activities_cpu - earlier.activities_cpu,
-                     self.orchestrations_cpu - earlier.orchestrations_cpu)
+                     self.orchestrations_cpu - earlier.orchestrations_cpu, cores)
+
+
+@dataclass(frozen=True)
+class CoreTimes:
+    """Seconds of every core of the machine together, from ``/proc/stat``'s first line: busy (user, nice,
+    system, irq, softirq), idle (idle and iowait) and stolen (``steal``: the hypervisor ran another guest
+    while this one had work). On a shared virtual machine stolen time lengthens wall time without any
+    process here using more CPU, so a wall figure is read beside it."""
+
+    busy: float
+    idle: float
+    stolen: float
+
+    @classmethod
+    def now(cls, stat: Path = Path("/proc/stat")) -> CoreTimes | None:
+        try:
+            first = stat.read_text().splitlines()[0].split()
+        except (OSError, IndexError):
+            return None
+        if first[0] != "cpu" or len(first) < 9:
+            return None
+        seconds = [int(f) / _TICKS_PER_SECOND for f in first[1:9]]
+        user, nice, system, idle, iowait, irq, softirq, steal = seconds
+        return cls(user + nice + system + irq + softirq, idle + iowait, steal)
+
+    def since(self, earlier: CoreTimes) -> CoreTimes:
+        return CoreTimes(self.busy - earlier.busy, self.idle - earlier.idle, self.stolen - earlier.stolen)
+
+
+# A fixed piece of the kind of work the product does most (JSON in and out, dicts, strings), timed before
+# and after each phase: on a shared virtual machine the same code can take half as long again from one
+# hour to the next (another guest on the host), so two runs' CPU and wall figures compare only beside
+# their reference seconds.
+_REFERENCE_DOCUMENT = {
+    "machines": [
+        {"id": f"/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/virtualMachines/vm{i}",
+         "patches": [{"name": f"package-{j}", "version": f"1.{j}.{i}", "classifications": ["Security"]}
+                     for j in range(20)]}
+        for i in range(20)
+    ],
+}
+REFERENCE_ROUNDS = 200
+
+
+def reference_seconds(repeats: int = 5) -> float:
+    """The fewest CPU seconds of this thread, over ``repeats`` tries, that REFERENCE_ROUNDS JSON round
+    trips of _REFERENCE_DOCUMENT take (the fewest: a try that another thread interrupted counts less)."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.thread_time()
+        for _ in range(REFERENCE_ROUNDS):
+            json.loads(json.dumps(_REFERENCE_DOCUMENT))
+        best = min(best, time.thread_time() - started)
+    return best
 
 
 def threads_cpu_seconds(named: Callable[[str], bool]) -> float:
