@@ -127,7 +127,7 @@ function installPointOperations() {
   };
 }
 
-module.exports = { pinnedPartition, documentByKey };
+module.exports = { pinnedPartition, documentByKey, LOKI_MODULE };
 
 // AZURITE_PARTITION_INDEX=off leaves Azurite as it ships (to measure what the index changes).
 if (process.env.AZURITE_PARTITION_INDEX !== "off") {

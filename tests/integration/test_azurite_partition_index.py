@@ -141,9 +141,8 @@ def test_document_by_key_finds_what_lokijs_finds() -> None:
     (some without a snapshot field), on collections with documents removed and changed (indices kept
     adaptively, as Azurite's) and a duplicated key."""
     script = f"""
-const {{documentByKey}} = require({json.dumps(str(PARTITION_INDEX))});
-const Loki = require(require.resolve("lokijs", {{paths: [require.resolve("azurite/package.json",
-  {{paths: [{json.dumps(str(PARTITION_INDEX.parent.parent))}]}})]}}));
+const {{documentByKey, LOKI_MODULE}} = require({json.dumps(str(PARTITION_INDEX))});
+const Loki = require(LOKI_MODULE);
 const db = new Loki("t");
 let seed = 7; const rnd = n => (seed = (seed * 1103515245 + 12345) % 2147483648) % n;
 const shapes = {{
